@@ -1,0 +1,145 @@
+-- The seed's four collections, the job ledger (which doubles as the outbox of jobs),
+-- the attempts, the event outbox and idempotency keys.
+
+CREATE TABLE conversations (
+    customer_id  TEXT PRIMARY KEY,
+    status       TEXT NOT NULL DEFAULT 'open'
+                 CHECK (status IN ('open', 'closed', 'archived')),
+    updated_by   TEXT,
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE communications (
+    id              UUID PRIMARY KEY,
+    customer_id     TEXT NOT NULL,
+    -- in_app, sms, email, call
+    type            TEXT NOT NULL CHECK (type IN ('in_app', 'sms', 'email', 'call')),
+    direction       TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+    sender_id       TEXT NOT NULL,
+    sender_role     TEXT NOT NULL,
+    subject         TEXT,
+    message         TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'queued'
+                    CHECK (status IN ('queued', 'sent', 'delivered', 'read', 'failed')),
+    failure_reason  TEXT,
+    attachments     JSONB NOT NULL DEFAULT '[]',
+    metadata        JSONB NOT NULL DEFAULT '{}',
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    sent_at         TIMESTAMPTZ,
+    delivered_at    TIMESTAMPTZ,
+    read_at         TIMESTAMPTZ
+);
+-- Newest-first listing, per customer and overall, with (created_at, id) as the cursor.
+CREATE INDEX communications_customer_created ON communications (customer_id, created_at DESC, id DESC);
+CREATE INDEX communications_created ON communications (created_at DESC, id DESC);
+
+CREATE TABLE message_templates (
+    id          UUID PRIMARY KEY,
+    name        TEXT NOT NULL,
+    channel     TEXT NOT NULL CHECK (channel IN ('in_app', 'sms', 'email')),
+    subject     TEXT,
+    body        TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT message_templates_name_unique UNIQUE (name)
+);
+
+CREATE TABLE file_attachments (
+    id                UUID PRIMARY KEY,
+    customer_id       TEXT NOT NULL,
+    communication_id  UUID REFERENCES communications (id),
+    uploaded_by       TEXT NOT NULL,
+    original_name     TEXT NOT NULL,
+    stored_name       TEXT NOT NULL UNIQUE,
+    file_size         BIGINT NOT NULL CHECK (file_size >= 0),
+    file_type         TEXT NOT NULL,
+    file_category     TEXT NOT NULL,
+    sha256            TEXT,
+    thumbnail_name    TEXT,
+    status            TEXT NOT NULL DEFAULT 'processing'
+                      CHECK (status IN ('processing', 'ready', 'failed')),
+    failure_reason    TEXT,
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at        TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX file_attachments_customer ON file_attachments (customer_id);
+
+-- The job ledger: the truth about every job. A row in state 'pending' is the outbox:
+-- written in the request's transaction, published by the relay, then 'queued'.
+CREATE TABLE jobs (
+    id                UUID PRIMARY KEY,
+    kind              TEXT NOT NULL,
+    payload           JSONB NOT NULL,
+    state             TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (state IN ('pending', 'queued', 'running', 'retrying', 'succeeded', 'dead', 'cancelled')),
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    max_attempts      INTEGER NOT NULL,
+    next_attempt_at   TIMESTAMPTZ,
+    last_error        TEXT,
+    -- transient, permanent, exhausted, unparseable, delivery_limit, rejected, expired, unroutable
+    last_error_class  TEXT,
+    communication_id  UUID,
+    customer_id       TEXT,
+    -- What the broker said when it dead-lettered the job on its own (x-death), if it did.
+    broker_death      JSONB,
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    queued_at         TIMESTAMPTZ,
+    first_failed_at   TIMESTAMPTZ,
+    last_failed_at    TIMESTAMPTZ,
+    finished_at       TIMESTAMPTZ
+);
+-- The relay's scan: only pending rows, oldest first.
+CREATE INDEX jobs_pending ON jobs (created_at) WHERE state = 'pending';
+CREATE INDEX jobs_state_kind ON jobs (state, kind, created_at DESC);
+CREATE INDEX jobs_communication ON jobs (communication_id) WHERE communication_id IS NOT NULL;
+
+-- One row per try of a job, with its outcome.
+CREATE TABLE job_attempts (
+    job_id        UUID NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt       INTEGER NOT NULL,
+    started_at    TIMESTAMPTZ NOT NULL,
+    finished_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    outcome       TEXT NOT NULL CHECK (outcome IN ('succeeded', 'transient', 'permanent')),
+    error_class   TEXT,
+    error         TEXT,
+    -- The delay the retry policy chose, for a transient failure.
+    retry_in_ms   BIGINT,
+    worker        TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+);
+
+-- Events for the notifier, written in the same transaction as the effect they announce,
+-- relayed to the events exchange and then deleted.
+CREATE TABLE event_outbox (
+    id          BIGSERIAL PRIMARY KEY,
+    payload     JSONB NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- A retried POST with the same key returns the first answer and creates nothing new.
+CREATE TABLE idempotency_keys (
+    user_id          TEXT NOT NULL,
+    key              TEXT NOT NULL,
+    -- SHA-256 of method, path and body: the same key with another request is refused.
+    request_hash     TEXT NOT NULL,
+    response_status  SMALLINT NOT NULL,
+    response_body    JSONB NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, key)
+);
+
+-- Wake the relay as soon as a transaction commits work for it; it also polls, so a
+-- missed notification only delays, never loses.
+CREATE FUNCTION notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('commcenter_outbox', TG_TABLE_NAME);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER jobs_notify_outbox AFTER INSERT OR UPDATE OF state ON jobs
+    FOR EACH ROW WHEN (NEW.state = 'pending') EXECUTE FUNCTION notify_outbox();
+CREATE TRIGGER event_outbox_notify AFTER INSERT ON event_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_outbox();

@@ -1,0 +1,293 @@
+//! Newtypes parsed at the boundary: once built, a value is known to be valid.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused, in words fit for an API error message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// Ids of people and customers: 1 to 64 characters of `A-Z a-z 0-9 _ - . @ :`, so they
+/// are safe in routing, logs and URLs.
+fn parse_id(what: &str, raw: &str) -> Result<String, Invalid> {
+    if raw.is_empty() {
+        return Err(Invalid(format!("{what} must not be empty")));
+    }
+    if raw.len() > 64 {
+        return Err(Invalid(format!("{what} must be at most 64 characters")));
+    }
+    if !raw
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | ':'))
+    {
+        return Err(Invalid(format!(
+            "{what} may contain only letters, digits and _ - . @ :"
+        )));
+    }
+    Ok(raw.to_owned())
+}
+
+macro_rules! id_type {
+    ($name:ident, $what:literal) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(raw: &str) -> Result<Self, Invalid> {
+                parse_id($what, raw).map(Self)
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(CustomerId, "customer_id");
+id_type!(UserId, "user_id");
+
+/// Who a caller is, which decides what they may see and do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A customer, through the portal: only their own conversation.
+    Customer,
+    /// Office staff, through the admin dashboard: every conversation.
+    Staff,
+    /// A crew member: only what is shared with their crew.
+    Crew,
+    /// Runs the system: dead letters and replays, and what staff can do.
+    Operator,
+}
+
+impl Role {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "customer" => Ok(Self::Customer),
+            "staff" => Ok(Self::Staff),
+            "crew" => Ok(Self::Crew),
+            "operator" => Ok(Self::Operator),
+            other => Err(Invalid(format!(
+                "role must be customer, staff, crew or operator, not {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Staff => "staff",
+            Self::Crew => "crew",
+            Self::Operator => "operator",
+        }
+    }
+
+    /// Staff and operators act on every customer's conversation.
+    pub fn sees_every_customer(self) -> bool {
+        matches!(self, Self::Staff | Self::Operator)
+    }
+}
+
+/// The channel a communication went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommunicationType {
+    InApp,
+    Sms,
+    Email,
+    Call,
+}
+
+impl CommunicationType {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "in_app" => Ok(Self::InApp),
+            "sms" => Ok(Self::Sms),
+            "email" => Ok(Self::Email),
+            "call" => Ok(Self::Call),
+            other => Err(Invalid(format!(
+                "type must be in_app, sms, email or call, not {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InApp => "in_app",
+            Self::Sms => "sms",
+            Self::Email => "email",
+            Self::Call => "call",
+        }
+    }
+}
+
+/// Where a communication is on its way to the other party. Statuses only move forward
+/// (queued → sent → delivered → read); `failed` is terminal until an operator replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommunicationStatus {
+    Queued,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl CommunicationStatus {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "queued" => Ok(Self::Queued),
+            "sent" => Ok(Self::Sent),
+            "delivered" => Ok(Self::Delivered),
+            "read" => Ok(Self::Read),
+            "failed" => Ok(Self::Failed),
+            other => Err(Invalid(format!("unknown communication status {other:?}"))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Position on the forward-only path; a move is allowed only to a higher rank.
+    pub fn rank(self) -> i32 {
+        match self {
+            Self::Queued => 0,
+            Self::Sent => 1,
+            Self::Delivered => 2,
+            Self::Read => 3,
+            Self::Failed => 4,
+        }
+    }
+}
+
+/// The receipts a party can post about a communication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Receipt {
+    Delivered,
+    Read,
+}
+
+impl Receipt {
+    pub fn status(self) -> CommunicationStatus {
+        match self {
+            Self::Delivered => CommunicationStatus::Delivered,
+            Self::Read => CommunicationStatus::Read,
+        }
+    }
+}
+
+/// A conversation's state, as staff set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationStatus {
+    Open,
+    Closed,
+    Archived,
+}
+
+impl ConversationStatus {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            "archived" => Ok(Self::Archived),
+            other => Err(Invalid(format!(
+                "status must be open, closed or archived, not {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Archived => "archived",
+        }
+    }
+}
+
+/// The text of a message: trimmed of nothing, but never blank and never longer than
+/// the bound (counted in characters, as the portal counts them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct MessageText(String);
+
+impl MessageText {
+    pub const MAX_CHARS: usize = 10_000;
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.trim().is_empty() {
+            return Err(Invalid("message must not be empty".into()));
+        }
+        if raw.chars().count() > Self::MAX_CHARS {
+            return Err(Invalid(format!(
+                "message must be at most {} characters",
+                Self::MAX_CHARS
+            )));
+        }
+        if raw.contains('\0') {
+            return Err(Invalid("message must not contain NUL characters".into()));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_refuse_empty_long_and_odd_characters() {
+        assert!(CustomerId::parse("cust-42").is_ok());
+        assert!(CustomerId::parse("").is_err());
+        assert!(CustomerId::parse(&"x".repeat(65)).is_err());
+        assert!(CustomerId::parse("a/b").is_err());
+        assert!(UserId::parse("a b").is_err());
+    }
+
+    #[test]
+    fn statuses_rank_forward_only() {
+        use CommunicationStatus::*;
+        assert!(Queued.rank() < Sent.rank());
+        assert!(Sent.rank() < Delivered.rank());
+        assert!(Delivered.rank() < Read.rank());
+        assert!(Read.rank() < Failed.rank());
+    }
+
+    #[test]
+    fn message_text_bounds() {
+        assert!(MessageText::parse("hello").is_ok());
+        assert!(MessageText::parse("   ").is_err());
+        assert!(MessageText::parse(&"é".repeat(MessageText::MAX_CHARS)).is_ok());
+        assert!(MessageText::parse(&"é".repeat(MessageText::MAX_CHARS + 1)).is_err());
+        assert!(MessageText::parse("a\0b").is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! The job ledger. Every job has a row in `jobs`, written in the same transaction as
+//! the request it carries out (state `pending`: the outbox). The relay publishes it and
+//! marks it `queued`; a worker runs it and records each attempt; the row ends
+//! `succeeded`, `dead` or `cancelled`. RabbitMQ only carries the [`Envelope`] and holds
+//! the delays; operators look here.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{ConversationStatus, CustomerId, Receipt, Role, UserId};
+
+/// The job kinds this system runs; each has its own work queue (`{prefix}.jobs.{kind}`).
+pub mod kinds {
+    /// Deliver an in-app message to the other party.
+    pub const MESSAGE_DELIVER: &str = "message.deliver";
+    /// Apply a delivered or read receipt to a communication.
+    pub const RECEIPT_APPLY: &str = "receipt.apply";
+    /// Open, close or archive a customer's conversation.
+    pub const CONVERSATION_STATUS: &str = "conversation.status";
+
+    pub const ALL: &[&str] = &[MESSAGE_DELIVER, RECEIPT_APPLY, CONVERSATION_STATUS];
+}
+
+/// The payloads of the kinds above, shared by the api that enqueues and the workers
+/// that run them.
+pub mod payloads {
+    use super::*;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DeliverMessage {
+        pub communication_id: Uuid,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ApplyReceipt {
+        pub communication_id: Uuid,
+        pub receipt: Receipt,
+        pub by_user: UserId,
+        pub by_role: Role,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SetConversationStatus {
+        pub customer_id: CustomerId,
+        pub status: ConversationStatus,
+        pub by_user: UserId,
+    }
+}
+
+/// What travels over RabbitMQ: the job's id and everything a worker needs to run it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub job_id: Uuid,
+    pub kind: String,
+    pub payload: Value,
+}
+
+/// A job to be written in the caller's transaction.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: &'static str,
+    pub payload: Value,
+    pub communication_id: Option<Uuid>,
+    pub customer_id: Option<CustomerId>,
+}
+
+impl NewJob {
+    pub fn new(kind: &'static str, payload: &impl Serialize) -> Self {
+        Self {
+            kind,
+            // Serialising plain structs to a Value cannot fail.
+            payload: serde_json::to_value(payload).unwrap_or(Value::Null),
+            communication_id: None,
+            customer_id: None,
+        }
+    }
+
+    pub fn for_communication(mut self, id: Uuid) -> Self {
+        self.communication_id = Some(id);
+        self
+    }
+
+    pub fn for_customer(mut self, customer: &CustomerId) -> Self {
+        self.customer_id = Some(customer.clone());
+        self
+    }
+}
+
+/// Writes the job in the caller's transaction: it is published only once that commits.
+pub async fn enqueue(conn: &mut PgConnection, job: NewJob, max_attempts: i32) -> sqlx::Result<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, payload, max_attempts, communication_id, customer_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(job.kind)
+    .bind(&job.payload)
+    .bind(max_attempts)
+    .bind(job.communication_id)
+    .bind(job.customer_id.as_ref().map(CustomerId::as_str))
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
+/// A job's states. `pending`: in the outbox; `queued`: on the broker; `retrying`:
+/// waiting in a delay tier; the last three are final until an operator acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Pending,
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "pending" => Self::Pending,
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "retrying" => Self::Retrying,
+            "succeeded" => Self::Succeeded,
+            "dead" => Self::Dead,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Dead | Self::Cancelled)
+    }
+}
+
+/// Why an attempt failed, as recorded in the ledger and filtered on by operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Worth retrying: timeouts, connection errors, 5xx, 429.
+    Transient,
+    /// Will never succeed as it is: validation errors, refused recipients, revoked access.
+    Permanent,
+    /// Transient failures until the attempts ran out.
+    Exhausted,
+    /// The message on the queue was not a job this system understands.
+    Unparseable,
+    /// The broker gave up: redelivered past the delivery limit (a worker died or hung on it).
+    DeliveryLimit,
+    /// Dead-lettered by the broker for another reason (rejected, expired, over length).
+    Broker,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+            Self::Exhausted => "exhausted",
+            Self::Unparseable => "unparseable",
+            Self::DeliveryLimit => "delivery_limit",
+            Self::Broker => "broker",
+        }
+    }
+}
+
+/// The ledger row, as a worker sees it when it takes the job.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: Value,
+    pub state: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl JobRow {
+    pub fn state(&self) -> JobState {
+        JobState::parse(&self.state).unwrap_or(JobState::Dead)
+    }
+}
+
+/// Takes the job's row lock for the rest of the transaction. A second delivery of the
+/// same job waits here until the first is committed, then sees it finished.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as(
+        "SELECT id, kind, payload, state, attempts, max_attempts, created_at
+         FROM jobs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// One row per try, keyed by (job, attempt): a retried commit cannot write it twice.
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    pub job_id: Uuid,
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub outcome: &'static str,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<&'a str>,
+    pub retry_in_ms: Option<i64>,
+    pub worker: &'a str,
+}
+
+pub async fn record_attempt(conn: &mut PgConnection, a: &Attempt<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO job_attempts (job_id, attempt, started_at, outcome, error_class, error, retry_in_ms, worker)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (job_id, attempt) DO NOTHING",
+    )
+    .bind(a.job_id)
+    .bind(a.attempt)
+    .bind(a.started_at)
+    .bind(a.outcome)
+    .bind(a.error_class.map(ErrorClass::as_str))
+    .bind(a.error)
+    .bind(a.retry_in_ms)
+    .bind(a.worker)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_succeeded(conn: &mut PgConnection, id: Uuid, attempts: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'succeeded', attempts = $2, next_attempt_at = NULL,
+                updated_at = now(), finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(attempts)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_retrying(
+    conn: &mut PgConnection,
+    id: Uuid,
+    attempts: i32,
+    next_attempt_at: DateTime<Utc>,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'retrying', attempts = $2, next_attempt_at = $3,
+                last_error = $4, last_error_class = 'transient', updated_at = now(),
+                first_failed_at = COALESCE(first_failed_at, now()), last_failed_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(attempts)
+    .bind(next_attempt_at)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_dead(
+    conn: &mut PgConnection,
+    id: Uuid,
+    attempts: i32,
+    class: ErrorClass,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'dead', attempts = $2, next_attempt_at = NULL,
+                last_error = $4, last_error_class = $3, updated_at = now(), finished_at = now(),
+                first_failed_at = COALESCE(first_failed_at, now()), last_failed_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(attempts)
+    .bind(class.as_str())
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a message the broker or a worker could not tie to a ledger row (it did not
+/// parse, or names no known job) as a dead job of its own, raw payload kept, so
+/// operators still find it in the one place they look.
+pub async fn record_orphan(
+    conn: &mut PgConnection,
+    kind: &str,
+    raw_payload: &[u8],
+    class: ErrorClass,
+    error: &str,
+    broker_death: Option<&Value>,
+) -> sqlx::Result<Uuid> {
+    let id = Uuid::now_v7();
+    let payload = serde_json::from_slice::<Value>(raw_payload).unwrap_or_else(|_| {
+        serde_json::json!({ "raw": String::from_utf8_lossy(raw_payload) })
+    });
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, payload, state, max_attempts, last_error, last_error_class,
+                           broker_death, first_failed_at, last_failed_at, finished_at)
+         VALUES ($1, $2, $3, 'dead', 0, $4, $5, $6, now(), now(), now())",
+    )
+    .bind(id)
+    .bind(kind)
+    .bind(payload)
+    .bind(error)
+    .bind(class.as_str())
+    .bind(broker_death)
+    .execute(conn)
+    .await?;
+    Ok(id)
+}

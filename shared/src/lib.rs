@@ -1,0 +1,30 @@
+//! What every Commcenter binary shares.
+//!
+//! The data flow, and where each piece of it lives:
+//!
+//! - [`settings`]: one typed settings tree, read from the environment.
+//! - [`domain`]: the newtypes built at the boundary (ids, roles, statuses).
+//! - [`auth`]: the HS256 bearer tokens the api accepts and `commcenterctl token` prints.
+//! - [`db`]: the PostgreSQL pool and the migrations (the one source of the schema).
+//! - [`store`]: small repository functions over the tables, each taking an executor.
+//! - [`jobs`]: the job ledger: enqueueing a job in the caller's transaction (the outbox),
+//!   and the envelope that carries a job over RabbitMQ.
+//! - [`events`]: what the notifier pushes to WebSocket clients, written to the event
+//!   outbox in the same transaction as the effect it announces.
+//! - [`broker`]: connecting to RabbitMQ with backoff, and the topology (exchanges,
+//!   work queues, delay tiers, dead letters, events) every process declares.
+//! - [`relay`]: the outbox relay: pending jobs and events, published with confirms.
+//! - [`retry`]: the retry policy: which delay tier a failed attempt waits in.
+//! - [`telemetry`]: tracing, initialised once per process.
+
+pub mod auth;
+pub mod broker;
+pub mod db;
+pub mod domain;
+pub mod events;
+pub mod jobs;
+pub mod relay;
+pub mod retry;
+pub mod settings;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,203 @@
+//! The outbox relay. Requests write their jobs (and workers their events) into
+//! PostgreSQL in the same transaction as their effect; the relay publishes them to
+//! RabbitMQ with publisher confirms, in batches, and only then marks jobs `queued` and
+//! deletes events. With RabbitMQ down, rows wait; when it returns, the backlog drains.
+//!
+//! It wakes on `NOTIFY commcenter_outbox` (sent by triggers at commit) and also polls,
+//! so a missed notification delays but never loses. Several relays may run (one per api
+//! instance): `FOR UPDATE SKIP LOCKED` gives each its own rows.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::future::try_join_all;
+use lapin::{BasicProperties, Channel, options::{BasicPublishOptions, ConfirmSelectOptions}};
+use sqlx::{PgPool, postgres::PgListener};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    broker::{self, Topology},
+    jobs::Envelope,
+    settings::{BrokerSettings, RelaySettings},
+};
+
+pub const NOTIFY_CHANNEL: &str = "commcenter_outbox";
+
+/// Persistent delivery mode: survives a broker restart on durable queues.
+const PERSISTENT: u8 = 2;
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub broker: BrokerSettings,
+    pub topology: Topology,
+    pub settings: RelaySettings,
+    /// Job kinds whose queues the relay declares before publishing, so a job is never
+    /// published before its queue exists.
+    pub kinds: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub jobs: usize,
+    pub events: usize,
+}
+
+impl Relay {
+    /// Runs until `shutdown`: reconnects to RabbitMQ with backoff whenever it is lost.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let Some(connection) =
+                broker::connect_with_backoff(&self.broker, "commcenter-relay", &shutdown).await
+            else {
+                return;
+            };
+            match self.serve(&connection, &shutdown).await {
+                Ok(()) => {
+                    connection.close(200, "shutting down".into()).await.ok();
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "outbox relay lost its connection; reconnecting");
+                    connection.close(200, "reconnecting".into()).await.ok();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve(&self, connection: &lapin::Connection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let channel = connection.create_channel().await?;
+        let kinds: Vec<&str> = self.kinds.iter().map(String::as_str).collect();
+        self.topology.declare(&channel, &kinds).await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        tracing::info!("outbox relay running");
+        loop {
+            self.drain(&channel).await?;
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                notification = listener.recv() => { notification.context("outbox notifications")?; }
+                () = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
+    }
+
+    /// Publishes batches until the outbox is empty.
+    pub async fn drain(&self, channel: &Channel) -> anyhow::Result<Drained> {
+        let mut total = Drained::default();
+        loop {
+            let jobs = self.publish_jobs(channel).await?;
+            let events = self.publish_events(channel).await?;
+            total.jobs += jobs;
+            total.events += events;
+            if (jobs as i64) < self.settings.batch && (events as i64) < self.settings.batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn publish_jobs(&self, channel: &Channel) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(Uuid, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT id, kind, payload FROM jobs WHERE state = 'pending'
+             ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.settings.batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let exchange = self.topology.jobs_exchange();
+        let mut confirms = Vec::with_capacity(rows.len());
+        for (job_id, kind, payload) in &rows {
+            let envelope = Envelope { job_id: *job_id, kind: kind.clone(), payload: payload.clone() };
+            let body = serde_json::to_vec(&envelope)?;
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        kind.as_str().into(),
+                        // mandatory: a job with no queue for its kind comes back to us
+                        // instead of vanishing.
+                        BasicPublishOptions { mandatory: true, ..Default::default() },
+                        &body,
+                        job_properties(*job_id),
+                    )
+                    .await?,
+            );
+        }
+        let confirmations = try_join_all(confirms).await?;
+        let mut published = Vec::with_capacity(rows.len());
+        for ((job_id, kind, _), confirmation) in rows.iter().zip(confirmations) {
+            if !confirmation.is_ack() {
+                tracing::warn!(%job_id, kind, "broker refused a job; it stays pending");
+            } else if confirmation.take_message().is_some() {
+                tracing::error!(%job_id, kind, "no queue for this job kind; it stays pending until a worker declares one");
+            } else {
+                published.push(*job_id);
+            }
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', queued_at = now(), updated_at = now()
+             WHERE id = ANY($1) AND state = 'pending'",
+        )
+        .bind(&published)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    async fn publish_events(&self, channel: &Channel) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let mut rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+            "DELETE FROM event_outbox WHERE id IN (
+                 SELECT id FROM event_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, payload",
+        )
+        .bind(self.settings.batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        rows.sort_by_key(|(id, _)| *id);
+        let exchange = self.topology.events_exchange();
+        let mut confirms = Vec::with_capacity(rows.len());
+        for (_, payload) in &rows {
+            let body = serde_json::to_vec(payload)?;
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_content_type("application/json".into()),
+                    )
+                    .await?,
+            );
+        }
+        for confirmation in try_join_all(confirms).await? {
+            if !confirmation.is_ack() {
+                anyhow::bail!("broker refused an event");
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+}
+
+/// Properties of a job message: persistent, JSON, the job id as message id.
+pub fn job_properties(job_id: Uuid) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+        .with_message_id(job_id.to_string().into())
+}
