@@ -15,3 +15,30 @@ pub fn init(json: bool) {
         registry.with(fmt::layer()).try_init()
     };
 }
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C: the one place processes learn to stop.
+pub async fn stop_signal(shutdown: tokio_util::sync::CancellationToken) {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("stop signal received; shutting down");
+    shutdown.cancel();
+}

@@ -1,1 +1,15 @@
+//! The workers: the job runtime every job kind runs on, and the handlers.
+//!
+//! - [`runtime`]: consume each kind's work queue (bounded by prefetch), run the
+//!   handler in a transaction with the ledger row locked, record the attempt, ack after
+//!   commit; transient failures wait in a delay tier, permanent ones and exhausted
+//!   attempts are dead; reconnect with backoff; drain on shutdown.
+//! - [`dead_letters`]: what the broker dead-letters on its own (delivery limit,
+//!   rejected, expired) is recorded into the same ledger, with the broker's reason.
+//! - [`handlers`]: one module per job kind.
 
+pub mod dead_letters;
+pub mod handlers;
+pub mod runtime;
+
+pub use runtime::{Handler, JobContext, JobError, Registry, Runtime};

@@ -1,1 +1,40 @@
-fn main(){}
+//! `commcenter-workers`: runs the job handlers until SIGTERM or Ctrl-C, then drains.
+
+use std::sync::Arc;
+
+use commcenter_shared::{broker::Topology, db, retry::RetryPolicy, settings::Settings, telemetry};
+use commcenter_workers::{Runtime, handlers};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    telemetry::init(settings.telemetry.json);
+    db::ensure_database(&settings.database).await?;
+    let pool = db::connect(&settings.database).await?;
+    db::migrate(&pool).await?;
+
+    let registry = handlers::registry().only(&settings.jobs.kinds)?;
+    let runtime = Arc::new(Runtime {
+        pool,
+        broker: settings.broker.clone(),
+        topology: Topology::new(&settings.broker.prefix, settings.jobs.retry_tiers.clone(), settings.jobs.delivery_limit),
+        policy: RetryPolicy {
+            tiers: settings.jobs.retry_tiers.clone(),
+            base: settings.jobs.retry_base,
+            max_attempts: settings.jobs.max_attempts,
+        },
+        registry,
+        prefetch: settings.jobs.prefetch,
+        job_timeout: settings.jobs.timeout,
+        shutdown_grace: settings.http.shutdown_grace,
+        worker_name: format!("worker-{}", std::process::id()),
+        record_dead_letters: true,
+    });
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(commcenter_shared::telemetry::stop_signal(shutdown.clone()));
+    runtime.run(shutdown).await;
+    tracing::info!("workers stopped");
+    Ok(())
+}

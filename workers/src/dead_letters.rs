@@ -1,0 +1,149 @@
+//! What the broker dead-letters on its own, recorded into the ledger so operators have
+//! one place to look: a job redelivered past the delivery limit (its worker crashed or
+//! hung on it again and again), or rejected, expired or dropped for length. The broker's
+//! `x-death` history is kept with the job.
+
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::{Map, Value, json};
+
+use commcenter_shared::jobs::{self, Envelope, ErrorClass};
+
+use crate::runtime::{JobContext, Runtime};
+
+pub(crate) async fn record(runtime: &Runtime, delivery: Delivery) {
+    match record_in_ledger(runtime, &delivery).await {
+        Ok(()) => {
+            delivery.ack(BasicAckOptions::default()).await.ok();
+        }
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "could not record a dead letter; it will be redelivered");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+        }
+    }
+}
+
+async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Result<()> {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let death = death_history(&headers);
+    let (class, reason) = describe(&death);
+    let mut tx = runtime.pool.begin().await?;
+    let envelope = serde_json::from_slice::<Envelope>(&delivery.data).ok();
+    let row = match &envelope {
+        Some(envelope) => jobs::lock(&mut tx, envelope.job_id).await?,
+        None => None,
+    };
+    match row {
+        Some(row) if row.state().is_final() => {
+            tracing::info!(job_id = %row.id, state = %row.state, reason, "broker dead-lettered a finished job; nothing to do");
+        }
+        Some(row) => {
+            jobs::mark_dead(&mut tx, row.id, row.attempts, class, &reason).await?;
+            sqlx::query("UPDATE jobs SET broker_death = $2 WHERE id = $1")
+                .bind(row.id)
+                .bind(&death)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(handler) = runtime.registry.get(&row.kind) {
+                let job = JobContext { id: row.id, kind: row.kind.clone(), payload: row.payload.clone(), attempt: row.attempts };
+                handler.on_dead(&mut tx, &job, &reason).await?;
+            }
+            tracing::error!(job_id = %row.id, kind = %row.kind, error_class = class.as_str(), reason, "broker dead-lettered a job");
+        }
+        None => {
+            let kind = envelope.as_ref().map_or_else(|| first_routing_key(&death), |e| e.kind.clone());
+            let id = jobs::record_orphan(&mut tx, &kind, &delivery.data, class, &reason, Some(&death)).await?;
+            tracing::error!(job_id = %id, kind, reason, "broker dead-lettered a message that is not a known job");
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The `x-death` header as JSON: one entry per queue the message died in, newest first.
+fn death_history(headers: &FieldTable) -> Value {
+    headers
+        .inner()
+        .get("x-death")
+        .map(amqp_to_json)
+        .unwrap_or_else(|| json!([]))
+}
+
+/// The error class and a sentence for operators, from the newest `x-death` entry.
+fn describe(death: &Value) -> (ErrorClass, String) {
+    let newest = death.get(0).cloned().unwrap_or(Value::Null);
+    let reason = newest.get("reason").and_then(Value::as_str).unwrap_or("unknown");
+    let queue = newest.get("queue").and_then(Value::as_str).unwrap_or("an unknown queue");
+    let count = newest.get("count").and_then(Value::as_i64).unwrap_or(0);
+    let class = match reason {
+        "delivery_limit" => ErrorClass::DeliveryLimit,
+        _ => ErrorClass::Broker,
+    };
+    let sentence = match reason {
+        "delivery_limit" => format!(
+            "RabbitMQ dead-lettered it from {queue}: redelivered past the delivery limit (workers crashed or hung on it)"
+        ),
+        "rejected" => format!("RabbitMQ dead-lettered it from {queue}: a consumer rejected it"),
+        "expired" => format!("RabbitMQ dead-lettered it from {queue}: it expired"),
+        "maxlen" => format!("RabbitMQ dead-lettered it from {queue}: the queue was full"),
+        other => format!("RabbitMQ dead-lettered it from {queue} ({other}, {count} times)"),
+    };
+    (class, sentence)
+}
+
+fn first_routing_key(death: &Value) -> String {
+    death
+        .get(0)
+        .and_then(|d| d.get("routing-keys"))
+        .and_then(|keys| keys.get(0))
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn amqp_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Float(n) => json!(n),
+        AMQPValue::Double(n) => json!(n),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(amqp_to_json).collect()),
+        AMQPValue::FieldTable(table) => Value::Object(
+            table
+                .inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), amqp_to_json(v)))
+                .collect::<Map<_, _>>(),
+        ),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::ByteArray(bytes) => json!(String::from_utf8_lossy(bytes.as_slice())),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_limit_is_its_own_class() {
+        let death = json!([{"reason": "delivery_limit", "queue": "p.jobs.x", "count": 1}]);
+        let (class, sentence) = describe(&death);
+        assert_eq!(class, ErrorClass::DeliveryLimit);
+        assert!(sentence.contains("p.jobs.x"));
+        let (class, _) = describe(&json!([{"reason": "rejected"}]));
+        assert_eq!(class, ErrorClass::Broker);
+    }
+}

@@ -1,0 +1,41 @@
+//! `receipt.apply`: a delivered or read receipt moves a communication's status
+//! forward; a late receipt (delivered after read) changes nothing and says nothing.
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+
+use commcenter_shared::{
+    events::{self, Event, EventBody},
+    jobs::{kinds, payloads},
+    store,
+};
+
+use super::messages::customer_of;
+use crate::runtime::{Handler, JobContext, JobError};
+
+pub struct ApplyReceipt;
+
+#[async_trait]
+impl Handler for ApplyReceipt {
+    fn kind(&self) -> &'static str {
+        kinds::RECEIPT_APPLY
+    }
+
+    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
+        let payload: payloads::ApplyReceipt = job.payload()?;
+        let Some(communication) = store::find_communication(conn, payload.communication_id).await? else {
+            return Err(JobError::permanent(format!("communication {} does not exist", payload.communication_id)));
+        };
+        let status = payload.receipt.status();
+        let Some(previous) = store::advance_status(conn, communication.id, status, None).await? else {
+            tracing::debug!(current = %communication.status, wanted = status.as_str(), "receipt would not move the status forward");
+            return Ok(());
+        };
+        let event = Event::now(
+            customer_of(&communication.customer_id)?,
+            EventBody::CommunicationStatus { communication_id: communication.id, status, previous, reason: None },
+        );
+        events::record(conn, &event).await?;
+        Ok(())
+    }
+}

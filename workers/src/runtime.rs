@@ -1,0 +1,481 @@
+//! The job runtime: the one piece every job kind uses.
+//!
+//! For each delivery: parse the envelope (poison is dead at once, with the reason), take
+//! the job's ledger row lock, skip it if it already finished (a redelivery), run the
+//! handler inside a savepoint, then in the same transaction record the attempt and the
+//! job's new state (and, for a dead job, the handler's `on_dead` effects). Only after
+//! that commits is the delivery acked, or, for a retry, republished to its delay tier
+//! with a confirm and then acked. A worker that dies anywhere before the ack leaves the
+//! delivery to be redelivered; the ledger makes the second run a no-op or a clean retry.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use commcenter_shared::{
+    broker::{self, DELAY_TIER_HEADER, Topology},
+    jobs::{self, Attempt, Envelope, ErrorClass},
+    relay::job_properties,
+    retry::{Decision, RetryPolicy},
+    settings::{BrokerSettings, tier_label},
+};
+
+use crate::dead_letters;
+
+/// How a handler failed: the runtime retries the first and dead-letters the second.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Worth another try later; `retry_after` is the provider's own minimum wait.
+    #[error("{message}")]
+    Transient { message: String, retry_after: Option<Duration> },
+    /// Will never succeed as it is.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl JobError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient { message: message.into(), retry_after: None }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent(message.into())
+    }
+}
+
+/// A database error inside a handler is presumed passing (connection lost, deadlock,
+/// serialization failure): retry.
+impl From<sqlx::Error> for JobError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::transient(format!("database error: {error}"))
+    }
+}
+
+/// What a handler is told about the job it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: Value,
+    /// 1-based number of this attempt.
+    pub attempt: i32,
+}
+
+impl JobContext {
+    /// The payload as the handler's type; a payload that does not fit is permanent.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_value(self.payload.clone())
+            .map_err(|e| JobError::permanent(format!("payload does not fit {}: {e}", self.kind)))
+    }
+}
+
+/// One job kind's work. `run` must be idempotent: it may see the same job again after
+/// a crash, and is run inside a transaction that also records the outcome.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+
+    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError>;
+
+    /// Runs in the transaction that marks the job dead (permanent failure, attempts
+    /// exhausted, or dead-lettered by the broker), so what the job served shows as
+    /// failed and the sender hears of it. Default: nothing.
+    async fn on_dead(&self, _conn: &mut PgConnection, _job: &JobContext, _reason: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The handlers a worker process runs, by kind.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<&'static str, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    pub fn with(mut self, handler: impl Handler) -> Self {
+        self.handlers.insert(handler.kind(), Arc::new(handler));
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(kind)
+    }
+
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<_> = self.handlers.keys().copied().collect();
+        kinds.sort_unstable();
+        kinds
+    }
+
+    /// Keeps only the named kinds (`WORKER_KINDS`); an unknown name is an error.
+    pub fn only(mut self, kinds: &[String]) -> anyhow::Result<Self> {
+        if kinds.is_empty() {
+            return Ok(self);
+        }
+        for kind in kinds {
+            anyhow::ensure!(self.handlers.contains_key(kind.as_str()), "WORKER_KINDS names unknown job kind {kind:?}");
+        }
+        self.handlers.retain(|k, _| kinds.iter().any(|wanted| wanted == k));
+        Ok(self)
+    }
+}
+
+pub struct Runtime {
+    pub pool: PgPool,
+    pub broker: BrokerSettings,
+    pub topology: Topology,
+    pub policy: RetryPolicy,
+    pub registry: Registry,
+    /// Unacked deliveries per kind: also how many jobs of a kind run at once.
+    pub prefetch: u16,
+    /// A handler running longer is cut off and retried.
+    pub job_timeout: Duration,
+    /// How long shutdown waits for in-flight jobs.
+    pub shutdown_grace: Duration,
+    /// Recorded with every attempt: which process ran it.
+    pub worker_name: String,
+    /// Also drain the dead-letter queue into the ledger (one or more workers should).
+    pub record_dead_letters: bool,
+}
+
+/// Why `serve` returned.
+enum Stopped {
+    Shutdown,
+    ConnectionLost(anyhow::Error),
+}
+
+impl Runtime {
+    /// Runs until `shutdown`: consumes, and re-establishes a lost connection with
+    /// backoff, re-declaring the topology, without a restart.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let in_flight = TaskTracker::new();
+        while !shutdown.is_cancelled() {
+            let Some(connection) =
+                broker::connect_with_backoff(&self.broker, &self.worker_name, &shutdown).await
+            else {
+                break;
+            };
+            match self.clone().serve(&connection, &shutdown, &in_flight).await {
+                Stopped::Shutdown => {
+                    connection.close(200, "shutting down".into()).await.ok();
+                    return;
+                }
+                Stopped::ConnectionLost(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "lost RabbitMQ; reconnecting");
+                    connection.close(200, "reconnecting".into()).await.ok();
+                }
+            }
+        }
+        self.drain(&in_flight).await;
+    }
+
+    async fn drain(&self, in_flight: &TaskTracker) {
+        in_flight.close();
+        tracing::info!(in_flight = in_flight.len(), "draining in-flight jobs");
+        if tokio::time::timeout(self.shutdown_grace, in_flight.wait()).await.is_err() {
+            tracing::warn!(left = in_flight.len(), "shutdown grace ran out; unacked jobs will be redelivered");
+        }
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+        in_flight: &TaskTracker,
+    ) -> Stopped {
+        match self.clone().consume_all(connection, shutdown, in_flight).await {
+            Ok(()) => Stopped::Shutdown,
+            Err(error) => Stopped::ConnectionLost(error),
+        }
+    }
+
+    async fn consume_all(
+        self: Arc<Self>,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+        in_flight: &TaskTracker,
+    ) -> anyhow::Result<()> {
+        let setup = connection.create_channel().await?;
+        self.topology.declare(&setup, &self.registry.kinds()).await?;
+
+        // Retries are republished on a channel of their own, with confirms.
+        let publisher = connection.create_channel().await?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+
+        let mut consumers = Vec::new();
+        for kind in self.registry.kinds() {
+            let channel = connection.create_channel().await?;
+            channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+            let tag = format!("{}-{kind}", self.worker_name);
+            let consumer = channel
+                .basic_consume(
+                    self.topology.work_queue(kind).as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming {kind}"))?;
+            consumers.push((channel, tag, consumer, Source::Work));
+        }
+        if self.record_dead_letters {
+            let channel = connection.create_channel().await?;
+            channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+            let tag = format!("{}-dead", self.worker_name);
+            let consumer = channel
+                .basic_consume(
+                    self.topology.dead_queue().as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push((channel, tag, consumer, Source::DeadLetters));
+        }
+        tracing::info!(kinds = ?self.registry.kinds(), prefetch = self.prefetch, "consuming");
+
+        // Kept open until in-flight jobs are drained: their acks travel on these.
+        let channels: Vec<Channel> = consumers.iter().map(|(channel, ..)| channel.clone()).collect();
+        let mut loops = Vec::new();
+        for (channel, tag, mut consumer, source) in consumers {
+            let runtime = self.clone();
+            let publisher = publisher.clone();
+            let shutdown = shutdown.clone();
+            let in_flight = in_flight.clone();
+            loops.push(tokio::spawn(async move {
+                loop {
+                    let next = tokio::select! {
+                        () = shutdown.cancelled() => {
+                            // Stop receiving; what was delivered but not started is
+                            // returned to the queue when the channel closes.
+                            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
+                            return Ok(());
+                        }
+                        next = consumer.next() => next,
+                    };
+                    let delivery = match next {
+                        Some(Ok(delivery)) => delivery,
+                        Some(Err(error)) => return Err(anyhow::Error::from(error).context("consumer failed")),
+                        None => anyhow::bail!("consumer {tag} was cancelled by the broker"),
+                    };
+                    let runtime = runtime.clone();
+                    let publisher = publisher.clone();
+                    in_flight.spawn(async move {
+                        match source {
+                            Source::Work => runtime.process(delivery, &publisher).await,
+                            Source::DeadLetters => dead_letters::record(&runtime, delivery).await,
+                        }
+                    });
+                }
+            }));
+        }
+        // The first loop to end decides: shutdown (all end Ok) or a lost connection.
+        let (first, _, rest) = futures_util::future::select_all(loops).await;
+        for handle in &rest {
+            if shutdown.is_cancelled() {
+                continue;
+            }
+            handle.abort();
+        }
+        first.context("consumer loop panicked")??;
+        for handle in rest {
+            handle.await.ok();
+        }
+        self.drain(in_flight).await;
+        drop(channels);
+        Ok(())
+    }
+
+    /// Runs one delivery of a work queue to its end: acked, nacked for redelivery, or
+    /// republished to a delay tier.
+    pub(crate) async fn process(&self, delivery: Delivery, publisher: &Channel) {
+        let envelope = match serde_json::from_slice::<Envelope>(&delivery.data) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                let reason = format!("the message is not a job envelope: {error}");
+                return self.dead_on_arrival(delivery, ErrorClass::Unparseable, &reason).await;
+            }
+        };
+        let Some(handler) = self.registry.get(&envelope.kind).cloned() else {
+            let reason = format!("no handler for job kind {:?}", envelope.kind);
+            return self.dead_on_arrival(delivery, ErrorClass::Unparseable, &reason).await;
+        };
+        let span = tracing::info_span!("job", job_id = %envelope.job_id, kind = %envelope.kind, attempt = tracing::field::Empty);
+        let outcome = self
+            .run_job(&envelope, handler.as_ref(), publisher)
+            .instrument(span)
+            .await;
+        match outcome {
+            Ok(()) => {
+                delivery.ack(BasicAckOptions::default()).await.ok();
+            }
+            Err(error) => {
+                // Our own bookkeeping failed (the database is unreachable, say): give
+                // the delivery back after a pause, rather than spin on it.
+                tracing::error!(job_id = %envelope.job_id, error = format!("{error:#}"), "could not record the job's outcome; it will be redelivered");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+            }
+        }
+    }
+
+    async fn run_job(&self, envelope: &Envelope, handler: &dyn Handler, publisher: &Channel) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = jobs::lock(&mut tx, envelope.job_id).await? else {
+            let reason = format!("job {} is not in the ledger", envelope.job_id);
+            tracing::error!("{reason}");
+            let raw = serde_json::to_vec(envelope)?;
+            jobs::record_orphan(&mut tx, &envelope.kind, &raw, ErrorClass::Unparseable, &reason, None).await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+        if row.state().is_final() {
+            tracing::debug!(state = %row.state, "job already finished; redelivery ignored");
+            tx.commit().await?;
+            return Ok(());
+        }
+        let attempt = row.attempts + 1;
+        tracing::Span::current().record("attempt", attempt);
+        let job = JobContext { id: row.id, kind: row.kind.clone(), payload: row.payload.clone(), attempt };
+        let started_at = Utc::now();
+
+        // The handler's writes live in a savepoint: a failure undoes them but keeps
+        // the transaction for recording the failure.
+        let mut effects = sqlx::Connection::begin(&mut *tx).await?;
+        let result = match tokio::time::timeout(self.job_timeout, handler.run(&mut effects, &job)).await {
+            Ok(result) => result,
+            Err(_) => Err(JobError::transient(format!("timed out after {:?}", self.job_timeout))),
+        };
+        let mut attempt_row = Attempt {
+            job_id: job.id,
+            attempt,
+            started_at,
+            outcome: "succeeded",
+            error_class: None,
+            error: None,
+            retry_in_ms: None,
+            worker: &self.worker_name,
+        };
+        let mut retry_tier = None;
+        match &result {
+            Ok(()) => {
+                effects.commit().await?;
+                jobs::record_attempt(&mut tx, &attempt_row).await?;
+                jobs::mark_succeeded(&mut tx, job.id, attempt).await?;
+                tracing::info!("job succeeded");
+            }
+            Err(JobError::Permanent(reason)) => {
+                effects.rollback().await?;
+                attempt_row.outcome = "permanent";
+                attempt_row.error_class = Some(ErrorClass::Permanent);
+                attempt_row.error = Some(reason);
+                jobs::record_attempt(&mut tx, &attempt_row).await?;
+                self.bury(&mut tx, handler, &job, ErrorClass::Permanent, reason).await?;
+            }
+            Err(JobError::Transient { message, retry_after }) => {
+                effects.rollback().await?;
+                attempt_row.outcome = "transient";
+                attempt_row.error_class = Some(ErrorClass::Transient);
+                attempt_row.error = Some(message);
+                match self.policy.after_failure(attempt, *retry_after) {
+                    Decision::GiveUp => {
+                        jobs::record_attempt(&mut tx, &attempt_row).await?;
+                        let reason = format!("gave up after {attempt} attempts; last error: {message}");
+                        self.bury(&mut tx, handler, &job, ErrorClass::Exhausted, &reason).await?;
+                    }
+                    Decision::RetryIn { tier, backoff } => {
+                        attempt_row.retry_in_ms = Some(tier.as_millis() as i64);
+                        jobs::record_attempt(&mut tx, &attempt_row).await?;
+                        let next = Utc::now() + chrono::Duration::from_std(tier).unwrap_or_default();
+                        jobs::mark_retrying(&mut tx, job.id, attempt, next, message).await?;
+                        tracing::warn!(error = %message, backoff_ms = backoff.as_millis() as u64, tier = %tier_label(tier), "job failed; will retry");
+                        retry_tier = Some(tier);
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        if let Some(tier) = retry_tier {
+            self.publish_retry(publisher, envelope, tier).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the job dead and lets its handler mark what it served as failed.
+    async fn bury(
+        &self,
+        conn: &mut PgConnection,
+        handler: &dyn Handler,
+        job: &JobContext,
+        class: ErrorClass,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        jobs::mark_dead(conn, job.id, job.attempt, class, reason).await?;
+        handler.on_dead(conn, job, reason).await?;
+        tracing::error!(error_class = class.as_str(), reason, "job is dead");
+        Ok(())
+    }
+
+    async fn publish_retry(&self, publisher: &Channel, envelope: &Envelope, tier: Duration) -> anyhow::Result<()> {
+        let mut headers = FieldTable::default();
+        headers.insert(DELAY_TIER_HEADER.into(), AMQPValue::LongString(tier_label(tier).as_str().into()));
+        let properties: BasicProperties = job_properties(envelope.job_id).with_headers(headers);
+        let confirmation = publisher
+            .basic_publish(
+                self.topology.delay_exchange().as_str().into(),
+                envelope.kind.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &serde_json::to_vec(envelope)?,
+                properties,
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(confirmation.is_ack(), "the broker refused the retry");
+        anyhow::ensure!(confirmation.take_message().is_none(), "no delay queue for tier {}", tier_label(tier));
+        Ok(())
+    }
+
+    /// A delivery that is not a job we can run: recorded dead in the ledger with the
+    /// reason, then acked, so the worker keeps going and operators see it.
+    async fn dead_on_arrival(&self, delivery: Delivery, class: ErrorClass, reason: &str) {
+        tracing::error!(routing_key = %delivery.routing_key, reason, "poison message");
+        let recorded = async {
+            let mut conn = self.pool.acquire().await?;
+            jobs::record_orphan(&mut conn, delivery.routing_key.as_str(), &delivery.data, class, reason, None).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match recorded {
+            Ok(()) => {
+                delivery.ack(BasicAckOptions::default()).await.ok();
+            }
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "could not record a poison message; it will be redelivered");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Work,
+    DeadLetters,
+}
