@@ -1,1 +1,21 @@
+//! The api: validates, authorizes, records and enqueues; never does slow work on the
+//! request path.
+//!
+//! - [`startup`]: builds the app from the settings; runs the HTTP server, the outbox
+//!   relay and the notifier until shutdown.
+//! - [`routes`]: one module per route group of the HTTP surface.
+//! - [`auth`]: the bearer-token extractor and the tenant rules.
+//! - [`body`]: JSON bodies and query strings whose errors name the problem.
+//! - [`idempotency`]: `Idempotency-Key` on creating POSTs.
+//! - [`notifier`]: consumes events from RabbitMQ and pushes them to WebSocket clients.
+//! - [`error`]: the one API error type and its JSON shape.
 
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod idempotency;
+pub mod notifier;
+pub mod routes;
+pub mod startup;
+
+pub use startup::{App, AppState};

@@ -1,0 +1,76 @@
+//! Bearer-token authentication and the tenant rules: a customer sees and acts only on
+//! their own conversation; staff and operators on any; crew on what is shared with
+//! their crew (nothing is shared yet, so nothing).
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+
+use commcenter_shared::{
+    auth::{self, Claims},
+    domain::{CustomerId, Role},
+};
+
+use crate::{error::ApiError, startup::AppState};
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl Caller {
+    pub fn role(&self) -> Role {
+        self.0.role
+    }
+
+    pub fn user_id(&self) -> &str {
+        self.0.sub.as_str()
+    }
+
+    /// May this caller see `customer`'s conversation? Wrong tenants get a 404, the same
+    /// answer as for a conversation that does not exist, so ids cannot be probed.
+    pub fn ensure_sees(&self, customer: &str) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::Staff | Role::Operator => Ok(()),
+            Role::Customer if self.0.customer_id.as_ref().is_some_and(|own| own.as_str() == customer) => Ok(()),
+            Role::Customer => Err(ApiError::NotFound(format!("no conversation for customer {customer}"))),
+            Role::Crew => Err(ApiError::Forbidden("crew members see only what is shared with their crew".into())),
+        }
+    }
+
+    /// The customer whose conversation a customer caller is bound to.
+    pub fn own_customer(&self) -> Option<&CustomerId> {
+        match self.0.role {
+            Role::Customer => self.0.customer_id.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub fn ensure_staff(&self) -> Result<(), ApiError> {
+        if self.0.role.sees_every_customer() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("only staff may do this".into()))
+        }
+    }
+}
+
+pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
+    auth::verify(token, state.settings.auth.jwt_secret.expose(), chrono::Utc::now().timestamp())
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("the Authorization header is not text".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be Bearer <token>".into()))?;
+        verify(state, token.trim()).map(Caller)
+    }
+}

@@ -1,0 +1,131 @@
+//! `POST /api/messages/send`: an in-app message. Recorded with its delivery job in one
+//! transaction and answered 202; a worker delivers it.
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use commcenter_shared::{
+    domain::{CommunicationType, CustomerId, MessageText, Role},
+    jobs::{self, NewJob, kinds, payloads},
+    store::{self, NewCommunication},
+};
+
+use crate::{
+    auth::Caller,
+    body::JsonBody,
+    error::{ApiError, ApiResult},
+    idempotency::IdempotencyKey,
+    startup::AppState,
+};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    pub customer_id: CustomerId,
+    pub message: String,
+    #[serde(default)]
+    pub attachments: Vec<Uuid>,
+}
+
+/// At most this many attachments on one message.
+const MAX_ATTACHMENTS: usize = 10;
+
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<SendMessage>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.ensure_sees(request.customer_id.as_str())?;
+    let text = MessageText::parse(&request.message).map_err(|e| ApiError::Invalid(e.0))?;
+    if request.attachments.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::Invalid(format!("attachments: at most {MAX_ATTACHMENTS} files per message")));
+    }
+    let key = IdempotencyKey::from_headers(&headers, caller.user_id(), "POST /api/messages/send", &request)?;
+
+    let mut tx = state.pool.begin().await?;
+    if let Some(key) = &key {
+        if let Some(earlier) = key.claim(&mut tx).await? {
+            tx.rollback().await?;
+            return Ok((earlier.status, Json(earlier.body)));
+        }
+    }
+    let attachments = attachments_of(&mut tx, &request.customer_id, &request.attachments).await?;
+    let direction = if caller.role() == Role::Customer { "inbound" } else { "outbound" };
+    store::ensure_conversation(&mut tx, &request.customer_id).await?;
+    let communication = store::insert_communication(
+        &mut tx,
+        &NewCommunication {
+            id: Uuid::now_v7(),
+            customer_id: &request.customer_id,
+            communication_type: CommunicationType::InApp,
+            direction,
+            sender_id: caller.user_id(),
+            sender_role: caller.role().as_str(),
+            subject: None,
+            message: text.as_str(),
+            attachments,
+        },
+    )
+    .await?;
+    let job = NewJob::new(kinds::MESSAGE_DELIVER, &payloads::DeliverMessage { communication_id: communication.id })
+        .for_communication(communication.id)
+        .for_customer(&request.customer_id);
+    let job_id = jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
+    let body = json!({
+        "id": communication.id,
+        "status": communication.status,
+        "type": communication.communication_type,
+        "customer_id": communication.customer_id,
+        "direction": communication.direction,
+        "created_at": communication.created_at,
+        "job_id": job_id,
+    });
+    if let Some(key) = &key {
+        key.store(&mut tx, StatusCode::ACCEPTED, &body).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// The files named by a send, which must be the customer's own and not failed. (Files
+/// arrive with the uploads feature; until then any id is unknown.)
+async fn attachments_of(
+    conn: &mut sqlx::PgConnection,
+    customer: &CustomerId,
+    ids: &[Uuid],
+) -> ApiResult<Value> {
+    if ids.is_empty() {
+        return Ok(json!([]));
+    }
+    let rows: Vec<(Uuid, String, String, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, original_name, file_type, file_size, status, failure_reason
+         FROM file_attachments WHERE id = ANY($1) AND customer_id = $2",
+    )
+    .bind(ids)
+    .bind(customer.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut attachments = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some((file_id, filename, file_type, file_size, status, reason)) = rows.iter().find(|r| r.0 == *id) else {
+            return Err(ApiError::Invalid(format!("attachments: file {id} not found for customer {customer}")));
+        };
+        if status == "failed" {
+            return Err(ApiError::Invalid(format!(
+                "attachments: file {id} failed processing: {}",
+                reason.as_deref().unwrap_or("unknown reason")
+            )));
+        }
+        attachments.push(json!({
+            "file_id": file_id, "filename": filename, "file_type": file_type, "file_size": file_size,
+        }));
+    }
+    Ok(Value::Array(attachments))
+}

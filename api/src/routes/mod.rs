@@ -1,0 +1,40 @@
+//! The HTTP surface, one module per route group. Paths are the portal's and must not change.
+
+pub mod communications;
+pub mod conversations;
+pub mod health;
+pub mod messages;
+pub mod presence;
+pub mod ws;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+use uuid::Uuid;
+
+use crate::{error::ApiError, startup::AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .route("/api/messages/send", post(messages::send))
+        .route("/api/communications", get(communications::list))
+        .route("/api/communications/{id}/status", get(communications::status))
+        .route("/api/communications/{id}/mark-read", post(communications::mark_read))
+        .route("/api/communications/{id}/mark-delivered", post(communications::mark_delivered))
+        .route(
+            "/api/communications/conversation/{customer_id}/status",
+            get(conversations::status).post(conversations::set_status),
+        )
+        .route("/api/communications/online-users", get(presence::online_users))
+        .route("/api/communications/user/{user_id}/status", get(presence::user_status))
+        .route("/api/ws/{user_id}", get(ws::connect))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+}
+
+/// Path ids are parsed here so a bad one is a 400 that names it.
+pub(crate) fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_path", format!("{what} must be a UUID, not {raw:?}")))
+}

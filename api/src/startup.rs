@@ -1,0 +1,106 @@
+//! Building and running the api: the router (a function, so tests can drive it), and
+//! the tasks beside it (outbox relay, notifier), all stopped by one shutdown token.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use anyhow::Context;
+use axum::{Router, extract::DefaultBodyLimit};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use commcenter_shared::{
+    broker::Topology,
+    db,
+    jobs::kinds,
+    relay::Relay,
+    settings::Settings,
+};
+
+use crate::{notifier::{self, Hub}, routes};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub hub: Arc<Hub>,
+    /// Whether the notifier is connected to RabbitMQ (for `/readyz`).
+    pub broker_up: Arc<AtomicBool>,
+}
+
+pub struct App {
+    pub state: AppState,
+    listener: TcpListener,
+}
+
+impl App {
+    /// Creates the database if needed, applies migrations, binds the listener
+    /// (`API_ADDR`; port 0 picks a free one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        db::ensure_database(&settings.database).await?;
+        let pool = db::connect(&settings.database).await?;
+        db::migrate(&pool).await?;
+        let listener = TcpListener::bind(settings.http.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (API_ADDR)", settings.http.addr))?;
+        let state = AppState {
+            pool,
+            hub: Arc::new(Hub::new(settings.http.ws_buffer)),
+            settings: Arc::new(settings),
+            broker_up: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Self { state, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.state.settings.http.addr)
+    }
+
+    /// Serves until `shutdown`, then stops accepting, finishes open requests and stops
+    /// the relay and the notifier.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let settings = self.state.settings.clone();
+        let topology = topology(&settings);
+        let relay = Relay {
+            pool: self.state.pool.clone(),
+            broker: settings.broker.clone(),
+            topology: topology.clone(),
+            settings: settings.relay.clone(),
+            kinds: kinds::ALL.iter().map(|k| (*k).to_owned()).collect(),
+        };
+        let relay = tokio::spawn(relay.run(shutdown.clone()));
+        let notifier = tokio::spawn(notifier::run(
+            self.state.hub.clone(),
+            settings.broker.clone(),
+            topology,
+            self.state.broker_up.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(addr = %self.local_addr(), "api listening");
+        let stop = shutdown.clone();
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("HTTP server failed")?;
+        relay.await.ok();
+        notifier.await.ok();
+        Ok(())
+    }
+}
+
+pub fn topology(settings: &Settings) -> Topology {
+    Topology::new(&settings.broker.prefix, settings.jobs.retry_tiers.clone(), settings.jobs.delivery_limit)
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.http.max_body_bytes;
+    routes::router()
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
