@@ -66,6 +66,7 @@ pub fn verify(token: &str, secret: &str, now_unix: i64) -> Result<Claims, TokenE
     else {
         return Err(TokenError::Malformed);
     };
+    let signing_input = &token[..header.len() + 1 + body.len()];
     let header: Header = URL_SAFE_NO_PAD
         .decode(header)
         .ok()
@@ -78,7 +79,7 @@ pub fn verify(token: &str, secret: &str, now_unix: i64) -> Result<Claims, TokenE
         .decode(signature)
         .map_err(|_| TokenError::Malformed)?;
     let mut mac = mac(secret.as_bytes());
-    mac.update(token[..token.len() - token.rsplit('.').next().map_or(0, str::len) - 1].as_bytes());
+    mac.update(signing_input.as_bytes());
     // verify_slice compares in constant time.
     mac.verify_slice(&signature)
         .map_err(|_| TokenError::BadSignature)?;

@@ -1,1 +1,32 @@
+//! The test harness: a whole Commcenter (api, relay, notifier, workers) per test,
+//! against the real PostgreSQL and RabbitMQ, isolated by a fresh database and a queue
+//! prefix of its own, both removed when the test ends.
+//!
+//! - [`TestApp`]: spawn it, call endpoints through its methods, watch its ledger.
+//! - [`BrokerProxy`]: a TCP proxy in front of RabbitMQ that a test can cut and restore,
+//!   to play a broker outage without stopping the broker other tests share.
+//! - [`WsClient`]: a WebSocket client that reads JSON frames with a timeout.
 
+mod app;
+mod proxy;
+mod ws;
+
+pub use app::{TestApp, TestOptions, broker_addr, broker_url, spawn_app, spawn_app_with};
+pub use proxy::BrokerProxy;
+pub use ws::WsClient;
+
+/// Waits until `check` returns `Some`, polling; panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

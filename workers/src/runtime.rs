@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties, Channel, Connection,
     message::Delivery,
@@ -358,8 +358,11 @@ impl Runtime {
         // The handler's writes live in a savepoint: a failure undoes them but keeps
         // the transaction for recording the failure.
         let mut effects = sqlx::Connection::begin(&mut *tx).await?;
-        let result = match tokio::time::timeout(self.job_timeout, handler.run(&mut effects, &job)).await {
-            Ok(result) => result,
+        // A handler that panics or hangs fails this attempt; it never takes the worker down.
+        let run = std::panic::AssertUnwindSafe(handler.run(&mut effects, &job)).catch_unwind();
+        let result = match tokio::time::timeout(self.job_timeout, run).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(JobError::transient(format!("the handler panicked: {}", panic_message(&panic)))),
             Err(_) => Err(JobError::transient(format!("timed out after {:?}", self.job_timeout))),
         };
         let mut attempt_row = Attempt {
@@ -472,6 +475,14 @@ impl Runtime {
             }
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -50,11 +50,11 @@ pub async fn send(
     let key = IdempotencyKey::from_headers(&headers, caller.user_id(), "POST /api/messages/send", &request)?;
 
     let mut tx = state.pool.begin().await?;
-    if let Some(key) = &key {
-        if let Some(earlier) = key.claim(&mut tx).await? {
-            tx.rollback().await?;
-            return Ok((earlier.status, Json(earlier.body)));
-        }
+    if let Some(key) = &key
+        && let Some(earlier) = key.claim(&mut tx).await?
+    {
+        tx.rollback().await?;
+        return Ok((earlier.status, Json(earlier.body)));
     }
     let attachments = attachments_of(&mut tx, &request.customer_id, &request.attachments).await?;
     let direction = if caller.role() == Role::Customer { "inbound" } else { "outbound" };

@@ -1,0 +1,400 @@
+//! `spawn_app()`: one whole Commcenter per test, with a database and a queue prefix of
+//! its own, torn down (database dropped, queues and exchanges deleted) on drop.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use commcenter_api::App;
+use commcenter_shared::{
+    auth::{self, Claims},
+    broker::{self, Topology},
+    domain::{CustomerId, Role, UserId},
+    jobs::kinds,
+    retry::RetryPolicy,
+    settings::{Secret, Settings, parse_tiers},
+    telemetry,
+};
+use commcenter_workers::{Registry, Runtime, handlers};
+
+use crate::WsClient;
+
+/// Where the shared servers are; CI and developers both have them on loopback.
+fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+pub fn broker_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+pub fn broker_addr() -> SocketAddr {
+    std::env::var("TEST_AMQP_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into()).parse().expect("TEST_AMQP_ADDR")
+}
+
+/// What a test can change about its app.
+pub struct TestOptions {
+    /// Start the workers with the production handlers (or `registry`).
+    pub start_workers: bool,
+    /// The handlers the workers run; defaults to the production registry.
+    pub registry: Option<Registry>,
+    /// The api's broker URL (a [`crate::BrokerProxy`]'s, to play an outage).
+    pub api_amqp_url: Option<String>,
+    /// The workers' broker URL.
+    pub workers_amqp_url: Option<String>,
+    pub retry_tiers: &'static str,
+    pub retry_base: Duration,
+    pub max_attempts: i32,
+    pub delivery_limit: u32,
+    pub prefetch: u16,
+    pub job_timeout: Duration,
+    pub ws_buffer: usize,
+    pub ws_ping: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            start_workers: true,
+            registry: None,
+            api_amqp_url: None,
+            workers_amqp_url: None,
+            // Short tiers so retry tests take milliseconds, not minutes.
+            retry_tiers: "100ms,200ms,400ms,1s",
+            retry_base: Duration::from_millis(100),
+            max_attempts: 5,
+            delivery_limit: 3,
+            prefetch: 16,
+            job_timeout: Duration::from_secs(10),
+            ws_buffer: 64,
+            ws_ping: Duration::from_secs(30),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub topology: Topology,
+    pub client: reqwest::Client,
+    database: String,
+    kinds: Vec<String>,
+    api_shutdown: CancellationToken,
+    api: Option<JoinHandle<anyhow::Result<()>>>,
+    workers: Option<(CancellationToken, JoinHandle<()>)>,
+    workers_options: WorkersOptions,
+}
+
+#[derive(Clone)]
+struct WorkersOptions {
+    amqp_url: String,
+    registry: Registry,
+    max_attempts: i32,
+    prefetch: u16,
+    job_timeout: Duration,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    telemetry::init(false);
+    let id = Uuid::new_v4().simple().to_string();
+    let database = format!("cc_test_{id}");
+    let prefix = format!("cc-test-{id}");
+
+    let mut settings = Settings::from_env().expect("settings");
+    let admin = admin_database_url();
+    settings.database.url = Secret::new(replace_database(&admin, &database));
+    settings.database.max_connections = 8;
+    settings.broker.url = Secret::new(options.api_amqp_url.clone().unwrap_or_else(broker_url));
+    settings.broker.prefix = prefix;
+    settings.broker.reconnect_max = Duration::from_millis(500);
+    settings.http.addr = "127.0.0.1:0".parse().expect("addr");
+    settings.http.ws_buffer = options.ws_buffer;
+    settings.http.ws_ping = options.ws_ping;
+    settings.http.max_body_bytes = options.max_body_bytes;
+    settings.http.shutdown_grace = Duration::from_secs(10);
+    settings.jobs.retry_tiers = parse_tiers(options.retry_tiers).expect("tiers");
+    settings.jobs.retry_base = options.retry_base;
+    settings.jobs.max_attempts = options.max_attempts;
+    settings.jobs.delivery_limit = options.delivery_limit;
+    settings.jobs.prefetch = options.prefetch;
+    settings.jobs.timeout = options.job_timeout;
+    settings.relay.poll = Duration::from_millis(200);
+    settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}"));
+
+    let app = App::build(settings.clone()).await.expect("the api builds (is PostgreSQL up?)");
+    let addr = app.local_addr();
+    let pool = app.state.pool.clone();
+    let api_shutdown = CancellationToken::new();
+    let api = tokio::spawn(app.run(api_shutdown.clone()));
+
+    let topology = Topology::new(&settings.broker.prefix, settings.jobs.retry_tiers.clone(), settings.jobs.delivery_limit);
+    let registry = options.registry.unwrap_or_else(handlers::registry);
+    let mut kinds: Vec<String> = kinds::ALL.iter().map(|k| (*k).to_owned()).collect();
+    kinds.extend(registry.kinds().iter().map(|k| (*k).to_owned()));
+    kinds.sort();
+    kinds.dedup();
+
+    let mut test_app = TestApp {
+        addr,
+        base_url: format!("http://{addr}"),
+        pool,
+        topology,
+        client: reqwest::Client::new(),
+        database,
+        kinds,
+        api_shutdown,
+        api: Some(api),
+        workers: None,
+        workers_options: WorkersOptions {
+            amqp_url: options.workers_amqp_url.unwrap_or_else(broker_url),
+            registry,
+            max_attempts: options.max_attempts,
+            prefetch: options.prefetch,
+            job_timeout: options.job_timeout,
+        },
+        settings,
+    };
+    test_app.wait_until_ready().await;
+    if options.start_workers {
+        test_app.start_workers();
+    }
+    test_app
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    format!("{base}/{database}")
+}
+
+impl TestApp {
+    async fn wait_until_ready(&self) {
+        // The notifier must be consuming before a test sends, or its events are missed.
+        crate::eventually("the api to be ready", Duration::from_secs(15), || async {
+            let response = self.client.get(format!("{}/readyz", self.base_url)).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        let o = &self.workers_options;
+        let mut broker = self.settings.broker.clone();
+        broker.url = Secret::new(o.amqp_url.clone());
+        Arc::new(Runtime {
+            pool: self.pool.clone(),
+            broker,
+            topology: self.topology.clone(),
+            policy: RetryPolicy {
+                tiers: self.settings.jobs.retry_tiers.clone(),
+                base: self.settings.jobs.retry_base,
+                max_attempts: o.max_attempts,
+            },
+            registry: o.registry.clone(),
+            prefetch: o.prefetch,
+            job_timeout: o.job_timeout,
+            shutdown_grace: Duration::from_secs(10),
+            worker_name: format!("test-worker-{}", Uuid::new_v4().simple()),
+            record_dead_letters: true,
+        })
+    }
+
+    /// Starts the workers in this process (a second call is a no-op).
+    pub fn start_workers(&mut self) {
+        if self.workers.is_some() {
+            return;
+        }
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(self.runtime().run(shutdown.clone()));
+        self.workers = Some((shutdown, handle));
+    }
+
+    /// Stops the workers as SIGTERM would, and waits until they have drained.
+    pub async fn stop_workers(&mut self) {
+        if let Some((shutdown, handle)) = self.workers.take() {
+            shutdown.cancel();
+            handle.await.expect("workers stop cleanly");
+        }
+    }
+
+    pub fn token(&self, user: &str, role: Role, customer: Option<&str>) -> String {
+        let claims = Claims {
+            sub: UserId::parse(user).expect("user id"),
+            role,
+            customer_id: customer.map(|c| CustomerId::parse(c).expect("customer id")),
+            exp: chrono::Utc::now().timestamp() + 3600,
+        };
+        auth::issue(&claims, self.settings.auth.jwt_secret.expose())
+    }
+
+    pub fn staff_token(&self) -> String {
+        self.token("staff-1", Role::Staff, None)
+    }
+
+    pub fn customer_token(&self, customer: &str) -> String {
+        self.token(&format!("user-of-{customer}"), Role::Customer, Some(customer))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).bearer_auth(token).json(body).send().await.expect("POST")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.expect("GET")
+    }
+
+    pub async fn send_message(&self, token: &str, customer: &str, message: &str) -> reqwest::Response {
+        self.post_json("/api/messages/send", token, &serde_json::json!({ "customer_id": customer, "message": message }))
+            .await
+    }
+
+    pub async fn ws(&self, user: &str, token: &str) -> WsClient {
+        let url = format!("ws://{}/api/ws/{user}?token={token}", self.addr);
+        WsClient::connect(&url).await.expect("WebSocket connects")
+    }
+
+    /// The communication's status as the ledger has it now.
+    pub async fn communication_status(&self, id: &str) -> String {
+        sqlx::query_scalar("SELECT status FROM communications WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("communication exists")
+    }
+
+    /// Waits until the communication has `status`.
+    pub async fn wait_for_status(&self, id: &str, status: &str) {
+        crate::eventually(&format!("communication {id} to be {status}"), Duration::from_secs(15), || async {
+            (self.communication_status(id).await == status).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the job is in `state`; returns the row as JSON.
+    pub async fn wait_for_job_state(&self, job_id: &str, state: &str) -> Value {
+        crate::eventually(&format!("job {job_id} to be {state}"), Duration::from_secs(20), || async {
+            let row: Option<(String, sqlx::types::Json<Value>)> = sqlx::query_as(
+                "SELECT state, to_jsonb(jobs) FROM jobs WHERE id = $1::uuid",
+            )
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .ok()?;
+            row.filter(|(s, _)| s == state).map(|(_, json)| json.0)
+        })
+        .await
+    }
+
+    /// The attempts recorded for a job, in order.
+    pub async fn attempts(&self, job_id: &str) -> Vec<Value> {
+        let rows: Vec<sqlx::types::Json<Value>> = sqlx::query_scalar(
+            "SELECT to_jsonb(a) FROM job_attempts a WHERE job_id = $1::uuid ORDER BY attempt",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("attempts");
+        rows.into_iter().map(|r| r.0).collect()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.expect("count")
+    }
+
+    /// Every job finished and nothing left in the outbox: a test that ends with work
+    /// still pending has lost track of something.
+    pub async fn assert_no_jobs_left(&self) {
+        crate::eventually("every job to finish", Duration::from_secs(15), || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'dead', 'cancelled')",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .ok()?;
+            let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox").fetch_one(&self.pool).await.ok()?;
+            (open == 0 && events == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// A channel on the real broker, for tests that publish or inspect directly.
+    pub async fn broker_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let mut settings = self.settings.broker.clone();
+        settings.url = Secret::new(broker_url());
+        let connection = broker::connect(&settings, "test").await.expect("RabbitMQ is up");
+        let channel = connection.create_channel().await.expect("channel");
+        (connection, channel)
+    }
+
+    /// Messages ready in a queue of this app's topology.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let (connection, channel) = self.broker_channel().await;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .expect("queue exists");
+        connection.close(200, "bye".into()).await.ok();
+        declared.message_count()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.api_shutdown.cancel();
+        if let Some((shutdown, handle)) = self.workers.take() {
+            shutdown.cancel();
+            handle.abort();
+        }
+        if let Some(api) = self.api.take() {
+            api.abort();
+        }
+        let database = self.database.clone();
+        let admin = admin_database_url();
+        let topology = self.topology.clone();
+        let kinds = self.kinds.clone();
+        // Drop cannot await; clean up on a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await
+                        .ok();
+                }
+                if let Ok(connection) =
+                    lapin::Connection::connect(&broker_url(), lapin::ConnectionProperties::default()).await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+                    for queue in topology.queues(&kinds) {
+                        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.ok();
+                    }
+                    for exchange in topology.exchanges() {
+                        channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.ok();
+                    }
+                    connection.close(200, "bye".into()).await.ok();
+                }
+            });
+        });
+        cleanup.join().ok();
+    }
+}
