@@ -29,9 +29,21 @@ impl Caller {
     pub fn ensure_sees(&self, customer: &str) -> Result<(), ApiError> {
         match self.0.role {
             Role::Staff | Role::Operator => Ok(()),
-            Role::Customer if self.0.customer_id.as_ref().is_some_and(|own| own.as_str() == customer) => Ok(()),
-            Role::Customer => Err(ApiError::NotFound(format!("no conversation for customer {customer}"))),
-            Role::Crew => Err(ApiError::Forbidden("crew members see only what is shared with their crew".into())),
+            Role::Customer
+                if self
+                    .0
+                    .customer_id
+                    .as_ref()
+                    .is_some_and(|own| own.as_str() == customer) =>
+            {
+                Ok(())
+            }
+            Role::Customer => Err(ApiError::NotFound(format!(
+                "no conversation for customer {customer}"
+            ))),
+            Role::Crew => Err(ApiError::Forbidden(
+                "crew members see only what is shared with their crew".into(),
+            )),
         }
     }
 
@@ -53,14 +65,21 @@ impl Caller {
 }
 
 pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
-    auth::verify(token, state.settings.auth.jwt_secret.expose(), chrono::Utc::now().timestamp())
-        .map_err(|e| ApiError::Unauthorized(e.to_string()))
+    auth::verify(
+        token,
+        state.settings.auth.jwt_secret.expose(),
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(|e| ApiError::Unauthorized(e.to_string()))
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -70,7 +89,9 @@ impl FromRequestParts<AppState> for Caller {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be Bearer <token>".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be Bearer <token>".into())
+            })?;
         verify(state, token.trim()).map(Caller)
     }
 }

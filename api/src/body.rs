@@ -2,7 +2,10 @@
 //! field at fault.
 
 use axum::{
-    extract::{FromRequest, FromRequestParts, Request, rejection::{JsonRejection, QueryRejection}},
+    extract::{
+        FromRequest, FromRequestParts, Request,
+        rejection::{JsonRejection, QueryRejection},
+    },
     http::request::Parts,
 };
 use serde::de::DeserializeOwned;
@@ -28,12 +31,18 @@ where
                     "Failed to deserialize the JSON body into the target type: ",
                     "",
                 )),
-                JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("invalid_json", e.body_text()),
-                JsonRejection::MissingJsonContentType(_) => {
-                    ApiError::UnsupportedMediaType("expected a body with Content-Type: application/json".into())
+                JsonRejection::JsonSyntaxError(e) => {
+                    ApiError::bad_request("invalid_json", e.body_text())
                 }
-                JsonRejection::BytesRejection(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::PayloadTooLarge("the request body is larger than the limit (MAX_BODY_BYTES)".into())
+                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                    "expected a body with Content-Type: application/json".into(),
+                ),
+                JsonRejection::BytesRejection(e)
+                    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+                {
+                    ApiError::PayloadTooLarge(
+                        "the request body is larger than the limit (MAX_BODY_BYTES)".into(),
+                    )
                 }
                 other => ApiError::bad_request("invalid_body", other.body_text()),
             }),
@@ -58,7 +67,8 @@ where
             .map_err(|e: QueryRejection| {
                 ApiError::bad_request(
                     "invalid_query",
-                    e.body_text().replace("Failed to deserialize query string: ", "query string: "),
+                    e.body_text()
+                        .replace("Failed to deserialize query string: ", "query string: "),
                 )
             })
     }

@@ -47,7 +47,10 @@ impl IdempotencyKey {
             .ok()
             .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or_else(|| {
-                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters")
+                ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
             })?;
         let mut hasher = Sha256::new();
         hasher.update(route.as_bytes());
@@ -94,7 +97,12 @@ impl IdempotencyKey {
     }
 
     /// Stores the answer with the key, in the same transaction as the effect.
-    pub async fn store(&self, conn: &mut PgConnection, status: StatusCode, body: &Value) -> Result<(), ApiError> {
+    pub async fn store(
+        &self,
+        conn: &mut PgConnection,
+        status: StatusCode,
+        body: &Value,
+    ) -> Result<(), ApiError> {
         sqlx::query(
             "UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE user_id = $1 AND key = $2",
         )

@@ -51,16 +51,35 @@ pub struct Subscription {
 
 impl Hub {
     pub fn new(buffer: usize) -> Self {
-        Self { connections: RwLock::default(), next_id: AtomicU64::new(1), buffer }
+        Self {
+            connections: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            buffer,
+        }
     }
 
-    pub fn subscribe(&self, user_id: UserId, role: Role, customer_id: Option<CustomerId>) -> Subscription {
+    pub fn subscribe(
+        &self,
+        user_id: UserId,
+        role: Role,
+        customer_id: Option<CustomerId>,
+    ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.buffer);
         let too_slow = CancellationToken::new();
-        let subscriber = Subscriber { user_id, role, customer_id, frames: tx, too_slow: too_slow.clone() };
+        let subscriber = Subscriber {
+            user_id,
+            role,
+            customer_id,
+            frames: tx,
+            too_slow: too_slow.clone(),
+        };
         self.write().insert(id, subscriber);
-        Subscription { id, frames: rx, too_slow }
+        Subscription {
+            id,
+            frames: rx,
+            too_slow,
+        }
     }
 
     pub fn unsubscribe(&self, id: u64) {
@@ -73,7 +92,10 @@ impl Hub {
             return;
         };
         let frame: Arc<str> = frame.into();
-        let connections = self.connections.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connections = self
+            .connections
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (id, subscriber) in connections.iter() {
             if !subscriber.may_see(&event.customer_id) {
                 continue;
@@ -106,7 +128,9 @@ impl Hub {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Subscriber>> {
-        self.connections.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connections
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -131,7 +155,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
-        let Some(connection) = broker::connect_with_backoff(&settings, "commcenter-notifier", &shutdown).await else {
+        let Some(connection) =
+            broker::connect_with_backoff(&settings, "commcenter-notifier", &shutdown).await
+        else {
             break;
         };
         let result = async {
@@ -144,7 +170,10 @@ pub async fn run(
                     "notifier".into(),
                     // Events are notifications, not work: a lost one is refetched by
                     // the client, so auto-ack keeps this path light.
-                    BasicConsumeOptions { no_ack: true, ..Default::default() },
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
                     FieldTable::default(),
                 )
                 .await?;
@@ -161,7 +190,9 @@ pub async fn run(
                 };
                 match serde_json::from_slice::<Event>(&delivery.data) {
                     Ok(event) => hub.publish(&event),
-                    Err(error) => tracing::warn!(%error, "an event that does not parse was dropped"),
+                    Err(error) => {
+                        tracing::warn!(%error, "an event that does not parse was dropped")
+                    }
                 }
             }
         }
@@ -169,7 +200,10 @@ pub async fn run(
         broker_up.store(false, Ordering::Relaxed);
         connection.close(200, "bye".into()).await.ok();
         if let Err(error) = result {
-            tracing::warn!(error = format!("{error:#}"), "notifier lost RabbitMQ; reconnecting");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "notifier lost RabbitMQ; reconnecting"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -13,15 +13,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use commcenter_shared::{
-    broker::Topology,
-    db,
-    jobs::kinds,
-    relay::Relay,
-    settings::Settings,
-};
+use commcenter_shared::{broker::Topology, db, jobs::kinds, relay::Relay, settings::Settings};
 
-use crate::{notifier::{self, Hub}, routes};
+use crate::{
+    notifier::{self, Hub},
+    routes,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -58,7 +55,9 @@ impl App {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| self.state.settings.http.addr)
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.settings.http.addr)
     }
 
     /// Serves until `shutdown`, then stops accepting, finishes open requests and stops
@@ -94,7 +93,11 @@ impl App {
 }
 
 pub fn topology(settings: &Settings) -> Topology {
-    Topology::new(&settings.broker.prefix, settings.jobs.retry_tiers.clone(), settings.jobs.delivery_limit)
+    Topology::new(
+        &settings.broker.prefix,
+        settings.jobs.retry_tiers.clone(),
+        settings.jobs.delivery_limit,
+    )
 }
 
 pub fn router(state: AppState) -> Router {

@@ -83,7 +83,9 @@ pub fn verify(token: &str, secret: &str, now_unix: i64) -> Result<Claims, TokenE
     // verify_slice compares in constant time.
     mac.verify_slice(&signature)
         .map_err(|_| TokenError::BadSignature)?;
-    let body = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Malformed)?;
+    let body = URL_SAFE_NO_PAD
+        .decode(body)
+        .map_err(|_| TokenError::Malformed)?;
     let claims: Claims =
         serde_json::from_slice(&body).map_err(|e| TokenError::BadClaims(e.to_string()))?;
     if claims.exp <= now_unix {
@@ -121,7 +123,10 @@ mod tests {
     fn refuses_wrong_key_expiry_alg_and_garbage() {
         let c = claims(Role::Staff, None, 2_000);
         let token = issue(&c, "k");
-        assert_eq!(verify(&token, "other", 1_000), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&token, "other", 1_000),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(verify(&token, "k", 3_000), Err(TokenError::Expired));
         assert_eq!(verify("a.b", "k", 0), Err(TokenError::Malformed));
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
@@ -135,6 +140,9 @@ mod tests {
     #[test]
     fn customer_token_needs_customer_id() {
         let token = issue(&claims(Role::Customer, None, 2_000), "k");
-        assert!(matches!(verify(&token, "k", 0), Err(TokenError::BadClaims(_))));
+        assert!(matches!(
+            verify(&token, "k", 0),
+            Err(TokenError::BadClaims(_))
+        ));
     }
 }

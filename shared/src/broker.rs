@@ -9,7 +9,7 @@
 //! ```
 //!
 //! A retry is published to `{p}.delay` with routing key = its kind and header
-//! `x-delay-tier`; when the tier's TTL expires the broker dead-letters it back to
+//! `delay-tier`; when the tier's TTL expires the broker dead-letters it back to
 //! `{p}.jobs` under its original routing key, so it returns to its own kind's queue.
 //! Queue-wide TTLs (not per-message ones) because a per-message TTL only expires at the
 //! head of a queue.
@@ -26,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::settings::{BrokerSettings, tier_label};
 
-/// The header that picks a delay tier on the `{p}.delay` headers exchange.
-pub const DELAY_TIER_HEADER: &str = "x-delay-tier";
+/// The header that picks a delay tier on the `{p}.delay` headers exchange. Not `x-`
+/// prefixed: a headers exchange ignores `x-` headers when matching, which would send
+/// a retry to every tier at once.
+pub const DELAY_TIER_HEADER: &str = "delay-tier";
 
 /// Names and declarations under one `QUEUE_PREFIX`.
 #[derive(Debug, Clone)]
@@ -39,7 +41,11 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(prefix: &str, tiers: Vec<Duration>, delivery_limit: u32) -> Self {
-        Self { prefix: prefix.to_owned(), tiers, delivery_limit }
+        Self {
+            prefix: prefix.to_owned(),
+            tiers,
+            delivery_limit,
+        }
     }
 
     pub fn jobs_exchange(&self) -> String {
@@ -83,7 +89,10 @@ impl Topology {
 
     /// Declares exchanges, delay tiers, the dead-letter queue and one work queue per kind.
     pub async fn declare(&self, channel: &Channel, kinds: &[&str]) -> anyhow::Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         for (name, kind) in [
             (self.jobs_exchange(), ExchangeKind::Direct),
             (self.delay_exchange(), ExchangeKind::Headers),
@@ -96,7 +105,10 @@ impl Topology {
                 .with_context(|| format!("declaring exchange {name}"))?;
         }
 
-        let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
 
         // What the broker gives up on lands here, to be recorded in the ledger.
         let dead = self.dead_queue();
@@ -104,13 +116,26 @@ impl Topology {
             .queue_declare(dead.as_str().into(), durable_queue, quorum_args(&[]))
             .await
             .with_context(|| format!("declaring queue {dead}"))?;
-        bind(channel, &dead, &self.dead_exchange(), "", FieldTable::default()).await?;
+        bind(
+            channel,
+            &dead,
+            &self.dead_exchange(),
+            "",
+            FieldTable::default(),
+        )
+        .await?;
 
         for tier in &self.tiers {
             let queue = self.delay_queue(*tier);
             let mut args = FieldTable::default();
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier.as_millis() as i64));
-            args.insert("x-dead-letter-exchange".into(), string(&self.jobs_exchange()));
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(tier.as_millis() as i64),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                string(&self.jobs_exchange()),
+            );
             // Classic queue: TTL expiry with dead-lettering is what it is built for, on
             // every broker version we support (3.10 and up).
             channel
@@ -126,7 +151,10 @@ impl Topology {
         for kind in kinds {
             let queue = self.work_queue(kind);
             let args = quorum_args(&[
-                ("x-delivery-limit", AMQPValue::LongLongInt(self.delivery_limit as i64)),
+                (
+                    "x-delivery-limit",
+                    AMQPValue::LongLongInt(self.delivery_limit as i64),
+                ),
                 ("x-dead-letter-exchange", string(&self.dead_exchange())),
                 // Dead-lettering that cannot lose messages (RabbitMQ 3.10+); it
                 // requires reject-publish overflow.
@@ -137,7 +165,14 @@ impl Topology {
                 .queue_declare(queue.as_str().into(), durable_queue, args)
                 .await
                 .with_context(|| format!("declaring queue {queue}"))?;
-            bind(channel, &queue, &self.jobs_exchange(), kind, FieldTable::default()).await?;
+            bind(
+                channel,
+                &queue,
+                &self.jobs_exchange(),
+                kind,
+                FieldTable::default(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -150,13 +185,24 @@ impl Topology {
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 args,
             )
             .await
             .context("declaring the events queue")?;
         let name = queue.name().as_str().to_owned();
-        bind(channel, &name, &self.events_exchange(), "", FieldTable::default()).await?;
+        bind(
+            channel,
+            &name,
+            &self.events_exchange(),
+            "",
+            FieldTable::default(),
+        )
+        .await?;
         Ok(name)
     }
 }
@@ -213,7 +259,11 @@ pub async fn connect_with_backoff(
         match connect(settings, name).await {
             Ok(connection) => return Some(connection),
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), retry_in_ms = wait.as_millis() as u64, "RabbitMQ unreachable");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "RabbitMQ unreachable"
+                );
             }
         }
         tokio::select! {

@@ -36,10 +36,11 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> anyhow::Result<()> 
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
         .await
         .context("cannot connect to PostgreSQL (DATABASE_URL)")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         let quoted = name.replace('"', "\"\"");
         // Two processes starting at once may race here; the loser's error is harmless.

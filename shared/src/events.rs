@@ -52,7 +52,11 @@ pub enum EventBody {
 
 impl Event {
     pub fn now(customer_id: CustomerId, body: EventBody) -> Self {
-        Self { customer_id, at: Utc::now(), body }
+        Self {
+            customer_id,
+            at: Utc::now(),
+            body,
+        }
     }
 }
 

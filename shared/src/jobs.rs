@@ -93,7 +93,11 @@ impl NewJob {
 }
 
 /// Writes the job in the caller's transaction: it is published only once that commits.
-pub async fn enqueue(conn: &mut PgConnection, job: NewJob, max_attempts: i32) -> sqlx::Result<Uuid> {
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    job: NewJob,
+    max_attempts: i32,
+) -> sqlx::Result<Uuid> {
     let id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO jobs (id, kind, payload, max_attempts, communication_id, customer_id)
@@ -219,8 +223,8 @@ pub struct Attempt<'a> {
 
 pub async fn record_attempt(conn: &mut PgConnection, a: &Attempt<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO job_attempts (job_id, attempt, started_at, outcome, error_class, error, retry_in_ms, worker)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "INSERT INTO job_attempts (job_id, attempt, started_at, finished_at, outcome, error_class, error, retry_in_ms, worker)
+         VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8)
          ON CONFLICT (job_id, attempt) DO NOTHING",
     )
     .bind(a.job_id)
@@ -305,9 +309,7 @@ pub async fn record_orphan(
     broker_death: Option<&Value>,
 ) -> sqlx::Result<Uuid> {
     let id = Uuid::now_v7();
-    let payload = serde_json::from_slice::<Value>(raw_payload).unwrap_or_else(|_| {
-        serde_json::json!({ "raw": String::from_utf8_lossy(raw_payload) })
-    });
+    let payload = storable_payload(raw_payload);
     sqlx::query(
         "INSERT INTO jobs (id, kind, payload, state, max_attempts, last_error, last_error_class,
                            broker_death, first_failed_at, last_failed_at, finished_at)
@@ -322,4 +324,33 @@ pub async fn record_orphan(
     .execute(conn)
     .await?;
     Ok(id)
+}
+
+/// A payload PostgreSQL can store as `jsonb`: the JSON itself when it parses, else the
+/// bytes as text (NUL, which `jsonb` refuses, shown as U+FFFD) and exactly, in base64.
+fn storable_payload(raw: &[u8]) -> Value {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(value) if !value.to_string().contains("\\u0000") => value,
+        _ => serde_json::json!({
+            "raw": String::from_utf8_lossy(raw).replace('\0', "\u{FFFD}"),
+            "raw_base64": STANDARD.encode(raw),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_with_nul_are_kept_exactly_but_storably() {
+        let stored = storable_payload(b"\x00not json");
+        assert_eq!(stored["raw"], "\u{FFFD}not json");
+        assert_eq!(stored["raw_base64"], "AG5vdCBqc29u");
+        let stored = storable_payload(br#"{"a": "x\u0000y"}"#);
+        assert!(stored.get("raw_base64").is_some());
+        let stored = storable_payload(br#"{"a": 1}"#);
+        assert_eq!(stored, serde_json::json!({"a": 1}));
+    }
 }

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::try_join_all;
-use lapin::{BasicProperties, Channel, options::{BasicPublishOptions, ConfirmSelectOptions}};
+use lapin::{
+    BasicProperties, Channel,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -58,7 +61,10 @@ impl Relay {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "outbox relay lost its connection; reconnecting");
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "outbox relay lost its connection; reconnecting"
+                    );
                     connection.close(200, "reconnecting".into()).await.ok();
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -69,11 +75,17 @@ impl Relay {
         }
     }
 
-    async fn serve(&self, connection: &lapin::Connection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn serve(
+        &self,
+        connection: &lapin::Connection,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let channel = connection.create_channel().await?;
         let kinds: Vec<&str> = self.kinds.iter().map(String::as_str).collect();
         self.topology.declare(&channel, &kinds).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         tracing::info!("outbox relay running");
@@ -116,7 +128,11 @@ impl Relay {
         let exchange = self.topology.jobs_exchange();
         let mut confirms = Vec::with_capacity(rows.len());
         for (job_id, kind, payload) in &rows {
-            let envelope = Envelope { job_id: *job_id, kind: kind.clone(), payload: payload.clone() };
+            let envelope = Envelope {
+                job_id: *job_id,
+                kind: kind.clone(),
+                payload: payload.clone(),
+            };
             let body = serde_json::to_vec(&envelope)?;
             confirms.push(
                 channel
@@ -125,7 +141,10 @@ impl Relay {
                         kind.as_str().into(),
                         // mandatory: a job with no queue for its kind comes back to us
                         // instead of vanishing.
-                        BasicPublishOptions { mandatory: true, ..Default::default() },
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
                         &body,
                         job_properties(*job_id),
                     )

@@ -43,7 +43,10 @@ impl RetryPolicy {
             delay = backoff.next_backoff().unwrap_or(largest);
         }
         let delay = delay.max(retry_after.unwrap_or_default());
-        Decision::RetryIn { tier: self.tier_for(delay), backoff: delay }
+        Decision::RetryIn {
+            tier: self.tier_for(delay),
+            backoff: delay,
+        }
     }
 
     /// The shortest tier at least `delay` long, or the longest tier.
@@ -81,7 +84,10 @@ mod tests {
             assert!(tier >= backoff || tier == *p.tiers.last().unwrap());
             // Jitter is ±50%, so the n-th backoff is at least half of base * 2^(n-1).
             let floor = Duration::from_secs(1 << (attempt - 1)).min(Duration::from_secs(3600)) / 2;
-            assert!(backoff >= floor, "attempt {attempt}: {backoff:?} < {floor:?}");
+            assert!(
+                backoff >= floor,
+                "attempt {attempt}: {backoff:?} < {floor:?}"
+            );
             assert!(tier >= previous_tier / 6, "tiers should broadly grow");
             previous_tier = tier;
         }
@@ -95,7 +101,9 @@ mod tests {
 
     #[test]
     fn retry_after_is_never_undercut() {
-        let Decision::RetryIn { tier, backoff } = policy().after_failure(1, Some(Duration::from_secs(60))) else {
+        let Decision::RetryIn { tier, backoff } =
+            policy().after_failure(1, Some(Duration::from_secs(60)))
+        else {
             panic!("should retry");
         };
         assert!(backoff >= Duration::from_secs(60));

@@ -118,7 +118,10 @@ impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             database: DatabaseSettings {
-                url: Secret::new(var("DATABASE_URL", "postgres://root@127.0.0.1:5432/commcenter")),
+                url: Secret::new(var(
+                    "DATABASE_URL",
+                    "postgres://root@127.0.0.1:5432/commcenter",
+                )),
                 max_connections: parse("DATABASE_MAX_CONNECTIONS", "40")?,
             },
             broker: BrokerSettings {
@@ -130,7 +133,10 @@ impl Settings {
                 addr: parse("API_ADDR", "127.0.0.1:8001")?,
                 max_body_bytes: parse("MAX_BODY_BYTES", "65536")?,
                 ws_buffer: positive(parse("WS_BUFFER", "256")?, "WS_BUFFER")?,
-                ws_ping: Duration::from_secs(positive(parse("WS_PING_SECS", "30")?, "WS_PING_SECS")?),
+                ws_ping: Duration::from_secs(positive(
+                    parse("WS_PING_SECS", "30")?,
+                    "WS_PING_SECS",
+                )?),
                 shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", "30")?),
             },
             auth: AuthSettings {
@@ -145,7 +151,10 @@ impl Settings {
                     .map(str::to_owned)
                     .collect(),
                 max_attempts: positive(parse("JOB_MAX_ATTEMPTS", "8")?, "JOB_MAX_ATTEMPTS")?,
-                timeout: Duration::from_secs(positive(parse("JOB_TIMEOUT_SECS", "60")?, "JOB_TIMEOUT_SECS")?),
+                timeout: Duration::from_secs(positive(
+                    parse("JOB_TIMEOUT_SECS", "60")?,
+                    "JOB_TIMEOUT_SECS",
+                )?),
                 retry_tiers: parse_tiers(&var("RETRY_TIERS", "1s,5s,30s,2m,10m,1h"))
                     .context("RETRY_TIERS")?,
                 retry_base: Duration::from_millis(parse("RETRY_BASE_MS", "1000")?),
@@ -153,7 +162,10 @@ impl Settings {
             },
             relay: RelaySettings {
                 batch: positive(parse("OUTBOX_BATCH", "500")?, "OUTBOX_BATCH")?,
-                poll: Duration::from_millis(positive(parse("OUTBOX_POLL_MS", "1000")?, "OUTBOX_POLL_MS")?),
+                poll: Duration::from_millis(positive(
+                    parse("OUTBOX_POLL_MS", "1000")?,
+                    "OUTBOX_POLL_MS",
+                )?),
             },
             telemetry: TelemetrySettings {
                 json: match var("LOG_FORMAT", "text").as_str() {

@@ -54,7 +54,10 @@ pub struct NewCommunication<'a> {
     pub attachments: Value,
 }
 
-pub async fn insert_communication(conn: &mut PgConnection, c: &NewCommunication<'_>) -> sqlx::Result<Communication> {
+pub async fn insert_communication(
+    conn: &mut PgConnection,
+    c: &NewCommunication<'_>,
+) -> sqlx::Result<Communication> {
     sqlx::query_as(&format!(
         "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject, message, attachments)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -73,11 +76,16 @@ pub async fn insert_communication(conn: &mut PgConnection, c: &NewCommunication<
     .await
 }
 
-pub async fn find_communication(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Communication>> {
-    sqlx::query_as(&format!("SELECT {COMMUNICATION_COLUMNS} FROM communications WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+pub async fn find_communication(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> sqlx::Result<Option<Communication>> {
+    sqlx::query_as(&format!(
+        "SELECT {COMMUNICATION_COLUMNS} FROM communications WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Moves a communication's status forward, never back: `queued → sent → delivered →
@@ -126,7 +134,10 @@ pub struct CommunicationFilter {
 }
 
 /// Newest first, keyset-paginated on (created_at, id).
-pub async fn list_communications(pool: &PgPool, f: &CommunicationFilter) -> sqlx::Result<Vec<Communication>> {
+pub async fn list_communications(
+    pool: &PgPool,
+    f: &CommunicationFilter,
+) -> sqlx::Result<Vec<Communication>> {
     sqlx::query_as(&format!(
         "SELECT {COMMUNICATION_COLUMNS} FROM communications
          WHERE ($1::text IS NULL OR customer_id = $1)
@@ -153,7 +164,10 @@ pub struct Conversation {
     pub updated_at: DateTime<Utc>,
 }
 
-pub async fn find_conversation(conn: &mut PgConnection, customer: &CustomerId) -> sqlx::Result<Option<Conversation>> {
+pub async fn find_conversation(
+    conn: &mut PgConnection,
+    customer: &CustomerId,
+) -> sqlx::Result<Option<Conversation>> {
     sqlx::query_as(
         "SELECT customer_id, status, updated_by, created_at, updated_at FROM conversations WHERE customer_id = $1",
     )
@@ -185,7 +199,10 @@ pub async fn set_conversation_status(
 }
 
 /// Opens the conversation if it does not exist yet (the first message starts it).
-pub async fn ensure_conversation(conn: &mut PgConnection, customer: &CustomerId) -> sqlx::Result<()> {
+pub async fn ensure_conversation(
+    conn: &mut PgConnection,
+    customer: &CustomerId,
+) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO conversations (customer_id) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(customer.as_str())
         .execute(conn)

@@ -26,13 +26,18 @@ use crate::WsClient;
 
 /// Where the shared servers are; CI and developers both have them on loopback.
 fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
 }
 pub fn broker_url() -> String {
-    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 pub fn broker_addr() -> SocketAddr {
-    std::env::var("TEST_AMQP_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into()).parse().expect("TEST_AMQP_ADDR")
+    std::env::var("TEST_AMQP_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:5672".into())
+        .parse()
+        .expect("TEST_AMQP_ADDR")
 }
 
 /// What a test can change about its app.
@@ -106,7 +111,10 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: TestOptions) -> TestApp {
-    telemetry::init(false);
+    // Quiet unless asked: RUST_LOG=info cargo test ... shows the apps' logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        telemetry::init(false);
+    }
     let id = Uuid::new_v4().simple().to_string();
     let database = format!("cc_test_{id}");
     let prefix = format!("cc-test-{id}");
@@ -132,13 +140,19 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     settings.relay.poll = Duration::from_millis(200);
     settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}"));
 
-    let app = App::build(settings.clone()).await.expect("the api builds (is PostgreSQL up?)");
+    let app = App::build(settings.clone())
+        .await
+        .expect("the api builds (is PostgreSQL up?)");
     let addr = app.local_addr();
     let pool = app.state.pool.clone();
     let api_shutdown = CancellationToken::new();
     let api = tokio::spawn(app.run(api_shutdown.clone()));
 
-    let topology = Topology::new(&settings.broker.prefix, settings.jobs.retry_tiers.clone(), settings.jobs.delivery_limit);
+    let topology = Topology::new(
+        &settings.broker.prefix,
+        settings.jobs.retry_tiers.clone(),
+        settings.jobs.delivery_limit,
+    );
     let registry = options.registry.unwrap_or_else(handlers::registry);
     let mut kinds: Vec<String> = kinds::ALL.iter().map(|k| (*k).to_owned()).collect();
     kinds.extend(registry.kinds().iter().map(|k| (*k).to_owned()));
@@ -181,7 +195,12 @@ impl TestApp {
     async fn wait_until_ready(&self) {
         // The notifier must be consuming before a test sends, or its events are missed.
         crate::eventually("the api to be ready", Duration::from_secs(15), || async {
-            let response = self.client.get(format!("{}/readyz", self.base_url)).send().await.ok()?;
+            let response = self
+                .client
+                .get(format!("{}/readyz", self.base_url))
+                .send()
+                .await
+                .ok()?;
             response.status().is_success().then_some(())
         })
         .await;
@@ -242,7 +261,11 @@ impl TestApp {
     }
 
     pub fn customer_token(&self, customer: &str) -> String {
-        self.token(&format!("user-of-{customer}"), Role::Customer, Some(customer))
+        self.token(
+            &format!("user-of-{customer}"),
+            Role::Customer,
+            Some(customer),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -250,16 +273,36 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
-        self.client.post(self.url(path)).bearer_auth(token).json(body).send().await.expect("POST")
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
     }
 
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(token).send().await.expect("GET")
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
     }
 
-    pub async fn send_message(&self, token: &str, customer: &str, message: &str) -> reqwest::Response {
-        self.post_json("/api/messages/send", token, &serde_json::json!({ "customer_id": customer, "message": message }))
-            .await
+    pub async fn send_message(
+        &self,
+        token: &str,
+        customer: &str,
+        message: &str,
+    ) -> reqwest::Response {
+        self.post_json(
+            "/api/messages/send",
+            token,
+            &serde_json::json!({ "customer_id": customer, "message": message }),
+        )
+        .await
     }
 
     pub async fn ws(&self, user: &str, token: &str) -> WsClient {
@@ -278,24 +321,29 @@ impl TestApp {
 
     /// Waits until the communication has `status`.
     pub async fn wait_for_status(&self, id: &str, status: &str) {
-        crate::eventually(&format!("communication {id} to be {status}"), Duration::from_secs(15), || async {
-            (self.communication_status(id).await == status).then_some(())
-        })
+        crate::eventually(
+            &format!("communication {id} to be {status}"),
+            Duration::from_secs(15),
+            || async { (self.communication_status(id).await == status).then_some(()) },
+        )
         .await;
     }
 
     /// Waits until the job is in `state`; returns the row as JSON.
     pub async fn wait_for_job_state(&self, job_id: &str, state: &str) -> Value {
-        crate::eventually(&format!("job {job_id} to be {state}"), Duration::from_secs(20), || async {
-            let row: Option<(String, sqlx::types::Json<Value>)> = sqlx::query_as(
-                "SELECT state, to_jsonb(jobs) FROM jobs WHERE id = $1::uuid",
-            )
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await
-            .ok()?;
-            row.filter(|(s, _)| s == state).map(|(_, json)| json.0)
-        })
+        crate::eventually(
+            &format!("job {job_id} to be {state}"),
+            Duration::from_secs(20),
+            || async {
+                let row: Option<(String, sqlx::types::Json<Value>)> =
+                    sqlx::query_as("SELECT state, to_jsonb(jobs) FROM jobs WHERE id = $1::uuid")
+                        .bind(job_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .ok()?;
+                row.filter(|(s, _)| s == state).map(|(_, json)| json.0)
+            },
+        )
         .await
     }
 
@@ -312,7 +360,10 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.expect("count")
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
     }
 
     /// Every job finished and nothing left in the outbox: a test that ends with work
@@ -325,7 +376,10 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .ok()?;
-            let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox").fetch_one(&self.pool).await.ok()?;
+            let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
+                .fetch_one(&self.pool)
+                .await
+                .ok()?;
             (open == 0 && events == 0).then_some(())
         })
         .await;
@@ -335,7 +389,9 @@ impl TestApp {
     pub async fn broker_channel(&self) -> (lapin::Connection, lapin::Channel) {
         let mut settings = self.settings.broker.clone();
         settings.url = Secret::new(broker_url());
-        let connection = broker::connect(&settings, "test").await.expect("RabbitMQ is up");
+        let connection = broker::connect(&settings, "test")
+            .await
+            .expect("RabbitMQ is up");
         let channel = connection.create_channel().await.expect("channel");
         (connection, channel)
     }
@@ -346,7 +402,10 @@ impl TestApp {
         let declared = channel
             .queue_declare(
                 queue.into(),
-                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 Default::default(),
             )
             .await
@@ -372,24 +431,41 @@ impl Drop for TestApp {
         let kinds = self.kinds.clone();
         // Drop cannot await; clean up on a thread with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             runtime.block_on(async move {
                 if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await
-                        .ok();
+                    sqlx::query(&format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    ))
+                    .execute(&mut conn)
+                    .await
+                    .ok();
                 }
-                if let Ok(connection) =
-                    lapin::Connection::connect(&broker_url(), lapin::ConnectionProperties::default()).await
+                if let Ok(connection) = lapin::Connection::connect(
+                    &broker_url(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await
                     && let Ok(channel) = connection.create_channel().await
                 {
                     let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
                     for queue in topology.queues(&kinds) {
-                        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.ok();
+                        channel
+                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await
+                            .ok();
                     }
                     for exchange in topology.exchanges() {
-                        channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.ok();
+                        channel
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await
+                            .ok();
                     }
                     connection.close(200, "bye".into()).await.ok();
                 }

@@ -25,7 +25,10 @@ impl BrokerProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let state = Arc::new(Mutex::new(ProxyState { up: true, generation: CancellationToken::new() }));
+        let state = Arc::new(Mutex::new(ProxyState {
+            up: true,
+            generation: CancellationToken::new(),
+        }));
         let stop = CancellationToken::new();
         let (accept_state, accept_stop) = (state.clone(), stop.clone());
         tokio::spawn(async move {
@@ -34,7 +37,9 @@ impl BrokerProxy {
                     () = accept_stop.cancelled() => return,
                     accepted = listener.accept() => accepted,
                 };
-                let Ok((mut client, _)) = accepted else { continue };
+                let Ok((mut client, _)) = accepted else {
+                    continue;
+                };
                 let (up, generation) = {
                     let s = accept_state.lock().expect("proxy state");
                     (s.up, s.generation.clone())
@@ -44,7 +49,9 @@ impl BrokerProxy {
                     continue;
                 }
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         () = generation.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}

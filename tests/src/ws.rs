@@ -16,7 +16,10 @@ impl WsClient {
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;
         let mut client = Self { stream };
-        let hello = client.next_json(Duration::from_secs(5)).await.expect("a connected frame");
+        let hello = client
+            .next_json(Duration::from_secs(5))
+            .await
+            .expect("a connected frame");
         assert_eq!(hello["type"], "connected", "first frame: {hello}");
         Ok(client)
     }
@@ -25,7 +28,10 @@ impl WsClient {
     pub async fn next_json(&mut self, timeout: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()??.ok()?;
+            let message = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??
+                .ok()?;
             match message {
                 Message::Text(text) => return serde_json::from_str(&text).ok(),
                 Message::Ping(payload) => {
@@ -69,7 +75,10 @@ impl WsClient {
     pub async fn close_code(&mut self, timeout: Duration) -> Option<u16> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match tokio::time::timeout_at(deadline, self.stream.next()).await.ok()? {
+            match tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?
+            {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return None,

@@ -20,9 +20,18 @@ pub(crate) async fn record(runtime: &Runtime, delivery: Delivery) {
             delivery.ack(BasicAckOptions::default()).await.ok();
         }
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "could not record a dead letter; it will be redelivered");
+            tracing::error!(
+                error = format!("{error:#}"),
+                "could not record a dead letter; it will be redelivered"
+            );
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .ok();
         }
     }
 }
@@ -49,14 +58,23 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
                 .execute(&mut *tx)
                 .await?;
             if let Some(handler) = runtime.registry.get(&row.kind) {
-                let job = JobContext { id: row.id, kind: row.kind.clone(), payload: row.payload.clone(), attempt: row.attempts };
+                let job = JobContext {
+                    id: row.id,
+                    kind: row.kind.clone(),
+                    payload: row.payload.clone(),
+                    attempt: row.attempts,
+                };
                 handler.on_dead(&mut tx, &job, &reason).await?;
             }
             tracing::error!(job_id = %row.id, kind = %row.kind, error_class = class.as_str(), reason, "broker dead-lettered a job");
         }
         None => {
-            let kind = envelope.as_ref().map_or_else(|| first_routing_key(&death), |e| e.kind.clone());
-            let id = jobs::record_orphan(&mut tx, &kind, &delivery.data, class, &reason, Some(&death)).await?;
+            let kind = envelope
+                .as_ref()
+                .map_or_else(|| first_routing_key(&death), |e| e.kind.clone());
+            let id =
+                jobs::record_orphan(&mut tx, &kind, &delivery.data, class, &reason, Some(&death))
+                    .await?;
             tracing::error!(job_id = %id, kind, reason, "broker dead-lettered a message that is not a known job");
         }
     }
@@ -76,8 +94,14 @@ fn death_history(headers: &FieldTable) -> Value {
 /// The error class and a sentence for operators, from the newest `x-death` entry.
 fn describe(death: &Value) -> (ErrorClass, String) {
     let newest = death.get(0).cloned().unwrap_or(Value::Null);
-    let reason = newest.get("reason").and_then(Value::as_str).unwrap_or("unknown");
-    let queue = newest.get("queue").and_then(Value::as_str).unwrap_or("an unknown queue");
+    let reason = newest
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    let queue = newest
+        .get("queue")
+        .and_then(Value::as_str)
+        .unwrap_or("an unknown queue");
     let count = newest.get("count").and_then(Value::as_i64).unwrap_or(0);
     let class = match reason {
         "delivery_limit" => ErrorClass::DeliveryLimit,
@@ -119,7 +143,9 @@ fn amqp_to_json(value: &AMQPValue) -> Value {
         AMQPValue::Double(n) => json!(n),
         AMQPValue::ShortString(s) => json!(s.as_str()),
         AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(amqp_to_json).collect()),
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(amqp_to_json).collect())
+        }
         AMQPValue::FieldTable(table) => Value::Object(
             table
                 .inner()

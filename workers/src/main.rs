@@ -18,7 +18,11 @@ async fn main() -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime {
         pool,
         broker: settings.broker.clone(),
-        topology: Topology::new(&settings.broker.prefix, settings.jobs.retry_tiers.clone(), settings.jobs.delivery_limit),
+        topology: Topology::new(
+            &settings.broker.prefix,
+            settings.jobs.retry_tiers.clone(),
+            settings.jobs.delivery_limit,
+        ),
         policy: RetryPolicy {
             tiers: settings.jobs.retry_tiers.clone(),
             base: settings.jobs.retry_base,

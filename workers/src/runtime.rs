@@ -44,7 +44,10 @@ use crate::dead_letters;
 pub enum JobError {
     /// Worth another try later; `retry_after` is the provider's own minimum wait.
     #[error("{message}")]
-    Transient { message: String, retry_after: Option<Duration> },
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Will never succeed as it is.
     #[error("{0}")]
     Permanent(String),
@@ -52,7 +55,10 @@ pub enum JobError {
 
 impl JobError {
     pub fn transient(message: impl Into<String>) -> Self {
-        Self::Transient { message: message.into(), retry_after: None }
+        Self::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
         Self::Permanent(message.into())
@@ -96,7 +102,12 @@ pub trait Handler: Send + Sync + 'static {
     /// Runs in the transaction that marks the job dead (permanent failure, attempts
     /// exhausted, or dead-lettered by the broker), so what the job served shows as
     /// failed and the sender hears of it. Default: nothing.
-    async fn on_dead(&self, _conn: &mut PgConnection, _job: &JobContext, _reason: &str) -> anyhow::Result<()> {
+    async fn on_dead(
+        &self,
+        _conn: &mut PgConnection,
+        _job: &JobContext,
+        _reason: &str,
+    ) -> anyhow::Result<()> {
         Ok(())
     }
 }
@@ -129,9 +140,13 @@ impl Registry {
             return Ok(self);
         }
         for kind in kinds {
-            anyhow::ensure!(self.handlers.contains_key(kind.as_str()), "WORKER_KINDS names unknown job kind {kind:?}");
+            anyhow::ensure!(
+                self.handlers.contains_key(kind.as_str()),
+                "WORKER_KINDS names unknown job kind {kind:?}"
+            );
         }
-        self.handlers.retain(|k, _| kinds.iter().any(|wanted| wanted == k));
+        self.handlers
+            .retain(|k, _| kinds.iter().any(|wanted| wanted == k));
         Ok(self)
     }
 }
@@ -188,8 +203,14 @@ impl Runtime {
     async fn drain(&self, in_flight: &TaskTracker) {
         in_flight.close();
         tracing::info!(in_flight = in_flight.len(), "draining in-flight jobs");
-        if tokio::time::timeout(self.shutdown_grace, in_flight.wait()).await.is_err() {
-            tracing::warn!(left = in_flight.len(), "shutdown grace ran out; unacked jobs will be redelivered");
+        if tokio::time::timeout(self.shutdown_grace, in_flight.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = in_flight.len(),
+                "shutdown grace ran out; unacked jobs will be redelivered"
+            );
         }
     }
 
@@ -199,7 +220,11 @@ impl Runtime {
         shutdown: &CancellationToken,
         in_flight: &TaskTracker,
     ) -> Stopped {
-        match self.clone().consume_all(connection, shutdown, in_flight).await {
+        match self
+            .clone()
+            .consume_all(connection, shutdown, in_flight)
+            .await
+        {
             Ok(()) => Stopped::Shutdown,
             Err(error) => Stopped::ConnectionLost(error),
         }
@@ -212,16 +237,22 @@ impl Runtime {
         in_flight: &TaskTracker,
     ) -> anyhow::Result<()> {
         let setup = connection.create_channel().await?;
-        self.topology.declare(&setup, &self.registry.kinds()).await?;
+        self.topology
+            .declare(&setup, &self.registry.kinds())
+            .await?;
 
         // Retries are republished on a channel of their own, with confirms.
         let publisher = connection.create_channel().await?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
 
         let mut consumers = Vec::new();
         for kind in self.registry.kinds() {
             let channel = connection.create_channel().await?;
-            channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
             let tag = format!("{}-{kind}", self.worker_name);
             let consumer = channel
                 .basic_consume(
@@ -236,7 +267,9 @@ impl Runtime {
         }
         if self.record_dead_letters {
             let channel = connection.create_channel().await?;
-            channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
             let tag = format!("{}-dead", self.worker_name);
             let consumer = channel
                 .basic_consume(
@@ -251,7 +284,10 @@ impl Runtime {
         tracing::info!(kinds = ?self.registry.kinds(), prefetch = self.prefetch, "consuming");
 
         // Kept open until in-flight jobs are drained: their acks travel on these.
-        let channels: Vec<Channel> = consumers.iter().map(|(channel, ..)| channel.clone()).collect();
+        let channels: Vec<Channel> = consumers
+            .iter()
+            .map(|(channel, ..)| channel.clone())
+            .collect();
         let mut loops = Vec::new();
         for (channel, tag, mut consumer, source) in consumers {
             let runtime = self.clone();
@@ -309,12 +345,16 @@ impl Runtime {
             Ok(envelope) => envelope,
             Err(error) => {
                 let reason = format!("the message is not a job envelope: {error}");
-                return self.dead_on_arrival(delivery, ErrorClass::Unparseable, &reason).await;
+                return self
+                    .dead_on_arrival(delivery, ErrorClass::Unparseable, &reason)
+                    .await;
             }
         };
         let Some(handler) = self.registry.get(&envelope.kind).cloned() else {
             let reason = format!("no handler for job kind {:?}", envelope.kind);
-            return self.dead_on_arrival(delivery, ErrorClass::Unparseable, &reason).await;
+            return self
+                .dead_on_arrival(delivery, ErrorClass::Unparseable, &reason)
+                .await;
         };
         let span = tracing::info_span!("job", job_id = %envelope.job_id, kind = %envelope.kind, attempt = tracing::field::Empty);
         let outcome = self
@@ -330,18 +370,37 @@ impl Runtime {
                 // the delivery back after a pause, rather than spin on it.
                 tracing::error!(job_id = %envelope.job_id, error = format!("{error:#}"), "could not record the job's outcome; it will be redelivered");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok();
             }
         }
     }
 
-    async fn run_job(&self, envelope: &Envelope, handler: &dyn Handler, publisher: &Channel) -> anyhow::Result<()> {
+    async fn run_job(
+        &self,
+        envelope: &Envelope,
+        handler: &dyn Handler,
+        publisher: &Channel,
+    ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         let Some(row) = jobs::lock(&mut tx, envelope.job_id).await? else {
             let reason = format!("job {} is not in the ledger", envelope.job_id);
             tracing::error!("{reason}");
             let raw = serde_json::to_vec(envelope)?;
-            jobs::record_orphan(&mut tx, &envelope.kind, &raw, ErrorClass::Unparseable, &reason, None).await?;
+            jobs::record_orphan(
+                &mut tx,
+                &envelope.kind,
+                &raw,
+                ErrorClass::Unparseable,
+                &reason,
+                None,
+            )
+            .await?;
             tx.commit().await?;
             return Ok(());
         };
@@ -352,7 +411,12 @@ impl Runtime {
         }
         let attempt = row.attempts + 1;
         tracing::Span::current().record("attempt", attempt);
-        let job = JobContext { id: row.id, kind: row.kind.clone(), payload: row.payload.clone(), attempt };
+        let job = JobContext {
+            id: row.id,
+            kind: row.kind.clone(),
+            payload: row.payload.clone(),
+            attempt,
+        };
         let started_at = Utc::now();
 
         // The handler's writes live in a savepoint: a failure undoes them but keeps
@@ -362,8 +426,14 @@ impl Runtime {
         let run = std::panic::AssertUnwindSafe(handler.run(&mut effects, &job)).catch_unwind();
         let result = match tokio::time::timeout(self.job_timeout, run).await {
             Ok(Ok(result)) => result,
-            Ok(Err(panic)) => Err(JobError::transient(format!("the handler panicked: {}", panic_message(&panic)))),
-            Err(_) => Err(JobError::transient(format!("timed out after {:?}", self.job_timeout))),
+            Ok(Err(panic)) => Err(JobError::transient(format!(
+                "the handler panicked: {}",
+                panic_message(&*panic)
+            ))),
+            Err(_) => Err(JobError::transient(format!(
+                "timed out after {:?}",
+                self.job_timeout
+            ))),
         };
         let mut attempt_row = Attempt {
             job_id: job.id,
@@ -389,9 +459,13 @@ impl Runtime {
                 attempt_row.error_class = Some(ErrorClass::Permanent);
                 attempt_row.error = Some(reason);
                 jobs::record_attempt(&mut tx, &attempt_row).await?;
-                self.bury(&mut tx, handler, &job, ErrorClass::Permanent, reason).await?;
+                self.bury(&mut tx, handler, &job, ErrorClass::Permanent, reason)
+                    .await?;
             }
-            Err(JobError::Transient { message, retry_after }) => {
+            Err(JobError::Transient {
+                message,
+                retry_after,
+            }) => {
                 effects.rollback().await?;
                 attempt_row.outcome = "transient";
                 attempt_row.error_class = Some(ErrorClass::Transient);
@@ -399,13 +473,16 @@ impl Runtime {
                 match self.policy.after_failure(attempt, *retry_after) {
                     Decision::GiveUp => {
                         jobs::record_attempt(&mut tx, &attempt_row).await?;
-                        let reason = format!("gave up after {attempt} attempts; last error: {message}");
-                        self.bury(&mut tx, handler, &job, ErrorClass::Exhausted, &reason).await?;
+                        let reason =
+                            format!("gave up after {attempt} attempts; last error: {message}");
+                        self.bury(&mut tx, handler, &job, ErrorClass::Exhausted, &reason)
+                            .await?;
                     }
                     Decision::RetryIn { tier, backoff } => {
                         attempt_row.retry_in_ms = Some(tier.as_millis() as i64);
                         jobs::record_attempt(&mut tx, &attempt_row).await?;
-                        let next = Utc::now() + chrono::Duration::from_std(tier).unwrap_or_default();
+                        let next =
+                            Utc::now() + chrono::Duration::from_std(tier).unwrap_or_default();
                         jobs::mark_retrying(&mut tx, job.id, attempt, next, message).await?;
                         tracing::warn!(error = %message, backoff_ms = backoff.as_millis() as u64, tier = %tier_label(tier), "job failed; will retry");
                         retry_tier = Some(tier);
@@ -435,22 +512,37 @@ impl Runtime {
         Ok(())
     }
 
-    async fn publish_retry(&self, publisher: &Channel, envelope: &Envelope, tier: Duration) -> anyhow::Result<()> {
+    async fn publish_retry(
+        &self,
+        publisher: &Channel,
+        envelope: &Envelope,
+        tier: Duration,
+    ) -> anyhow::Result<()> {
         let mut headers = FieldTable::default();
-        headers.insert(DELAY_TIER_HEADER.into(), AMQPValue::LongString(tier_label(tier).as_str().into()));
+        headers.insert(
+            DELAY_TIER_HEADER.into(),
+            AMQPValue::LongString(tier_label(tier).as_str().into()),
+        );
         let properties: BasicProperties = job_properties(envelope.job_id).with_headers(headers);
         let confirmation = publisher
             .basic_publish(
                 self.topology.delay_exchange().as_str().into(),
                 envelope.kind.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &serde_json::to_vec(envelope)?,
                 properties,
             )
             .await?
             .await?;
         anyhow::ensure!(confirmation.is_ack(), "the broker refused the retry");
-        anyhow::ensure!(confirmation.take_message().is_none(), "no delay queue for tier {}", tier_label(tier));
+        anyhow::ensure!(
+            confirmation.take_message().is_none(),
+            "no delay queue for tier {}",
+            tier_label(tier)
+        );
         Ok(())
     }
 
@@ -460,7 +552,15 @@ impl Runtime {
         tracing::error!(routing_key = %delivery.routing_key, reason, "poison message");
         let recorded = async {
             let mut conn = self.pool.acquire().await?;
-            jobs::record_orphan(&mut conn, delivery.routing_key.as_str(), &delivery.data, class, reason, None).await?;
+            jobs::record_orphan(
+                &mut conn,
+                delivery.routing_key.as_str(),
+                &delivery.data,
+                class,
+                reason,
+                None,
+            )
+            .await?;
             anyhow::Ok(())
         }
         .await;
@@ -469,9 +569,18 @@ impl Runtime {
                 delivery.ack(BasicAckOptions::default()).await.ok();
             }
             Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "could not record a poison message; it will be redelivered");
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "could not record a poison message; it will be redelivered"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok();
             }
         }
     }

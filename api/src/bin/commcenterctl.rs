@@ -61,7 +61,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             eprintln!("migrations applied");
         }
-        Command::Token { user, role, customer, ttl_hours } => {
+        Command::Token {
+            user,
+            role,
+            customer,
+            ttl_hours,
+        } => {
             let role = Role::parse(&role)?;
             let customer_id = customer.as_deref().map(CustomerId::parse).transpose()?;
             anyhow::ensure!(

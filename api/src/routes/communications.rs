@@ -51,14 +51,17 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let customer_id = match (&query.customer_id, caller.own_customer()) {
         (Some(raw), _) => {
-            let customer = CustomerId::parse(raw).map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+            let customer =
+                CustomerId::parse(raw).map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
             caller.ensure_sees(customer.as_str())?;
             Some(customer)
         }
         // A customer who names no customer gets their own conversation.
         (None, Some(own)) => Some(own.clone()),
         (None, None) if caller.role() == Role::Crew => {
-            return Err(ApiError::Forbidden("crew members see only what is shared with their crew".into()));
+            return Err(ApiError::Forbidden(
+                "crew members see only what is shared with their crew".into(),
+            ));
         }
         (None, None) => None,
     };
@@ -74,18 +77,31 @@ pub async fn list(
             .parse::<i64>()
             .ok()
             .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::bad_request("invalid_query", format!("limit must be a whole number from 1 to {MAX_LIMIT}")))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            })?,
     };
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let filter = CommunicationFilter { customer_id, communication_type, before, limit: limit + 1 };
+    let filter = CommunicationFilter {
+        customer_id,
+        communication_type,
+        before,
+        limit: limit + 1,
+    };
     let mut rows = store::list_communications(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|last| encode_cursor(last.created_at, last.id))
+        rows.last()
+            .map(|last| encode_cursor(last.created_at, last.id))
     } else {
         None
     };
-    Ok(Json(json!({ "communications": rows, "next_cursor": next_cursor })))
+    Ok(Json(
+        json!({ "communications": rows, "next_cursor": next_cursor }),
+    ))
 }
 
 fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
@@ -97,20 +113,32 @@ fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, Uuid)> {
     let decoded = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
     let text = String::from_utf8(decoded).map_err(|_| invalid())?;
     let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
-    let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(invalid)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(invalid)?;
     Ok((at, Uuid::parse_str(id).map_err(|_| invalid())?))
 }
 
 /// Loads a communication the caller may see; anything else is a 404.
-async fn visible_communication(state: &AppState, caller: &Caller, raw_id: &str) -> ApiResult<Communication> {
+async fn visible_communication(
+    state: &AppState,
+    caller: &Caller,
+    raw_id: &str,
+) -> ApiResult<Communication> {
     let id = parse_uuid(raw_id, "id")?;
     let mut conn = state.pool.acquire().await?;
     let not_found = || ApiError::NotFound(format!("no communication {id}"));
-    let communication = store::find_communication(&mut conn, id).await?.ok_or_else(not_found)?;
-    caller.ensure_sees(&communication.customer_id).map_err(|e| match e {
-        ApiError::NotFound(_) => not_found(),
-        other => other,
-    })?;
+    let communication = store::find_communication(&mut conn, id)
+        .await?
+        .ok_or_else(not_found)?;
+    caller
+        .ensure_sees(&communication.customer_id)
+        .map_err(|e| match e {
+            ApiError::NotFound(_) => not_found(),
+            other => other,
+        })?;
     Ok(communication)
 }
 
@@ -132,7 +160,11 @@ pub async fn status(
     })))
 }
 
-pub async fn mark_read(state: State<AppState>, caller: Caller, id: Path<String>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn mark_read(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     post_receipt(state, caller, id, Receipt::Read).await
 }
 
@@ -156,7 +188,9 @@ async fn post_receipt(
     let receiver_is_customer = communication.direction == "outbound";
     let caller_is_customer = caller.role() == Role::Customer;
     if receiver_is_customer != caller_is_customer {
-        return Err(ApiError::Forbidden("only the receiving party posts receipts for a message".into()));
+        return Err(ApiError::Forbidden(
+            "only the receiving party posts receipts for a message".into(),
+        ));
     }
     let payload = payloads::ApplyReceipt {
         communication_id: communication.id,
@@ -165,7 +199,9 @@ async fn post_receipt(
         by_role: caller.role(),
     };
     let customer = CustomerId::parse(&communication.customer_id).map_err(|e| anyhow::anyhow!(e))?;
-    let job = NewJob::new(kinds::RECEIPT_APPLY, &payload).for_communication(communication.id).for_customer(&customer);
+    let job = NewJob::new(kinds::RECEIPT_APPLY, &payload)
+        .for_communication(communication.id)
+        .for_customer(&customer);
     let mut tx = state.pool.begin().await?;
     let job_id = jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
     tx.commit().await?;

@@ -39,7 +39,9 @@ pub async fn status(
             "customer_id": c.customer_id, "status": c.status, "updated_by": c.updated_by, "updated_at": c.updated_at,
         }),
         // A conversation nobody has written to yet is open.
-        None => json!({ "customer_id": customer, "status": "open", "updated_by": null, "updated_at": null }),
+        None => {
+            json!({ "customer_id": customer, "status": "open", "updated_by": null, "updated_at": null })
+        }
     };
     Ok(Json(body))
 }
@@ -60,14 +62,23 @@ pub async fn set_status(
     caller.ensure_sees(customer.as_str())?;
     caller.ensure_staff()?;
     let status = ConversationStatus::parse(&request.status).map_err(|e| ApiError::Invalid(e.0))?;
-    let payload = payloads::SetConversationStatus { customer_id: customer.clone(), status, by_user: caller.0.sub.clone() };
+    let payload = payloads::SetConversationStatus {
+        customer_id: customer.clone(),
+        status,
+        by_user: caller.0.sub.clone(),
+    };
     let mut tx = state.pool.begin().await?;
-    let job_id =
-        jobs::enqueue(&mut tx, NewJob::new(kinds::CONVERSATION_STATUS, &payload).for_customer(&customer), state.settings.jobs.max_attempts)
-            .await?;
+    let job_id = jobs::enqueue(
+        &mut tx,
+        NewJob::new(kinds::CONVERSATION_STATUS, &payload).for_customer(&customer),
+        state.settings.jobs.max_attempts,
+    )
+    .await?;
     tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "customer_id": customer, "requested_status": status, "job_id": job_id, "status": "queued" })),
+        Json(
+            json!({ "customer_id": customer, "requested_status": status, "job_id": job_id, "status": "queued" }),
+        ),
     ))
 }

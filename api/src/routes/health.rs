@@ -14,7 +14,11 @@ pub async fn alive() -> Json<Value> {
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
     let broker = state.broker_up.load(Ordering::Relaxed);
-    let status = if database && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let word = |ok: bool| if ok { "ok" } else { "unreachable" };
     (
         status,

@@ -45,9 +45,16 @@ pub async fn send(
     caller.ensure_sees(request.customer_id.as_str())?;
     let text = MessageText::parse(&request.message).map_err(|e| ApiError::Invalid(e.0))?;
     if request.attachments.len() > MAX_ATTACHMENTS {
-        return Err(ApiError::Invalid(format!("attachments: at most {MAX_ATTACHMENTS} files per message")));
+        return Err(ApiError::Invalid(format!(
+            "attachments: at most {MAX_ATTACHMENTS} files per message"
+        )));
     }
-    let key = IdempotencyKey::from_headers(&headers, caller.user_id(), "POST /api/messages/send", &request)?;
+    let key = IdempotencyKey::from_headers(
+        &headers,
+        caller.user_id(),
+        "POST /api/messages/send",
+        &request,
+    )?;
 
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &key
@@ -57,7 +64,11 @@ pub async fn send(
         return Ok((earlier.status, Json(earlier.body)));
     }
     let attachments = attachments_of(&mut tx, &request.customer_id, &request.attachments).await?;
-    let direction = if caller.role() == Role::Customer { "inbound" } else { "outbound" };
+    let direction = if caller.role() == Role::Customer {
+        "inbound"
+    } else {
+        "outbound"
+    };
     store::ensure_conversation(&mut tx, &request.customer_id).await?;
     let communication = store::insert_communication(
         &mut tx,
@@ -74,9 +85,14 @@ pub async fn send(
         },
     )
     .await?;
-    let job = NewJob::new(kinds::MESSAGE_DELIVER, &payloads::DeliverMessage { communication_id: communication.id })
-        .for_communication(communication.id)
-        .for_customer(&request.customer_id);
+    let job = NewJob::new(
+        kinds::MESSAGE_DELIVER,
+        &payloads::DeliverMessage {
+            communication_id: communication.id,
+        },
+    )
+    .for_communication(communication.id)
+    .for_customer(&request.customer_id);
     let job_id = jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
     let body = json!({
         "id": communication.id,
@@ -114,8 +130,12 @@ async fn attachments_of(
     .await?;
     let mut attachments = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some((file_id, filename, file_type, file_size, status, reason)) = rows.iter().find(|r| r.0 == *id) else {
-            return Err(ApiError::Invalid(format!("attachments: file {id} not found for customer {customer}")));
+        let Some((file_id, filename, file_type, file_size, status, reason)) =
+            rows.iter().find(|r| r.0 == *id)
+        else {
+            return Err(ApiError::Invalid(format!(
+                "attachments: file {id} not found for customer {customer}"
+            )));
         };
         if status == "failed" {
             return Err(ApiError::Invalid(format!(

@@ -21,20 +21,40 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(health::ready))
         .route("/api/messages/send", post(messages::send))
         .route("/api/communications", get(communications::list))
-        .route("/api/communications/{id}/status", get(communications::status))
-        .route("/api/communications/{id}/mark-read", post(communications::mark_read))
-        .route("/api/communications/{id}/mark-delivered", post(communications::mark_delivered))
+        .route(
+            "/api/communications/{id}/status",
+            get(communications::status),
+        )
+        .route(
+            "/api/communications/{id}/mark-read",
+            post(communications::mark_read),
+        )
+        .route(
+            "/api/communications/{id}/mark-delivered",
+            post(communications::mark_delivered),
+        )
         .route(
             "/api/communications/conversation/{customer_id}/status",
             get(conversations::status).post(conversations::set_status),
         )
-        .route("/api/communications/online-users", get(presence::online_users))
-        .route("/api/communications/user/{user_id}/status", get(presence::user_status))
+        .route(
+            "/api/communications/online-users",
+            get(presence::online_users),
+        )
+        .route(
+            "/api/communications/user/{user_id}/status",
+            get(presence::user_status),
+        )
         .route("/api/ws/{user_id}", get(ws::connect))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 
 /// Path ids are parsed here so a bad one is a 400 that names it.
 pub(crate) fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_path", format!("{what} must be a UUID, not {raw:?}")))
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_path",
+            format!("{what} must be a UUID, not {raw:?}"),
+        )
+    })
 }

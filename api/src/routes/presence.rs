@@ -36,5 +36,7 @@ pub async fn user_status(
         caller.ensure_staff()?;
     }
     let online = state.hub.online_users().iter().any(|(u, _)| *u == user);
-    Ok(Json(json!({ "user_id": user, "status": if online { "online" } else { "offline" } })))
+    Ok(Json(
+        json!({ "user_id": user, "status": if online { "online" } else { "offline" } }),
+    ))
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use axum::{
     extract::{
         Path, Query, State, WebSocketUpgrade,
+        ws::rejection::WebSocketUpgradeRejection,
         ws::{CloseFrame, Message, WebSocket},
     },
     response::Response,
@@ -30,7 +31,7 @@ pub async fn connect(
     Path(user_id): Path<String>,
     Query(query): Query<WsQuery>,
     headers: axum::http::HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let user = UserId::parse(&user_id).map_err(|e| ApiError::bad_request("invalid_path", e.0))?;
     // Browsers cannot set headers on a WebSocket, hence the query parameter; a bearer
@@ -47,21 +48,27 @@ pub async fn connect(
         .ok_or_else(|| ApiError::Unauthorized("missing token (?token=JWT)".into()))?;
     let claims = auth::verify(&state, &token)?;
     if claims.sub != user {
-        return Err(ApiError::Forbidden("the token belongs to another user".into()));
+        return Err(ApiError::Forbidden(
+            "the token belongs to another user".into(),
+        ));
     }
+    // Authentication first: a caller without a valid token learns nothing else.
+    let upgrade = upgrade.map_err(|e| ApiError::bad_request("not_a_websocket", e.body_text()))?;
     Ok(upgrade.on_upgrade(move |socket| serve(state, claims, socket)))
 }
 
 async fn serve(state: AppState, claims: Claims, socket: WebSocket) {
     let hub = state.hub.clone();
-    let mut subscription = hub.subscribe(claims.sub.clone(), claims.role, claims.customer_id.clone());
+    let mut subscription =
+        hub.subscribe(claims.sub.clone(), claims.role, claims.customer_id.clone());
     let (mut sink, mut stream) = socket.split();
     let ping_every = state.settings.http.ws_ping;
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     let mut last_heard = Instant::now();
 
-    let hello = json!({ "type": "connected", "user_id": claims.sub, "role": claims.role }).to_string();
+    let hello =
+        json!({ "type": "connected", "user_id": claims.sub, "role": claims.role }).to_string();
     if sink.send(Message::Text(hello.into())).await.is_err() {
         hub.unsubscribe(subscription.id);
         return;
@@ -93,8 +100,15 @@ async fn serve(state: AppState, claims: Claims, socket: WebSocket) {
     };
     hub.unsubscribe(subscription.id);
     if let Some((code, reason)) = close_reason {
-        let frame = CloseFrame { code, reason: reason.into() };
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
         // Best effort: a stalled client may never read it.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }

@@ -21,12 +21,20 @@ impl Handler for SetConversationStatus {
 
     async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
         let payload: payloads::SetConversationStatus = job.payload()?;
-        let changed =
-            store::set_conversation_status(conn, &payload.customer_id, payload.status, payload.by_user.as_str()).await?;
+        let changed = store::set_conversation_status(
+            conn,
+            &payload.customer_id,
+            payload.status,
+            payload.by_user.as_str(),
+        )
+        .await?;
         if changed {
             let event = Event::now(
                 payload.customer_id.clone(),
-                EventBody::ConversationStatus { status: payload.status, updated_by: payload.by_user.to_string() },
+                EventBody::ConversationStatus {
+                    status: payload.status,
+                    updated_by: payload.by_user.to_string(),
+                },
             );
             events::record(conn, &event).await?;
         }

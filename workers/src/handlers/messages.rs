@@ -24,11 +24,17 @@ impl Handler for DeliverMessage {
 
     async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
         let payload: payloads::DeliverMessage = job.payload()?;
-        let Some(communication) = store::find_communication(conn, payload.communication_id).await? else {
-            return Err(JobError::permanent(format!("communication {} does not exist", payload.communication_id)));
+        let Some(communication) = store::find_communication(conn, payload.communication_id).await?
+        else {
+            return Err(JobError::permanent(format!(
+                "communication {} does not exist",
+                payload.communication_id
+            )));
         };
         // Already sent (or further): a redelivery; no second effect, no second event.
-        let Some(_previous) = store::advance_status(conn, communication.id, CommunicationStatus::Sent, None).await? else {
+        let Some(_previous) =
+            store::advance_status(conn, communication.id, CommunicationStatus::Sent, None).await?
+        else {
             return Ok(());
         };
         let customer = customer_of(&communication.customer_id)?;
@@ -48,7 +54,12 @@ impl Handler for DeliverMessage {
         Ok(())
     }
 
-    async fn on_dead(&self, conn: &mut PgConnection, job: &JobContext, reason: &str) -> anyhow::Result<()> {
+    async fn on_dead(
+        &self,
+        conn: &mut PgConnection,
+        job: &JobContext,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         let Ok(payload) = job.payload::<payloads::DeliverMessage>() else {
             return Ok(());
         };
@@ -58,11 +69,17 @@ impl Handler for DeliverMessage {
 
 /// Marks a communication failed with the reason and tells the conversation, unless it
 /// already moved past failing (a message read cannot fail).
-pub async fn fail_communication(conn: &mut PgConnection, id: uuid::Uuid, reason: &str) -> anyhow::Result<()> {
+pub async fn fail_communication(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+    reason: &str,
+) -> anyhow::Result<()> {
     let Some(communication) = store::find_communication(conn, id).await? else {
         return Ok(());
     };
-    if let Some(previous) = store::advance_status(conn, id, CommunicationStatus::Failed, Some(reason)).await? {
+    if let Some(previous) =
+        store::advance_status(conn, id, CommunicationStatus::Failed, Some(reason)).await?
+    {
         let event = Event::now(
             customer_of(&communication.customer_id)?,
             EventBody::CommunicationStatus {
@@ -78,5 +95,6 @@ pub async fn fail_communication(conn: &mut PgConnection, id: uuid::Uuid, reason:
 }
 
 pub(crate) fn customer_of(raw: &str) -> Result<CustomerId, JobError> {
-    CustomerId::parse(raw).map_err(|e| JobError::permanent(format!("stored customer id is invalid: {e}")))
+    CustomerId::parse(raw)
+        .map_err(|e| JobError::permanent(format!("stored customer id is invalid: {e}")))
 }

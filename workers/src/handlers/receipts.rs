@@ -23,17 +23,27 @@ impl Handler for ApplyReceipt {
 
     async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
         let payload: payloads::ApplyReceipt = job.payload()?;
-        let Some(communication) = store::find_communication(conn, payload.communication_id).await? else {
-            return Err(JobError::permanent(format!("communication {} does not exist", payload.communication_id)));
+        let Some(communication) = store::find_communication(conn, payload.communication_id).await?
+        else {
+            return Err(JobError::permanent(format!(
+                "communication {} does not exist",
+                payload.communication_id
+            )));
         };
         let status = payload.receipt.status();
-        let Some(previous) = store::advance_status(conn, communication.id, status, None).await? else {
+        let Some(previous) = store::advance_status(conn, communication.id, status, None).await?
+        else {
             tracing::debug!(current = %communication.status, wanted = status.as_str(), "receipt would not move the status forward");
             return Ok(());
         };
         let event = Event::now(
             customer_of(&communication.customer_id)?,
-            EventBody::CommunicationStatus { communication_id: communication.id, status, previous, reason: None },
+            EventBody::CommunicationStatus {
+                communication_id: communication.id,
+                status,
+                previous,
+                reason: None,
+            },
         );
         events::record(conn, &event).await?;
         Ok(())

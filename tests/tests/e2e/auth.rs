@@ -1,0 +1,191 @@
+//! Every endpoint wants a valid bearer token, and tenants never see each other.
+
+use commcenter_shared::domain::Role;
+use commcenter_tests::spawn_app;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_malformed_forged_and_expired_tokens_get_401() {
+    let app = spawn_app().await;
+    let body = json!({ "customer_id": "c1", "message": "hi" });
+
+    let no_token = app
+        .client
+        .post(app.url("/api/messages/send"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    let error: Value = no_token.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "unauthorized");
+
+    for token in ["garbage", "a.b.c"] {
+        assert_eq!(
+            app.post_json("/api/messages/send", token, &body)
+                .await
+                .status(),
+            401
+        );
+    }
+    // Signed with another key.
+    let forged = {
+        let claims = commcenter_shared::auth::Claims {
+            sub: commcenter_shared::domain::UserId::parse("staff-1").unwrap(),
+            role: Role::Staff,
+            customer_id: None,
+            exp: chrono::Utc::now().timestamp() + 60,
+        };
+        commcenter_shared::auth::issue(&claims, "not-the-secret")
+    };
+    let response = app.post_json("/api/messages/send", &forged, &body).await;
+    assert_eq!(response.status(), 401);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signature")
+    );
+
+    let expired = {
+        let claims = commcenter_shared::auth::Claims {
+            sub: commcenter_shared::domain::UserId::parse("staff-1").unwrap(),
+            role: Role::Staff,
+            customer_id: None,
+            exp: chrono::Utc::now().timestamp() - 1,
+        };
+        commcenter_shared::auth::issue(&claims, app.settings.auth.jwt_secret.expose())
+    };
+    let response = app.post_json("/api/messages/send", &expired, &body).await;
+    assert_eq!(response.status(), 401);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    assert_eq!(app.get("/api/communications", "").await.status(), 401);
+    assert_eq!(app.count("communications").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_never_reaches_another_customers_conversation() {
+    let app = spawn_app().await;
+    let staff = app.staff_token();
+    let mallory = app.customer_token("cust-mallory");
+    let sent: Value = app
+        .send_message(&staff, "cust-alice", "private to alice")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap();
+    app.wait_for_status(id, "sent").await;
+
+    // Sending into, listing, reading a status of, or marking someone else's: never the data.
+    let response = app.send_message(&mallory, "cust-alice", "hi alice").await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        app.get("/api/communications?customer_id=cust-alice", &mallory)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/api/communications/{id}/status"), &mallory)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.post_json(
+            &format!("/api/communications/{id}/mark-read"),
+            &mallory,
+            &json!({})
+        )
+        .await
+        .status(),
+        404
+    );
+    assert_eq!(
+        app.get(
+            "/api/communications/conversation/cust-alice/status",
+            &mallory
+        )
+        .await
+        .status(),
+        404
+    );
+    // Listing without a filter gives only her own (empty) conversation.
+    let own: Value = app
+        .get("/api/communications", &mallory)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["communications"].as_array().unwrap().len(), 0);
+    assert_eq!(app.count("communications").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crew_members_see_nothing_until_something_is_shared_with_their_crew() {
+    let app = spawn_app().await;
+    let crew = app.token("crew-1", Role::Crew, None);
+    assert_eq!(
+        app.send_message(&crew, "cust-1", "hello").await.status(),
+        403
+    );
+    assert_eq!(app.get("/api/communications", &crew).await.status(), 403);
+    assert_eq!(
+        app.get("/api/communications?customer_id=cust-1", &crew)
+            .await
+            .status(),
+        403
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_staff_list_who_is_online() {
+    let app = spawn_app().await;
+    let customer = app.customer_token("cust-1");
+    let _ws = app.ws("user-of-cust-1", &customer).await;
+    assert_eq!(
+        app.get("/api/communications/online-users", &customer)
+            .await
+            .status(),
+        403
+    );
+    let online: Value = app
+        .get("/api/communications/online-users", &app.staff_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(online["online_users"][0]["user_id"], "user-of-cust-1");
+    let me: Value = app
+        .get("/api/communications/user/user-of-cust-1/status", &customer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["status"], "online");
+    let offline: Value = app
+        .get(
+            "/api/communications/user/someone-else/status",
+            &app.staff_token(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(offline["status"], "offline");
+    assert_eq!(
+        app.get("/api/communications/user/someone-else/status", &customer)
+            .await
+            .status(),
+        403
+    );
+}

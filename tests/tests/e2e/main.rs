@@ -1,0 +1,17 @@
+//! End-to-end tests: each spawns a whole Commcenter against the real PostgreSQL and
+//! RabbitMQ, with its own database and queue prefix.
+
+mod auth;
+mod bad_input;
+mod conversations;
+mod listing;
+mod messages;
+mod receipts;
+mod reliability;
+mod retries;
+mod websocket;
+
+use std::time::Duration;
+
+/// How long a test waits for something that should take milliseconds.
+pub const WAIT: Duration = Duration::from_secs(10);
