@@ -41,7 +41,7 @@ pub struct DatabaseSettings {
     /// `DATABASE_URL`: the PostgreSQL database; created at start-up if missing.
     pub url: Secret,
     /// `DATABASE_MAX_CONNECTIONS`: the pool's bound. A worker holds one connection per
-    /// job in flight, so keep it above `WORKER_PREFETCH` times the kinds consumed.
+    /// job in flight, so a worker process runs at most this many, less one, at once.
     pub max_connections: u32,
 }
 
@@ -79,8 +79,9 @@ pub struct AuthSettings {
 
 #[derive(Debug, Clone)]
 pub struct JobSettings {
-    /// `WORKER_PREFETCH`: unacknowledged deliveries per work queue, which is also how
-    /// many jobs of one kind run at once in one worker process.
+    /// `WORKER_PREFETCH`: unacknowledged deliveries per work queue: at most this many
+    /// jobs of one kind run at once in one worker process (and never more, in all,
+    /// than `DATABASE_MAX_CONNECTIONS` less one).
     pub prefetch: u16,
     /// `WORKER_KINDS`: comma-separated job kinds this worker consumes; empty means all,
     /// so roles can scale apart.

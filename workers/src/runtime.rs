@@ -25,6 +25,7 @@ use lapin::{
 };
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -288,8 +289,16 @@ impl Runtime {
             .iter()
             .map(|(channel, ..)| channel.clone())
             .collect();
+        // One database connection per running job: bound the jobs in flight by the
+        // pool (less one for the dead-letter path), so none waits on a connection.
+        let slots = Arc::new(Semaphore::new(
+            (self.pool.options().get_max_connections() as usize)
+                .saturating_sub(1)
+                .max(1),
+        ));
         let mut loops = Vec::new();
         for (channel, tag, mut consumer, source) in consumers {
+            let slots = slots.clone();
             let runtime = self.clone();
             let publisher = publisher.clone();
             let shutdown = shutdown.clone();
@@ -310,9 +319,18 @@ impl Runtime {
                         Some(Err(error)) => return Err(anyhow::Error::from(error).context("consumer failed")),
                         None => anyhow::bail!("consumer {tag} was cancelled by the broker"),
                     };
+                    let slot = tokio::select! {
+                        // The delivery, not started, returns to the queue with the channel.
+                        () = shutdown.cancelled() => {
+                            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
+                            return Ok(());
+                        }
+                        slot = slots.clone().acquire_owned() => slot.context("the job slots were closed")?,
+                    };
                     let runtime = runtime.clone();
                     let publisher = publisher.clone();
                     in_flight.spawn(async move {
+                        let _slot = slot;
                         match source {
                             Source::Work => runtime.process(delivery, &publisher).await,
                             Source::DeadLetters => dead_letters::record(&runtime, delivery).await,

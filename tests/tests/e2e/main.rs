@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod conversations;
+mod health;
 mod listing;
 mod messages;
 mod receipts;
