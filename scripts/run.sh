@@ -17,6 +17,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf 'run: %s\n' "$*" >&2; }
 
+# Runs a step (build, migrate) so that SIGINT/SIGTERM stop it too, not only this script.
+step() {
+    "$@" &
+    local pid=$!
+    trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; log "stopped"; exit 143' INT TERM
+    wait "$pid"
+    trap - INT TERM
+}
+
 # .env: KEY=value lines (the format of .env.example); comments and blanks skipped.
 if [[ -f .env ]]; then
     log "reading .env"
@@ -49,11 +58,11 @@ case $profile in
     *) log "RUN_PROFILE must be release or debug, not '$profile'"; exit 1 ;;
 esac
 log "building the api and workers ($profile)"
-cargo build "${build_flags[@]}" -p commcenter-api -p commcenter-workers
+step cargo build "${build_flags[@]}" -p commcenter-api -p commcenter-workers
 bin=${CARGO_TARGET_DIR:-target}/$profile
 
 log "applying migrations"
-"$bin/commcenterctl" migrate
+step "$bin/commcenterctl" migrate
 
 "$bin/commcenter-workers" &
 workers=$!

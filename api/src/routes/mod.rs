@@ -4,6 +4,7 @@ pub mod communications;
 pub mod conversations;
 pub mod health;
 pub mod messages;
+pub mod openapi;
 pub mod presence;
 pub mod ws;
 
@@ -19,6 +20,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/api/openapi.json", get(openapi::document))
         .route("/api/messages/send", post(messages::send))
         .route("/api/communications", get(communications::list))
         .route(

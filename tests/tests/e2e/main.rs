@@ -7,6 +7,7 @@ mod conversations;
 mod health;
 mod listing;
 mod messages;
+mod openapi;
 mod receipts;
 mod reliability;
 mod retries;
