@@ -21,7 +21,7 @@ log() { printf 'run: %s\n' "$*" >&2; }
 step() {
     "$@" &
     local pid=$!
-    trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; log "stopped"; exit 143' INT TERM
+    trap 'kill -TERM "$pid" 2>/dev/null || true; wait "$pid" || true; log "stopped"; exit 143' INT TERM
     wait "$pid"
     trap - INT TERM
 }

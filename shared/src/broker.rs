@@ -19,7 +19,10 @@ use std::time::Duration;
 use anyhow::Context;
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio_util::sync::CancellationToken;
@@ -175,6 +178,22 @@ impl Topology {
             .await?;
         }
         Ok(())
+    }
+
+    /// Deletes every queue and exchange of this topology (tests and teardown).
+    pub async fn delete(&self, channel: &Channel, kinds: &[&str]) {
+        for queue in self.queues(kinds) {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .ok();
+        }
+        for exchange in self.exchanges() {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .ok();
+        }
     }
 
     /// An exclusive, server-named queue on the events exchange for one api instance,

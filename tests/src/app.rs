@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinHandle;
@@ -59,6 +58,16 @@ pub struct TestOptions {
     pub ws_buffer: usize,
     pub ws_ping: Duration,
     pub max_body_bytes: usize,
+}
+
+impl TestOptions {
+    /// The production handlers, with `handler` added (or replacing its kind's).
+    pub fn with_handler(handler: impl commcenter_workers::Handler) -> Self {
+        Self {
+            registry: Some(handlers::registry().with(handler)),
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for TestOptions {
@@ -305,6 +314,13 @@ impl TestApp {
         .await
     }
 
+    /// Sends an in-app message that must be accepted; returns the 202 body.
+    pub async fn send_ok(&self, token: &str, customer: &str, message: &str) -> Value {
+        let response = self.send_message(token, customer, message).await;
+        assert_eq!(response.status(), 202, "the send is accepted");
+        response.json().await.expect("a JSON body")
+    }
+
     pub async fn ws(&self, user: &str, token: &str) -> WsClient {
         let url = format!("ws://{}/api/ws/{user}?token={token}", self.addr);
         WsClient::connect(&url).await.expect("WebSocket connects")
@@ -452,21 +468,7 @@ impl Drop for TestApp {
                     && let Ok(channel) = connection.create_channel().await
                 {
                     let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-                    for queue in topology.queues(&kinds) {
-                        channel
-                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                            .await
-                            .ok();
-                    }
-                    for exchange in topology.exchanges() {
-                        channel
-                            .exchange_delete(
-                                exchange.as_str().into(),
-                                ExchangeDeleteOptions::default(),
-                            )
-                            .await
-                            .ok();
-                    }
+                    topology.delete(&channel, &kinds).await;
                     connection.close(200, "bye".into()).await.ok();
                 }
             });

@@ -5,35 +5,17 @@
 
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable},
 };
 use serde_json::{Map, Value, json};
 
 use commcenter_shared::jobs::{self, Envelope, ErrorClass};
 
-use crate::runtime::{JobContext, Runtime};
+use crate::runtime::{JobContext, Runtime, settle};
 
 pub(crate) async fn record(runtime: &Runtime, delivery: Delivery) {
-    match record_in_ledger(runtime, &delivery).await {
-        Ok(()) => {
-            delivery.ack(BasicAckOptions::default()).await.ok();
-        }
-        Err(error) => {
-            tracing::error!(
-                error = format!("{error:#}"),
-                "could not record a dead letter; it will be redelivered"
-            );
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-                .ok();
-        }
-    }
+    let outcome = record_in_ledger(runtime, &delivery).await;
+    settle(delivery, outcome, "could not record a dead letter").await;
 }
 
 async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Result<()> {

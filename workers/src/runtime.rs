@@ -379,24 +379,7 @@ impl Runtime {
             .run_job(&envelope, handler.as_ref(), publisher)
             .instrument(span)
             .await;
-        match outcome {
-            Ok(()) => {
-                delivery.ack(BasicAckOptions::default()).await.ok();
-            }
-            Err(error) => {
-                // Our own bookkeeping failed (the database is unreachable, say): give
-                // the delivery back after a pause, rather than spin on it.
-                tracing::error!(job_id = %envelope.job_id, error = format!("{error:#}"), "could not record the job's outcome; it will be redelivered");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .ok();
-            }
-        }
+        settle(delivery, outcome, "could not record the job's outcome").await;
     }
 
     async fn run_job(
@@ -582,24 +565,29 @@ impl Runtime {
             anyhow::Ok(())
         }
         .await;
-        match recorded {
-            Ok(()) => {
-                delivery.ack(BasicAckOptions::default()).await.ok();
-            }
-            Err(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "could not record a poison message; it will be redelivered"
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .ok();
-            }
+        settle(delivery, recorded, "could not record a poison message").await;
+    }
+}
+
+/// Acks a delivery whose outcome is committed. If our own bookkeeping failed (the
+/// database is unreachable, say), gives it back to the queue after a pause rather than
+/// spin on it; the broker's delivery limit ends a loop that never heals.
+pub(crate) async fn settle(delivery: Delivery, outcome: anyhow::Result<()>, failure: &str) {
+    match outcome {
+        Ok(()) => {
+            delivery.ack(BasicAckOptions::default()).await.ok();
+        }
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "{failure}; it will be redelivered"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            delivery.nack(requeue).await.ok();
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::{process::Stdio, time::Duration};
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -81,17 +80,8 @@ async fn sigterm_stops_the_workers_cleanly() {
         commcenter_shared::settings::parse_tiers("1s,5s,30s,2m,10m,1h").expect("tiers"),
         5,
     );
-    for queue in topology.queues(commcenter_shared::jobs::kinds::ALL) {
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .ok();
-    }
-    for exchange in topology.exchanges() {
-        channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .ok();
-    }
+    topology
+        .delete(&channel, commcenter_shared::jobs::kinds::ALL)
+        .await;
     connection.close(200, "bye".into()).await.ok();
 }

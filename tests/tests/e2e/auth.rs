@@ -4,6 +4,17 @@ use commcenter_shared::domain::Role;
 use commcenter_tests::spawn_app;
 use serde_json::{Value, json};
 
+/// A staff token expiring at `exp`, signed with `secret`.
+fn staff_token(exp: i64, secret: &str) -> String {
+    let claims = commcenter_shared::auth::Claims {
+        sub: commcenter_shared::domain::UserId::parse("staff-1").unwrap(),
+        role: Role::Staff,
+        customer_id: None,
+        exp,
+    };
+    commcenter_shared::auth::issue(&claims, secret)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_malformed_forged_and_expired_tokens_get_401() {
     let app = spawn_app().await;
@@ -29,15 +40,7 @@ async fn missing_malformed_forged_and_expired_tokens_get_401() {
         );
     }
     // Signed with another key.
-    let forged = {
-        let claims = commcenter_shared::auth::Claims {
-            sub: commcenter_shared::domain::UserId::parse("staff-1").unwrap(),
-            role: Role::Staff,
-            customer_id: None,
-            exp: chrono::Utc::now().timestamp() + 60,
-        };
-        commcenter_shared::auth::issue(&claims, "not-the-secret")
-    };
+    let forged = staff_token(chrono::Utc::now().timestamp() + 60, "not-the-secret");
     let response = app.post_json("/api/messages/send", &forged, &body).await;
     assert_eq!(response.status(), 401);
     let error: Value = response.json().await.unwrap();
@@ -48,15 +51,10 @@ async fn missing_malformed_forged_and_expired_tokens_get_401() {
             .contains("signature")
     );
 
-    let expired = {
-        let claims = commcenter_shared::auth::Claims {
-            sub: commcenter_shared::domain::UserId::parse("staff-1").unwrap(),
-            role: Role::Staff,
-            customer_id: None,
-            exp: chrono::Utc::now().timestamp() - 1,
-        };
-        commcenter_shared::auth::issue(&claims, app.settings.auth.jwt_secret.expose())
-    };
+    let expired = staff_token(
+        chrono::Utc::now().timestamp() - 1,
+        app.settings.auth.jwt_secret.expose(),
+    );
     let response = app.post_json("/api/messages/send", &expired, &body).await;
     assert_eq!(response.status(), 401);
     let error: Value = response.json().await.unwrap();
@@ -76,12 +74,7 @@ async fn a_customer_never_reaches_another_customers_conversation() {
     let app = spawn_app().await;
     let staff = app.staff_token();
     let mallory = app.customer_token("cust-mallory");
-    let sent: Value = app
-        .send_message(&staff, "cust-alice", "private to alice")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = app.send_ok(&staff, "cust-alice", "private to alice").await;
     let id = sent["id"].as_str().unwrap();
     app.wait_for_status(id, "sent").await;
 

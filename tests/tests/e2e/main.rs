@@ -1,6 +1,9 @@
 //! End-to-end tests: each spawns a whole Commcenter against the real PostgreSQL and
 //! RabbitMQ, with its own database and queue prefix.
 
+// In a test, a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod auth;
 mod bad_input;
 mod conversations;

@@ -6,12 +6,7 @@ use serde_json::{Value, json};
 use crate::WAIT;
 
 async fn sent_message(app: &TestApp) -> String {
-    let sent: Value = app
-        .send_message(&app.staff_token(), "cust-1", "hello")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = app.send_ok(&app.staff_token(), "cust-1", "hello").await;
     let id = sent["id"].as_str().unwrap().to_owned();
     app.wait_for_status(&id, "sent").await;
     id

@@ -13,7 +13,7 @@ use std::{
 use async_trait::async_trait;
 use commcenter_shared::{jobs::Envelope, relay::job_properties};
 use commcenter_tests::{BrokerProxy, TestApp, TestOptions, broker_addr, spawn_app_with};
-use commcenter_workers::{Handler, JobContext, JobError, handlers};
+use commcenter_workers::{Handler, JobContext, JobError};
 use lapin::{
     BasicProperties,
     options::{BasicGetOptions, BasicPublishOptions},
@@ -106,12 +106,7 @@ async fn with_the_broker_down_a_send_is_still_accepted_and_delivered_when_it_ret
 async fn a_job_delivered_again_after_it_ran_has_one_effect_and_one_event() {
     let app = spawn_app_with(TestOptions::default()).await;
     let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
-    let sent: Value = app
-        .send_message(&app.staff_token(), "cust-1", "once only")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = app.send_ok(&app.staff_token(), "cust-1", "once only").await;
     let job_id = sent["job_id"].as_str().unwrap();
     app.wait_for_job_state(job_id, "succeeded").await;
     staff_ws
@@ -159,12 +154,7 @@ async fn two_deliveries_of_one_job_at_once_have_one_effect() {
     })
     .await;
     let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
-    let sent: Value = app
-        .send_message(&app.staff_token(), "cust-1", "race")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = app.send_ok(&app.staff_token(), "cust-1", "race").await;
     let job_id = sent["job_id"].as_str().unwrap();
     // The relay publishes it; a duplicate (a relay that crashed before marking it
     // queued) goes right behind it, and both wait for a worker.
@@ -244,12 +234,9 @@ async fn poison_is_dead_at_once_with_the_reason_and_the_worker_keeps_going() {
         "exactly, NUL included"
     );
 
-    let sent: Value = app
-        .send_message(&app.staff_token(), "cust-1", "after the poison")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = app
+        .send_ok(&app.staff_token(), "cust-1", "after the poison")
+        .await;
     app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
         .await;
     assert_eq!(
@@ -326,12 +313,9 @@ impl Handler for Slow {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_lets_in_flight_jobs_finish_and_ack_and_nothing_is_redelivered() {
     let started = Arc::new(AtomicUsize::new(0));
-    let mut app = spawn_app_with(TestOptions {
-        registry: Some(handlers::registry().with(Slow {
-            started: started.clone(),
-        })),
-        ..Default::default()
-    })
+    let mut app = spawn_app_with(TestOptions::with_handler(Slow {
+        started: started.clone(),
+    }))
     .await;
     let mut job_ids = Vec::new();
     for _ in 0..3 {
@@ -375,22 +359,12 @@ async fn workers_reconnect_after_losing_the_broker_and_resume() {
     })
     .await;
     let staff = app.staff_token();
-    let first: Value = app
-        .send_message(&staff, "cust-1", "before")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first = app.send_ok(&staff, "cust-1", "before").await;
     app.wait_for_status(first["id"].as_str().unwrap(), "sent")
         .await;
 
     proxy.cut();
-    let during: Value = app
-        .send_message(&staff, "cust-1", "during")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let during = app.send_ok(&staff, "cust-1", "during").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         app.communication_status(during["id"].as_str().unwrap())
@@ -402,12 +376,7 @@ async fn workers_reconnect_after_losing_the_broker_and_resume() {
     proxy.restore();
     app.wait_for_status(during["id"].as_str().unwrap(), "sent")
         .await;
-    let after: Value = app
-        .send_message(&staff, "cust-1", "after")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let after = app.send_ok(&staff, "cust-1", "after").await;
     app.wait_for_status(after["id"].as_str().unwrap(), "sent")
         .await;
     app.assert_no_jobs_left().await;

@@ -72,11 +72,7 @@ async fn two_transient_failures_then_success_leave_three_attempts() {
         retry_after: None,
         seen: seen.clone(),
     };
-    let app = spawn_app_with(TestOptions {
-        registry: Some(handlers::registry().with(flaky)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(TestOptions::with_handler(flaky)).await;
     let job_id = enqueue(&app, "test.flaky", json!({})).await;
 
     let job = app.wait_for_job_state(&job_id, "succeeded").await;
@@ -113,11 +109,7 @@ async fn retry_after_is_honoured() {
         retry_after: Some(Duration::from_millis(300)),
         seen: Default::default(),
     };
-    let app = spawn_app_with(TestOptions {
-        registry: Some(handlers::registry().with(flaky)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(TestOptions::with_handler(flaky)).await;
     let job_id = enqueue(&app, "test.flaky", json!({})).await;
     app.wait_for_job_state(&job_id, "succeeded").await;
     let attempts = app.attempts(&job_id).await;
@@ -165,18 +157,9 @@ async fn a_permanent_failure_is_dead_at_once_and_the_message_shows_failed() {
     let refusing = RefusingDelivery {
         error: JobError::permanent("recipient refuses in-app messages"),
     };
-    let app = spawn_app_with(TestOptions {
-        registry: Some(handlers::registry().with(refusing)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(TestOptions::with_handler(refusing)).await;
     let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
-    let sent: Value = app
-        .send_message(&app.staff_token(), "cust-1", "hello")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = app.send_ok(&app.staff_token(), "cust-1", "hello").await;
     let job_id = sent["job_id"].as_str().unwrap();
 
     let job = app.wait_for_job_state(job_id, "dead").await;
@@ -217,12 +200,7 @@ async fn exhausted_attempts_are_dead_with_the_last_error() {
         ..Default::default()
     })
     .await;
-    let sent: Value = app
-        .send_message(&app.staff_token(), "cust-1", "hello")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = app.send_ok(&app.staff_token(), "cust-1", "hello").await;
     let job_id = sent["job_id"].as_str().unwrap();
     let job = app.wait_for_job_state(job_id, "dead").await;
     assert_eq!(job["attempts"], 3);
@@ -262,11 +240,7 @@ async fn a_panicking_handler_fails_its_attempt_not_the_worker() {
     let panics = PanicsOnce {
         panicked: Default::default(),
     };
-    let app = spawn_app_with(TestOptions {
-        registry: Some(handlers::registry().with(panics)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(TestOptions::with_handler(panics)).await;
     let job_id = enqueue(&app, "test.panics", json!({})).await;
     app.wait_for_job_state(&job_id, "succeeded").await;
     let attempts = app.attempts(&job_id).await;
@@ -278,12 +252,9 @@ async fn a_panicking_handler_fails_its_attempt_not_the_worker() {
         "{attempts:?}"
     );
     // The worker is still consuming.
-    let sent: Value = app
-        .send_message(&app.staff_token(), "cust-1", "still here")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = app
+        .send_ok(&app.staff_token(), "cust-1", "still here")
+        .await;
     app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
         .await;
 }
