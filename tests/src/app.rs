@@ -99,7 +99,8 @@ pub struct TestApp {
     pub topology: Topology,
     pub client: reqwest::Client,
     database: String,
-    kinds: Vec<String>,
+    /// Every job kind with a queue, to delete them all at the end.
+    kinds: std::sync::Mutex<Vec<String>>,
     api_shutdown: CancellationToken,
     api: Option<JoinHandle<anyhow::Result<()>>>,
     workers: Option<(CancellationToken, JoinHandle<()>)>,
@@ -175,7 +176,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         topology,
         client: reqwest::Client::new(),
         database,
-        kinds,
+        kinds: std::sync::Mutex::new(kinds),
         api_shutdown,
         api: Some(api),
         workers: None,
@@ -412,6 +413,20 @@ impl TestApp {
         (connection, channel)
     }
 
+    /// Declares work queues for kinds no worker here runs (so a test can play the
+    /// worker); they are deleted with the rest at the end.
+    pub async fn declare_kinds(&self, kinds: &[&str]) {
+        let (connection, channel) = self.broker_channel().await;
+        self.topology
+            .declare(&channel, kinds)
+            .await
+            .expect("declare");
+        connection.close(200, "bye".into()).await.ok();
+        if let Ok(mut known) = self.kinds.lock() {
+            known.extend(kinds.iter().map(|k| (*k).to_owned()));
+        }
+    }
+
     /// Messages ready in a queue of this app's topology.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let (connection, channel) = self.broker_channel().await;
@@ -433,18 +448,27 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // Stop everything first and wait for it (the test's other runtime threads drive
+        // the shutdown): a relay or notifier still running could re-declare the
+        // topology after it was deleted.
         self.api_shutdown.cancel();
+        let mut handles = Vec::new();
         if let Some((shutdown, handle)) = self.workers.take() {
             shutdown.cancel();
-            handle.abort();
+            handles.push(handle.abort_handle());
         }
         if let Some(api) = self.api.take() {
-            api.abort();
+            handles.push(api.abort_handle());
         }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handles.iter().any(|h| !h.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        handles.iter().for_each(tokio::task::AbortHandle::abort);
         let database = self.database.clone();
         let admin = admin_database_url();
         let topology = self.topology.clone();
-        let kinds = self.kinds.clone();
+        let kinds = self.kinds.lock().map(|k| k.clone()).unwrap_or_default();
         // Drop cannot await; clean up on a thread with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

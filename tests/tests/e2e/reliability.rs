@@ -255,11 +255,8 @@ async fn a_job_that_keeps_killing_its_worker_is_dead_lettered_by_the_broker_and_
         ..Default::default()
     })
     .await;
-    let (connection, channel) = app.broker_channel().await;
-    app.topology
-        .declare(&channel, &["test.crashy"])
-        .await
-        .unwrap();
+    let (connection, _channel) = app.broker_channel().await;
+    app.declare_kinds(&["test.crashy"]).await;
     let job_id = enqueue(&app, "test.crashy", json!({ "why": "crashes its worker" })).await;
     app.wait_for_job_state(&job_id, "queued").await;
 
