@@ -46,18 +46,38 @@ CREATE TABLE message_templates (
     CONSTRAINT message_templates_name_unique UNIQUE (name)
 );
 
+-- Files: every upload keeps its own record (name, uploader, conversation); the bytes
+-- are stored once per content in `blobs`, shared by every record with that SHA-256.
+-- A blob's references are the records pointing at it, counted when needed, never a
+-- stored counter that could drift.
+CREATE TABLE blobs (
+    sha256          TEXT PRIMARY KEY CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    storage_key     TEXT NOT NULL UNIQUE,
+    size            BIGINT NOT NULL CHECK (size > 0),
+    file_type       TEXT NOT NULL,
+    -- Made once, by the first record with this content to be processed.
+    thumbnail_key   TEXT,
+    thumbnail_type  TEXT,
+    width           INTEGER,
+    height          INTEGER,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
 CREATE TABLE file_attachments (
     id                UUID PRIMARY KEY,
     customer_id       TEXT NOT NULL,
     communication_id  UUID REFERENCES communications (id),
     uploaded_by       TEXT NOT NULL,
+    -- For display only: the name the uploader gave, made safe.
     original_name     TEXT NOT NULL,
+    -- Generated (timestamp + unique id + extension); what URLs name.
     stored_name       TEXT NOT NULL UNIQUE,
     file_size         BIGINT NOT NULL CHECK (file_size >= 0),
     file_type         TEXT NOT NULL,
-    file_category     TEXT NOT NULL,
-    sha256            TEXT,
-    thumbnail_name    TEXT,
+    file_category     TEXT NOT NULL CHECK (file_category IN ('images', 'documents', 'videos', 'audio')),
+    -- Where the upload was streamed to; cleared once the bytes live in their blob.
+    staging_key       TEXT,
+    sha256            TEXT REFERENCES blobs (sha256),
     status            TEXT NOT NULL DEFAULT 'processing'
                       CHECK (status IN ('processing', 'ready', 'failed')),
     failure_reason    TEXT,
@@ -65,6 +85,7 @@ CREATE TABLE file_attachments (
     updated_at        TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX file_attachments_customer ON file_attachments (customer_id);
+CREATE INDEX file_attachments_sha256 ON file_attachments (sha256);
 
 -- The job ledger: the truth about every job. A row in state 'pending' is the outbox:
 -- written in the request's transaction, published by the relay, then 'queued'.

@@ -29,6 +29,17 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// It existed, and cannot be had any more (a file that failed processing).
+    #[error("{0}")]
+    Gone(String),
+    /// Not ready yet; the answer will change (a thumbnail still being made).
+    #[error("{0}")]
+    StillProcessing(String),
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
+    /// A dependency is down; retrying later will work.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -53,6 +64,10 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::Gone(_) => (StatusCode::GONE, "gone"),
+            Self::StillProcessing(_) => (StatusCode::CONFLICT, "still_processing"),
+            Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -74,11 +89,17 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (
+        let retry_soon = matches!(self, Self::StillProcessing(_) | Self::Unavailable(_));
+        let mut response = (
             status,
             Json(json!({ "error": { "code": code, "message": message } })),
         )
-            .into_response()
+            .into_response();
+        if retry_soon {
+            let headers = response.headers_mut();
+            headers.insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

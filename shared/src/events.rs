@@ -42,6 +42,17 @@ pub enum EventBody {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         reason: Option<String>,
     },
+    /// An uploaded file finished processing: `ready`, or `failed` with the reason.
+    #[serde(rename = "file.status")]
+    FileStatus {
+        file_id: Uuid,
+        filename: String,
+        status: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        reason: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        thumbnail_url: Option<String>,
+    },
     /// Staff opened, closed or archived the conversation.
     #[serde(rename = "conversation.status")]
     ConversationStatus {

@@ -21,7 +21,18 @@ pub mod kinds {
     /// Open, close or archive a customer's conversation.
     pub const CONVERSATION_STATUS: &str = "conversation.status";
 
-    pub const ALL: &[&str] = &[MESSAGE_DELIVER, RECEIPT_APPLY, CONVERSATION_STATUS];
+    /// Hash, sniff, deduplicate and thumbnail an uploaded file.
+    pub const FILE_PROCESS: &str = "file.process";
+    /// Delete a stored object nothing refers to any more (a deduplicated upload).
+    pub const BLOB_DELETE: &str = "blob.delete";
+
+    pub const ALL: &[&str] = &[
+        MESSAGE_DELIVER,
+        RECEIPT_APPLY,
+        CONVERSATION_STATUS,
+        FILE_PROCESS,
+        BLOB_DELETE,
+    ];
 }
 
 /// The payloads of the kinds above, shared by the api that enqueues and the workers
@@ -42,6 +53,18 @@ pub mod payloads {
         pub receipt: Receipt,
         pub by_user: UserId,
         pub by_role: Role,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProcessFile {
+        pub file_id: Uuid,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DeleteBlob {
+        pub storage_key: String,
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,6 +210,7 @@ pub struct JobRow {
     pub state: String,
     pub attempts: i32,
     pub max_attempts: i32,
+    pub communication_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -200,7 +224,7 @@ impl JobRow {
 /// same job waits here until the first is committed, then sees it finished.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
-        "SELECT id, kind, payload, state, attempts, max_attempts, created_at
+        "SELECT id, kind, payload, state, attempts, max_attempts, communication_id, created_at
          FROM jobs WHERE id = $1 FOR UPDATE",
     )
     .bind(id)

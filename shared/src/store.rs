@@ -209,3 +209,189 @@ pub async fn ensure_conversation(
         .await?;
     Ok(())
 }
+
+/// A file record, as the API shows it and the `file.process` job works on it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FileRecord {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub communication_id: Option<Uuid>,
+    pub uploaded_by: String,
+    pub original_name: String,
+    pub stored_name: String,
+    pub file_size: i64,
+    pub file_type: String,
+    pub file_category: String,
+    #[serde(skip)]
+    pub staging_key: Option<String>,
+    pub sha256: Option<String>,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// From the blob, once processed.
+    #[serde(skip)]
+    pub storage_key: Option<String>,
+    #[serde(skip)]
+    pub thumbnail_key: Option<String>,
+    #[serde(skip)]
+    pub thumbnail_type: Option<String>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+}
+
+const FILE_SELECT: &str =
+    "SELECT f.id, f.customer_id, f.communication_id, f.uploaded_by, f.original_name,
+    f.stored_name, f.file_size, f.file_type, f.file_category, f.staging_key, f.sha256, f.status,
+    f.failure_reason, f.created_at, f.updated_at, b.storage_key, b.thumbnail_key, b.thumbnail_type,
+    b.width, b.height
+    FROM file_attachments f LEFT JOIN blobs b ON b.sha256 = f.sha256";
+
+#[derive(Debug, Clone)]
+pub struct NewFile<'a> {
+    pub id: Uuid,
+    pub customer_id: &'a CustomerId,
+    pub communication_id: Option<Uuid>,
+    pub uploaded_by: &'a str,
+    pub original_name: &'a str,
+    pub stored_name: &'a str,
+    pub file_size: i64,
+    pub file_type: &'a str,
+    pub file_category: &'a str,
+    pub staging_key: &'a str,
+}
+
+pub async fn insert_file(conn: &mut PgConnection, f: &NewFile<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO file_attachments (id, customer_id, communication_id, uploaded_by, original_name,
+             stored_name, file_size, file_type, file_category, staging_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(f.id)
+    .bind(f.customer_id.as_str())
+    .bind(f.communication_id)
+    .bind(f.uploaded_by)
+    .bind(f.original_name)
+    .bind(f.stored_name)
+    .bind(f.file_size)
+    .bind(f.file_type)
+    .bind(f.file_category)
+    .bind(f.staging_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn find_file(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<FileRecord>> {
+    sqlx::query_as(&format!("{FILE_SELECT} WHERE f.id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn find_file_by_stored_name(
+    conn: &mut PgConnection,
+    name: &str,
+) -> sqlx::Result<Option<FileRecord>> {
+    sqlx::query_as(&format!("{FILE_SELECT} WHERE f.stored_name = $1"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Locks the file's row for the rest of the transaction (the `file.process` job).
+pub async fn lock_file(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<FileRecord>> {
+    sqlx::query("SELECT 1 FROM file_attachments WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    find_file(conn, id).await
+}
+
+/// The stored copy of some content.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Blob {
+    pub sha256: String,
+    pub storage_key: String,
+    pub size: i64,
+    pub file_type: String,
+    pub thumbnail_key: Option<String>,
+    pub thumbnail_type: Option<String>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+}
+
+/// Records `candidate` as the stored copy of its content unless one exists already;
+/// returns the blob that holds the content either way (dedup, race-free).
+pub async fn claim_blob(conn: &mut PgConnection, candidate: &Blob) -> sqlx::Result<Blob> {
+    sqlx::query(
+        "INSERT INTO blobs (sha256, storage_key, size, file_type, thumbnail_key, thumbnail_type, width, height)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(&candidate.sha256)
+    .bind(&candidate.storage_key)
+    .bind(candidate.size)
+    .bind(&candidate.file_type)
+    .bind(&candidate.thumbnail_key)
+    .bind(&candidate.thumbnail_type)
+    .bind(candidate.width)
+    .bind(candidate.height)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as(
+        "SELECT sha256, storage_key, size, file_type, thumbnail_key, thumbnail_type, width, height
+         FROM blobs WHERE sha256 = $1",
+    )
+    .bind(&candidate.sha256)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn find_blob(conn: &mut PgConnection, sha256: &str) -> sqlx::Result<Option<Blob>> {
+    sqlx::query_as(
+        "SELECT sha256, storage_key, size, file_type, thumbnail_key, thumbnail_type, width, height
+         FROM blobs WHERE sha256 = $1",
+    )
+    .bind(sha256)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The file now points at its content's blob and is ready.
+pub async fn mark_file_ready(
+    conn: &mut PgConnection,
+    id: Uuid,
+    sha256: &str,
+    size: i64,
+    file_type: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE file_attachments SET status = 'ready', sha256 = $2, file_size = $3, file_type = $4,
+             staging_key = NULL, failure_reason = NULL, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(sha256)
+    .bind(size)
+    .bind(file_type)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_file_failed(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    let changed = sqlx::query(
+        "UPDATE file_attachments SET status = 'failed', failure_reason = $2, updated_at = now()
+         WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}

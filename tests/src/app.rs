@@ -45,10 +45,12 @@ pub struct TestOptions {
     pub start_workers: bool,
     /// The handlers the workers run; defaults to the production registry.
     pub registry: Option<Registry>,
-    /// The api's broker URL (a [`crate::BrokerProxy`]'s, to play an outage).
+    /// The api's broker URL (a [`crate::TcpProxy`]'s, to play an outage).
     pub api_amqp_url: Option<String>,
     /// The workers' broker URL.
     pub workers_amqp_url: Option<String>,
+    /// Route the workers' database connections through this proxy (to cut them).
+    pub workers_database_proxy: Option<std::net::SocketAddr>,
     pub retry_tiers: &'static str,
     pub retry_base: Duration,
     pub max_attempts: i32,
@@ -77,6 +79,7 @@ impl Default for TestOptions {
             registry: None,
             api_amqp_url: None,
             workers_amqp_url: None,
+            workers_database_proxy: None,
             // Short tiers so retry tests take milliseconds, not minutes.
             retry_tiers: "100ms,200ms,400ms,1s",
             retry_base: Duration::from_millis(100),
@@ -110,6 +113,8 @@ pub struct TestApp {
 #[derive(Clone)]
 struct WorkersOptions {
     amqp_url: String,
+    /// The workers' own pool, when it goes through a proxy; else the api's.
+    pool: Option<PgPool>,
     registry: Registry,
     max_attempts: i32,
     prefetch: u16,
@@ -169,6 +174,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     kinds.sort();
     kinds.dedup();
 
+    let database_name = database.clone();
     let mut test_app = TestApp {
         addr,
         base_url: format!("http://{addr}"),
@@ -182,6 +188,13 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         workers: None,
         workers_options: WorkersOptions {
             amqp_url: options.workers_amqp_url.unwrap_or_else(broker_url),
+            pool: options.workers_database_proxy.map(|proxy| {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(2))
+                    .connect_lazy(&format!("postgres://root@{proxy}/{database_name}"))
+                    .expect("a valid URL")
+            }),
             registry,
             max_attempts: options.max_attempts,
             prefetch: options.prefetch,
@@ -221,7 +234,7 @@ impl TestApp {
         let mut broker = self.settings.broker.clone();
         broker.url = Secret::new(o.amqp_url.clone());
         Arc::new(Runtime {
-            pool: self.pool.clone(),
+            pool: o.pool.clone().unwrap_or_else(|| self.pool.clone()),
             broker,
             topology: self.topology.clone(),
             policy: RetryPolicy {

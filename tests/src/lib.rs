@@ -3,8 +3,8 @@
 //! prefix of its own, both removed when the test ends.
 //!
 //! - [`TestApp`]: spawn it, call endpoints through its methods, watch its ledger.
-//! - [`BrokerProxy`]: a TCP proxy in front of RabbitMQ that a test can cut and restore,
-//!   to play a broker outage without stopping the broker other tests share.
+//! - [`TcpProxy`]: a TCP proxy in front of RabbitMQ or PostgreSQL that a test can cut
+//!   and restore, to play an outage without stopping the servers other tests share.
 //! - [`WsClient`]: a WebSocket client that reads JSON frames with a timeout.
 
 mod app;
@@ -12,7 +12,7 @@ mod proxy;
 mod ws;
 
 pub use app::{TestApp, TestOptions, broker_addr, broker_url, spawn_app, spawn_app_with};
-pub use proxy::BrokerProxy;
+pub use proxy::TcpProxy;
 pub use ws::WsClient;
 
 /// Waits until `check` returns `Some`, polling; panics with `what` after `timeout`.

@@ -1,5 +1,5 @@
-//! A TCP proxy in front of RabbitMQ. `cut()` drops every open connection and refuses
-//! new ones until `restore()`: a broker outage for one test only.
+//! A TCP proxy in front of RabbitMQ or PostgreSQL. `cut()` drops every open connection
+//! and refuses new ones until `restore()`: an outage for one test only.
 
 use std::{
     net::SocketAddr,
@@ -9,7 +9,7 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-pub struct BrokerProxy {
+pub struct TcpProxy {
     pub addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
     stop: CancellationToken,
@@ -21,7 +21,7 @@ struct ProxyState {
     generation: CancellationToken,
 }
 
-impl BrokerProxy {
+impl TcpProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
@@ -62,6 +62,11 @@ impl BrokerProxy {
         Self { addr, state, stop }
     }
 
+    /// A `DATABASE_URL` for `database` that goes through this proxy.
+    pub fn database_url(&self, database: &str) -> String {
+        format!("postgres://root@{}/{database}", self.addr)
+    }
+
     /// The `AMQP_URL` that goes through this proxy.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
@@ -79,7 +84,7 @@ impl BrokerProxy {
     }
 }
 
-impl Drop for BrokerProxy {
+impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.stop.cancel();
         self.state.lock().map(|s| s.generation.cancel()).ok();

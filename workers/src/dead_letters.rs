@@ -3,19 +3,59 @@
 //! hung on it again and again), or rejected, expired or dropped for length. The broker's
 //! `x-death` history is kept with the job.
 
+use std::time::{Duration, Instant};
+
 use lapin::{
     message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable},
 };
 use serde_json::{Map, Value, json};
 
 use commcenter_shared::jobs::{self, Envelope, ErrorClass};
 
-use crate::runtime::{JobContext, Runtime, settle};
+use crate::{
+    handlers::messages::fail_communication,
+    runtime::{JobContext, Runtime},
+};
 
+/// The last stop: a dead letter is held, and recording retried with backoff, until the
+/// ledger takes it. A nack would count towards the dead queue's own delivery limit
+/// (RabbitMQ 4 sets one by default) and could drop it.
 pub(crate) async fn record(runtime: &Runtime, delivery: Delivery) {
-    let outcome = record_in_ledger(runtime, &delivery).await;
-    settle(delivery, outcome, "could not record a dead letter").await;
+    let mut wait = Duration::from_millis(500);
+    let started = Instant::now();
+    loop {
+        match record_in_ledger(runtime, &delivery).await {
+            Ok(()) => {
+                delivery.ack(BasicAckOptions::default()).await.ok();
+                return;
+            }
+            // Well before the broker's consumer timeout (30 minutes by default) would
+            // close the channel: give it back and let another try.
+            Err(error) if started.elapsed() > Duration::from_secs(20 * 60) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "could not record a dead letter for 20 minutes; requeueing it"
+                );
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                delivery.nack(requeue).await.ok();
+                return;
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "could not record a dead letter; retrying"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Result<()> {
@@ -47,6 +87,10 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
                     attempt: row.attempts,
                 };
                 handler.on_dead(&mut tx, &job, &reason).await?;
+            } else if let Some(communication_id) = row.communication_id {
+                // This worker does not run the kind (WORKER_KINDS split the roles):
+                // the communication it served still shows as failed.
+                fail_communication(&mut tx, communication_id, &reason).await?;
             }
             tracing::error!(job_id = %row.id, kind = %row.kind, error_class = class.as_str(), reason, "broker dead-lettered a job");
         }

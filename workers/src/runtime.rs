@@ -120,8 +120,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn with(mut self, handler: impl Handler) -> Self {
-        self.handlers.insert(handler.kind(), Arc::new(handler));
+    pub fn with(self, handler: impl Handler) -> Self {
+        self.with_shared(Arc::new(handler))
+    }
+
+    pub fn with_shared(mut self, handler: Arc<dyn Handler>) -> Self {
+        self.handlers.insert(handler.kind(), handler);
         self
     }
 
@@ -364,14 +368,14 @@ impl Runtime {
             Err(error) => {
                 let reason = format!("the message is not a job envelope: {error}");
                 return self
-                    .dead_on_arrival(delivery, ErrorClass::Unparseable, &reason)
+                    .dead_on_arrival(delivery, publisher, ErrorClass::Unparseable, &reason)
                     .await;
             }
         };
         let Some(handler) = self.registry.get(&envelope.kind).cloned() else {
             let reason = format!("no handler for job kind {:?}", envelope.kind);
             return self
-                .dead_on_arrival(delivery, ErrorClass::Unparseable, &reason)
+                .dead_on_arrival(delivery, publisher, ErrorClass::Unparseable, &reason)
                 .await;
         };
         let span = tracing::info_span!("job", job_id = %envelope.job_id, kind = %envelope.kind, attempt = tracing::field::Empty);
@@ -379,7 +383,13 @@ impl Runtime {
             .run_job(&envelope, handler.as_ref(), publisher)
             .instrument(span)
             .await;
-        settle(delivery, outcome, "could not record the job's outcome").await;
+        self.settle(
+            delivery,
+            publisher,
+            outcome,
+            "could not record the job's outcome",
+        )
+        .await;
     }
 
     async fn run_job(
@@ -519,26 +529,48 @@ impl Runtime {
         envelope: &Envelope,
         tier: Duration,
     ) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(envelope)?;
+        self.publish_delayed(
+            publisher,
+            &envelope.kind,
+            &body,
+            job_properties(envelope.job_id),
+            tier,
+        )
+        .await
+    }
+
+    /// Publishes `body` to wait in `tier`, after which it returns to `routing_key`'s queue.
+    async fn publish_delayed(
+        &self,
+        publisher: &Channel,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        tier: Duration,
+    ) -> anyhow::Result<()> {
         let mut headers = FieldTable::default();
         headers.insert(
             DELAY_TIER_HEADER.into(),
             AMQPValue::LongString(tier_label(tier).as_str().into()),
         );
-        let properties: BasicProperties = job_properties(envelope.job_id).with_headers(headers);
         let confirmation = publisher
             .basic_publish(
                 self.topology.delay_exchange().as_str().into(),
-                envelope.kind.as_str().into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
                 },
-                &serde_json::to_vec(envelope)?,
-                properties,
+                body,
+                properties.with_headers(headers),
             )
             .await?
             .await?;
-        anyhow::ensure!(confirmation.is_ack(), "the broker refused the retry");
+        anyhow::ensure!(
+            confirmation.is_ack(),
+            "the broker refused the delayed message"
+        );
         anyhow::ensure!(
             confirmation.take_message().is_none(),
             "no delay queue for tier {}",
@@ -547,9 +579,72 @@ impl Runtime {
         Ok(())
     }
 
+    /// Acks a delivery whose outcome is committed. When our own bookkeeping failed
+    /// (the database is unreachable, say), the delivery waits in the shortest delay
+    /// tier and comes back, rather than being nacked: a requeue would count towards
+    /// the broker's delivery limit, and a short database outage would kill good jobs.
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        publisher: &Channel,
+        outcome: anyhow::Result<()>,
+        failure: &str,
+    ) {
+        let Err(error) = outcome else {
+            delivery.ack(BasicAckOptions::default()).await.ok();
+            return;
+        };
+        tracing::error!(
+            error = format!("{error:#}"),
+            "{failure}; it will come back shortly"
+        );
+        let tier = self
+            .topology
+            .tiers
+            .first()
+            .copied()
+            .unwrap_or(Duration::from_secs(1));
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(FieldTable::default());
+        match self
+            .publish_delayed(
+                publisher,
+                delivery.routing_key.as_str(),
+                &delivery.data,
+                properties,
+                tier,
+            )
+            .await
+        {
+            Ok(()) => {
+                delivery.ack(BasicAckOptions::default()).await.ok();
+            }
+            Err(publish_error) => {
+                // The broker is in trouble too: hand it back; the channel may be gone anyway.
+                tracing::error!(
+                    error = format!("{publish_error:#}"),
+                    "could not delay it either; requeueing"
+                );
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                delivery.nack(requeue).await.ok();
+            }
+        }
+    }
+
     /// A delivery that is not a job we can run: recorded dead in the ledger with the
     /// reason, then acked, so the worker keeps going and operators see it.
-    async fn dead_on_arrival(&self, delivery: Delivery, class: ErrorClass, reason: &str) {
+    async fn dead_on_arrival(
+        &self,
+        delivery: Delivery,
+        publisher: &Channel,
+        class: ErrorClass,
+        reason: &str,
+    ) {
         tracing::error!(routing_key = %delivery.routing_key, reason, "poison message");
         let recorded = async {
             let mut conn = self.pool.acquire().await?;
@@ -565,30 +660,13 @@ impl Runtime {
             anyhow::Ok(())
         }
         .await;
-        settle(delivery, recorded, "could not record a poison message").await;
-    }
-}
-
-/// Acks a delivery whose outcome is committed. If our own bookkeeping failed (the
-/// database is unreachable, say), gives it back to the queue after a pause rather than
-/// spin on it; the broker's delivery limit ends a loop that never heals.
-pub(crate) async fn settle(delivery: Delivery, outcome: anyhow::Result<()>, failure: &str) {
-    match outcome {
-        Ok(()) => {
-            delivery.ack(BasicAckOptions::default()).await.ok();
-        }
-        Err(error) => {
-            tracing::error!(
-                error = format!("{error:#}"),
-                "{failure}; it will be redelivered"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            delivery.nack(requeue).await.ok();
-        }
+        self.settle(
+            delivery,
+            publisher,
+            recorded,
+            "could not record a poison message",
+        )
+        .await;
     }
 }
 

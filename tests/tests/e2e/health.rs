@@ -1,7 +1,7 @@
 //! `/healthz` answers while the process lives; `/readyz` only with the database and
 //! the broker reachable, and says which is missing.
 
-use commcenter_tests::{BrokerProxy, TestOptions, broker_addr, spawn_app, spawn_app_with};
+use commcenter_tests::{TcpProxy, TestOptions, broker_addr, spawn_app, spawn_app_with};
 use serde_json::Value;
 
 use crate::WAIT;
@@ -20,7 +20,7 @@ async fn health_and_readiness_answer_without_a_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_names_the_broker_when_it_is_gone_and_recovers_with_it() {
-    let proxy = BrokerProxy::start(broker_addr()).await;
+    let proxy = TcpProxy::start(broker_addr()).await;
     let app = spawn_app_with(TestOptions {
         api_amqp_url: Some(proxy.amqp_url()),
         ..Default::default()

@@ -12,7 +12,7 @@ use std::{
 
 use async_trait::async_trait;
 use commcenter_shared::{jobs::Envelope, relay::job_properties};
-use commcenter_tests::{BrokerProxy, TestApp, TestOptions, broker_addr, spawn_app_with};
+use commcenter_tests::{TcpProxy, TestApp, TestOptions, broker_addr, spawn_app_with};
 use commcenter_workers::{Handler, JobContext, JobError};
 use lapin::{
     BasicProperties,
@@ -61,7 +61,7 @@ async fn envelope_of(app: &TestApp, job_id: &str) -> Envelope {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_broker_down_a_send_is_still_accepted_and_delivered_when_it_returns() {
-    let proxy = BrokerProxy::start(broker_addr()).await;
+    let proxy = TcpProxy::start(broker_addr()).await;
     let app = spawn_app_with(TestOptions {
         api_amqp_url: Some(proxy.amqp_url()),
         ..Default::default()
@@ -349,7 +349,7 @@ async fn a_stop_lets_in_flight_jobs_finish_and_ack_and_nothing_is_redelivered() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_reconnect_after_losing_the_broker_and_resume() {
-    let proxy = BrokerProxy::start(broker_addr()).await;
+    let proxy = TcpProxy::start(broker_addr()).await;
     let app = spawn_app_with(TestOptions {
         workers_amqp_url: Some(proxy.amqp_url()),
         ..Default::default()
@@ -376,5 +376,36 @@ async fn workers_reconnect_after_losing_the_broker_and_resume() {
     let after = app.send_ok(&staff, "cust-1", "after").await;
     app.wait_for_status(after["id"].as_str().unwrap(), "sent")
         .await;
+    app.assert_no_jobs_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_loses_the_database_keeps_its_jobs_until_it_returns() {
+    let postgres = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    // A low delivery limit: were the worker to nack on a database outage, the broker
+    // would dead-letter the job within a few seconds.
+    let app = spawn_app_with(TestOptions {
+        workers_database_proxy: Some(postgres.addr),
+        delivery_limit: 2,
+        ..Default::default()
+    })
+    .await;
+    postgres.cut();
+    let sent = app
+        .send_ok(&app.staff_token(), "cust-1", "through the outage")
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        app.communication_status(sent["id"].as_str().unwrap()).await,
+        "queued"
+    );
+
+    postgres.restore();
+    app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
+        .await;
+    let job = app
+        .wait_for_job_state(sent["job_id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(job["attempts"], 1, "the outage cost no attempt");
     app.assert_no_jobs_left().await;
 }

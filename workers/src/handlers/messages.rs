@@ -31,6 +31,10 @@ impl Handler for DeliverMessage {
                 payload.communication_id
             )));
         };
+        if communication.status != "queued" {
+            return Ok(()); // Sent before (or failed): a redelivery; no second effect.
+        }
+        attachments_ready(conn, &communication).await?;
         // Already sent (or further): a redelivery; no second effect, no second event.
         let Some(_previous) =
             store::advance_status(conn, communication.id, CommunicationStatus::Sent, None).await?
@@ -91,6 +95,68 @@ pub async fn fail_communication(
         );
         events::record(conn, &event).await?;
     }
+    Ok(())
+}
+
+/// A message goes out with its attachments or not at all: one still processing makes
+/// it wait (a transient failure, retried), one that failed refuses it with the reason.
+/// Once all are ready, the message's attachment list takes their final type and size.
+async fn attachments_ready(
+    conn: &mut PgConnection,
+    communication: &store::Communication,
+) -> Result<(), JobError> {
+    let ids: Vec<uuid::Uuid> = communication
+        .attachments
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|a| a["file_id"].as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(uuid::Uuid, String, String, Option<String>, i64, String)> = sqlx::query_as(
+        "SELECT id, original_name, status, failure_reason, file_size, file_type FROM file_attachments WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (_, name, status, reason, ..) in &rows {
+        match status.as_str() {
+            "failed" => {
+                return Err(JobError::permanent(format!(
+                    "attachment {name} could not be processed: {}",
+                    reason.as_deref().unwrap_or("unknown reason")
+                )));
+            }
+            "processing" => {
+                return Err(JobError::Transient {
+                    message: format!("waiting for attachment {name} to finish processing"),
+                    retry_after: Some(std::time::Duration::from_secs(1)),
+                });
+            }
+            _ => {}
+        }
+    }
+    let mut attachments = communication.attachments.clone();
+    if let Some(list) = attachments.as_array_mut() {
+        for attachment in list {
+            if let Some((_, _, _, _, size, file_type)) = rows
+                .iter()
+                .find(|r| Some(r.0.to_string().as_str()) == attachment["file_id"].as_str())
+            {
+                attachment["file_size"] = (*size).into();
+                attachment["file_type"] = file_type.clone().into();
+            }
+        }
+    }
+    sqlx::query("UPDATE communications SET attachments = $2 WHERE id = $1")
+        .bind(communication.id)
+        .bind(attachments)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
