@@ -66,7 +66,9 @@ impl ApiError {
             }
             Self::Gone(_) => (StatusCode::GONE, "gone"),
             Self::StillProcessing(_) => (StatusCode::CONFLICT, "still_processing"),
-            Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
+            Self::RangeNotSatisfiable(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -97,7 +99,10 @@ impl IntoResponse for ApiError {
             .into_response();
         if retry_soon {
             let headers = response.headers_mut();
-            headers.insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            headers.insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
         }
         response
     }

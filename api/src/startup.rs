@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use commcenter_shared::{broker::Topology, db, jobs::kinds, relay::Relay, settings::Settings};
+use commcenter_shared::{
+    blob::BlobStore, broker::Topology, db, jobs::kinds, relay::Relay, settings::Settings,
+};
 
 use crate::{
     notifier::{self, Hub},
@@ -26,6 +28,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub hub: Arc<Hub>,
+    /// Where uploads are streamed to and downloads read from.
+    pub blobs: Arc<BlobStore>,
     /// Whether the notifier is connected to RabbitMQ (for `/readyz`).
     pub broker_up: Arc<AtomicBool>,
 }
@@ -45,8 +49,10 @@ impl App {
         let listener = TcpListener::bind(settings.http.addr)
             .await
             .with_context(|| format!("cannot listen on {} (API_ADDR)", settings.http.addr))?;
+        let blobs = Arc::new(BlobStore::from_settings(&settings.storage)?);
         let state = AppState {
             pool,
+            blobs,
             hub: Arc::new(Hub::new(settings.http.ws_buffer)),
             settings: Arc::new(settings),
             broker_up: Arc::new(AtomicBool::new(false)),

@@ -9,19 +9,24 @@
 //! - [`store`]: small repository functions over the tables, each taking an executor.
 //! - [`jobs`]: the job ledger: enqueueing a job in the caller's transaction (the outbox),
 //!   and the envelope that carries a job over RabbitMQ.
+//! - [`filetype`]: what an upload is, by its first bytes; safe display and stored names.
 //! - [`events`]: what the notifier pushes to WebSocket clients, written to the event
 //!   outbox in the same transaction as the effect it announces.
 //! - [`broker`]: connecting to RabbitMQ with backoff, and the topology (exchanges,
 //!   work queues, delay tiers, dead letters, events) every process declares.
 //! - [`relay`]: the outbox relay: pending jobs and events, published with confirms.
 //! - [`retry`]: the retry policy: which delay tier a failed attempt waits in.
+//! - [`blob`]: the blob store of uploads and thumbnails, on the local disk or in S3:
+//!   streamed puts with a size limit, ranged streamed gets, checked object keys.
 //! - [`telemetry`]: tracing, initialised once per process.
 
 pub mod auth;
+pub mod blob;
 pub mod broker;
 pub mod db;
 pub mod domain;
 pub mod events;
+pub mod filetype;
 pub mod jobs;
 pub mod relay;
 pub mod retry;

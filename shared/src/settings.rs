@@ -2,7 +2,7 @@
 //! that work on a development machine (PostgreSQL and RabbitMQ on loopback).
 //! `.env.example` lists every variable. An invalid value is an error naming the variable.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{Context, bail};
 
@@ -34,6 +34,7 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub relay: RelaySettings,
     pub telemetry: TelemetrySettings,
+    pub storage: StorageSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +116,105 @@ pub struct TelemetrySettings {
     pub json: bool,
 }
 
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// `UPLOAD_DIR`: root of the disk blob store (uploads and thumbnails), used when
+    /// `USE_S3` is false. Created at start-up if missing.
+    pub upload_dir: PathBuf,
+    /// `USE_S3`: `true` stores blobs in S3 (or an S3-compatible store) instead of
+    /// `UPLOAD_DIR`; then the `S3_*` and `AWS_*` variables below are read and checked.
+    pub s3: Option<S3Settings>,
+    /// `MAX_FILE_SIZE`: the largest upload accepted, per file, in bytes (50 MiB by
+    /// default), enforced while the body streams in: one byte more and the partial
+    /// object is removed.
+    pub max_file_size: u64,
+    /// `THUMBNAIL_MAX_SIDE`: the longest side, in pixels, of the thumbnails made of images.
+    pub thumbnail_max_side: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// `S3_BUCKET`: the bucket holding every blob (default `commcenter`); must exist.
+    pub bucket: String,
+    /// `S3_REGION`: the bucket's region (requests are signed for it).
+    pub region: String,
+    /// `AWS_ACCESS_KEY_ID`: the static credentials' key id (no instance-role or profile
+    /// lookup: the SDK's credential chain is left out to keep the build small).
+    pub access_key_id: Secret,
+    /// `AWS_SECRET_ACCESS_KEY`: the static credentials' secret.
+    pub secret_access_key: Secret,
+    /// `S3_ENDPOINT`: endpoint override (`http://` or `https://`) for S3-compatible
+    /// stores such as MinIO or moto; empty means AWS's own endpoint for the region.
+    pub endpoint: Option<String>,
+    /// `S3_FORCE_PATH_STYLE`: address the bucket as `endpoint/bucket/key` rather than
+    /// `bucket.endpoint/key`; most S3-compatible stores need it.
+    pub force_path_style: bool,
+    /// `S3_PART_SIZE`: bytes per multipart-upload part (at least 5 MiB, S3's minimum;
+    /// 8 MiB by default). An object no larger goes up in one PutObject. It is also what
+    /// one upload buffers in memory, at most.
+    pub part_size: u64,
+    /// `S3_CONNECT_TIMEOUT_MS`: giving up on a TCP/TLS connect, so a store that is down
+    /// fails fast (and the job runtime retries later) instead of hanging a worker.
+    pub connect_timeout: Duration,
+    /// `S3_OPERATION_TIMEOUT_SECS`: the longest one S3 call may take, retries included
+    /// (for a download: until the response starts; the body then streams).
+    pub operation_timeout: Duration,
+    /// `S3_MAX_ATTEMPTS`: tries per S3 call within the SDK on transient errors; the job
+    /// runtime's own retries come on top, so keep this small.
+    pub max_attempts: u32,
+}
+
+impl StorageSettings {
+    fn from_env() -> anyhow::Result<Self> {
+        let s3 = if flag("USE_S3", false)? {
+            Some(S3Settings {
+                bucket: bucket_name(&var("S3_BUCKET", "commcenter"))?,
+                region: required("S3_REGION", "us-east-1")?,
+                access_key_id: Secret::new(required("AWS_ACCESS_KEY_ID", "")?),
+                secret_access_key: Secret::new(required("AWS_SECRET_ACCESS_KEY", "")?),
+                endpoint: match var("S3_ENDPOINT", "").trim() {
+                    "" => None,
+                    url if url.starts_with("http://") || url.starts_with("https://") => {
+                        Some(url.trim_end_matches('/').to_owned())
+                    }
+                    other => {
+                        bail!("S3_ENDPOINT must start with http:// or https://, not {other:?}")
+                    }
+                },
+                force_path_style: flag("S3_FORCE_PATH_STYLE", false)?,
+                part_size: {
+                    let size: u64 = parse("S3_PART_SIZE", "8388608")?;
+                    if !(5 << 20..=5 << 30).contains(&size) {
+                        bail!("S3_PART_SIZE must be between 5 MiB (5242880) and 5 GiB, not {size}");
+                    }
+                    size
+                },
+                connect_timeout: Duration::from_millis(positive(
+                    parse("S3_CONNECT_TIMEOUT_MS", "3000")?,
+                    "S3_CONNECT_TIMEOUT_MS",
+                )?),
+                operation_timeout: Duration::from_secs(positive(
+                    parse("S3_OPERATION_TIMEOUT_SECS", "60")?,
+                    "S3_OPERATION_TIMEOUT_SECS",
+                )?),
+                max_attempts: positive(parse("S3_MAX_ATTEMPTS", "3")?, "S3_MAX_ATTEMPTS")?,
+            })
+        } else {
+            None
+        };
+        let thumbnail_max_side = parse("THUMBNAIL_MAX_SIDE", "256")?;
+        if !(1..=4096).contains(&thumbnail_max_side) {
+            bail!("THUMBNAIL_MAX_SIDE must be between 1 and 4096, not {thumbnail_max_side}");
+        }
+        Ok(Self {
+            upload_dir: PathBuf::from(required("UPLOAD_DIR", "./var/uploads")?),
+            s3,
+            max_file_size: positive(parse("MAX_FILE_SIZE", "52428800")?, "MAX_FILE_SIZE")?,
+            thumbnail_max_side,
+        })
+    }
+}
+
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
@@ -175,6 +275,7 @@ impl Settings {
                     other => bail!("LOG_FORMAT must be text or json, not {other:?}"),
                 },
             },
+            storage: StorageSettings::from_env()?,
         })
     }
 }
@@ -190,6 +291,39 @@ where
     let raw = var(name, default);
     raw.parse()
         .map_err(|e| anyhow::anyhow!("{name}={raw:?} is invalid: {e}"))
+}
+
+/// A variable that must not be empty.
+fn required(name: &str, default: &str) -> anyhow::Result<String> {
+    let value = var(name, default);
+    if value.trim().is_empty() {
+        bail!("{name} must be set");
+    }
+    Ok(value)
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`); empty means the default.
+fn flag(name: &str, default: bool) -> anyhow::Result<bool> {
+    match var(name, "").trim().to_ascii_lowercase().as_str() {
+        "" => Ok(default),
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => bail!("{name} must be true or false, not {other:?}"),
+    }
+}
+
+/// S3's bucket naming rules, checked at start-up rather than at the first upload.
+fn bucket_name(raw: &str) -> anyhow::Result<String> {
+    let ok = (3..=63).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && raw.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && raw.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!("S3_BUCKET must be set to a bucket name: 3 to 63 of a-z 0-9 . -, not {raw:?}");
+    }
+    Ok(raw.to_owned())
 }
 
 fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> {
@@ -282,6 +416,15 @@ mod tests {
     fn secrets_never_print() {
         let s = Secret::new("hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bucket_names_are_checked() {
+        assert!(bucket_name("commcenter-files.eu").is_ok());
+        for bad in ["", "ab", "Upper", "a_b", "-ab", "ab-", &"a".repeat(64)] {
+            let error = bucket_name(bad).unwrap_err().to_string();
+            assert!(error.contains("S3_BUCKET"), "{bad:?}: {error}");
+        }
     }
 
     #[test]

@@ -12,14 +12,15 @@ use uuid::Uuid;
 use commcenter_api::App;
 use commcenter_shared::{
     auth::{self, Claims},
+    blob::BlobStore,
     broker::{self, Topology},
     domain::{CustomerId, Role, UserId},
     jobs::kinds,
     retry::RetryPolicy,
-    settings::{Secret, Settings, parse_tiers},
+    settings::{S3Settings, Secret, Settings, parse_tiers},
     telemetry,
 };
-use commcenter_workers::{Registry, Runtime, handlers};
+use commcenter_workers::{Handler, Registry, Runtime, handlers};
 
 use crate::WsClient;
 
@@ -41,10 +42,13 @@ pub fn broker_addr() -> SocketAddr {
 
 /// What a test can change about its app.
 pub struct TestOptions {
-    /// Start the workers with the production handlers (or `registry`).
+    /// Start the workers with the production handlers (and `handlers`).
     pub start_workers: bool,
-    /// The handlers the workers run; defaults to the production registry.
-    pub registry: Option<Registry>,
+    /// Handlers added to the production ones (or replacing theirs, by kind).
+    pub handlers: Vec<Arc<dyn Handler>>,
+    /// Store files in S3 at this endpoint instead of on disk (e.g. a closed port, to
+    /// play a store that is down).
+    pub s3_endpoint: Option<String>,
     /// The api's broker URL (a [`crate::TcpProxy`]'s, to play an outage).
     pub api_amqp_url: Option<String>,
     /// The workers' broker URL.
@@ -64,9 +68,9 @@ pub struct TestOptions {
 
 impl TestOptions {
     /// The production handlers, with `handler` added (or replacing its kind's).
-    pub fn with_handler(handler: impl commcenter_workers::Handler) -> Self {
+    pub fn with_handler(handler: impl Handler) -> Self {
         Self {
-            registry: Some(handlers::registry().with(handler)),
+            handlers: vec![Arc::new(handler)],
             ..Default::default()
         }
     }
@@ -76,7 +80,8 @@ impl Default for TestOptions {
     fn default() -> Self {
         Self {
             start_workers: true,
-            registry: None,
+            handlers: Vec::new(),
+            s3_endpoint: None,
             api_amqp_url: None,
             workers_amqp_url: None,
             workers_database_proxy: None,
@@ -154,6 +159,20 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     settings.jobs.timeout = options.job_timeout;
     settings.relay.poll = Duration::from_millis(200);
     settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}"));
+    // Each test stores its files in a directory of its own, removed at the end.
+    settings.storage.upload_dir = std::env::temp_dir().join(format!("cc-test-{id}"));
+    settings.storage.s3 = options.s3_endpoint.clone().map(|endpoint| S3Settings {
+        bucket: format!("cc-test-{id}"),
+        region: "us-east-1".into(),
+        access_key_id: Secret::new("test"),
+        secret_access_key: Secret::new("test"),
+        endpoint: Some(endpoint),
+        force_path_style: true,
+        part_size: 8 << 20,
+        connect_timeout: Duration::from_millis(500),
+        operation_timeout: Duration::from_secs(5),
+        max_attempts: 1,
+    });
 
     let app = App::build(settings.clone())
         .await
@@ -168,7 +187,11 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         settings.jobs.retry_tiers.clone(),
         settings.jobs.delivery_limit,
     );
-    let registry = options.registry.unwrap_or_else(handlers::registry);
+    let blobs = Arc::new(BlobStore::from_settings(&settings.storage).expect("the blob store"));
+    let registry = options
+        .handlers
+        .into_iter()
+        .fold(handlers::registry(&settings, blobs), Registry::with_shared);
     let mut kinds: Vec<String> = kinds::ALL.iter().map(|k| (*k).to_owned()).collect();
     kinds.extend(registry.kinds().iter().map(|k| (*k).to_owned()));
     kinds.sort();
@@ -478,6 +501,7 @@ impl Drop for TestApp {
             std::thread::sleep(Duration::from_millis(10));
         }
         handles.iter().for_each(tokio::task::AbortHandle::abort);
+        std::fs::remove_dir_all(&self.settings.storage.upload_dir).ok();
         let database = self.database.clone();
         let admin = admin_database_url();
         let topology = self.topology.clone();

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use commcenter_shared::{broker::Topology, db, retry::RetryPolicy, settings::Settings, telemetry};
+use commcenter_shared::{
+    blob::BlobStore, broker::Topology, db, retry::RetryPolicy, settings::Settings, telemetry,
+};
 use commcenter_workers::{Runtime, handlers};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +16,8 @@ async fn main() -> anyhow::Result<()> {
     let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
 
-    let registry = handlers::registry().only(&settings.jobs.kinds)?;
+    let blobs = Arc::new(BlobStore::from_settings(&settings.storage)?);
+    let registry = handlers::registry(&settings, blobs).only(&settings.jobs.kinds)?;
     let runtime = Arc::new(Runtime {
         pool,
         broker: settings.broker.clone(),

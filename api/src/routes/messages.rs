@@ -110,8 +110,8 @@ pub async fn send(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
-/// The files named by a send, which must be the customer's own and not failed. (Files
-/// arrive with the uploads feature; until then any id is unknown.)
+/// The files named by a send, which must be the customer's own and not failed. One
+/// still processing is fine: delivery waits for it.
 async fn attachments_of(
     conn: &mut sqlx::PgConnection,
     customer: &CustomerId,
@@ -120,31 +120,39 @@ async fn attachments_of(
     if ids.is_empty() {
         return Ok(json!([]));
     }
-    let rows: Vec<(Uuid, String, String, i64, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, original_name, file_type, file_size, status, failure_reason
-         FROM file_attachments WHERE id = ANY($1) AND customer_id = $2",
-    )
-    .bind(ids)
-    .bind(customer.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
+    if let Some(twice) = ids
+        .iter()
+        .enumerate()
+        .find_map(|(i, id)| ids[..i].contains(id).then_some(id))
+    {
+        return Err(ApiError::Invalid(format!(
+            "attachments: file {twice} is listed twice"
+        )));
+    }
     let mut attachments = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some((file_id, filename, file_type, file_size, status, reason)) =
-            rows.iter().find(|r| r.0 == *id)
-        else {
-            return Err(ApiError::Invalid(format!(
-                "attachments: file {id} not found for customer {customer}"
-            )));
-        };
-        if status == "failed" {
+        // Another customer's file is as unknown as a file that does not exist.
+        let file = store::find_file(&mut *conn, *id)
+            .await?
+            .filter(|f| f.customer_id == customer.as_str())
+            .ok_or_else(|| {
+                ApiError::Invalid(format!(
+                    "attachments: file {id} not found for customer {customer}"
+                ))
+            })?;
+        if file.status == "failed" {
             return Err(ApiError::Invalid(format!(
                 "attachments: file {id} failed processing: {}",
-                reason.as_deref().unwrap_or("unknown reason")
+                file.failure_reason.as_deref().unwrap_or("unknown reason")
             )));
         }
         attachments.push(json!({
-            "file_id": file_id, "filename": filename, "file_type": file_type, "file_size": file_size,
+            "file_id": file.id,
+            "filename": file.original_name,
+            "url": super::files::file_url(&file.stored_name),
+            "thumbnail_url": (file.file_category == "images").then(|| super::files::thumbnail_url(&file.stored_name)),
+            "file_type": file.file_type,
+            "file_size": file.file_size,
         }));
     }
     Ok(Value::Array(attachments))

@@ -2,6 +2,7 @@
 
 pub mod communications;
 pub mod conversations;
+pub mod files;
 pub mod health;
 pub mod messages;
 pub mod openapi;
@@ -10,6 +11,7 @@ pub mod ws;
 
 use axum::{
     Router,
+    extract::DefaultBodyLimit,
     routing::{get, post},
 };
 use uuid::Uuid;
@@ -22,6 +24,18 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(health::ready))
         .route("/api/openapi.json", get(openapi::document))
         .route("/api/messages/send", post(messages::send))
+        // Uploads stream past the JSON body limit; each file is bounded by MAX_FILE_SIZE
+        // while it streams.
+        .route(
+            "/api/communications/upload",
+            post(files::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/communications/files/{file_id}", get(files::show))
+        .route("/api/communications/file/{filename}", get(files::download))
+        .route(
+            "/api/communications/file/thumbnails/{filename}",
+            get(files::thumbnail),
+        )
         .route("/api/communications", get(communications::list))
         .route(
             "/api/communications/{id}/status",

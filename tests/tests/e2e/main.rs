@@ -7,6 +7,7 @@
 mod auth;
 mod bad_input;
 mod conversations;
+mod files;
 mod health;
 mod listing;
 mod messages;

@@ -195,7 +195,7 @@ async fn exhausted_attempts_are_dead_with_the_last_error() {
         error: JobError::transient("connection reset"),
     };
     let app = spawn_app_with(TestOptions {
-        registry: Some(handlers::registry().with(refusing)),
+        handlers: vec![std::sync::Arc::new(refusing)],
         max_attempts: 3,
         ..Default::default()
     })
@@ -275,7 +275,7 @@ impl Handler for Hangs {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_handler_times_out_and_is_retried_then_dead() {
     let app = spawn_app_with(TestOptions {
-        registry: Some(handlers::registry().with(Hangs)),
+        handlers: vec![std::sync::Arc::new(Hangs)],
         job_timeout: Duration::from_millis(200),
         max_attempts: 2,
         ..Default::default()

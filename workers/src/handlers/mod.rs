@@ -1,14 +1,26 @@
 //! One module per job kind. [`registry`] is what a production worker runs.
 
 pub mod conversations;
+pub mod files;
 pub mod messages;
 pub mod receipts;
 
-use crate::runtime::Registry;
+use std::sync::Arc;
 
-pub fn registry() -> Registry {
+use commcenter_shared::{blob::BlobStore, settings::Settings};
+
+use crate::{media::thumbnail::ImageLimits, runtime::Registry};
+
+pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> Registry {
     Registry::default()
         .with(messages::DeliverMessage)
         .with(receipts::ApplyReceipt)
         .with(conversations::SetConversationStatus)
+        .with(files::ProcessFile {
+            blobs: blobs.clone(),
+            image_limits: ImageLimits::default(),
+            thumbnail_side: settings.storage.thumbnail_max_side,
+            max_attempts: settings.jobs.max_attempts,
+        })
+        .with(files::DeleteBlob { blobs })
 }
