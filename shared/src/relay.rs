@@ -170,7 +170,9 @@ impl Relay {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows.len())
+        // Counted as published, not selected: a batch the broker would not route stays
+        // pending, and must not keep the drain loop spinning on it.
+        Ok(published.len())
     }
 
     async fn publish_events(&self, channel: &Channel) -> anyhow::Result<usize> {
