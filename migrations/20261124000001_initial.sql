@@ -151,16 +151,3 @@ CREATE TABLE idempotency_keys (
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, key)
 );
-
--- Wake the relay as soon as a transaction commits work for it; it also polls, so a
--- missed notification only delays, never loses.
-CREATE FUNCTION notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('commcenter_outbox', TG_TABLE_NAME);
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER jobs_notify_outbox AFTER INSERT OR UPDATE OF state ON jobs
-    FOR EACH ROW WHEN (NEW.state = 'pending') EXECUTE FUNCTION notify_outbox();
-CREATE TRIGGER event_outbox_notify AFTER INSERT ON event_outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_outbox();

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
@@ -30,6 +30,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Where uploads are streamed to and downloads read from.
     pub blobs: Arc<BlobStore>,
+    /// Wakes this instance's outbox relay after a request commits a job.
+    pub outbox: Arc<Notify>,
     /// Whether the notifier is connected to RabbitMQ (for `/readyz`).
     pub broker_up: Arc<AtomicBool>,
 }
@@ -56,6 +58,7 @@ impl App {
             hub: Arc::new(Hub::new(settings.http.ws_buffer)),
             settings: Arc::new(settings),
             broker_up: Arc::new(AtomicBool::new(false)),
+            outbox: Arc::new(Notify::new()),
         };
         Ok(Self { state, listener })
     }
@@ -77,6 +80,7 @@ impl App {
             topology: topology.clone(),
             settings: settings.relay.clone(),
             kinds: kinds::ALL.iter().map(|k| (*k).to_owned()).collect(),
+            wake: self.state.outbox.clone(),
         };
         let relay = tokio::spawn(relay.run(shutdown.clone()));
         let notifier = tokio::spawn(notifier::run(

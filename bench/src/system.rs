@@ -77,6 +77,8 @@ pub fn runtime(app: &TestApp, pool: PgPool, registry: Registry, prefetch: u16) -
         shutdown_grace: Duration::from_secs(10),
         worker_name: format!("bench-worker-{}", std::process::id()),
         record_dead_letters: true,
+        relay: app.settings.relay.clone(),
+        outbox: Default::default(),
     })
 }
 

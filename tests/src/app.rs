@@ -271,6 +271,8 @@ impl TestApp {
             shutdown_grace: Duration::from_secs(10),
             worker_name: format!("test-worker-{}", Uuid::new_v4().simple()),
             record_dead_letters: true,
+            relay: self.settings.relay.clone(),
+            outbox: Default::default(),
         })
     }
 

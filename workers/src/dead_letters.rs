@@ -105,6 +105,7 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
         }
     }
     tx.commit().await?;
+    runtime.outbox.notify_one();
     Ok(())
 }
 

@@ -37,6 +37,8 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: settings.http.shutdown_grace,
         worker_name: format!("worker-{}", std::process::id()),
         record_dead_letters: true,
+        relay: settings.relay.clone(),
+        outbox: Default::default(),
     });
 
     let shutdown = CancellationToken::new();

@@ -25,7 +25,7 @@ use lapin::{
 };
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -33,9 +33,9 @@ use uuid::Uuid;
 use commcenter_shared::{
     broker::{self, DELAY_TIER_HEADER, Topology},
     jobs::{self, Attempt, Envelope, ErrorClass},
-    relay::job_properties,
+    relay::{Relay, job_properties},
     retry::{Decision, RetryPolicy},
-    settings::{BrokerSettings, tier_label},
+    settings::{BrokerSettings, RelaySettings, tier_label},
 };
 
 use crate::dead_letters;
@@ -172,6 +172,10 @@ pub struct Runtime {
     pub worker_name: String,
     /// Also drain the dead-letter queue into the ledger (one or more workers should).
     pub record_dead_letters: bool,
+    /// This process's outbox relay publishes the events (and jobs) its jobs commit.
+    pub relay: RelaySettings,
+    /// Wakes that relay after each commit (pass `Default::default()`).
+    pub outbox: Arc<Notify>,
 }
 
 /// Why `serve` returned.
@@ -184,6 +188,31 @@ impl Runtime {
     /// Runs until `shutdown`: consumes, and re-establishes a lost connection with
     /// backoff, re-declaring the topology, without a restart.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        // The relay stops after the jobs have drained, so their events still go out.
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(
+            Relay {
+                pool: self.pool.clone(),
+                broker: self.broker.clone(),
+                topology: self.topology.clone(),
+                settings: self.relay.clone(),
+                kinds: self
+                    .registry
+                    .kinds()
+                    .iter()
+                    .map(|k| (*k).to_owned())
+                    .collect(),
+                wake: self.outbox.clone(),
+            }
+            .run(relay_stop.clone()),
+        );
+        self.consume_until(&shutdown).await;
+        relay_stop.cancel();
+        relay.await.ok();
+    }
+
+    async fn consume_until(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let shutdown = shutdown.clone();
         let in_flight = TaskTracker::new();
         while !shutdown.is_cancelled() {
             let Some(connection) =
@@ -502,6 +531,7 @@ impl Runtime {
             }
         }
         tx.commit().await?;
+        self.outbox.notify_one();
         if let Some(tier) = retry_tier {
             self.publish_retry(publisher, envelope, tier).await?;
         }

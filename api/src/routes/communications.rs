@@ -205,6 +205,7 @@ async fn post_receipt(
     let mut tx = state.pool.begin().await?;
     let job_id = jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
     tx.commit().await?;
+    state.outbox.notify_one();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

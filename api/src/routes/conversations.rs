@@ -75,6 +75,7 @@ pub async fn set_status(
     )
     .await?;
     tx.commit().await?;
+    state.outbox.notify_one();
     Ok((
         StatusCode::ACCEPTED,
         Json(

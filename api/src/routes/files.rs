@@ -318,6 +318,7 @@ async fn record(
         }));
     }
     tx.commit().await?;
+    state.outbox.notify_one();
     Ok(files)
 }
 

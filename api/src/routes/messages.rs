@@ -107,6 +107,7 @@ pub async fn send(
         key.store(&mut tx, StatusCode::ACCEPTED, &body).await?;
     }
     tx.commit().await?;
+    state.outbox.notify_one();
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 

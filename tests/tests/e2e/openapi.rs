@@ -22,7 +22,13 @@ async fn every_documented_path_is_served() {
         let concrete = path
             .replace("{id}", &uuid::Uuid::new_v4().to_string())
             .replace("{customer_id}", "cust-1")
-            .replace("{user_id}", "staff-1");
+            .replace("{user_id}", "staff-1")
+            .replace("{file_id}", &uuid::Uuid::new_v4().to_string())
+            // The shape of a stored name (timestamp, 32 hex digits, extension).
+            .replace(
+                "{filename}",
+                "20261124t120000z-0123456789abcdef0123456789abcdef.png",
+            );
         for method in methods.as_object().unwrap().keys() {
             let request = match method.as_str() {
                 "get" => app.client.get(app.url(&concrete)),

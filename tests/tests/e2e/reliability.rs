@@ -61,9 +61,12 @@ async fn envelope_of(app: &TestApp, job_id: &str) -> Envelope {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_broker_down_a_send_is_still_accepted_and_delivered_when_it_returns() {
+    // The broker is gone for everyone: the api and the workers (whose relays would
+    // otherwise publish what the api could not).
     let proxy = TcpProxy::start(broker_addr()).await;
     let app = spawn_app_with(TestOptions {
         api_amqp_url: Some(proxy.amqp_url()),
+        workers_amqp_url: Some(proxy.amqp_url()),
         ..Default::default()
     })
     .await;
@@ -408,4 +411,21 @@ async fn a_worker_that_loses_the_database_keeps_its_jobs_until_it_returns() {
         .await;
     assert_eq!(job["attempts"], 1, "the outage cost no attempt");
     app.assert_no_jobs_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_api_alone_loses_the_broker_another_relay_publishes_its_jobs() {
+    let proxy = TcpProxy::start(broker_addr()).await;
+    let app = spawn_app_with(TestOptions {
+        api_amqp_url: Some(proxy.amqp_url()),
+        ..Default::default()
+    })
+    .await;
+    proxy.cut();
+    // The workers' relay, still connected, picks up what the api committed.
+    let sent = app
+        .send_ok(&app.staff_token(), "cust-1", "relayed by another process")
+        .await;
+    app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
+        .await;
 }
