@@ -83,7 +83,7 @@ pub async fn upload(
     let mut communication_id = query
         .communication_id
         .as_deref()
-        .map(|raw| parse_uuid(raw, "communication_id"))
+        .map(parse_communication_id)
         .transpose()?;
     let mut staged: Vec<Staged> = Vec::new();
     let mut refused: Vec<Refused> = Vec::new();
@@ -100,7 +100,7 @@ pub async fn upload(
                 }
                 "communication_id" => {
                     let text = field.text().await.map_err(multipart_error)?;
-                    communication_id = Some(parse_uuid(text.trim(), "communication_id")?);
+                    communication_id = Some(parse_communication_id(text.trim())?);
                 }
                 "file" | "files" | "file[]" | "files[]" => {
                     if customer.is_none() {
@@ -174,6 +174,11 @@ pub async fn upload(
             Err(error)
         }
     }
+}
+
+fn parse_communication_id(raw: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::Invalid(format!("communication_id must be a UUID, not {raw:?}")))
 }
 
 fn parse_customer(raw: &str) -> ApiResult<CustomerId> {
@@ -429,7 +434,17 @@ pub async fn thumbnail(
         (_, Some(key)) => {
             let etag = file.sha256.as_deref().map(|sha| format!("\"{sha}-thumb\""));
             let content_type = file.thumbnail_type.as_deref().unwrap_or("image/jpeg");
-            let name = format!("thumbnail-{}", file.original_name);
+            // Named after the original, with the thumbnail's own extension.
+            let stem = file
+                .original_name
+                .rsplit_once('.')
+                .map_or(file.original_name.as_str(), |(stem, _)| stem);
+            let extension = if content_type == "image/png" {
+                "png"
+            } else {
+                "jpg"
+            };
+            let name = format!("{stem}-thumbnail.{extension}");
             serve(&state, key, content_type, &name, etag, &headers).await
         }
         ("processing", None) if file.file_category == "images" => {
