@@ -106,7 +106,8 @@ pub struct JobSettings {
 pub struct RelaySettings {
     /// `OUTBOX_BATCH`: rows published per confirm round trip.
     pub batch: i64,
-    /// `OUTBOX_POLL_MS`: the relay polls this often besides waking on NOTIFY.
+    /// `OUTBOX_POLL_MS`: the relay polls this often besides waking when its own
+    /// process commits; polling is how another process's leftovers are found.
     pub poll: Duration,
 }
 
