@@ -226,6 +226,11 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         settings,
     };
     test_app.wait_until_ready().await;
+    // Every work queue exists before the test publishes anything itself (the relay and
+    // the workers declare them too, but maybe not yet).
+    let all_kinds: Vec<String> = test_app.kinds.lock().map(|k| k.clone()).unwrap_or_default();
+    let all_kinds: Vec<&str> = all_kinds.iter().map(String::as_str).collect();
+    test_app.declare_kinds(&all_kinds).await;
     if options.start_workers {
         test_app.start_workers();
     }
@@ -461,7 +466,11 @@ impl TestApp {
             .expect("declare");
         connection.close(200, "bye".into()).await.ok();
         if let Ok(mut known) = self.kinds.lock() {
-            known.extend(kinds.iter().map(|k| (*k).to_owned()));
+            for kind in kinds {
+                if !known.iter().any(|k| k == kind) {
+                    known.push((*kind).to_owned());
+                }
+            }
         }
     }
 

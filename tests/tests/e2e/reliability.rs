@@ -42,6 +42,10 @@ async fn publish_raw(app: &TestApp, routing_key: &str, body: &[u8], properties: 
         .await
         .unwrap();
     assert!(confirmation.is_ack());
+    assert!(
+        confirmation.take_message().is_none(),
+        "no queue took the message"
+    );
     connection.close(200, "bye".into()).await.ok();
 }
 
