@@ -289,6 +289,21 @@ pub async fn find_file(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option
         .await
 }
 
+/// The customer's files among `ids` (others' files are not returned).
+pub async fn find_customer_files(
+    conn: &mut PgConnection,
+    customer: &CustomerId,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<FileRecord>> {
+    sqlx::query_as(&format!(
+        "{FILE_SELECT} WHERE f.id = ANY($1) AND f.customer_id = $2"
+    ))
+    .bind(ids)
+    .bind(customer.as_str())
+    .fetch_all(conn)
+    .await
+}
+
 pub async fn find_file_by_stored_name(
     conn: &mut PgConnection,
     name: &str,

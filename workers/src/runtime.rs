@@ -19,7 +19,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -579,7 +579,8 @@ impl Runtime {
         properties: BasicProperties,
         tier: Duration,
     ) -> anyhow::Result<()> {
-        let mut headers = FieldTable::default();
+        // Keeps the headers it has (a deferral's start), adding the tier's.
+        let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(
             DELAY_TIER_HEADER.into(),
             AMQPValue::LongString(tier_label(tier).as_str().into()),
@@ -624,6 +625,33 @@ impl Runtime {
             delivery.ack(BasicAckOptions::default()).await.ok();
             return;
         };
+        // Deferred since when: a delivery whose bookkeeping keeps failing (not a passing
+        // outage, something about the message itself) must not loop for ever.
+        let now_ms = Utc::now().timestamp_millis();
+        let since_ms = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(DEFERRED_SINCE_HEADER).cloned())
+            .and_then(|v| match v {
+                AMQPValue::LongLongInt(ms) => Some(ms),
+                _ => None,
+            })
+            .unwrap_or(now_ms);
+        if now_ms - since_ms > MAX_DEFERRAL.as_millis() as i64 {
+            // Rejected without requeue, the broker dead-letters it to `{p}.dead`, whose
+            // consumer records it in the ledger with the broker's reason.
+            tracing::error!(
+                error = format!("{error:#}"),
+                "{failure} for {} minutes; giving it to the dead-letter queue",
+                MAX_DEFERRAL.as_secs() / 60
+            );
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .ok();
+            return;
+        }
         tracing::error!(
             error = format!("{error:#}"),
             "{failure}; it will come back shortly"
@@ -634,10 +662,12 @@ impl Runtime {
             .first()
             .copied()
             .unwrap_or(Duration::from_secs(1));
-        let properties = delivery
-            .properties
-            .clone()
-            .with_headers(FieldTable::default());
+        let mut headers = FieldTable::default();
+        headers.insert(
+            DEFERRED_SINCE_HEADER.into(),
+            AMQPValue::LongLongInt(since_ms),
+        );
+        let properties = delivery.properties.clone().with_headers(headers);
         match self
             .publish_delayed(
                 publisher,
@@ -699,6 +729,14 @@ impl Runtime {
         .await;
     }
 }
+
+/// Header on a delivery deferred because its bookkeeping failed: since when (epoch ms).
+const DEFERRED_SINCE_HEADER: &str = "deferred-since";
+
+/// How long a delivery may keep coming back for failed bookkeeping: long enough to ride
+/// out a database outage, short enough that a message that can never be recorded ends
+/// in the dead-letter queue rather than looping for ever.
+const MAX_DEFERRAL: Duration = Duration::from_secs(15 * 60);
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic

@@ -130,17 +130,15 @@ async fn attachments_of(
             "attachments: file {twice} is listed twice"
         )));
     }
+    let files = store::find_customer_files(&mut *conn, customer, ids).await?;
     let mut attachments = Vec::with_capacity(ids.len());
     for id in ids {
         // Another customer's file is as unknown as a file that does not exist.
-        let file = store::find_file(&mut *conn, *id)
-            .await?
-            .filter(|f| f.customer_id == customer.as_str())
-            .ok_or_else(|| {
-                ApiError::Invalid(format!(
-                    "attachments: file {id} not found for customer {customer}"
-                ))
-            })?;
+        let file = files.iter().find(|f| f.id == *id).ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "attachments: file {id} not found for customer {customer}"
+            ))
+        })?;
         if file.status == "failed" {
             return Err(ApiError::Invalid(format!(
                 "attachments: file {id} failed processing: {}",

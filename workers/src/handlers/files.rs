@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sqlx::PgConnection;
+use tokio::sync::Semaphore;
 
 use commcenter_shared::{
     blob::{BlobError, BlobStore, ObjectKey},
-    domain::CustomerId,
     events::{self, Event, EventBody},
     filetype::{self, Category, SNIFF_BYTES},
     jobs::{self, NewJob, kinds, payloads},
@@ -37,6 +37,10 @@ pub struct ProcessFile {
     pub thumbnail_side: u32,
     /// Attempts of the jobs this one enqueues (`JOB_MAX_ATTEMPTS`).
     pub max_attempts: i32,
+    /// Images held and decoded at once. Each may hold its whole upload and a decoder's
+    /// allocation (`ImageLimits::max_alloc`), so this, not the job concurrency, bounds
+    /// the memory images take. One per core: decoding is CPU-bound anyway.
+    pub image_slots: Arc<Semaphore>,
 }
 
 /// What one read of the staged object tells.
@@ -74,6 +78,16 @@ impl Handler for ProcessFile {
                     .map_err(|e| JobError::permanent(format!("bad staging key: {e}")))
             })?;
         let keep_image = file.file_category == Category::Images.as_str();
+        let _image_slot = if keep_image {
+            Some(
+                self.image_slots
+                    .acquire()
+                    .await
+                    .map_err(|_| JobError::transient("image slots closed"))?,
+            )
+        } else {
+            None
+        };
         let contents = self.read(&staged, keep_image).await?;
         let sniffed = filetype::sniff(&contents.head, &file.original_name)
             .map_err(|refusal| JobError::permanent(refusal.to_string()))?;
@@ -222,8 +236,7 @@ async fn announce(
     reason: Option<String>,
     thumbnail_url: Option<String>,
 ) -> Result<(), JobError> {
-    let customer = CustomerId::parse(&file.customer_id)
-        .map_err(|e| JobError::permanent(format!("stored customer id is invalid: {e}")))?;
+    let customer = super::messages::customer_of(&file.customer_id)?;
     let event = Event::now(
         customer,
         EventBody::FileStatus {

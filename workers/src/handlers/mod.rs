@@ -21,6 +21,9 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> Registry {
             image_limits: ImageLimits::default(),
             thumbnail_side: settings.storage.thumbnail_max_side,
             max_attempts: settings.jobs.max_attempts,
+            image_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, usize::from),
+            )),
         })
         .with(files::DeleteBlob { blobs })
 }
