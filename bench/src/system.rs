@@ -79,6 +79,7 @@ pub fn runtime(app: &TestApp, pool: PgPool, registry: Registry, prefetch: u16) -
         record_dead_letters: true,
         relay: app.settings.relay.clone(),
         outbox: Default::default(),
+        max_deferral: commcenter_workers::runtime::DEFAULT_MAX_DEFERRAL,
     })
 }
 

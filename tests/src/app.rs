@@ -53,6 +53,8 @@ pub struct TestOptions {
     pub api_amqp_url: Option<String>,
     /// The workers' broker URL.
     pub workers_amqp_url: Option<String>,
+    /// How long a delivery may be deferred for failed bookkeeping before it is dead.
+    pub max_deferral: Duration,
     /// Route the workers' database connections through this proxy (to cut them).
     pub workers_database_proxy: Option<std::net::SocketAddr>,
     pub retry_tiers: &'static str,
@@ -85,6 +87,7 @@ impl Default for TestOptions {
             api_amqp_url: None,
             workers_amqp_url: None,
             workers_database_proxy: None,
+            max_deferral: commcenter_workers::runtime::DEFAULT_MAX_DEFERRAL,
             // Short tiers so retry tests take milliseconds, not minutes.
             retry_tiers: "100ms,200ms,400ms,1s",
             retry_base: Duration::from_millis(100),
@@ -118,6 +121,7 @@ pub struct TestApp {
 #[derive(Clone)]
 struct WorkersOptions {
     amqp_url: String,
+    max_deferral: Duration,
     /// The workers' own pool, when it goes through a proxy; else the api's.
     pool: Option<PgPool>,
     registry: Registry,
@@ -211,6 +215,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         workers: None,
         workers_options: WorkersOptions {
             amqp_url: options.workers_amqp_url.unwrap_or_else(broker_url),
+            max_deferral: options.max_deferral,
             pool: options.workers_database_proxy.map(|proxy| {
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)
@@ -278,6 +283,7 @@ impl TestApp {
             record_dead_letters: true,
             relay: self.settings.relay.clone(),
             outbox: Default::default(),
+            max_deferral: o.max_deferral,
         })
     }
 

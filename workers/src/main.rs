@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         record_dead_letters: true,
         relay: settings.relay.clone(),
         outbox: Default::default(),
+        max_deferral: commcenter_workers::runtime::DEFAULT_MAX_DEFERRAL,
     });
 
     let shutdown = CancellationToken::new();

@@ -176,6 +176,10 @@ pub struct Runtime {
     pub relay: RelaySettings,
     /// Wakes that relay after each commit (pass `Default::default()`).
     pub outbox: Arc<Notify>,
+    /// How long a delivery may keep coming back because its bookkeeping failed: long
+    /// enough to ride out a database outage, short enough that a message that can never
+    /// be recorded ends in the dead-letter queue rather than looping for ever.
+    pub max_deferral: Duration,
 }
 
 /// Why `serve` returned.
@@ -638,13 +642,13 @@ impl Runtime {
                 _ => None,
             })
             .unwrap_or(now_ms);
-        if now_ms - since_ms > MAX_DEFERRAL.as_millis() as i64 {
+        if now_ms - since_ms > self.max_deferral.as_millis() as i64 {
             // Rejected without requeue, the broker dead-letters it to `{p}.dead`, whose
             // consumer records it in the ledger with the broker's reason.
             tracing::error!(
                 error = format!("{error:#}"),
                 "{failure} for {} minutes; giving it to the dead-letter queue",
-                MAX_DEFERRAL.as_secs() / 60
+                self.max_deferral.as_secs() / 60
             );
             delivery
                 .reject(BasicRejectOptions { requeue: false })
@@ -733,10 +737,8 @@ impl Runtime {
 /// Header on a delivery deferred because its bookkeeping failed: since when (epoch ms).
 const DEFERRED_SINCE_HEADER: &str = "deferred-since";
 
-/// How long a delivery may keep coming back for failed bookkeeping: long enough to ride
-/// out a database outage, short enough that a message that can never be recorded ends
-/// in the dead-letter queue rather than looping for ever.
-const MAX_DEFERRAL: Duration = Duration::from_secs(15 * 60);
+/// The usual [`Runtime::max_deferral`].
+pub const DEFAULT_MAX_DEFERRAL: Duration = Duration::from_secs(15 * 60);
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic

@@ -433,3 +433,40 @@ async fn when_the_api_alone_loses_the_broker_another_relay_publishes_its_jobs() 
     app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_whose_bookkeeping_keeps_failing_ends_dead_not_looping() {
+    let postgres = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let app = spawn_app_with(TestOptions {
+        workers_database_proxy: Some(postgres.addr),
+        max_deferral: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    postgres.cut();
+    let sent = app
+        .send_ok(&app.staff_token(), "cust-1", "never recorded in time")
+        .await;
+    // Deferred through the delay tier for longer than allowed: rejected to the
+    // dead-letter queue, whose consumer records it once the database is back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.restore();
+    let job = app
+        .wait_for_job_state(sent["job_id"].as_str().unwrap(), "dead")
+        .await;
+    assert_eq!(job["last_error_class"], "broker");
+    assert!(
+        job["last_error"].as_str().unwrap().contains("rejected"),
+        "{}",
+        job["last_error"]
+    );
+    assert_eq!(
+        app.communication_status(sent["id"].as_str().unwrap()).await,
+        "failed"
+    );
+    assert_eq!(
+        app.queue_depth(&app.topology.work_queue("message.deliver"))
+            .await,
+        0
+    );
+}
