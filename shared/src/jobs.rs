@@ -26,12 +26,28 @@ pub mod kinds {
     /// Delete a stored object nothing refers to any more (a deduplicated upload).
     pub const BLOB_DELETE: &str = "blob.delete";
 
+    /// Send an SMS or MMS through RingCentral.
+    pub const SMS_SEND: &str = "sms.send";
+    /// Send an email through Gmail.
+    pub const EMAIL_SEND: &str = "email.send";
+    /// Finish a phone call logged by staff: match it with RingCentral's call log.
+    pub const CALL_LOG: &str = "call.log";
+    /// Act on a notification RingCentral posted to our webhook.
+    pub const RINGCENTRAL_EVENT: &str = "ringcentral.event";
+    /// Pull RingCentral's call log since the last import into phone communications.
+    pub const CALL_LOG_IMPORT: &str = "call_log.import";
+
     pub const ALL: &[&str] = &[
         MESSAGE_DELIVER,
         RECEIPT_APPLY,
         CONVERSATION_STATUS,
         FILE_PROCESS,
         BLOB_DELETE,
+        SMS_SEND,
+        EMAIL_SEND,
+        CALL_LOG,
+        RINGCENTRAL_EVENT,
+        CALL_LOG_IMPORT,
     ];
 }
 
@@ -66,6 +82,34 @@ pub mod payloads {
     pub struct DeleteBlob {
         pub storage_key: String,
     }
+
+    /// `sms.send` and `email.send`: everything else (recipient, text, attachments,
+    /// thread) is on the communication row, written with the job.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SendCommunication {
+        pub communication_id: Uuid,
+    }
+
+    /// `call.log`: the call is on the communication row.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LogCall {
+        pub communication_id: Uuid,
+    }
+
+    /// `ringcentral.event`: the webhook's envelope as RingCentral posted it
+    /// (`uuid`, `event`, `subscriptionId`, `timestamp`, `body`).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RingCentralEvent {
+        pub notification: Value,
+    }
+
+    /// `call_log.import`: from where the last import stopped (kept in `provider_cursors`).
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ImportCallLog {}
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -35,6 +35,8 @@ pub struct Settings {
     pub relay: RelaySettings,
     pub telemetry: TelemetrySettings,
     pub storage: StorageSettings,
+    pub ringcentral: RingCentralSettings,
+    pub gmail: GmailSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,105 @@ pub struct StorageSettings {
     pub max_file_size: u64,
     /// `THUMBNAIL_MAX_SIDE`: the longest side, in pixels, of the thumbnails made of images.
     pub thumbnail_max_side: u32,
+}
+
+/// RingCentral (SMS, MMS, call log, webhooks). Configured when the client id, secret
+/// and JWT are all set; until then the SMS and call-log endpoints answer 503.
+#[derive(Debug, Clone)]
+pub struct RingCentralSettings {
+    /// `RINGCENTRAL_SERVER_URL`: the API's base URL (default RingCentral's production
+    /// host; the fake provider server's address in development and tests).
+    pub server_url: String,
+    /// `RINGCENTRAL_CLIENT_ID`, `RINGCENTRAL_CLIENT_SECRET`: the app's credentials.
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// `RINGCENTRAL_JWT`: the user's JWT credential for the JWT-bearer grant.
+    pub jwt: Secret,
+    /// `RINGCENTRAL_FROM_NUMBER`: the SMS-enabled number messages go from (E.164).
+    pub from_number: String,
+    /// `RINGCENTRAL_WEBHOOK_TOKEN`: the verification token our webhook subscription was
+    /// created with; a notification without it is refused.
+    pub webhook_token: Secret,
+    /// `RINGCENTRAL_TIMEOUT_MS`: one HTTP call's limit (connect to last byte).
+    pub timeout: Duration,
+    /// `CALL_LOG_IMPORT_SECS`: how often workers import the call log (0: never).
+    pub call_log_import_every: Option<Duration>,
+}
+
+impl RingCentralSettings {
+    pub fn configured(&self) -> bool {
+        !self.client_id.is_empty()
+            && !self.client_secret.expose().is_empty()
+            && !self.jwt.expose().is_empty()
+    }
+
+    fn from_env() -> anyhow::Result<Self> {
+        let every: u64 = parse("CALL_LOG_IMPORT_SECS", "300")?;
+        Ok(Self {
+            server_url: base_url("RINGCENTRAL_SERVER_URL", "https://platform.ringcentral.com")?,
+            client_id: var("RINGCENTRAL_CLIENT_ID", ""),
+            client_secret: Secret::new(var("RINGCENTRAL_CLIENT_SECRET", "")),
+            jwt: Secret::new(var("RINGCENTRAL_JWT", "")),
+            from_number: var("RINGCENTRAL_FROM_NUMBER", ""),
+            webhook_token: Secret::new(var("RINGCENTRAL_WEBHOOK_TOKEN", "")),
+            timeout: Duration::from_millis(positive(
+                parse("RINGCENTRAL_TIMEOUT_MS", "30000")?,
+                "RINGCENTRAL_TIMEOUT_MS",
+            )?),
+            call_log_import_every: (every > 0).then(|| Duration::from_secs(every)),
+        })
+    }
+}
+
+/// Gmail (email). Configured when the client id, secret and refresh token are set.
+#[derive(Debug, Clone)]
+pub struct GmailSettings {
+    /// `GOOGLE_CLIENT_ID`, `GOOGLE_CLIENT_SECRET`: the OAuth client.
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// `GOOGLE_TOKEN_URL`: the OAuth token endpoint (default Google's).
+    pub token_url: String,
+    /// `GMAIL_API_URL`: the Gmail API's base URL (default Google's).
+    pub api_url: String,
+    /// `GMAIL_REFRESH_TOKEN`: the mailbox's refresh token.
+    pub refresh_token: Secret,
+    /// `GMAIL_SENDER`: the address mail goes from (the mailbox's own).
+    pub sender: String,
+    /// `GMAIL_TIMEOUT_MS`: one HTTP call's limit (connect to last byte).
+    pub timeout: Duration,
+}
+
+impl GmailSettings {
+    pub fn configured(&self) -> bool {
+        !self.client_id.is_empty()
+            && !self.client_secret.expose().is_empty()
+            && !self.refresh_token.expose().is_empty()
+    }
+
+    fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            client_id: var("GOOGLE_CLIENT_ID", ""),
+            client_secret: Secret::new(var("GOOGLE_CLIENT_SECRET", "")),
+            token_url: base_url("GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token")?,
+            api_url: base_url("GMAIL_API_URL", "https://gmail.googleapis.com")?,
+            refresh_token: Secret::new(var("GMAIL_REFRESH_TOKEN", "")),
+            sender: var("GMAIL_SENDER", ""),
+            timeout: Duration::from_millis(positive(
+                parse("GMAIL_TIMEOUT_MS", "30000")?,
+                "GMAIL_TIMEOUT_MS",
+            )?),
+        })
+    }
+}
+
+/// An `http://` or `https://` URL, without a trailing slash.
+fn base_url(name: &str, default: &str) -> anyhow::Result<String> {
+    let raw = var(name, default);
+    let url = raw.trim().trim_end_matches('/');
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("{name} must start with http:// or https://, not {raw:?}");
+    }
+    Ok(url.to_owned())
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +378,8 @@ impl Settings {
                 },
             },
             storage: StorageSettings::from_env()?,
+            ringcentral: RingCentralSettings::from_env()?,
+            gmail: GmailSettings::from_env()?,
         })
     }
 }

@@ -1,0 +1,1 @@
+//! Fake RingCentral and Gmail servers.

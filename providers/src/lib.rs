@@ -1,0 +1,1 @@
+//! What this system says to RingCentral and Gmail, and how it reads their answers.
