@@ -4,8 +4,10 @@ pub mod communications;
 pub mod conversations;
 pub mod files;
 pub mod health;
+pub mod integrations;
 pub mod messages;
 pub mod openapi;
+pub mod ops;
 pub mod presence;
 pub mod ws;
 
@@ -62,6 +64,8 @@ pub fn router() -> Router<AppState> {
             get(presence::user_status),
         )
         .route("/api/ws/{user_id}", get(ws::connect))
+        .merge(integrations::router())
+        .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 
