@@ -287,12 +287,24 @@ pub struct Attempt<'a> {
     pub error: Option<&'a str>,
     pub retry_in_ms: Option<i64>,
     pub worker: &'a str,
+    /// What the provider said, when the attempt called one.
+    pub provider: ProviderReport,
+}
+
+/// A provider's answer to an attempt, kept on its attempt row for operators: the
+/// provider's status word, its id for what we sent, and the HTTP status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderReport {
+    pub status: Option<String>,
+    pub id: Option<String>,
+    pub http_status: Option<u16>,
 }
 
 pub async fn record_attempt(conn: &mut PgConnection, a: &Attempt<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO job_attempts (job_id, attempt, started_at, finished_at, outcome, error_class, error, retry_in_ms, worker)
-         VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8)
+        "INSERT INTO job_attempts (job_id, attempt, started_at, finished_at, outcome, error_class, error, retry_in_ms, worker,
+                                   provider_status, provider_id, http_status)
+         VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (job_id, attempt) DO NOTHING",
     )
     .bind(a.job_id)
@@ -303,6 +315,9 @@ pub async fn record_attempt(conn: &mut PgConnection, a: &Attempt<'_>) -> sqlx::R
     .bind(a.error)
     .bind(a.retry_in_ms)
     .bind(a.worker)
+    .bind(a.provider.status.as_deref())
+    .bind(a.provider.id.as_deref())
+    .bind(a.provider.http_status.map(|s| s as i16))
     .execute(conn)
     .await?;
     Ok(())

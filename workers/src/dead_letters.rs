@@ -80,12 +80,8 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
                 .execute(&mut *tx)
                 .await?;
             if let Some(handler) = runtime.registry.get(&row.kind) {
-                let job = JobContext {
-                    id: row.id,
-                    kind: row.kind.clone(),
-                    payload: row.payload.clone(),
-                    attempt: row.attempts,
-                };
+                let job =
+                    JobContext::new(row.id, row.kind.clone(), row.payload.clone(), row.attempts);
                 handler.on_dead(&mut tx, &job, &reason).await?;
             } else if let Some(communication_id) = row.communication_id {
                 // This worker does not run the kind (WORKER_KINDS split the roles):

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     broker::{self, DELAY_TIER_HEADER, Topology},
-    jobs::{self, Attempt, Envelope, ErrorClass},
+    jobs::{self, Attempt, Envelope, ErrorClass, ProviderReport},
     relay::{Relay, job_properties},
     retry::{Decision, RetryPolicy},
     settings::{BrokerSettings, RelaySettings, tier_label},
@@ -82,9 +82,36 @@ pub struct JobContext {
     pub payload: Value,
     /// 1-based number of this attempt.
     pub attempt: i32,
+    /// What a provider answered during this attempt; the runtime records it on the
+    /// attempt row, whatever the outcome.
+    provider: Arc<std::sync::Mutex<ProviderReport>>,
 }
 
 impl JobContext {
+    pub fn new(id: Uuid, kind: impl Into<String>, payload: Value, attempt: i32) -> Self {
+        Self {
+            id,
+            kind: kind.into(),
+            payload,
+            attempt,
+            provider: Arc::default(),
+        }
+    }
+
+    /// Notes the provider's answer for this attempt's row (the last note wins).
+    pub fn report_provider(&self, report: ProviderReport) {
+        if let Ok(mut slot) = self.provider.lock() {
+            *slot = report;
+        }
+    }
+
+    fn provider_report(&self) -> ProviderReport {
+        self.provider
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
     /// The payload as the handler's type; a payload that does not fit is permanent.
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
         serde_json::from_value(self.payload.clone())
@@ -455,12 +482,7 @@ impl Runtime {
         }
         let attempt = row.attempts + 1;
         tracing::Span::current().record("attempt", attempt);
-        let job = JobContext {
-            id: row.id,
-            kind: row.kind.clone(),
-            payload: row.payload.clone(),
-            attempt,
-        };
+        let job = JobContext::new(row.id, row.kind.clone(), row.payload.clone(), attempt);
         let started_at = Utc::now();
 
         // The handler's writes live in a savepoint: a failure undoes them but keeps
@@ -488,6 +510,7 @@ impl Runtime {
             error: None,
             retry_in_ms: None,
             worker: &self.worker_name,
+            provider: job.provider_report(),
         };
         let mut retry_tier = None;
         match &result {
