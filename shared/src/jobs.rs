@@ -269,7 +269,7 @@ impl JobRow {
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
         "SELECT id, kind, payload, state, attempts, max_attempts, communication_id, created_at
-         FROM jobs WHERE id = $1 FOR UPDATE",
+         FROM jobs WHERE id = $1 FOR NO KEY UPDATE",
     )
     .bind(id)
     .fetch_optional(conn)

@@ -30,6 +30,30 @@ pub struct Communication {
     pub sent_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub read_at: Option<DateTime<Utc>>,
+    /// SMS, email and calls: the other party (E.164 number or address) and our own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_address: Option<String>,
+    /// What the provider calls it and says of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_thread_id: Option<String>,
+    /// Email: our Message-ID and the ones it replies to (space-separated `references`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rfc822_message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub references: Option<String>,
+    /// Calls: how long, and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
 }
 
 impl Communication {
@@ -39,7 +63,9 @@ impl Communication {
 }
 
 const COMMUNICATION_COLUMNS: &str = "id, customer_id, type, direction, sender_id, sender_role, subject, message,
-    status, failure_reason, attachments, metadata, created_at, updated_at, sent_at, delivered_at, read_at";
+    status, failure_reason, attachments, metadata, created_at, updated_at, sent_at, delivered_at, read_at,
+    remote_address, local_address, provider_message_id, provider_status, provider_thread_id,
+    rfc822_message_id, in_reply_to, \"references\", duration_seconds, occurred_at";
 
 #[derive(Debug, Clone)]
 pub struct NewCommunication<'a> {
