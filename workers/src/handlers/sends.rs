@@ -1,0 +1,394 @@
+//! Sending through a provider at most once, over any number of attempts and crashes.
+//!
+//! A provider call cannot share a transaction with our database, so each send leaves
+//! evidence in `provider_sends`, committed on its own connection *outside* the job's
+//! transaction:
+//!
+//! 1. before the call, a row in state `sending` (the intent);
+//! 2. after it, `accepted` with the provider's id, or `not_sent` / `rejected` when the
+//!    provider certainly did not take it.
+//!
+//! The next attempt (after a crash, a timeout or a retry) reads that evidence first:
+//! `accepted` means the message went out and only our bookkeeping is left; `sending`
+//! means the outcome is unknown (the worker died or the call timed out after the
+//! request left), so the provider is asked whether it has the message (Gmail by our
+//! Message-ID, RingCentral by its message store) before anything is sent again.
+//! Only `nothing`, or a reconciliation that finds nothing, leads to a new call.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use commcenter_providers::error::{Failure, ProviderError};
+use commcenter_shared::{
+    domain::CommunicationStatus,
+    events::{self, Event, EventBody},
+    jobs::{ProviderReport, payloads},
+    store::{self, Communication},
+};
+
+use super::messages::{attachments_ready, customer_of, fail_communication};
+use crate::{
+    crash,
+    runtime::{JobContext, JobError},
+};
+
+/// What a provider said when it took a message.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The provider's id for the message (RingCentral message-store id, Gmail id).
+    pub id: String,
+    /// The provider's status word (`Queued`, `Sent`, `SENT`).
+    pub status: String,
+    /// The provider's conversation or thread, kept for replies.
+    pub thread_id: Option<String>,
+}
+
+/// One provider's way of sending a communication.
+#[async_trait]
+pub trait Channel: Send + Sync {
+    /// `provider_sends.provider`: `ringcentral` or `gmail`.
+    const PROVIDER: &'static str;
+    /// What `prepare` makes ready to send (a composed email, fitted MMS files).
+    type Prepared: Send;
+
+    /// Loads and checks everything the call needs; a refusal here is permanent and
+    /// nothing has been sent.
+    async fn prepare(
+        &self,
+        conn: &mut PgConnection,
+        communication: &Communication,
+    ) -> Result<Self::Prepared, JobError>;
+
+    async fn send(&self, prepared: Self::Prepared) -> Result<Accepted, ProviderError>;
+
+    /// Does the provider have this communication from an attempt whose outcome we do
+    /// not know, started at `since`?
+    async fn find(
+        &self,
+        communication: &Communication,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Accepted>, ProviderError>;
+}
+
+/// Runs one attempt at sending a communication through `channel`.
+pub async fn deliver<C: Channel>(
+    channel: &C,
+    sends: &PgPool,
+    conn: &mut PgConnection,
+    job: &JobContext,
+) -> Result<(), JobError> {
+    let payload: payloads::SendCommunication = job.payload()?;
+    let Some(communication) = store::find_communication(conn, payload.communication_id).await?
+    else {
+        return Err(JobError::permanent(format!(
+            "communication {} does not exist",
+            payload.communication_id
+        )));
+    };
+    if communication.status != CommunicationStatus::Queued.as_str() {
+        return Ok(()); // Sent before, or failed: a redelivery; no second effect.
+    }
+
+    match earlier_send(conn, communication.id).await? {
+        Earlier::Accepted(accepted) => {
+            tracing::info!(provider_id = %accepted.id, "sent by an earlier attempt; recording it");
+            return record_sent(conn, job, &communication, accepted, None).await;
+        }
+        Earlier::Unknown {
+            send_id,
+            started_at,
+        } => {
+            match channel.find(&communication, started_at).await {
+                Ok(Some(accepted)) if !claimed_elsewhere(conn, &communication, &accepted).await? => {
+                    tracing::warn!(provider_id = %accepted.id, "an earlier attempt whose outcome was unknown did send; not sending again");
+                    settle_accepted(sends, send_id, &accepted, None).await?;
+                    return record_sent(conn, job, &communication, accepted, None).await;
+                }
+                Ok(_) => settle_not_found(sends, communication.id).await?,
+                Err(error) => {
+                    job.report_provider(report_of(&error));
+                    return Err(JobError::Transient {
+                        message: format!(
+                            "an earlier attempt may have sent this message and the provider \
+                             could not be asked whether it did (so nothing was sent): {error}"
+                        ),
+                        retry_after: retry_after_of(&error),
+                    });
+                }
+            }
+        }
+        Earlier::Nothing => {}
+    }
+
+    attachments_ready(conn, &communication).await?;
+    let prepared = channel.prepare(conn, &communication).await?;
+    let send_id = begin(sends, communication.id, job, C::PROVIDER).await?;
+    crash::point(crash::BEFORE_PROVIDER_CALL);
+    match channel.send(prepared).await {
+        Ok(accepted) => {
+            crash::point(crash::AFTER_PROVIDER_ACCEPTED);
+            // If this write fails the row stays `sending`: the retry reconciles.
+            settle_accepted(sends, send_id, &accepted, Some(200)).await?;
+            crash::point(crash::AFTER_SEND_RECORDED);
+            record_sent(conn, job, &communication, accepted, Some(200)).await
+        }
+        Err(error) => {
+            job.report_provider(report_of(&error));
+            let (state, job_error) = match &error.failure {
+                Failure::Permanent => (
+                    Some("rejected"),
+                    JobError::permanent(format!("{} refused it: {error}", provider_name::<C>())),
+                ),
+                Failure::Transient { retry_after } => (
+                    Some("not_sent"),
+                    JobError::Transient {
+                        message: error.to_string(),
+                        retry_after: *retry_after,
+                    },
+                ),
+                // The row stays `sending`: the next attempt asks the provider first.
+                Failure::Unknown => (
+                    None,
+                    JobError::transient(format!(
+                        "outcome unknown, will check with {} before sending again: {error}",
+                        provider_name::<C>()
+                    )),
+                ),
+            };
+            match state {
+                Some(state) => {
+                    settle_failed(sends, send_id, state, error.http_status, &error.to_string())
+                        .await?
+                }
+                None => note_unknown(sends, send_id, &error.to_string()).await?,
+            }
+            Err(job_error)
+        }
+    }
+}
+
+/// For `on_dead`: the communication shows as failed, with the reason.
+pub async fn fail(conn: &mut PgConnection, job: &JobContext, reason: &str) -> anyhow::Result<()> {
+    let Ok(payload) = job.payload::<payloads::SendCommunication>() else {
+        return Ok(());
+    };
+    fail_communication(conn, payload.communication_id, reason).await
+}
+
+fn provider_name<C: Channel>() -> &'static str {
+    match C::PROVIDER {
+        "ringcentral" => "RingCentral",
+        "gmail" => "Gmail",
+        other => other,
+    }
+}
+
+fn report_of(error: &ProviderError) -> ProviderReport {
+    ProviderReport {
+        status: error.code.clone(),
+        id: None,
+        http_status: error.http_status,
+    }
+}
+
+fn retry_after_of(error: &ProviderError) -> Option<std::time::Duration> {
+    match error.failure {
+        Failure::Transient { retry_after } => retry_after,
+        _ => None,
+    }
+}
+
+/// The communication went out: its status moves to `sent`, the provider's ids are
+/// kept, and the conversation hears of it.
+async fn record_sent(
+    conn: &mut PgConnection,
+    job: &JobContext,
+    communication: &Communication,
+    accepted: Accepted,
+    http_status: Option<u16>,
+) -> Result<(), JobError> {
+    job.report_provider(ProviderReport {
+        status: Some(accepted.status.clone()),
+        id: Some(accepted.id.clone()),
+        http_status,
+    });
+    sqlx::query(
+        "UPDATE communications SET provider_message_id = $2, provider_status = $3,
+                provider_thread_id = COALESCE($4, provider_thread_id)
+         WHERE id = $1",
+    )
+    .bind(communication.id)
+    .bind(&accepted.id)
+    .bind(&accepted.status)
+    .bind(&accepted.thread_id)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(previous) =
+        store::advance_status(conn, communication.id, CommunicationStatus::Sent, None).await?
+    {
+        let customer = customer_of(&communication.customer_id)?;
+        let event = Event::now(
+            customer,
+            EventBody::CommunicationStatus {
+                communication_id: communication.id,
+                status: CommunicationStatus::Sent,
+                previous,
+                reason: None,
+            },
+        );
+        events::record(conn, &event).await?;
+    }
+    Ok(())
+}
+
+/// A message the provider found for us that another communication already owns (the
+/// same text to the same number, sent twice on purpose) is not ours.
+async fn claimed_elsewhere(
+    conn: &mut PgConnection,
+    communication: &Communication,
+    accepted: &Accepted,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM communications
+                        WHERE type = $1 AND provider_message_id = $2 AND id <> $3)",
+    )
+    .bind(&communication.communication_type)
+    .bind(&accepted.id)
+    .bind(communication.id)
+    .fetch_one(conn)
+    .await
+}
+
+/// What earlier attempts left in `provider_sends`.
+enum Earlier {
+    Nothing,
+    Accepted(Accepted),
+    /// A send that may or may not have reached the provider.
+    Unknown {
+        send_id: Uuid,
+        started_at: DateTime<Utc>,
+    },
+}
+
+async fn earlier_send(conn: &mut PgConnection, communication_id: Uuid) -> sqlx::Result<Earlier> {
+    let rows: Vec<(Uuid, String, Option<String>, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, state, provider_message_id, provider_status, started_at
+         FROM provider_sends WHERE communication_id = $1 AND state IN ('accepted', 'sending')
+         ORDER BY started_at",
+    )
+    .bind(communication_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if let Some((_, _, Some(id), status, _)) = rows.iter().find(|r| r.1 == "accepted") {
+        let thread_id: Option<String> =
+            sqlx::query_scalar("SELECT provider_thread_id FROM communications WHERE id = $1")
+                .bind(communication_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        return Ok(Earlier::Accepted(Accepted {
+            id: id.clone(),
+            status: status.clone().unwrap_or_default(),
+            thread_id,
+        }));
+    }
+    // The earliest unknown send bounds the search; later ones are covered by it.
+    Ok(match rows.first() {
+        Some((send_id, _, _, _, started_at)) => Earlier::Unknown {
+            send_id: *send_id,
+            started_at: *started_at,
+        },
+        None => Earlier::Nothing,
+    })
+}
+
+/// Commits the intent to send before the provider is called.
+async fn begin(
+    sends: &PgPool,
+    communication_id: Uuid,
+    job: &JobContext,
+    provider: &str,
+) -> sqlx::Result<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO provider_sends (id, communication_id, job_id, attempt, provider)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(communication_id)
+    .bind(job.id)
+    .bind(job.attempt)
+    .bind(provider)
+    .execute(sends)
+    .await?;
+    Ok(id)
+}
+
+async fn settle_accepted(
+    sends: &PgPool,
+    send_id: Uuid,
+    accepted: &Accepted,
+    http_status: Option<u16>,
+) -> sqlx::Result<()> {
+    // Every other unknown send of this communication is the same message, found.
+    sqlx::query(
+        "WITH this AS (
+             UPDATE provider_sends SET state = 'accepted', provider_message_id = $2,
+                    provider_status = $3, http_status = $4, error = NULL, finished_at = now()
+             WHERE id = $1 RETURNING communication_id)
+         UPDATE provider_sends SET state = 'not_sent', finished_at = now(),
+                error = 'superseded: the provider had the message from another attempt'
+         WHERE communication_id = (SELECT communication_id FROM this)
+           AND state = 'sending' AND id <> $1",
+    )
+    .bind(send_id)
+    .bind(&accepted.id)
+    .bind(&accepted.status)
+    .bind(http_status.map(|s| s as i16))
+    .execute(sends)
+    .await?;
+    Ok(())
+}
+
+async fn settle_failed(
+    sends: &PgPool,
+    send_id: Uuid,
+    state: &str,
+    http_status: Option<u16>,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE provider_sends SET state = $2, http_status = $3, error = $4, finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(send_id)
+    .bind(state)
+    .bind(http_status.map(|s| s as i16))
+    .bind(error)
+    .execute(sends)
+    .await?;
+    Ok(())
+}
+
+/// Every unknown send of the communication: the provider has none of them.
+async fn settle_not_found(sends: &PgPool, communication_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE provider_sends SET state = 'not_sent', finished_at = now(),
+                error = concat_ws('; ', error, 'the provider had no such message when asked before sending again')
+         WHERE communication_id = $1 AND state = 'sending'",
+    )
+    .bind(communication_id)
+    .execute(sends)
+    .await?;
+    Ok(())
+}
+
+async fn note_unknown(sends: &PgPool, send_id: Uuid, error: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE provider_sends SET error = $2 WHERE id = $1")
+        .bind(send_id)
+        .bind(error)
+        .execute(sends)
+        .await?;
+    Ok(())
+}
