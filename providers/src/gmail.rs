@@ -3,7 +3,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use base64::{Engine, engine::general_purpose::URL_SAFE};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE},
+};
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use commcenter_shared::settings::GmailSettings;
@@ -469,12 +472,14 @@ pub(crate) fn compose(email: &Email, date: DateTime<Utc>) -> Result<Vec<u8>, Pro
     })
 }
 
+/// An attachment, always base64: its bytes must arrive exactly as they were, which
+/// mail-builder's text handling (CRLF line ends for `text/*`) would not ensure.
 fn attachment_part(attachment: &Attachment) -> MimePart<'_> {
     let content_type = ContentType::new(attachment.content_type.as_str())
         .attribute("name", attachment.name.as_str());
     MimePart::new(
         content_type,
-        BodyPart::Binary(attachment.bytes.as_ref().into()),
+        BodyPart::Binary(base64_lines(&attachment.bytes).into()),
     )
     .header(
         "Content-Disposition",
@@ -483,6 +488,18 @@ fn attachment_part(attachment: &Attachment) -> MimePart<'_> {
             mime::filename_parameter(&attachment.name, "; ")
         )),
     )
+    .header("Content-Transfer-Encoding", Raw::new("base64"))
+}
+
+/// Base64 in lines of 76 characters (RFC 2045).
+fn base64_lines(bytes: &[u8]) -> Vec<u8> {
+    let encoded = STANDARD.encode(bytes);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
+    for line in encoded.as_bytes().chunks(76) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
 }
 
 /// An address as given, checked: one `@`, no spaces, brackets or control characters

@@ -13,7 +13,42 @@ pub(crate) fn filename_parameter(name: &str, separator: &str) -> String {
     if plain && name.len() <= SEGMENT {
         return format!("filename=\"{name}\"");
     }
-    let encoded: String = name
+    // Each character percent-encoded whole: a segment never ends inside a character
+    // (readers decode segments one by one).
+    let characters: Vec<String> = name.chars().map(percent_encoded).collect();
+    let length: usize = characters.iter().map(String::len).sum();
+    if length <= SEGMENT {
+        return format!("filename*=UTF-8''{}", characters.concat());
+    }
+    let mut segments = vec![String::new()];
+    for character in characters {
+        if segments
+            .last()
+            .is_some_and(|segment| segment.len() + character.len() > SEGMENT)
+        {
+            segments.push(String::new());
+        }
+        if let Some(segment) = segments.last_mut() {
+            segment.push_str(&character);
+        }
+    }
+    segments
+        .iter()
+        .enumerate()
+        .map(|(n, segment)| {
+            let charset = if n == 0 { "UTF-8''" } else { "" };
+            format!("filename*{n}*={charset}{segment}")
+        })
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+/// One character as RFC 2231 writes it: attribute characters as they are, the rest as
+/// `%XX` per UTF-8 byte.
+fn percent_encoded(character: char) -> String {
+    let mut utf8 = [0; 4];
+    character
+        .encode_utf8(&mut utf8)
         .bytes()
         .map(|b| match b {
             b'A'..=b'Z'
@@ -33,30 +68,7 @@ pub(crate) fn filename_parameter(name: &str, separator: &str) -> String {
             | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
-        .collect();
-    if encoded.len() <= SEGMENT {
-        return format!("filename*=UTF-8''{encoded}");
-    }
-    let mut segments = Vec::new();
-    let mut rest = encoded.as_str();
-    while !rest.is_empty() {
-        let mut end = rest.len().min(SEGMENT);
-        // Never split a %XX escape.
-        while end < rest.len() && rest[..end].rfind('%').is_some_and(|at| at + 3 > end) {
-            end -= 1;
-        }
-        segments.push(&rest[..end]);
-        rest = &rest[end..];
-    }
-    segments
-        .iter()
-        .enumerate()
-        .map(|(n, segment)| {
-            let charset = if n == 0 { "UTF-8''" } else { "" };
-            format!("filename*{n}*={charset}{segment}")
-        })
-        .collect::<Vec<_>>()
-        .join(separator)
+        .collect()
 }
 
 #[cfg(test)]
@@ -83,7 +95,7 @@ mod tests {
         );
         let long = filename_parameter(&"日本".repeat(10), "; ");
         let segments: Vec<&str> = long.split("; ").collect();
-        assert_eq!(segments.len(), 3, "{long}");
+        assert_eq!(segments.len(), 4, "{long}");
         assert!(segments[0].starts_with("filename*0*=UTF-8''%E6%97%A5"));
         assert!(segments[1].starts_with("filename*1*=%"));
         for segment in segments {
@@ -92,7 +104,8 @@ mod tests {
                 .next()
                 .unwrap_or_default()
                 .trim_start_matches("UTF-8''");
-            assert!(value.len() <= SEGMENT && value.len() % 3 == 0, "{segment}");
+            // Whole characters only: three escapes each.
+            assert!(value.len() <= SEGMENT && value.len() % 9 == 0, "{segment}");
         }
     }
 }
