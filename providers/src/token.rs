@@ -136,11 +136,19 @@ impl<S: TokenSource> TokenCache<S> {
         }
     }
 
-    /// The provider refused `lease` (401): drop it unless a newer token replaced it already.
+    /// The provider refused `lease` (401): count it as expired, unless a newer token
+    /// replaced it already. Its refresh token is kept for the refresh grant.
     pub fn reject(&self, lease: &Lease) {
         let mut state = self.lock();
-        if state.generation == lease.generation {
-            state.token = None;
+        let generation = state.generation;
+        if let Some(token) = state
+            .token
+            .as_mut()
+            .filter(|_| generation == lease.generation)
+        {
+            let now = Instant::now();
+            token.expires_at = now;
+            token.renew_at = now;
         }
     }
 
@@ -278,7 +286,12 @@ mod tests {
         assert_eq!(cache.get().await.expect("token").access_token, "token-1");
         // Past the renewal point (half of a short lifetime), not yet expired.
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(cache.get().await.expect("token").access_token, "token-2");
+        let results = get_all(&cache, 1000).await;
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().map(|l| l.access_token.as_str()) == Ok("token-2"))
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
