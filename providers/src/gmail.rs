@@ -413,7 +413,7 @@ fn upload_body(raw: &[u8], thread_id: Option<&str>) -> (String, Bytes) {
     )
 }
 
-/// `compose` with the Date given, for tests.
+/// The message, with `date` as its Date header.
 pub(crate) fn compose(email: &Email, date: DateTime<Utc>) -> Result<Vec<u8>, ProviderError> {
     let from = address(&email.from)?;
     if email.to.is_empty() {

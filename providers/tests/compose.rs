@@ -218,7 +218,8 @@ fn a_subject_cannot_write_headers() {
 
 #[test]
 fn bad_addresses_and_ids_are_refused() {
-    let cases: Vec<(Box<dyn Fn(&mut Email)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut Email)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|e| e.to = vec![]), "no_recipient"),
         (
             Box::new(|e| e.to = vec!["not an address".into()]),
