@@ -4,6 +4,8 @@
 //!
 //! - [`settings`]: one typed settings tree, read from the environment.
 //! - [`domain`]: the newtypes built at the boundary (ids, roles, statuses).
+//! - [`contact`]: the other party's phone number (E.164) or email address, parsed and
+//!   normalised, and which customer it belongs to.
 //! - [`auth`]: the HS256 bearer tokens the api accepts and `commcenterctl token` prints.
 //! - [`db`]: the PostgreSQL pool and the migrations (the one source of the schema).
 //! - [`store`]: small repository functions over the tables, each taking an executor.
@@ -23,6 +25,7 @@
 pub mod auth;
 pub mod blob;
 pub mod broker;
+pub mod contact;
 pub mod db;
 pub mod domain;
 pub mod events;

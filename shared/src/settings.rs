@@ -6,6 +6,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{Context, bail};
 
+use crate::contact::PhoneRegion;
+
 /// A value that must never be printed: `Debug` and `Display` show a placeholder.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -149,6 +151,9 @@ pub struct RingCentralSettings {
     pub jwt: Secret,
     /// `RINGCENTRAL_FROM_NUMBER`: the SMS-enabled number messages go from (E.164).
     pub from_number: String,
+    /// `DEFAULT_PHONE_REGION`: the country (ISO 3166 alpha-2, default `US`) a number
+    /// written without `+` and a country code is read in.
+    pub default_phone_region: PhoneRegion,
     /// `RINGCENTRAL_WEBHOOK_TOKEN`: the verification token our webhook subscription was
     /// created with; a notification without it is refused.
     pub webhook_token: Secret,
@@ -173,6 +178,9 @@ impl RingCentralSettings {
             client_secret: Secret::new(var("RINGCENTRAL_CLIENT_SECRET", "")),
             jwt: Secret::new(var("RINGCENTRAL_JWT", "")),
             from_number: var("RINGCENTRAL_FROM_NUMBER", ""),
+            default_phone_region: var("DEFAULT_PHONE_REGION", "US")
+                .parse()
+                .map_err(|e| anyhow::anyhow!("DEFAULT_PHONE_REGION: {e}"))?,
             webhook_token: Secret::new(var("RINGCENTRAL_WEBHOOK_TOKEN", "")),
             timeout: Duration::from_millis(positive(
                 parse("RINGCENTRAL_TIMEOUT_MS", "30000")?,

@@ -66,6 +66,9 @@ pub struct TestOptions {
     pub ws_buffer: usize,
     pub ws_ping: Duration,
     pub max_body_bytes: usize,
+    /// RingCentral and Gmail configured (with dummy credentials); `false` clears them,
+    /// to see the provider endpoints answer 503.
+    pub providers_configured: bool,
 }
 
 impl TestOptions {
@@ -98,6 +101,7 @@ impl Default for TestOptions {
             ws_buffer: 64,
             ws_ping: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            providers_configured: true,
         }
     }
 }
@@ -178,6 +182,8 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         max_attempts: 1,
     });
 
+    configure_providers(&mut settings, options.providers_configured);
+
     let app = App::build(settings.clone())
         .await
         .expect("the api builds (is PostgreSQL up?)");
@@ -240,6 +246,29 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         test_app.start_workers();
     }
     test_app
+}
+
+/// Providers (issue 4): RingCentral and Gmail with dummy credentials, so their
+/// endpoints take requests, and their servers on the discard port, where nothing
+/// listens, so no provider call can succeed by accident. Or, when `configured` is
+/// false, no credentials at all, whatever the environment says.
+fn configure_providers(settings: &mut Settings, configured: bool) {
+    let closed = "http://127.0.0.1:9";
+    let secret = |value: &str| Secret::new(if configured { value } else { "" });
+    let ringcentral = &mut settings.ringcentral;
+    ringcentral.server_url = closed.into();
+    ringcentral.client_id = if configured { "test-client-id" } else { "" }.into();
+    ringcentral.client_secret = secret("test-client-secret");
+    ringcentral.jwt = secret("test-jwt");
+    ringcentral.from_number = "+16505550100".into();
+    ringcentral.webhook_token = secret("test-webhook-token");
+    let gmail = &mut settings.gmail;
+    gmail.token_url = format!("{closed}/token");
+    gmail.api_url = closed.into();
+    gmail.client_id = if configured { "test-client-id" } else { "" }.into();
+    gmail.client_secret = secret("test-client-secret");
+    gmail.refresh_token = secret("test-refresh-token");
+    gmail.sender = "office@example.com".into();
 }
 
 fn replace_database(url: &str, database: &str) -> String {

@@ -9,6 +9,7 @@ mod bad_input;
 mod conversations;
 mod files;
 mod health;
+mod integrations;
 mod listing;
 mod messages;
 mod openapi;
