@@ -105,6 +105,14 @@ pub struct MessageRecord {
     pub message_type: String,
 }
 
+impl MessageRecord {
+    /// A record as RingCentral writes it: a message-store answer, or the body of an
+    /// instant message event posted to our webhook.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value::<RawMessage>(value).map(Self::from)
+    }
+}
+
 /// Which page of the call log to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallLogQuery {
