@@ -55,6 +55,15 @@ impl Caller {
         }
     }
 
+    /// Only operators see the job ledger and replay or discard jobs.
+    pub fn ensure_operator(&self) -> Result<(), ApiError> {
+        if self.0.role == Role::Operator {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("only operators may do this".into()))
+        }
+    }
+
     pub fn ensure_staff(&self) -> Result<(), ApiError> {
         if self.0.role.sees_every_customer() {
             Ok(())

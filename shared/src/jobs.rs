@@ -37,6 +37,9 @@ pub mod kinds {
     /// Pull RingCentral's call log since the last import into phone communications.
     pub const CALL_LOG_IMPORT: &str = "call_log.import";
 
+    /// One batch of an operator's bulk replay or discard (`ops::run_bulk_batch`).
+    pub const OPS_BULK: &str = "ops.bulk";
+
     pub const ALL: &[&str] = &[
         MESSAGE_DELIVER,
         RECEIPT_APPLY,
@@ -48,6 +51,7 @@ pub mod kinds {
         CALL_LOG,
         RINGCENTRAL_EVENT,
         CALL_LOG_IMPORT,
+        OPS_BULK,
     ];
 }
 
@@ -209,6 +213,18 @@ impl JobState {
         })
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Dead | Self::Cancelled)
     }
@@ -233,6 +249,18 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "transient" => Self::Transient,
+            "permanent" => Self::Permanent,
+            "exhausted" => Self::Exhausted,
+            "unparseable" => Self::Unparseable,
+            "delivery_limit" => Self::DeliveryLimit,
+            "broker" => Self::Broker,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Transient => "transient",
@@ -256,6 +284,11 @@ pub struct JobRow {
     pub max_attempts: i32,
     pub communication_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
+    /// `attempts` when an operator last replayed the job: the retry policy counts
+    /// only the attempts after it.
+    pub attempt_base: i32,
+    /// Replays so far; a message of an earlier generation is a stale copy.
+    pub generation: i32,
 }
 
 impl JobRow {
@@ -268,7 +301,8 @@ impl JobRow {
 /// same job waits here until the first is committed, then sees it finished.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
-        "SELECT id, kind, payload, state, attempts, max_attempts, communication_id, created_at
+        "SELECT id, kind, payload, state, attempts, max_attempts, communication_id, created_at,
+                attempt_base, generation
          FROM jobs WHERE id = $1 FOR NO KEY UPDATE",
     )
     .bind(id)

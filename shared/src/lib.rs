@@ -11,6 +11,8 @@
 //! - [`store`]: small repository functions over the tables, each taking an executor.
 //! - [`jobs`]: the job ledger: enqueueing a job in the caller's transaction (the outbox),
 //!   and the envelope that carries a job over RabbitMQ.
+//! - [`ops`]: the operators' view of the ledger: filters, counts, one job in full,
+//!   replays and discards (bulk ones in batches), their audit, retention.
 //! - [`filetype`]: what an upload is, by its first bytes; safe display and stored names.
 //! - [`events`]: what the notifier pushes to WebSocket clients, written to the event
 //!   outbox in the same transaction as the effect it announces.
@@ -31,6 +33,7 @@ pub mod domain;
 pub mod events;
 pub mod filetype;
 pub mod jobs;
+pub mod ops;
 pub mod relay;
 pub mod retry;
 pub mod settings;

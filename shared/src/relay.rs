@@ -16,6 +16,7 @@ use futures_util::future::try_join_all;
 use lapin::{
     BasicProperties, Channel,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -120,8 +121,8 @@ impl Relay {
 
     async fn publish_jobs(&self, channel: &Channel) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, String, serde_json::Value)> = sqlx::query_as(
-            "SELECT id, kind, payload FROM jobs WHERE state = 'pending'
+        let rows: Vec<(Uuid, String, serde_json::Value, i32)> = sqlx::query_as(
+            "SELECT id, kind, payload, generation FROM jobs WHERE state = 'pending'
              ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.settings.batch)
@@ -132,7 +133,7 @@ impl Relay {
         }
         let exchange = self.topology.jobs_exchange();
         let mut confirms = Vec::with_capacity(rows.len());
-        for (job_id, kind, payload) in &rows {
+        for (job_id, kind, payload, generation) in &rows {
             let envelope = Envelope {
                 job_id: *job_id,
                 kind: kind.clone(),
@@ -151,14 +152,14 @@ impl Relay {
                             ..Default::default()
                         },
                         &body,
-                        job_properties(*job_id),
+                        job_properties_at(*job_id, *generation),
                     )
                     .await?,
             );
         }
         let confirmations = try_join_all(confirms).await?;
         let mut published = Vec::with_capacity(rows.len());
-        for ((job_id, kind, _), confirmation) in rows.iter().zip(confirmations) {
+        for ((job_id, kind, ..), confirmation) in rows.iter().zip(confirmations) {
             if !confirmation.is_ack() {
                 tracing::warn!(%job_id, kind, "broker refused a job; it stays pending");
             } else if confirmation.take_message().is_some() {
@@ -226,4 +227,31 @@ pub fn job_properties(job_id: Uuid) -> BasicProperties {
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())
         .with_message_id(job_id.to_string().into())
+}
+
+/// The header carrying a job's generation (its replays so far): a worker ignores a
+/// message of an earlier generation than the ledger row's, a copy that was still
+/// waiting in a delay tier when an operator replayed the job.
+pub const GENERATION_HEADER: &str = "job-generation";
+
+/// [`job_properties`] for the job's current generation.
+pub fn job_properties_at(job_id: Uuid, generation: i32) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(GENERATION_HEADER.into(), AMQPValue::LongInt(generation));
+    job_properties(job_id).with_headers(headers)
+}
+
+/// The generation a job message was published for; messages from before generations
+/// existed count as the first.
+pub fn generation_of(properties: &BasicProperties) -> i32 {
+    match properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(GENERATION_HEADER))
+    {
+        Some(AMQPValue::LongInt(n)) => *n,
+        Some(AMQPValue::LongLongInt(n)) => i32::try_from(*n).unwrap_or(i32::MAX),
+        Some(AMQPValue::ShortInt(n)) => i32::from(*n),
+        _ => 0,
+    }
 }

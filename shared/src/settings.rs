@@ -104,6 +104,11 @@ pub struct JobSettings {
     /// `DELIVERY_LIMIT`: how often the broker redelivers a job whose worker died
     /// holding it before it dead-letters it (poison containment).
     pub delivery_limit: u32,
+    /// `JOB_RETENTION_HOURS`: succeeded and discarded jobs, with their attempts, are
+    /// pruned this long after they finished; dead ones stay until an operator acts.
+    pub retention: Duration,
+    /// `IDEMPOTENCY_RETENTION_HOURS`: how long an `Idempotency-Key` is remembered.
+    pub idempotency_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +375,8 @@ impl Settings {
                     .context("RETRY_TIERS")?,
                 retry_base: Duration::from_millis(parse("RETRY_BASE_MS", "1000")?),
                 delivery_limit: positive(parse("DELIVERY_LIMIT", "5")?, "DELIVERY_LIMIT")?,
+                retention: hours("JOB_RETENTION_HOURS", "168")?,
+                idempotency_retention: hours("IDEMPOTENCY_RETENTION_HOURS", "24")?,
             },
             relay: RelaySettings {
                 batch: positive(parse("OUTBOX_BATCH", "500")?, "OUTBOX_BATCH")?,
@@ -436,6 +443,10 @@ fn bucket_name(raw: &str) -> anyhow::Result<String> {
         bail!("S3_BUCKET must be set to a bucket name: 3 to 63 of a-z 0-9 . -, not {raw:?}");
     }
     Ok(raw.to_owned())
+}
+
+fn hours(name: &str, default: &str) -> anyhow::Result<Duration> {
+    Ok(Duration::from_secs(positive(parse::<u64>(name, default)?, name)? * 3600))
 }
 
 fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> {

@@ -12,7 +12,10 @@ use lapin::{
 };
 use serde_json::{Map, Value, json};
 
-use commcenter_shared::jobs::{self, Envelope, ErrorClass};
+use commcenter_shared::{
+    jobs::{self, Envelope, ErrorClass},
+    relay::generation_of,
+};
 
 use crate::{
     handlers::messages::fail_communication,
@@ -71,6 +74,9 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
     match row {
         Some(row) if row.state().is_final() => {
             tracing::info!(job_id = %row.id, state = %row.state, reason, "broker dead-lettered a finished job; nothing to do");
+        }
+        Some(row) if generation_of(&delivery.properties) < row.generation => {
+            tracing::info!(job_id = %row.id, reason, "broker dead-lettered a copy from before a replay; nothing to do");
         }
         Some(row) => {
             jobs::mark_dead(&mut tx, row.id, row.attempts, class, &reason).await?;

@@ -7,12 +7,14 @@
 //! - [`dead_letters`]: what the broker dead-letters on its own (delivery limit,
 //!   rejected, expired) is recorded into the same ledger, with the broker's reason.
 //! - [`handlers`]: one module per job kind.
+//! - [`retention`]: finished jobs and old idempotency keys pruned on a schedule.
 //! - [`media`]: what an upload is (sniffed from its bytes), its SHA-256 and its
 //!   thumbnail; called by the `file.process` handler (and by the api, to sniff).
 
 pub mod dead_letters;
 pub mod handlers;
 pub mod media;
+pub mod retention;
 pub mod runtime;
 
 pub use runtime::{Handler, JobContext, JobError, Registry, Runtime};

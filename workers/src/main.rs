@@ -5,7 +5,7 @@ use std::sync::Arc;
 use commcenter_shared::{
     blob::BlobStore, broker::Topology, db, retry::RetryPolicy, settings::Settings, telemetry,
 };
-use commcenter_workers::{Runtime, handlers};
+use commcenter_workers::{Runtime, handlers, retention::Retention};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -44,6 +44,14 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(commcenter_shared::telemetry::stop_signal(shutdown.clone()));
+    tokio::spawn(
+        Retention {
+            pool: runtime.pool.clone(),
+            jobs: settings.jobs.retention,
+            idempotency_keys: settings.jobs.idempotency_retention,
+        }
+        .run(shutdown.clone()),
+    );
     runtime.run(shutdown).await;
     tracing::info!("workers stopped");
     Ok(())

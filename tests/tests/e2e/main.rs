@@ -13,6 +13,7 @@ mod integrations;
 mod listing;
 mod messages;
 mod openapi;
+mod ops;
 mod receipts;
 mod reliability;
 mod retries;

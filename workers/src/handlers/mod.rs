@@ -3,6 +3,7 @@
 pub mod conversations;
 pub mod files;
 pub mod messages;
+pub mod operations;
 pub mod receipts;
 
 use std::sync::Arc;
@@ -26,4 +27,8 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> Registry {
             )),
         })
         .with(files::DeleteBlob { blobs })
+        .with(operations::BulkAction {
+            batch: operations::BATCH,
+            max_attempts: settings.jobs.max_attempts,
+        })
 }
