@@ -33,7 +33,7 @@ use uuid::Uuid;
 use commcenter_shared::{
     broker::{self, DELAY_TIER_HEADER, Topology},
     jobs::{self, Attempt, Envelope, ErrorClass, ProviderReport},
-    relay::{Relay, job_properties},
+    relay::{GENERATION_HEADER, Relay, generation_of, job_properties_at},
     retry::{Decision, RetryPolicy},
     settings::{BrokerSettings, RelaySettings, tier_label},
 };
@@ -440,7 +440,12 @@ impl Runtime {
         };
         let span = tracing::info_span!("job", job_id = %envelope.job_id, kind = %envelope.kind, attempt = tracing::field::Empty);
         let outcome = self
-            .run_job(&envelope, handler.as_ref(), publisher)
+            .run_job(
+                &envelope,
+                generation_of(&delivery.properties),
+                handler.as_ref(),
+                publisher,
+            )
             .instrument(span)
             .await;
         self.settle(
@@ -455,6 +460,7 @@ impl Runtime {
     async fn run_job(
         &self,
         envelope: &Envelope,
+        generation: i32,
         handler: &dyn Handler,
         publisher: &Channel,
     ) -> anyhow::Result<()> {
@@ -477,6 +483,13 @@ impl Runtime {
         };
         if row.state().is_final() {
             tracing::debug!(state = %row.state, "job already finished; redelivery ignored");
+            tx.commit().await?;
+            return Ok(());
+        }
+        if generation < row.generation {
+            // Published before an operator replayed the job (a retry that was still
+            // waiting in a delay tier): the replay's own message runs it.
+            tracing::info!(generation, current = row.generation, "stale copy from before a replay; ignored");
             tx.commit().await?;
             return Ok(());
         }
@@ -537,11 +550,13 @@ impl Runtime {
                 attempt_row.outcome = "transient";
                 attempt_row.error_class = Some(ErrorClass::Transient);
                 attempt_row.error = Some(message);
-                match self.policy.after_failure(attempt, *retry_after) {
+                // Counted from the last replay: an operator's replay starts afresh.
+                let tries = attempt - row.attempt_base;
+                match self.policy.after_failure(tries, *retry_after) {
                     Decision::GiveUp => {
                         jobs::record_attempt(&mut tx, &attempt_row).await?;
                         let reason =
-                            format!("gave up after {attempt} attempts; last error: {message}");
+                            format!("gave up after {tries} attempts; last error: {message}");
                         self.bury(&mut tx, handler, &job, ErrorClass::Exhausted, &reason)
                             .await?;
                     }
@@ -560,7 +575,8 @@ impl Runtime {
         tx.commit().await?;
         self.outbox.notify_one();
         if let Some(tier) = retry_tier {
-            self.publish_retry(publisher, envelope, tier).await?;
+            self.publish_retry(publisher, envelope, row.generation, tier)
+                .await?;
         }
         Ok(())
     }
@@ -584,6 +600,7 @@ impl Runtime {
         &self,
         publisher: &Channel,
         envelope: &Envelope,
+        generation: i32,
         tier: Duration,
     ) -> anyhow::Result<()> {
         let body = serde_json::to_vec(envelope)?;
@@ -591,7 +608,7 @@ impl Runtime {
             publisher,
             &envelope.kind,
             &body,
-            job_properties(envelope.job_id),
+            job_properties_at(envelope.job_id, generation),
             tier,
         )
         .await
@@ -693,6 +710,11 @@ impl Runtime {
         headers.insert(
             DEFERRED_SINCE_HEADER.into(),
             AMQPValue::LongLongInt(since_ms),
+        );
+        // The job's generation goes with it, or it would come back looking stale.
+        headers.insert(
+            GENERATION_HEADER.into(),
+            AMQPValue::LongInt(generation_of(&delivery.properties)),
         );
         let properties = delivery.properties.clone().with_headers(headers);
         match self
