@@ -280,8 +280,7 @@ fn joinable_thread(
         return None;
     }
     let names_member = members.iter().any(|mail| {
-        in_reply_to == Some(mail.message_id.as_str())
-            || references.iter().any(|id| *id == mail.message_id)
+        in_reply_to == Some(mail.message_id.as_str()) || references.contains(&mail.message_id)
     });
     let same_subject = members
         .iter()

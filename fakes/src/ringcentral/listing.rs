@@ -137,9 +137,9 @@ mod tests {
     #[test]
     fn pages_carry_positions_and_links() {
         let records: Vec<Value> = (0..5).map(|index| json!(index)).collect();
-        let paging = Paging::parse(&query(&[("page", "2"), ("perPage", "2")]))
-            .ok()
-            .expect("valid");
+        let Ok(paging) = Paging::parse(&query(&[("page", "2"), ("perPage", "2")])) else {
+            panic!("valid paging")
+        };
         let page = paging.page_of(
             records,
             "http://x/call-log",
@@ -160,9 +160,9 @@ mod tests {
 
     #[test]
     fn the_last_page_has_no_next_and_bad_numbers_are_refused() {
-        let paging = Paging::parse(&query(&[("perPage", "5")]))
-            .ok()
-            .expect("valid");
+        let Ok(paging) = Paging::parse(&query(&[("perPage", "5")])) else {
+            panic!("valid paging")
+        };
         let page = paging.page_of(vec![json!(1)], "http://x", &HashMap::new());
         assert!(page["navigation"].get("nextPage").is_none());
         assert!(Paging::parse(&query(&[("perPage", "0")])).is_err());
