@@ -7,6 +7,7 @@
 //! - [`auth`]: the bearer-token extractor and the tenant rules.
 //! - [`body`]: JSON bodies and query strings whose errors name the problem.
 //! - [`idempotency`]: `Idempotency-Key` on creating POSTs.
+//! - [`metrics`]: HTTP requests by route template, WebSocket connections, the backlog.
 //! - [`notifier`]: consumes events from RabbitMQ and pushes them to WebSocket clients.
 //! - [`error`]: the one API error type and its JSON shape.
 
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod idempotency;
+pub mod metrics;
 pub mod notifier;
 pub mod routes;
 pub mod startup;

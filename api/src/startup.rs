@@ -7,17 +7,25 @@ use std::{
 };
 
 use anyhow::Context;
-use axum::{Router, extract::DefaultBodyLimit};
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    middleware,
+};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
 
 use commcenter_shared::{
     blob::BlobStore, broker::Topology, db, jobs::kinds, relay::Relay, settings::Settings,
 };
 
 use crate::{
+    metrics::{self, ApiMetrics},
     notifier::{self, Hub},
     routes,
 };
@@ -34,6 +42,8 @@ pub struct AppState {
     pub outbox: Arc<Notify>,
     /// Whether the notifier is connected to RabbitMQ (for `/readyz`).
     pub broker_up: Arc<AtomicBool>,
+    /// This instance's registry, served at `/metrics`.
+    pub metrics: Arc<ApiMetrics>,
 }
 
 pub struct App {
@@ -52,7 +62,13 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {} (API_ADDR)", settings.http.addr))?;
         let blobs = Arc::new(BlobStore::from_settings(&settings.storage)?);
+        let metrics = Arc::new(ApiMetrics::new(
+            pool.clone(),
+            settings.broker.clone(),
+            topology(&settings).queues(kinds::ALL),
+        ));
         let state = AppState {
+            metrics,
             pool,
             blobs,
             hub: Arc::new(Hub::new(settings.http.ws_buffer)),
@@ -114,6 +130,36 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.settings.http.max_body_bytes;
     routes::router()
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // Outermost: every request has an `x-request-id` (the caller's, or a new
+        // UUID) before its span is made, and the answer carries it back.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span of one request: what every log line it causes carries (in JSON logs,
+/// under `span`). The route template, not the URI: a WebSocket URI holds a token.
+fn request_span(request: &Request) -> tracing::Span {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        request_id = header("x-request-id"),
+        method = %request.method(),
+        route,
+    )
 }

@@ -80,6 +80,7 @@ pub fn runtime(app: &TestApp, pool: PgPool, registry: Registry, prefetch: u16) -
         relay: app.settings.relay.clone(),
         outbox: Default::default(),
         max_deferral: commcenter_workers::runtime::DEFAULT_MAX_DEFERRAL,
+        metrics: Default::default(),
     })
 }
 

@@ -22,6 +22,8 @@
 //! - [`retry`]: the retry policy: which delay tier a failed attempt waits in.
 //! - [`blob`]: the blob store of uploads and thumbnails, on the local disk or in S3:
 //!   streamed puts with a size limit, ranged streamed gets, checked object keys.
+//! - [`metrics`]: the Prometheus text both processes serve at `/metrics`, and the
+//!   backlog gauges (jobs per state, outbox lag, queue depths) read on scrape.
 //! - [`telemetry`]: tracing, initialised once per process.
 
 pub mod auth;
@@ -33,6 +35,7 @@ pub mod domain;
 pub mod events;
 pub mod filetype;
 pub mod jobs;
+pub mod metrics;
 pub mod ops;
 pub mod relay;
 pub mod retry;

@@ -36,6 +36,7 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub relay: RelaySettings,
     pub telemetry: TelemetrySettings,
+    pub metrics: MetricsSettings,
     pub storage: StorageSettings,
     pub ringcentral: RingCentralSettings,
     pub gmail: GmailSettings,
@@ -124,6 +125,16 @@ pub struct RelaySettings {
 pub struct TelemetrySettings {
     /// `LOG_FORMAT`: `text` (default) or `json`.
     pub json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// `METRICS_ADDR`: where the workers serve `/metrics` (default `127.0.0.1:9464`;
+    /// `0` or empty serves none). The api serves it on `API_ADDR`.
+    pub addr: Option<SocketAddr>,
+    /// `METRICS_TOKEN`: when set, `/metrics` (api and workers) answers only requests
+    /// with `Authorization: Bearer <token>`; unset, anyone who reaches it may scrape.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -392,6 +403,12 @@ impl Settings {
                     other => bail!("LOG_FORMAT must be text or json, not {other:?}"),
                 },
             },
+            metrics: MetricsSettings {
+                addr: metrics_addr(&var("METRICS_ADDR", "127.0.0.1:9464"))?,
+                token: Some(var("METRICS_TOKEN", ""))
+                    .filter(|token| !token.is_empty())
+                    .map(Secret::new),
+            },
             storage: StorageSettings::from_env()?,
             ringcentral: RingCentralSettings::from_env()?,
             gmail: GmailSettings::from_env()?,
@@ -454,6 +471,17 @@ fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> 
         bail!("{name} must be greater than zero");
     }
     Ok(value)
+}
+
+/// `METRICS_ADDR`: an address, or `0` or empty for none.
+fn metrics_addr(raw: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match raw.trim() {
+        "" | "0" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("METRICS_ADDR={raw:?} is invalid: {e}")),
+    }
 }
 
 /// Queue and exchange names are built from the prefix, so keep it to safe characters.
@@ -533,6 +561,18 @@ mod tests {
         assert!(parse_tiers("5").is_err());
         assert!(parse_tiers("0s").is_err());
         assert!(parse_tiers("5d").is_err());
+    }
+
+    #[test]
+    fn metrics_addr_may_be_switched_off() {
+        assert_eq!(metrics_addr("").unwrap(), None);
+        assert_eq!(metrics_addr("0").unwrap(), None);
+        assert_eq!(
+            metrics_addr("0.0.0.0:9464").unwrap(),
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        let error = metrics_addr("9464").unwrap_err().to_string();
+        assert!(error.contains("METRICS_ADDR"), "{error}");
     }
 
     #[test]

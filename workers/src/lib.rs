@@ -6,15 +6,22 @@
 //!   attempts are dead; reconnect with backoff; drain on shutdown.
 //! - [`dead_letters`]: what the broker dead-letters on its own (delivery limit,
 //!   rejected, expired) is recorded into the same ledger, with the broker's reason.
-//! - [`handlers`]: one module per job kind.
+//! - [`handlers`]: one module per job kind; [`handlers::sends`] is how a provider
+//!   send is never made twice.
+//! - [`crash`]: abort points for the tests that kill a worker mid-send.
+//! - [`metrics`]: jobs by kind and outcome, attempts, durations, in flight; served at
+//!   `/metrics` on `METRICS_ADDR`.
 //! - [`retention`]: finished jobs and old idempotency keys pruned on a schedule.
 //! - [`media`]: what an upload is (sniffed from its bytes), its SHA-256 and its
 //!   thumbnail; called by the `file.process` handler (and by the api, to sniff).
 
+pub mod crash;
 pub mod dead_letters;
 pub mod handlers;
 pub mod media;
+pub mod metrics;
 pub mod retention;
 pub mod runtime;
+pub mod schedule;
 
 pub use runtime::{Handler, JobContext, JobError, Registry, Runtime};

@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use commcenter_shared::{
     blob::BlobStore, broker::Topology, db, retry::RetryPolicy, settings::Settings, telemetry,
 };
-use commcenter_workers::{Runtime, handlers, retention::Retention};
+use commcenter_workers::{
+    Runtime, handlers, metrics, retention::Retention, schedule::CallLogImports,
+};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -17,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     db::migrate(&pool).await?;
 
     let blobs = Arc::new(BlobStore::from_settings(&settings.storage)?);
-    let registry = handlers::registry(&settings, blobs).only(&settings.jobs.kinds)?;
+    let registry = handlers::registry(&settings, blobs)?.only(&settings.jobs.kinds)?;
     let runtime = Arc::new(Runtime {
         pool,
         broker: settings.broker.clone(),
@@ -40,10 +43,19 @@ async fn main() -> anyhow::Result<()> {
         relay: settings.relay.clone(),
         outbox: Default::default(),
         max_deferral: commcenter_workers::runtime::DEFAULT_MAX_DEFERRAL,
+        metrics: Default::default(),
     });
 
     let shutdown = CancellationToken::new();
     tokio::spawn(commcenter_shared::telemetry::stop_signal(shutdown.clone()));
+    if let Some(addr) = settings.metrics.addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (METRICS_ADDR)"))?;
+        tracing::info!(%addr, "serving /metrics");
+        let (metrics, token) = (runtime.metrics.clone(), settings.metrics.token.clone());
+        tokio::spawn(metrics::serve(metrics, token, listener, shutdown.clone()));
+    }
     tokio::spawn(
         Retention {
             pool: runtime.pool.clone(),
@@ -52,6 +64,20 @@ async fn main() -> anyhow::Result<()> {
         }
         .run(shutdown.clone()),
     );
+    if let (true, Some(every)) = (
+        settings.ringcentral.configured(),
+        settings.ringcentral.call_log_import_every,
+    ) {
+        tokio::spawn(
+            CallLogImports {
+                pool: runtime.pool.clone(),
+                every,
+                max_attempts: settings.jobs.max_attempts,
+                outbox: runtime.outbox.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+    }
     runtime.run(shutdown).await;
     tracing::info!("workers stopped");
     Ok(())

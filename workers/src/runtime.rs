@@ -38,7 +38,7 @@ use commcenter_shared::{
     settings::{BrokerSettings, RelaySettings, tier_label},
 };
 
-use crate::dead_letters;
+use crate::{dead_letters, metrics::Outcome};
 
 /// How a handler failed: the runtime retries the first and dead-letters the second.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,6 +207,8 @@ pub struct Runtime {
     /// enough to ride out a database outage, short enough that a message that can never
     /// be recorded ends in the dead-letter queue rather than looping for ever.
     pub max_deferral: Duration,
+    /// Where this runtime counts its jobs (served by [`crate::metrics::serve`]).
+    pub metrics: Arc<crate::metrics::JobMetrics>,
 }
 
 /// Why `serve` returned.
@@ -438,6 +440,7 @@ impl Runtime {
                 .dead_on_arrival(delivery, publisher, ErrorClass::Unparseable, &reason)
                 .await;
         };
+        let _in_flight = self.metrics.in_flight(&envelope.kind);
         let span = tracing::info_span!("job", job_id = %envelope.job_id, kind = %envelope.kind, attempt = tracing::field::Empty);
         let outcome = self
             .run_job(
@@ -479,10 +482,12 @@ impl Runtime {
             )
             .await?;
             tx.commit().await?;
+            self.metrics.job_finished(&envelope.kind, Outcome::Dead);
             return Ok(());
         };
         if row.state().is_final() {
             tracing::debug!(state = %row.state, "job already finished; redelivery ignored");
+            self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
             tx.commit().await?;
             return Ok(());
         }
@@ -490,6 +495,7 @@ impl Runtime {
             // Published before an operator replayed the job (a retry that was still
             // waiting in a delay tier): the replay's own message runs it.
             tracing::info!(generation, current = row.generation, "stale copy from before a replay; ignored");
+            self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
             tx.commit().await?;
             return Ok(());
         }
@@ -573,6 +579,10 @@ impl Runtime {
             }
         }
         tx.commit().await?;
+        crate::crash::point(crate::crash::AFTER_JOB_COMMITTED);
+        let retrying = retry_tier.is_some();
+        self.metrics
+            .attempt_finished(&job.kind, attempt_row.error_class, retrying, started_at);
         self.outbox.notify_one();
         if let Some(tier) = retry_tier {
             self.publish_retry(publisher, envelope, row.generation, tier)
@@ -755,6 +765,8 @@ impl Runtime {
         reason: &str,
     ) {
         tracing::error!(routing_key = %delivery.routing_key, reason, "poison message");
+        self.metrics
+            .job_finished(delivery.routing_key.as_str(), Outcome::Dead);
         let recorded = async {
             let mut conn = self.pool.acquire().await?;
             jobs::record_orphan(

@@ -6,6 +6,7 @@ pub mod files;
 pub mod health;
 pub mod integrations;
 pub mod messages;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod presence;
@@ -24,6 +25,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
         .route("/api/openapi.json", get(openapi::document))
         .route("/api/messages/send", post(messages::send))
         // Uploads stream past the JSON body limit; each file is bounded by MAX_FILE_SIZE
