@@ -402,6 +402,12 @@ pub async fn send_email(
         .iter()
         .map(|r| (ContactKind::Email, r.address.as_str()))
         .collect();
+    // Every address, as the worker reads them for the To header.
+    let to = recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let communication = NewProviderCommunication {
         id,
         customer_id: &request.customer_id,
@@ -412,9 +418,9 @@ pub async fn send_email(
         subject: Some(&threading.subject),
         message: &request.message,
         attachments: attachments_json(&files),
-        // Every recipient, name and address apart, for the worker's To header.
+        // The recipients with their display names.
         metadata: json!({ "to": recipients }),
-        remote_address: recipients[0].address.as_str(),
+        remote_address: &to,
         local_address: sender.address.as_str(),
         email: Some(EmailHeaders {
             rfc822_message_id: &message_id,
@@ -467,6 +473,13 @@ fn recipients(to: &Value) -> Result<Vec<Mailbox>, ApiError> {
     let mut mailboxes: Vec<Mailbox> = Vec::with_capacity(raw.len());
     for one in raw {
         let mailbox = Mailbox::parse(one).map_err(|e| invalid("to", e))?;
+        // The recipients are stored as one comma-separated list (`remote_address`).
+        if mailbox.address.as_str().contains(',') {
+            return Err(invalid(
+                "to",
+                format!("{} has a comma, which we cannot send to", mailbox.address),
+            ));
+        }
         if mailboxes.iter().any(|m| m.address == mailbox.address) {
             return Err(invalid(
                 "to",
@@ -1116,6 +1129,7 @@ mod tests {
             json!([1]),
             json!("not an address"),
             json!(["a@example.com", "A <a@EXAMPLE.com>"]),
+            json!("\"a,b\"@example.com"),
         ] {
             let error = recipients(&bad).unwrap_err().to_string();
             assert!(error.starts_with("to: "), "{bad}: {error}");

@@ -87,9 +87,17 @@ async fn communication(app: &TestApp, id: &str) -> Value {
     .0
 }
 
+#[derive(sqlx::FromRow)]
+struct Job {
+    kind: String,
+    payload: sqlx::types::Json<Value>,
+    state: String,
+    customer_id: Option<String>,
+}
+
 /// The communication's one job, as (kind, payload), checked to be on its way.
 async fn job_of(app: &TestApp, communication_id: &str) -> (String, Value) {
-    let jobs: Vec<(String, sqlx::types::Json<Value>, String, Option<String>)> = sqlx::query_as(
+    let jobs: Vec<Job> = sqlx::query_as(
         "SELECT kind, payload, state, customer_id FROM jobs WHERE communication_id = $1::uuid",
     )
     .bind(communication_id)
@@ -97,10 +105,14 @@ async fn job_of(app: &TestApp, communication_id: &str) -> (String, Value) {
     .await
     .unwrap();
     assert_eq!(jobs.len(), 1, "one job per communication");
-    let (kind, payload, state, customer) = jobs.into_iter().next().unwrap();
-    assert!(["pending", "queued"].contains(&state.as_str()), "{state}");
-    assert!(customer.is_some());
-    (kind, payload.0)
+    let job = jobs.into_iter().next().unwrap();
+    assert!(
+        ["pending", "queued"].contains(&job.state.as_str()),
+        "{}",
+        job.state
+    );
+    assert!(job.customer_id.is_some());
+    (job.kind, job.payload.0)
 }
 
 async fn contacts(app: &TestApp) -> Vec<(String, String, String)> {
@@ -381,7 +393,10 @@ async fn an_email_is_recorded_and_replies_stay_in_their_thread() {
     assert_eq!(row["type"], "email");
     assert_eq!(row["subject"], "Your quote");
     assert_eq!(row["message"], "Attached.");
-    assert_eq!(row["remote_address"], "Jane.Doe@example.com");
+    assert_eq!(
+        row["remote_address"],
+        "Jane.Doe@example.com, bob@example.org"
+    );
     assert_eq!(row["local_address"], "office@example.com");
     assert_eq!(row["rfc822_message_id"], format!("<{first}@example.com>"));
     assert_eq!(row["in_reply_to"], Value::Null);
@@ -521,7 +536,7 @@ async fn email_refusals_name_the_field_and_write_nothing() {
         json!("Jane <jane@example.com"),
         json!("jane@example.com\r\nBcc: all@example.com"),
         json!(["ok@example.com", "not an address"]),
-        json!(["ok@example.com", "OK@EXAMPLE.com"]),
+        json!(["ok@example.com", "Ok <ok@EXAMPLE.com>"]),
         json!([]),
         json!(7),
     ] {
