@@ -11,7 +11,7 @@
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
@@ -139,6 +139,12 @@ pub async fn send_sms(
     caller.ensure_staff()?;
     ringcentral_ready(&state)?;
     let ringcentral = &state.settings.ringcentral;
+    let from = PhoneNumber::parse(&ringcentral.from_number, ringcentral.default_phone_region)
+        .map_err(|e| {
+            Refusal::NotConfigured(format!(
+                "RingCentral is not configured here: RINGCENTRAL_FROM_NUMBER is not a number to send from ({e})"
+            ))
+        })?;
     let to = PhoneNumber::parse(&request.to, ringcentral.default_phone_region)
         .map_err(|e| invalid("to", e))?;
     let text = sms_text(&request.message, !request.attachments.is_empty())?;
@@ -178,7 +184,7 @@ pub async fn send_sms(
         attachments: attachments_json(&files),
         metadata: json!({}),
         remote_address: to.as_str(),
-        local_address: &ringcentral.from_number,
+        local_address: Some(from.as_str()),
         email: None,
         call: None,
     };
@@ -421,7 +427,7 @@ pub async fn send_email(
         // The recipients with their display names.
         metadata: json!({ "to": recipients }),
         remote_address: &to,
-        local_address: sender.address.as_str(),
+        local_address: Some(sender.address.as_str()),
         email: Some(EmailHeaders {
             rfc822_message_id: &message_id,
             provider_thread_id: threading.provider_thread_id.as_deref(),
@@ -735,7 +741,8 @@ pub async fn log_call(
         attachments: json!([]),
         metadata: json!({}),
         remote_address: phone.as_str(),
-        local_address: &ringcentral.from_number,
+        // Our number, when one is set: a call can be logged without it.
+        local_address: Some(ringcentral.from_number.as_str()).filter(|n| !n.is_empty()),
         email: None,
         call: Some(CallFacts {
             duration_seconds: request.duration as i32,
@@ -771,7 +778,7 @@ const NOTIFICATION_ID_MAX: usize = 200;
 pub async fn ringcentral_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
     if let Some(token) = headers.get(VALIDATION_TOKEN) {
         let mut response = StatusCode::OK.into_response();
@@ -792,6 +799,15 @@ pub async fn ringcentral_webhook(
     if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         return Err(ApiError::Forbidden("wrong Verification-Token".into()).into());
     }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(
+                "the notification is larger than the limit (MAX_BODY_BYTES)".into(),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", rejection.body_text())
+        }
+    })?;
     let notification = notification(&body)?;
     let uuid = notification["uuid"].as_str().unwrap_or_default().to_owned();
     let event = notification["event"]
@@ -893,7 +909,7 @@ struct NewProviderCommunication<'a> {
     attachments: Value,
     metadata: Value,
     remote_address: &'a str,
-    local_address: &'a str,
+    local_address: Option<&'a str>,
     email: Option<EmailHeaders<'a>>,
     call: Option<CallFacts>,
 }

@@ -741,6 +741,13 @@ async fn the_webhook_shakes_hands_checks_its_token_and_takes_each_notification_o
     for (body, field) in malformed {
         refused(post_webhook(&app, Some(&token), body).await, 400, field).await;
     }
+    // Bounded like every body (MAX_BODY_BYTES), and refused in our error shape.
+    let mut huge = notification("n-huge");
+    huge["body"]["text"] = json!("x".repeat(100 * 1024));
+    let response = post_webhook(&app, Some(&token), serde_json::to_vec(&huge).unwrap()).await;
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large");
     assert_eq!(written(&app).await, [0; 6], "nothing taken in yet");
 
     let response = post_webhook(&app, Some(&token), good.clone()).await;
