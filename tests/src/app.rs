@@ -20,7 +20,9 @@ use commcenter_shared::{
     settings::{S3Settings, Secret, Settings, parse_tiers},
     telemetry,
 };
-use commcenter_workers::{Handler, Registry, Runtime, handlers};
+use commcenter_workers::{Handler, Registry, Runtime, handlers, metrics::JobMetrics};
+
+use commcenter_fakes::{FakeGmail, FakeRingCentral, GmailConfig, RingCentralConfig};
 
 use crate::WsClient;
 
@@ -66,9 +68,16 @@ pub struct TestOptions {
     pub ws_buffer: usize,
     pub ws_ping: Duration,
     pub max_body_bytes: usize,
-    /// RingCentral and Gmail configured (with dummy credentials); `false` clears them,
-    /// to see the provider endpoints answer 503.
+    /// RingCentral and Gmail configured (pointing at this test's fake servers); `false`
+    /// clears them, to see the provider endpoints answer 503.
     pub providers_configured: bool,
+    /// How this test's fake RingCentral behaves (latency, rate limits, numbers that
+    /// cannot take SMS).
+    pub ringcentral: RingCentralConfig,
+    /// How this test's fake Gmail behaves.
+    pub gmail: GmailConfig,
+    /// `METRICS_TOKEN`: the bearer token `/metrics` asks for.
+    pub metrics_token: Option<String>,
 }
 
 impl TestOptions {
@@ -102,6 +111,9 @@ impl Default for TestOptions {
             ws_ping: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
             providers_configured: true,
+            ringcentral: RingCentralConfig::default(),
+            gmail: GmailConfig::default(),
+            metrics_token: None,
         }
     }
 }
@@ -118,6 +130,10 @@ pub struct TestApp {
     kinds: std::sync::Mutex<Vec<String>>,
     api_shutdown: CancellationToken,
     api: Option<JoinHandle<anyhow::Result<()>>>,
+    /// This test's fake RingCentral: what it received, and failures on command.
+    pub ringcentral: FakeRingCentral,
+    /// This test's fake Gmail.
+    pub gmail: FakeGmail,
     workers: Option<(CancellationToken, JoinHandle<()>)>,
     workers_options: WorkersOptions,
 }
@@ -132,6 +148,8 @@ struct WorkersOptions {
     max_attempts: i32,
     prefetch: u16,
     job_timeout: Duration,
+    /// Shared by every runtime of this app, as one worker process's would be.
+    metrics: Arc<JobMetrics>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -166,6 +184,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     settings.jobs.prefetch = options.prefetch;
     settings.jobs.timeout = options.job_timeout;
     settings.relay.poll = Duration::from_millis(200);
+    settings.metrics.token = options.metrics_token.clone().map(Secret::new);
     settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}"));
     // Each test stores its files in a directory of its own, removed at the end.
     settings.storage.upload_dir = std::env::temp_dir().join(format!("cc-test-{id}"));
@@ -182,7 +201,18 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         max_attempts: 1,
     });
 
-    configure_providers(&mut settings, options.providers_configured);
+    let ringcentral = FakeRingCentral::start(options.ringcentral.clone())
+        .await
+        .expect("the fake RingCentral starts");
+    let gmail = FakeGmail::start(options.gmail.clone())
+        .await
+        .expect("the fake Gmail starts");
+    configure_providers(
+        &mut settings,
+        options.providers_configured,
+        &ringcentral,
+        &gmail,
+    );
 
     let app = App::build(settings.clone())
         .await
@@ -198,10 +228,10 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         settings.jobs.delivery_limit,
     );
     let blobs = Arc::new(BlobStore::from_settings(&settings.storage).expect("the blob store"));
-    let registry = options
-        .handlers
-        .into_iter()
-        .fold(handlers::registry(&settings, blobs), Registry::with_shared);
+    let registry = options.handlers.into_iter().fold(
+        handlers::registry(&settings, blobs).expect("the handlers build"),
+        Registry::with_shared,
+    );
     let mut kinds: Vec<String> = kinds::ALL.iter().map(|k| (*k).to_owned()).collect();
     kinds.extend(registry.kinds().iter().map(|k| (*k).to_owned()));
     kinds.sort();
@@ -218,6 +248,8 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         kinds: std::sync::Mutex::new(kinds),
         api_shutdown,
         api: Some(api),
+        ringcentral,
+        gmail,
         workers: None,
         workers_options: WorkersOptions {
             amqp_url: options.workers_amqp_url.unwrap_or_else(broker_url),
@@ -233,6 +265,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
             max_attempts: options.max_attempts,
             prefetch: options.prefetch,
             job_timeout: options.job_timeout,
+            metrics: Default::default(),
         },
         settings,
     };
@@ -248,27 +281,35 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     test_app
 }
 
-/// Providers (issue 4): RingCentral and Gmail with dummy credentials, so their
-/// endpoints take requests, and their servers on the discard port, where nothing
-/// listens, so no provider call can succeed by accident. Or, when `configured` is
-/// false, no credentials at all, whatever the environment says.
-fn configure_providers(settings: &mut Settings, configured: bool) {
-    let closed = "http://127.0.0.1:9";
+/// Providers (issue 4): RingCentral and Gmail at this test's fake servers, with their
+/// credentials. Or, when `configured` is false, no credentials at all, whatever the
+/// environment says.
+fn configure_providers(
+    settings: &mut Settings,
+    configured: bool,
+    fake: &FakeRingCentral,
+    fake_gmail: &FakeGmail,
+) {
     let secret = |value: &str| Secret::new(if configured { value } else { "" });
+    let config = fake.config();
     let ringcentral = &mut settings.ringcentral;
-    ringcentral.server_url = closed.into();
-    ringcentral.client_id = if configured { "test-client-id" } else { "" }.into();
-    ringcentral.client_secret = secret("test-client-secret");
-    ringcentral.jwt = secret("test-jwt");
-    ringcentral.from_number = "+16505550100".into();
+    ringcentral.server_url = fake.url();
+    ringcentral.client_id = if configured { config.client_id.as_str() } else { "" }.into();
+    ringcentral.client_secret = secret(&config.client_secret);
+    ringcentral.jwt = secret(&config.jwt);
+    ringcentral.from_number = config.from_number.clone();
     ringcentral.webhook_token = secret("test-webhook-token");
+    ringcentral.timeout = Duration::from_secs(2);
+    ringcentral.call_log_import_every = None;
+    let config = fake_gmail.config();
     let gmail = &mut settings.gmail;
-    gmail.token_url = format!("{closed}/token");
-    gmail.api_url = closed.into();
-    gmail.client_id = if configured { "test-client-id" } else { "" }.into();
-    gmail.client_secret = secret("test-client-secret");
-    gmail.refresh_token = secret("test-refresh-token");
-    gmail.sender = "office@example.com".into();
+    gmail.token_url = fake_gmail.token_url();
+    gmail.api_url = fake_gmail.url();
+    gmail.client_id = if configured { config.client_id.as_str() } else { "" }.into();
+    gmail.client_secret = secret(&config.client_secret);
+    gmail.refresh_token = secret(&config.refresh_token);
+    gmail.sender = config.sender.clone();
+    gmail.timeout = Duration::from_secs(2);
 }
 
 fn replace_database(url: &str, database: &str) -> String {
@@ -313,7 +354,13 @@ impl TestApp {
             relay: self.settings.relay.clone(),
             outbox: Default::default(),
             max_deferral: o.max_deferral,
+            metrics: o.metrics.clone(),
         })
+    }
+
+    /// What this app's workers have counted (their `/metrics`).
+    pub fn workers_metrics(&self) -> Arc<JobMetrics> {
+        self.workers_options.metrics.clone()
     }
 
     /// Starts the workers in this process (a second call is a no-op).

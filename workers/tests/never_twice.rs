@@ -255,7 +255,7 @@ async fn an_email_is_sent_once_whichever_step_the_worker_dies_at() {
             .gmail
             .sent()
             .iter()
-            .filter(|m| m.subject.as_deref() == Some(subject.as_str()))
+            .filter(|m| m.subject == subject)
             .count();
         assert_eq!(copies, 1, "Gmail got the email {copies} times after a crash at {point}");
         let (state, _) = world.job_state(communication).await;

@@ -7,16 +7,19 @@
 mod auth;
 mod bad_input;
 mod conversations;
+mod email;
 mod files;
 mod health;
 mod integrations;
 mod listing;
 mod messages;
+mod metrics;
 mod openapi;
 mod ops;
 mod receipts;
 mod reliability;
 mod retries;
+mod sms;
 mod websocket;
 
 use std::time::Duration;
