@@ -74,9 +74,9 @@ struct QueueLabel {
 /// without a value when its source cannot be read.
 type Unlabelled = [(&'static str, &'static str); 0];
 
-/// How long one read of the broker may take before it counts as unreachable: a scrape
-/// must answer even when RabbitMQ hangs.
-const BROKER_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one read of the ledger or the queues may take before its source counts as
+/// unreachable: a scrape must answer, in time, even when PostgreSQL or RabbitMQ hangs.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The gauges of work waiting: the ledger's jobs per state and outbox lag, and each
 /// queue's depth and consumers. Read on scrape, at most once per `max_age`.
@@ -168,8 +168,8 @@ impl Backlog {
     async fn read_ledger(&self) {
         self.jobs.clear();
         self.outbox_oldest_pending.clear();
-        match ops::ledger_health(&self.pool).await {
-            Ok(health) => {
+        match tokio::time::timeout(READ_TIMEOUT, ops::ledger_health(&self.pool)).await {
+            Ok(Ok(health)) => {
                 for (state, count) in health.by_state {
                     self.jobs.get_or_create(&StateLabel { state }).set(count);
                 }
@@ -177,14 +177,13 @@ impl Backlog {
                     .get_or_create(&[])
                     .set(health.outbox.lag_seconds);
             }
-            Err(error) => {
-                tracing::warn!(%error, "metrics: cannot read the job ledger");
-            }
+            Ok(Err(error)) => tracing::warn!(%error, "metrics: cannot read the job ledger"),
+            Err(_) => tracing::warn!("metrics: the job ledger did not answer in {READ_TIMEOUT:?}"),
         }
     }
 
     async fn read_queues(&self, connection: &mut Option<Connection>) {
-        let read = tokio::time::timeout(BROKER_READ_TIMEOUT, self.queue_stats(connection)).await;
+        let read = tokio::time::timeout(READ_TIMEOUT, self.queue_stats(connection)).await;
         self.queue_depth.clear();
         self.queue_consumers.clear();
         let stats = match read {
@@ -192,7 +191,7 @@ impl Backlog {
             failed => {
                 let error = match failed {
                     Ok(Err(error)) => format!("{error:#}"),
-                    _ => format!("no answer within {BROKER_READ_TIMEOUT:?}"),
+                    _ => format!("no answer within {READ_TIMEOUT:?}"),
                 };
                 tracing::warn!(error, "metrics: cannot read the queues");
                 *connection = None;
