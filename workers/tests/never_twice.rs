@@ -77,6 +77,7 @@ impl World {
             .env("OUTBOX_POLL_MS", "100")
             .env("UPLOAD_DIR", self.uploads.path())
             .env("CALL_LOG_IMPORT_SECS", "0")
+            .env("METRICS_ADDR", "")
             .env("RINGCENTRAL_SERVER_URL", self.ringcentral.url())
             .env("RINGCENTRAL_CLIENT_ID", &rc.client_id)
             .env("RINGCENTRAL_CLIENT_SECRET", &rc.client_secret)

@@ -17,6 +17,7 @@ async fn sigterm_stops_the_workers_cleanly() {
             format!("postgres://root@127.0.0.1:5432/{database}"),
         )
         .env("DATABASE_MAX_CONNECTIONS", "4")
+        .env("METRICS_ADDR", "")
         .env("QUEUE_PREFIX", &prefix)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
