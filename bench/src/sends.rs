@@ -272,7 +272,7 @@ pub async fn end_to_end(options: &Options, report: &mut Report) -> anyhow::Resul
             Arc::new(commcenter_shared::blob::BlobStore::from_settings(
                 &app.settings.storage,
             )?),
-        ),
+        )?,
         options.prefetch,
     ));
     let result = async {

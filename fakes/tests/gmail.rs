@@ -449,7 +449,10 @@ async fn faults_on_send_and_token_including_drop_after_accepting() {
         refused.json::<Value>().await.expect("json")["error"],
         "invalid_grant"
     );
-    assert!(!access_token(&fake).await.is_empty(), "the fault was used up");
+    assert!(
+        !access_token(&fake).await.is_empty(),
+        "the fault was used up"
+    );
 }
 
 #[tokio::test]

@@ -463,7 +463,9 @@ fn bucket_name(raw: &str) -> anyhow::Result<String> {
 }
 
 fn hours(name: &str, default: &str) -> anyhow::Result<Duration> {
-    Ok(Duration::from_secs(positive(parse::<u64>(name, default)?, name)? * 3600))
+    Ok(Duration::from_secs(
+        positive(parse::<u64>(name, default)?, name)? * 3600,
+    ))
 }
 
 fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> {

@@ -62,7 +62,7 @@ impl Communication {
     }
 }
 
-const COMMUNICATION_COLUMNS: &str = "id, customer_id, type, direction, sender_id, sender_role, subject, message,
+pub const COMMUNICATION_COLUMNS: &str = "id, customer_id, type, direction, sender_id, sender_role, subject, message,
     status, failure_reason, attachments, metadata, created_at, updated_at, sent_at, delivered_at, read_at,
     remote_address, local_address, provider_message_id, provider_status, provider_thread_id,
     rfc822_message_id, in_reply_to, \"references\", duration_seconds, occurred_at";

@@ -294,7 +294,12 @@ fn configure_providers(
     let config = fake.config();
     let ringcentral = &mut settings.ringcentral;
     ringcentral.server_url = fake.url();
-    ringcentral.client_id = if configured { config.client_id.as_str() } else { "" }.into();
+    ringcentral.client_id = if configured {
+        config.client_id.as_str()
+    } else {
+        ""
+    }
+    .into();
     ringcentral.client_secret = secret(&config.client_secret);
     ringcentral.jwt = secret(&config.jwt);
     ringcentral.from_number = config.from_number.clone();
@@ -305,7 +310,12 @@ fn configure_providers(
     let gmail = &mut settings.gmail;
     gmail.token_url = fake_gmail.token_url();
     gmail.api_url = fake_gmail.url();
-    gmail.client_id = if configured { config.client_id.as_str() } else { "" }.into();
+    gmail.client_id = if configured {
+        config.client_id.as_str()
+    } else {
+        ""
+    }
+    .into();
     gmail.client_secret = secret(&config.client_secret);
     gmail.refresh_token = secret(&config.refresh_token);
     gmail.sender = config.sender.clone();

@@ -106,10 +106,7 @@ impl JobContext {
     }
 
     fn provider_report(&self) -> ProviderReport {
-        self.provider
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default()
+        self.provider.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// The payload as the handler's type; a payload that does not fit is permanent.
@@ -494,7 +491,11 @@ impl Runtime {
         if generation < row.generation {
             // Published before an operator replayed the job (a retry that was still
             // waiting in a delay tier): the replay's own message runs it.
-            tracing::info!(generation, current = row.generation, "stale copy from before a replay; ignored");
+            tracing::info!(
+                generation,
+                current = row.generation,
+                "stale copy from before a replay; ignored"
+            );
             self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
             tx.commit().await?;
             return Ok(());

@@ -189,7 +189,8 @@ impl World {
 
     async fn cleanup(self) {
         self.pool.close().await;
-        if let Ok(mut admin) = PgConnection::connect("postgres://root@127.0.0.1:5432/postgres").await
+        if let Ok(mut admin) =
+            PgConnection::connect("postgres://root@127.0.0.1:5432/postgres").await
         {
             sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -237,7 +238,10 @@ async fn an_sms_is_sent_once_whichever_step_the_worker_dies_at() {
             .iter()
             .filter(|m| m["subject"] == text.as_str())
             .count();
-        assert_eq!(copies, 1, "RingCentral got the SMS {copies} times after a crash at {point}");
+        assert_eq!(
+            copies, 1,
+            "RingCentral got the SMS {copies} times after a crash at {point}"
+        );
         let (state, _) = world.job_state(communication).await;
         assert_eq!(state, "succeeded", "after a crash at {point}");
     }
@@ -258,7 +262,10 @@ async fn an_email_is_sent_once_whichever_step_the_worker_dies_at() {
             .iter()
             .filter(|m| m.subject == subject)
             .count();
-        assert_eq!(copies, 1, "Gmail got the email {copies} times after a crash at {point}");
+        assert_eq!(
+            copies, 1,
+            "Gmail got the email {copies} times after a crash at {point}"
+        );
         let (state, _) = world.job_state(communication).await;
         assert_eq!(state, "succeeded", "after a crash at {point}");
     }

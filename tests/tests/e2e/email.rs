@@ -55,8 +55,14 @@ async fn an_email_goes_out_once_with_our_message_id_and_a_reply_stays_in_its_thr
     app.wait_for_status(&reply, "sent").await;
     let sent = app.gmail.sent();
     assert_eq!(sent.len(), 2);
-    assert_eq!(sent[1].thread_id, sent[0].thread_id, "the reply joins the thread");
-    assert_eq!(sent[1].in_reply_to.as_deref(), Some(sent[0].message_id.as_str()));
+    assert_eq!(
+        sent[1].thread_id, sent[0].thread_id,
+        "the reply joins the thread"
+    );
+    assert_eq!(
+        sent[1].in_reply_to.as_deref(),
+        Some(sent[0].message_id.as_str())
+    );
     app.assert_no_jobs_left().await;
 }
 
@@ -91,14 +97,18 @@ async fn an_email_carries_its_attachment() {
     app.wait_for_status(&id, "sent").await;
     let sent = app.gmail.sent();
     assert_eq!(sent[0].attachments.len(), 1);
-    assert_eq!(sent[0].attachments[0].name.as_deref(), Some("façade plan.pdf"));
+    assert_eq!(
+        sent[0].attachments[0].name.as_deref(),
+        Some("façade plan.pdf")
+    );
     assert_eq!(sent[0].attachments[0].size, pdf.len());
 }
 
 #[tokio::test]
 async fn an_email_whose_answer_is_lost_is_found_by_its_message_id_not_sent_again() {
     let app = spawn_app().await;
-    app.gmail.fail_next(Endpoint::Send, Fault::AcceptThenDrop, 1);
+    app.gmail
+        .fail_next(Endpoint::Send, Fault::AcceptThenDrop, 1);
     let id = send(
         &app,
         json!({ "customer_id": "cust-1", "to": "jane@example.org", "subject": "Once",
@@ -107,11 +117,12 @@ async fn an_email_whose_answer_is_lost_is_found_by_its_message_id_not_sent_again
     .await;
     app.wait_for_status(&id, "sent").await;
     assert_eq!(app.gmail.sent().len(), 1, "sent once");
-    let searched = app
-        .gmail
-        .requests()
-        .iter()
-        .any(|r| r.query.as_deref().unwrap_or_default().contains("rfc822msgid"));
+    let searched = app.gmail.requests().iter().any(|r| {
+        r.query
+            .as_deref()
+            .unwrap_or_default()
+            .contains("rfc822msgid")
+    });
     assert!(searched, "the unknown outcome was looked up by Message-ID");
 }
 
@@ -138,13 +149,8 @@ async fn a_revoked_mailbox_fails_the_email_at_once_saying_it_must_be_reconnected
 #[tokio::test]
 async fn gmail_quota_errors_are_retried_and_the_email_goes_out_once() {
     let app = spawn_app().await;
-    app.gmail.fail_next(
-        Endpoint::Send,
-        Fault::RateLimited {
-            retry_after: None,
-        },
-        2,
-    );
+    app.gmail
+        .fail_next(Endpoint::Send, Fault::RateLimited { retry_after: None }, 2);
     let id = send(
         &app,
         json!({ "customer_id": "cust-1", "to": "jane@example.org", "subject": "Busy",

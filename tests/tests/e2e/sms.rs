@@ -81,7 +81,10 @@ async fn subscribe(app: &TestApp) {
         .await
         .unwrap();
     let response = client
-        .post(format!("{}/restapi/v1.0/subscription", app.ringcentral.url()))
+        .post(format!(
+            "{}/restapi/v1.0/subscription",
+            app.ringcentral.url()
+        ))
         .bearer_auth(token["access_token"].as_str().unwrap())
         .json(&json!({
             "eventFilters": [
@@ -181,7 +184,9 @@ async fn an_inbound_sms_lands_in_the_conversation_of_the_customer_with_that_numb
     );
 
     // A stranger's text gets a conversation of its own, for staff to see.
-    app.ringcentral.inbound_sms("+14155550199", "Who is this?").await;
+    app.ringcentral
+        .inbound_sms("+14155550199", "Who is this?")
+        .await;
     commcenter_tests::eventually("the stranger's SMS", WAIT, || async {
         let customer: Option<String> = sqlx::query_scalar(
             "SELECT customer_id FROM communications WHERE remote_address = '+14155550199'",
@@ -206,7 +211,9 @@ async fn a_number_that_cannot_take_sms_fails_at_once_with_ringcentrals_reason() 
     .await;
     let id = send_sms(&app, "+14155550103", "Hello landline").await;
     app.wait_for_status(&id, "failed").await;
-    let job = app.wait_for_job_state(&job_of(&app, &id).await, "dead").await;
+    let job = app
+        .wait_for_job_state(&job_of(&app, &id).await, "dead")
+        .await;
     assert_eq!(job["attempts"], 1, "a permanent refusal is not retried");
     assert_eq!(job["last_error_class"], "permanent");
     let reason = row(&app, &id).await["failure_reason"]
@@ -214,7 +221,10 @@ async fn a_number_that_cannot_take_sms_fails_at_once_with_ringcentrals_reason() 
         .unwrap()
         .to_owned();
     assert!(reason.contains("RingCentral refused"), "{reason}");
-    assert!(reason.contains("MSG-246") || reason.contains("SMS"), "{reason}");
+    assert!(
+        reason.contains("MSG-246") || reason.contains("SMS"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -234,7 +244,10 @@ async fn ringcentral_down_for_the_whole_retry_window_ends_dead_and_failed_with_t
         .to_owned();
     assert!(reason.contains("503"), "{reason}");
     let attempts = app.attempts(&job).await;
-    assert!(attempts.iter().all(|a| a["http_status"] == 503), "{attempts:?}");
+    assert!(
+        attempts.iter().all(|a| a["http_status"] == 503),
+        "{attempts:?}"
+    );
     assert_eq!(copies_of(&app, "Are you there?"), 0);
 }
 
@@ -340,9 +353,7 @@ async fn an_mms_carries_its_photo_shrunk_to_ringcentrals_limit() {
         image::Rgb([v, v.wrapping_add(x as u8), v ^ (y as u8)])
     });
     let mut png = std::io::Cursor::new(Vec::new());
-    image
-        .write_to(&mut png, image::ImageFormat::Png)
-        .unwrap();
+    image.write_to(&mut png, image::ImageFormat::Png).unwrap();
     let png = png.into_inner();
     assert!(png.len() > 1_500_000);
     let form = reqwest::multipart::Form::new()
@@ -385,7 +396,10 @@ async fn an_mms_carries_its_photo_shrunk_to_ringcentrals_limit() {
         .filter(|a| a["type"] == "MmsAttachment")
         .collect();
     assert_eq!(files.len(), 1, "{sent:?}");
-    assert_eq!(files[0]["contentType"], "image/jpeg", "recompressed to JPEG");
+    assert_eq!(
+        files[0]["contentType"], "image/jpeg",
+        "recompressed to JPEG"
+    );
     assert!(files[0]["size"].as_u64().unwrap() < 1_500_000);
     let total: u64 = app
         .ringcentral

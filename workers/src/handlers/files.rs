@@ -218,7 +218,7 @@ impl ProcessFile {
 
 /// A missing object will not reappear; anything else (the store down, throttled,
 /// misconfigured) may heal, and an operator can replay what exhausts its attempts.
-fn store_error(error: BlobError) -> JobError {
+pub(crate) fn store_error(error: BlobError) -> JobError {
     match error {
         BlobError::NotFound => JobError::permanent("the uploaded bytes are missing from the store"),
         other => JobError::transient(format!("file store: {:#}", anyhow::Error::from(other))),

@@ -101,7 +101,7 @@ pub async fn fail_communication(
 /// A message goes out with its attachments or not at all: one still processing makes
 /// it wait (a transient failure, retried), one that failed refuses it with the reason.
 /// Once all are ready, the message's attachment list takes their final type and size.
-async fn attachments_ready(
+pub(crate) async fn attachments_ready(
     conn: &mut PgConnection,
     communication: &store::Communication,
 ) -> Result<(), JobError> {

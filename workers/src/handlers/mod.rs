@@ -1,19 +1,45 @@
 //! One module per job kind. [`registry`] is what a production worker runs.
 
+pub mod attachments;
 pub mod conversations;
+pub mod email;
 pub mod files;
 pub mod messages;
 pub mod operations;
 pub mod receipts;
+pub mod ringcentral;
+pub mod sends;
+pub mod sms;
 
 use std::sync::Arc;
 
+use commcenter_providers::{gmail::Gmail, ringcentral::RingCentral};
 use commcenter_shared::{blob::BlobStore, settings::Settings};
+use sqlx::postgres::PgPoolOptions;
 
 use crate::{media::thumbnail::ImageLimits, runtime::Registry};
 
-pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> Registry {
-    Registry::default()
+/// Connections for the never-twice evidence of provider sends, committed beside (not
+/// inside) the jobs' transactions; short writes, so a few serve many sends.
+const SEND_EVIDENCE_CONNECTIONS: u32 = 8;
+
+pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Registry> {
+    // Providers not configured still get their handlers, which then fail each job
+    // permanently with the reason, rather than leaving jobs unconsumed.
+    let ringcentral = settings
+        .ringcentral
+        .configured()
+        .then(|| RingCentral::new(&settings.ringcentral))
+        .transpose()?;
+    let gmail = settings
+        .gmail
+        .configured()
+        .then(|| Gmail::new(&settings.gmail))
+        .transpose()?;
+    let sends = PgPoolOptions::new()
+        .max_connections(SEND_EVIDENCE_CONNECTIONS)
+        .connect_lazy(settings.database.url.expose())?;
+    Ok(Registry::default()
         .with(messages::DeliverMessage)
         .with(receipts::ApplyReceipt)
         .with(conversations::SetConversationStatus)
@@ -26,9 +52,27 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> Registry {
                 std::thread::available_parallelism().map_or(2, usize::from),
             )),
         })
-        .with(files::DeleteBlob { blobs })
+        .with(files::DeleteBlob {
+            blobs: blobs.clone(),
+        })
+        .with(sms::SendSms {
+            ringcentral: ringcentral.clone(),
+            blobs: blobs.clone(),
+            sends: sends.clone(),
+        })
+        .with(email::SendEmail {
+            gmail,
+            sender: settings.gmail.sender.clone(),
+            blobs,
+            sends,
+        })
+        .with(ringcentral::LogCall)
+        .with(ringcentral::HandleRingCentralEvent {
+            ringcentral: ringcentral.clone(),
+        })
+        .with(ringcentral::ImportCallLog { ringcentral })
         .with(operations::BulkAction {
             batch: operations::BATCH,
             max_attempts: settings.jobs.max_attempts,
-        })
+        }))
 }

@@ -247,7 +247,10 @@ async fn customer_for(
     let raw = known.unwrap_or_else(|| {
         format!(
             "unknown:{}",
-            phone.chars().filter(char::is_ascii_digit).collect::<String>()
+            phone
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
         )
     });
     customer_of(&raw)
@@ -350,10 +353,7 @@ impl Handler for ImportCallLog {
         };
         let mut imported = 0usize;
         loop {
-            let page = ringcentral
-                .call_log(&query)
-                .await
-                .map_err(provider_error)?;
+            let page = ringcentral.call_log(&query).await.map_err(provider_error)?;
             for call in &page.records {
                 imported += usize::from(import_call(conn, call).await?);
             }

@@ -99,26 +99,24 @@ pub async fn deliver<C: Channel>(
         Earlier::Unknown {
             send_id,
             started_at,
-        } => {
-            match channel.find(&communication, started_at).await {
-                Ok(Some(accepted)) if !claimed_elsewhere(conn, &communication, &accepted).await? => {
-                    tracing::warn!(provider_id = %accepted.id, "an earlier attempt whose outcome was unknown did send; not sending again");
-                    settle_accepted(sends, send_id, &accepted, None).await?;
-                    return record_sent(conn, job, &communication, accepted, None).await;
-                }
-                Ok(_) => settle_not_found(sends, communication.id).await?,
-                Err(error) => {
-                    job.report_provider(report_of(&error));
-                    return Err(JobError::Transient {
-                        message: format!(
-                            "an earlier attempt may have sent this message and the provider \
-                             could not be asked whether it did (so nothing was sent): {error}"
-                        ),
-                        retry_after: retry_after_of(&error),
-                    });
-                }
+        } => match channel.find(&communication, started_at).await {
+            Ok(Some(accepted)) if !claimed_elsewhere(conn, &communication, &accepted).await? => {
+                tracing::warn!(provider_id = %accepted.id, "an earlier attempt whose outcome was unknown did send; not sending again");
+                settle_accepted(sends, send_id, &accepted, None).await?;
+                return record_sent(conn, job, &communication, accepted, None).await;
             }
-        }
+            Ok(_) => settle_not_found(sends, communication.id).await?,
+            Err(error) => {
+                job.report_provider(report_of(&error));
+                return Err(JobError::Transient {
+                    message: format!(
+                        "an earlier attempt may have sent this message and the provider \
+                             could not be asked whether it did (so nothing was sent): {error}"
+                    ),
+                    retry_after: retry_after_of(&error),
+                });
+            }
+        },
         Earlier::Nothing => {}
     }
 
@@ -272,8 +270,18 @@ enum Earlier {
     },
 }
 
+/// A row of `provider_sends` that says something about whether we sent.
+#[derive(sqlx::FromRow)]
+struct SendEvidence {
+    id: Uuid,
+    state: String,
+    provider_message_id: Option<String>,
+    provider_status: Option<String>,
+    started_at: DateTime<Utc>,
+}
+
 async fn earlier_send(conn: &mut PgConnection, communication_id: Uuid) -> sqlx::Result<Earlier> {
-    let rows: Vec<(Uuid, String, Option<String>, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<SendEvidence> = sqlx::query_as(
         "SELECT id, state, provider_message_id, provider_status, started_at
          FROM provider_sends WHERE communication_id = $1 AND state IN ('accepted', 'sending')
          ORDER BY started_at",
@@ -281,7 +289,15 @@ async fn earlier_send(conn: &mut PgConnection, communication_id: Uuid) -> sqlx::
     .bind(communication_id)
     .fetch_all(&mut *conn)
     .await?;
-    if let Some((_, _, Some(id), status, _)) = rows.iter().find(|r| r.1 == "accepted") {
+    let accepted = rows
+        .iter()
+        .find(|r| r.state == "accepted" && r.provider_message_id.is_some());
+    if let Some(SendEvidence {
+        provider_message_id: Some(id),
+        provider_status,
+        ..
+    }) = accepted
+    {
         let thread_id: Option<String> =
             sqlx::query_scalar("SELECT provider_thread_id FROM communications WHERE id = $1")
                 .bind(communication_id)
@@ -289,15 +305,15 @@ async fn earlier_send(conn: &mut PgConnection, communication_id: Uuid) -> sqlx::
                 .await?;
         return Ok(Earlier::Accepted(Accepted {
             id: id.clone(),
-            status: status.clone().unwrap_or_default(),
+            status: provider_status.clone().unwrap_or_default(),
             thread_id,
         }));
     }
     // The earliest unknown send bounds the search; later ones are covered by it.
     Ok(match rows.first() {
-        Some((send_id, _, _, _, started_at)) => Earlier::Unknown {
-            send_id: *send_id,
-            started_at: *started_at,
+        Some(unknown) => Earlier::Unknown {
+            send_id: unknown.id,
+            started_at: unknown.started_at,
         },
         None => Earlier::Nothing,
     })
