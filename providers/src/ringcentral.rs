@@ -30,6 +30,12 @@ const TOKEN_PATH: &str = "/restapi/oauth/token";
 const SMS_PATH: &str = "/restapi/v1.0/account/~/extension/~/sms";
 const MESSAGE_STORE_PATH: &str = "/restapi/v1.0/account/~/extension/~/message-store";
 const CALL_LOG_PATH: &str = "/restapi/v1.0/account/~/extension/~/call-log";
+const SUBSCRIPTION_PATH: &str = "/restapi/v1.0/subscription";
+/// What our webhook wants to hear: message changes (ids only) and whole inbound SMS.
+pub const WEBHOOK_EVENT_FILTERS: &[&str] = &[
+    "/restapi/v1.0/account/~/extension/~/message-store",
+    "/restapi/v1.0/account/~/extension/~/message-store/instant?type=SMS",
+];
 
 /// Pages of the message store read when looking for an earlier send.
 const RECONCILE_MAX_PAGES: usize = 10;
@@ -56,6 +62,10 @@ const READ_MESSAGE: Endpoint = Endpoint {
 const READ_CALL_LOG: Endpoint = Endpoint {
     name: "call-log",
     group: "Heavy",
+};
+const SUBSCRIBE: Endpoint = Endpoint {
+    name: "subscription",
+    group: "Medium",
 };
 const AUTH: Endpoint = Endpoint {
     name: "token",
@@ -218,6 +228,29 @@ impl RingCentral {
             })
             .await?;
         Ok(answer.json::<RawMessage>(what)?.into())
+    }
+
+    /// Subscribes `address` (our webhook) to [`WEBHOOK_EVENT_FILTERS`]; RingCentral calls
+    /// it at once with a `Validation-Token` that it must echo. Returns the subscription
+    /// record (`id`, `status`, `expirationTime`, …).
+    pub async fn subscribe(
+        &self,
+        address: &str,
+        verification_token: &str,
+    ) -> Result<serde_json::Value, ProviderError> {
+        let what = "RingCentral webhook subscription";
+        let body = json!({
+            "eventFilters": WEBHOOK_EVENT_FILTERS,
+            "deliveryMode": {
+                "transportType": "WebHook",
+                "address": address,
+                "verificationToken": verification_token,
+            },
+        });
+        let url = self.url(SUBSCRIPTION_PATH);
+        self.call(SUBSCRIBE, what, || self.inner.http.post(&url).json(&body))
+            .await?
+            .json(what)
     }
 
     /// One message-store record, e.g. to learn a sent message's delivery status.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use commcenter_fakes::{Endpoint, Fault, RingCentralConfig};
+use commcenter_providers::ringcentral::RingCentral;
 use commcenter_shared::jobs::kinds;
 use commcenter_tests::{TestApp, TestOptions, spawn_app_with};
 use serde_json::{Value, json};
@@ -62,45 +63,19 @@ fn copies_of(app: &TestApp, text: &str) -> usize {
         .count()
 }
 
-/// Subscribes our webhook at the fake, as an operator would at RingCentral: the fake
-/// performs the `Validation-Token` handshake against our endpoint.
+/// Subscribes our webhook at the fake, as `commcenterctl ringcentral subscribe` does at
+/// RingCentral: the fake performs the `Validation-Token` handshake against our endpoint.
 async fn subscribe(app: &TestApp) {
-    let config = app.ringcentral.config();
-    let client = reqwest::Client::new();
-    let token: Value = client
-        .post(format!("{}/restapi/oauth/token", app.ringcentral.url()))
-        .basic_auth(&config.client_id, Some(&config.client_secret))
-        .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-            ("assertion", config.jwt.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let client = RingCentral::new(&app.settings.ringcentral).unwrap();
+    let subscription = client
+        .subscribe(
+            &app.url(WEBHOOK),
+            app.settings.ringcentral.webhook_token.expose(),
+        )
         .await
         .unwrap();
-    let response = client
-        .post(format!(
-            "{}/restapi/v1.0/subscription",
-            app.ringcentral.url()
-        ))
-        .bearer_auth(token["access_token"].as_str().unwrap())
-        .json(&json!({
-            "eventFilters": [
-                "/restapi/v1.0/account/~/extension/~/message-store",
-                "/restapi/v1.0/account/~/extension/~/message-store/instant?type=SMS"
-            ],
-            "deliveryMode": {
-                "transportType": "WebHook",
-                "address": app.url(WEBHOOK),
-                "verificationToken": app.settings.ringcentral.webhook_token.expose()
-            }
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(subscription["status"], "Active", "{subscription}");
+    assert_eq!(app.ringcentral.subscriptions().len(), 1);
 }
 
 #[tokio::test]
