@@ -1064,55 +1064,75 @@ pub async fn ledger_health(pool: &PgPool) -> sqlx::Result<LedgerHealth> {
 pub struct Pruned {
     pub jobs: u64,
     pub idempotency_keys: u64,
+    pub webhook_receipts: u64,
 }
 
 /// Deletes succeeded and cancelled jobs (their attempts go with them) finished more
-/// than `job_retention` ago, and idempotency keys older than `key_retention`, in
-/// batches of `batch` rows so no transaction holds many locks. Dead jobs stay until
-/// an operator acts on them.
+/// than `job_retention` ago, and idempotency keys and webhook receipts (RingCentral's
+/// redelivery window is minutes) older than `key_retention`, in batches of `batch`
+/// rows so no transaction grows large. Dead jobs stay until an operator acts.
 pub async fn prune(
     pool: &PgPool,
     job_retention: Duration,
     key_retention: Duration,
     batch: i64,
 ) -> sqlx::Result<Pruned> {
-    let mut pruned = Pruned::default();
-    loop {
-        let deleted = sqlx::query(
+    Ok(Pruned {
+        jobs: delete_in_batches(
+            pool,
             "DELETE FROM jobs WHERE id IN (
                  SELECT id FROM jobs
                  WHERE state IN ('succeeded', 'cancelled')
                    AND finished_at < now() - make_interval(secs => $1)
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            job_retention,
+            batch,
         )
-        .bind(job_retention.as_secs_f64())
-        .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        pruned.jobs += deleted;
-        if (deleted as i64) < batch {
-            break;
-        }
-    }
-    loop {
-        let deleted = sqlx::query(
+        .await?,
+        idempotency_keys: delete_in_batches(
+            pool,
             "DELETE FROM idempotency_keys WHERE ctid IN (
                  SELECT ctid FROM idempotency_keys
                  WHERE created_at < now() - make_interval(secs => $1)
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            key_retention,
+            batch,
         )
-        .bind(key_retention.as_secs_f64())
-        .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        pruned.idempotency_keys += deleted;
+        .await?,
+        webhook_receipts: delete_in_batches(
+            pool,
+            "DELETE FROM webhook_receipts WHERE ctid IN (
+                 SELECT ctid FROM webhook_receipts
+                 WHERE received_at < now() - make_interval(secs => $1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            key_retention,
+            batch,
+        )
+        .await?,
+    })
+}
+
+/// Runs `delete` (bound to the retention in seconds and the batch size) until it
+/// deletes less than a batch; returns how many rows went.
+async fn delete_in_batches(
+    pool: &PgPool,
+    delete: &str,
+    retention: Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(delete)
+            .bind(retention.as_secs_f64())
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += deleted;
         if (deleted as i64) < batch {
-            break;
+            return Ok(total);
         }
     }
-    Ok(pruned)
 }
 
 #[cfg(test)]

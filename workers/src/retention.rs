@@ -30,6 +30,7 @@ impl Retention {
                     tracing::info!(
                         jobs = pruned.jobs,
                         idempotency_keys = pruned.idempotency_keys,
+                        webhook_receipts = pruned.webhook_receipts,
                         "pruned"
                     );
                 }

@@ -759,6 +759,14 @@ async fn retention_prunes_finished_jobs_and_keeps_dead_ones() {
     .execute(&app.pool)
     .await
     .unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_receipts (provider, notification_id, event, job_id, received_at)
+         VALUES ('ringcentral', 'old', 'e', gen_random_uuid(), now() - interval '25 hours'),
+                ('ringcentral', 'new', 'e', gen_random_uuid(), now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
 
     let pruned = ops::prune(
         &app.pool,
@@ -770,6 +778,7 @@ async fn retention_prunes_finished_jobs_and_keeps_dead_ones() {
     .unwrap();
     assert_eq!(pruned.jobs, 2);
     assert_eq!(pruned.idempotency_keys, 1);
+    assert_eq!(pruned.webhook_receipts, 1);
     let left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
         .fetch_all(&app.pool)
         .await
@@ -789,4 +798,9 @@ async fn retention_prunes_finished_jobs_and_keeps_dead_ones() {
         .await
         .unwrap();
     assert_eq!(keys, ["new"]);
+    let receipts: Vec<String> = sqlx::query_scalar("SELECT notification_id FROM webhook_receipts")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(receipts, ["new"]);
 }
