@@ -10,9 +10,11 @@
 //! - [`metrics`]: HTTP requests by route template, WebSocket connections, the backlog.
 //! - [`notifier`]: consumes events from RabbitMQ and pushes them to WebSocket clients.
 //! - [`error`]: the one API error type and its JSON shape.
+//! - [`ctl`]: `commcenterctl`, the operators' command line, a client of `/api/ops/`.
 
 pub mod auth;
 pub mod body;
+pub mod ctl;
 pub mod error;
 pub mod idempotency;
 pub mod metrics;

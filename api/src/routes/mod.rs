@@ -1,6 +1,7 @@
 //! The HTTP surface, one module per route group. Paths are the portal's and must not change.
 
 pub mod communications;
+pub mod console;
 pub mod conversations;
 pub mod files;
 pub mod health;
@@ -68,6 +69,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/ws/{user_id}", get(ws::connect))
         .merge(integrations::router())
         .merge(ops::router())
+        .merge(console::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 

@@ -6,6 +6,8 @@
 
 mod auth;
 mod bad_input;
+mod cli;
+mod console;
 mod conversations;
 mod email;
 mod files;
