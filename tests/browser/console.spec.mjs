@@ -6,6 +6,7 @@
 //   CONSOLE_URL     the API's base URL (the page is at CONSOLE_URL/ops)
 //   OPERATOR_TOKEN  an operator's bearer token
 //   CUSTOMER_ID     the customer whose dead job to find
+//   OTHER_CUSTOMER  a customer whose dead jobs are discarded in bulk
 //   EXPECT_ERROR    text the job's last error contains
 //   REASON          the replay's reason (kept in the audit)
 //   CHROMIUM        the browser (default /usr/bin/chromium)
@@ -25,6 +26,7 @@ function need(name) {
 const base = need('CONSOLE_URL');
 const token = need('OPERATOR_TOKEN');
 const customer = need('CUSTOMER_ID');
+const otherCustomer = need('OTHER_CUSTOMER');
 const expectError = need('EXPECT_ERROR');
 const reason = need('REASON');
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -112,6 +114,18 @@ try {
   if (!(await page.getByRole('button', { name: 'Replay…' }).isDisabled())) {
     throw new Error('Replay is still enabled on a succeeded job');
   }
+
+  step = 'discard another customer\'s dead jobs in bulk and follow the progress';
+  await page.getByLabel('Customer', { exact: true }).fill(otherCustomer);
+  await page.getByRole('button', { name: 'Apply filters' }).click();
+  await page.locator('#counts').filter({ hasText: 'Showing 1 of 1 matching jobs' }).waitFor();
+  await page.getByRole('button', { name: 'Discard all matching…' }).click();
+  await dialog.waitFor({ state: 'visible' });
+  await dialog.getByLabel(/Reason/).fill('customer asked us to stop');
+  await dialog.getByRole('button', { name: 'Confirm' }).click();
+  await page.locator('#bulk-text').filter({ hasText: 'Bulk discard done: 1 of 1 (1 done, 0 skipped, 0 errors)' }).waitFor();
+  // The list follows: the dead job is gone from the dead filter.
+  await page.locator('#counts').filter({ hasText: 'No jobs match.' }).waitFor();
 
   step = 'the token never appears in a URL';
   const leaks = requests.filter((request) => request.url().includes(token));

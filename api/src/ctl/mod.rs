@@ -259,6 +259,22 @@ struct ActArgs {
     timeout_secs: u64,
 }
 
+impl ActArgs {
+    /// One job, or a filter (or `--all`): never both, never neither.
+    fn check(&self, action: &str) -> Result<()> {
+        let filtered = !self.filter.params().is_empty() || self.all;
+        match (self.id, filtered) {
+            (Some(_), true) => Err(Failure::usage(
+                "give either a job id or filters (or --all), not both",
+            )),
+            (None, false) => Err(Failure::usage(format!(
+                "say which dead jobs to {action}: a job id, filters, or --all for every dead job"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Where the command writes: stdout for results, stderr for errors and progress.
 pub struct Io<'a> {
     pub out: &'a mut (dyn Write + Send),
@@ -331,6 +347,12 @@ impl Ctl<'_> {
                 ttl_hours,
             } => return self.token(&user, &role, customer.as_deref(), ttl_hours),
             _ => {}
+        }
+        if let Command::Dlq(DlqCommand::Replay(args)) = &command {
+            args.check("replay")?;
+        }
+        if let Command::Dlq(DlqCommand::Discard(args)) = &command {
+            args.check("discard")?;
         }
         let client = connect(&api)?;
         match command {
@@ -435,16 +457,12 @@ impl Ctl<'_> {
     }
 
     async fn act(&mut self, client: &Client, action: &str, args: ActArgs) -> Result<Exit> {
-        let params = args.filter.params();
         match args.id {
-            Some(_) if !params.is_empty() || args.all => Err(Failure::usage(
-                "give either a job id or filters (or --all), not both",
-            )),
             Some(id) => self.act_on_job(client, action, id, &args).await,
-            None if params.is_empty() && !args.all => Err(Failure::usage(format!(
-                "say which dead jobs to {action}: a job id, filters, or --all for every dead job"
-            ))),
-            None => self.act_in_bulk(client, action, params, &args).await,
+            None => {
+                self.act_in_bulk(client, action, args.filter.params(), &args)
+                    .await
+            }
         }
     }
 

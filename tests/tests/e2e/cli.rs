@@ -384,6 +384,16 @@ async fn exit_codes_tell_scripts_what_went_wrong() {
     assert_eq!(run.exit, Exit::Unauthorized, "{run:?}");
     assert!(run.err.contains("HTTP 401"), "{run:?}");
 
+    let run = ctl_as(&app.base_url, "", &["stats"]).await;
+    assert_eq!(run.exit, Exit::Unauthorized, "{run:?}");
+    assert!(
+        run.err.contains("no token: set COMMCENTER_TOKEN"),
+        "{run:?}"
+    );
+    // Bad usage is told first, before any token matters.
+    let run = ctl_as(&app.base_url, "", &["dlq", "replay", "--reason", "x"]).await;
+    assert_eq!(run.exit, Exit::Usage, "{run:?}");
+
     // 5: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

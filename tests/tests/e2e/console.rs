@@ -202,8 +202,8 @@ async fn an_operator_replays_a_customers_dead_sms_in_the_browser_and_watches_it_
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     let chromium = browser_prerequisites(&dir);
     let app = spawn_app_with(Default::default()).await;
-    // Another customer's dead SMS must not show under the filter.
-    dead_sms(&app, "cust-other", 1).await;
+    // Another customer's dead SMS: not shown under the filter, then discarded in bulk.
+    let (other, _) = dead_sms(&app, "cust-other", 1).await;
     let (communication, job) = dead_sms(&app, "cust-42", 1).await;
     let token = app.token("ops-console", Role::Operator, None);
     let reason = "SMS enabled on the sending number";
@@ -214,6 +214,7 @@ async fn an_operator_replays_a_customers_dead_sms_in_the_browser_and_watches_it_
         .env("CONSOLE_URL", &app.base_url)
         .env("OPERATOR_TOKEN", &token)
         .env("CUSTOMER_ID", "cust-42")
+        .env("OTHER_CUSTOMER", "cust-other")
         .env("EXPECT_ERROR", REFUSAL)
         .env("REASON", reason)
         .env("CHROMIUM", chromium)
@@ -253,12 +254,35 @@ async fn an_operator_replays_a_customers_dead_sms_in_the_browser_and_watches_it_
             Some("dead".to_owned())
         )]
     );
-    // Sent once, on the replay; the other customer's job is still dead.
+    // Sent once, on the replay; the other customer's job was discarded, not sent.
     let sent = app.ringcentral.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'dead'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(dead, 1);
+    let states: Vec<(String, String)> = sqlx::query_as(
+        "SELECT customer_id, state FROM jobs WHERE kind = 'sms.send' ORDER BY customer_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        [
+            ("cust-42".to_owned(), "succeeded".to_owned()),
+            ("cust-other".to_owned(), "cancelled".to_owned())
+        ]
+    );
+    assert_eq!(app.communication_status(&other).await, "failed");
+    let bulk: (String, i64, String) = sqlx::query_as(
+        "SELECT operator, matched, reason FROM ops_audit WHERE action = 'bulk_discard'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        bulk,
+        (
+            "ops-console".to_owned(),
+            1,
+            "customer asked us to stop".to_owned()
+        )
+    );
 }
