@@ -382,6 +382,7 @@ async fn job_transaction(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
         error: None,
         retry_in_ms: None,
         worker: "bench-ledger",
+        provider: Default::default(),
     };
     jobs::record_attempt(&mut tx, &record).await?;
     jobs::mark_succeeded(&mut tx, id, attempt).await?;

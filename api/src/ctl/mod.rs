@@ -25,6 +25,7 @@ use clap::{Args, Parser, Subcommand, error::ErrorKind};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use commcenter_providers::{error::Failure as ProviderFailure, ringcentral::RingCentral};
 use commcenter_shared::{
     auth::{self, Claims},
     db,
@@ -132,6 +133,9 @@ enum Command {
     Dlq(DlqCommand),
     /// Queue health: jobs per state, the outbox, RabbitMQ's queues.
     Stats,
+    /// RingCentral: subscribe our webhook (reads the RINGCENTRAL_* settings).
+    #[command(subcommand)]
+    Ringcentral(RingCentralCommand),
     /// Apply the database migrations (DATABASE_URL); creates the database if missing.
     Migrate,
     /// Print a signed bearer token (JWT_SECRET) on stdout.
@@ -148,6 +152,18 @@ enum Command {
         /// How long the token is valid.
         #[arg(long, default_value_t = 24)]
         ttl_hours: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RingCentralCommand {
+    /// Create the webhook subscription RingCentral posts delivery statuses and inbound
+    /// SMS to, with RINGCENTRAL_WEBHOOK_TOKEN as its verification token. RingCentral
+    /// calls ADDRESS at once to validate it, so the api must be reachable there.
+    Subscribe {
+        /// The public URL of `/api/integrations/ringcentral/webhook`.
+        #[arg(long)]
+        address: String,
     },
 }
 
@@ -346,6 +362,9 @@ impl Ctl<'_> {
                 customer,
                 ttl_hours,
             } => return self.token(&user, &role, customer.as_deref(), ttl_hours),
+            Command::Ringcentral(RingCentralCommand::Subscribe { address }) => {
+                return self.subscribe(&address).await;
+            }
             _ => {}
         }
         if let Command::Dlq(DlqCommand::Replay(args)) = &command {
@@ -376,7 +395,9 @@ impl Ctl<'_> {
             Command::Dlq(DlqCommand::Replay(args)) => self.act(&client, "replay", args).await,
             Command::Dlq(DlqCommand::Discard(args)) => self.act(&client, "discard", args).await,
             Command::Stats => self.stats(&client).await,
-            Command::Migrate | Command::Token { .. } => unreachable!("handled above"),
+            Command::Migrate | Command::Token { .. } | Command::Ringcentral(_) => {
+                unreachable!("handled above")
+            }
         }
     }
 
@@ -614,6 +635,45 @@ impl Ctl<'_> {
         let pool = db::connect(&settings.database).await.map_err(local)?;
         db::migrate(&pool).await.map_err(local)?;
         writeln!(self.io.err, "migrations applied")?;
+        Ok(Exit::Ok)
+    }
+
+    async fn subscribe(&mut self, address: &str) -> Result<Exit> {
+        let settings = Settings::from_env().map_err(|e| Failure::usage(format!("{e:#}")))?;
+        let ringcentral = &settings.ringcentral;
+        if !ringcentral.configured() {
+            return Err(Failure::usage(
+                "RingCentral is not configured: set RINGCENTRAL_CLIENT_ID, \
+                 RINGCENTRAL_CLIENT_SECRET and RINGCENTRAL_JWT",
+            ));
+        }
+        if ringcentral.webhook_token.expose().is_empty() {
+            return Err(Failure::usage(
+                "RINGCENTRAL_WEBHOOK_TOKEN is empty: the webhook would refuse every notification",
+            ));
+        }
+        let client = RingCentral::new(ringcentral).map_err(|e| Failure::usage(format!("{e:#}")))?;
+        let subscription = client
+            .subscribe(address, ringcentral.webhook_token.expose())
+            .await
+            .map_err(|error| Failure {
+                exit: match error.failure {
+                    ProviderFailure::Permanent => Exit::Refused,
+                    _ => Exit::Unavailable,
+                },
+                message: error.to_string(),
+            })?;
+        if self.json {
+            self.print_json(&subscription)?;
+        } else {
+            writeln!(
+                self.io.out,
+                "subscribed {address}: id {}, {}, expires {}",
+                subscription["id"].as_str().unwrap_or("?"),
+                subscription["status"].as_str().unwrap_or("?"),
+                subscription["expirationTime"].as_str().unwrap_or("?"),
+            )?;
+        }
         Ok(Exit::Ok)
     }
 
