@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole system here: commcenter-api (HTTP, WebSocket, notifier, outbox relay)
-# and commcenter-workers, against the local PostgreSQL and RabbitMQ.
+# and commcenter-workers, against the local PostgreSQL and RabbitMQ; with
+# FAKE_PROVIDERS=1 (as in .env.example) also commcenter-fakes, the fake RingCentral
+# (127.0.0.1:9101) and Gmail (127.0.0.1:9102) the providers' settings then point at.
 #
 #   scripts/run.sh              release build (first build takes several minutes)
 #   RUN_PROFILE=debug scripts/run.sh   debug build (quicker to build, slower to run)
@@ -57,44 +59,59 @@ case $profile in
     debug) build_flags=() ;;
     *) log "RUN_PROFILE must be release or debug, not '$profile'"; exit 1 ;;
 esac
-log "building the api and workers ($profile)"
-step cargo build "${build_flags[@]}" -p commcenter-api -p commcenter-workers
+packages=(-p commcenter-api -p commcenter-workers)
+case ${FAKE_PROVIDERS:-0} in
+    1 | true) fakes=1; packages+=(-p commcenter-fakes) ;;
+    0 | false | "") fakes= ;;
+    *) log "FAKE_PROVIDERS must be 1 or 0, not '$FAKE_PROVIDERS'"; exit 1 ;;
+esac
+log "building ${packages[*]//-p /} ($profile)"
+step cargo build "${build_flags[@]}" "${packages[@]}"
 bin=${CARGO_TARGET_DIR:-target}/$profile
 
 log "applying migrations"
 step "$bin/commcenterctl" migrate
 
+pids=()
+if [[ -n $fakes ]]; then
+    "$bin/commcenter-fakes" &
+    fake_providers=$!
+    pids+=("$fake_providers")
+    log "started commcenter-fakes (pid $fake_providers)"
+fi
 "$bin/commcenter-workers" &
 workers=$!
 "$bin/commcenter-api" &
 api=$!
+pids+=("$workers" "$api")
 log "started commcenter-workers (pid $workers) and commcenter-api (pid $api, ${API_ADDR:-127.0.0.1:8001})"
 
 stopping=
-stop_both() {
+stop_all() {
     stopping=1
-    kill -TERM "$api" "$workers" 2>/dev/null || true
+    kill -TERM "${pids[@]}" 2>/dev/null || true
 }
-trap 'log "stopping (signal)"; stop_both' INT TERM
+trap 'log "stopping (signal)"; stop_all' INT TERM
 
 set +e
-wait -n -p first "$api" "$workers"
+wait -n -p first "${pids[@]}"
 status=$?
 if [[ -z $stopping ]]; then
     case ${first:-} in
         "$api") name=commcenter-api ;;
         "$workers") name=commcenter-workers ;;
+        "${fake_providers:-}") name=commcenter-fakes ;;
         *) name="a process" ;;
     esac
-    log "$name exited (status $status); stopping the other"
-    stop_both
+    log "$name exited (status $status); stopping the others"
+    stop_all
     exit_code=$status
     ((exit_code != 0)) || exit_code=1
 else
     exit_code=0
 fi
-# Wait for both to finish draining (the workers wait up to SHUTDOWN_GRACE_SECS).
-for pid in "$api" "$workers"; do
+# Wait for all to finish draining (the workers wait up to SHUTDOWN_GRACE_SECS).
+for pid in "${pids[@]}"; do
     while kill -0 "$pid" 2>/dev/null; do
         wait "$pid"
     done
