@@ -39,9 +39,12 @@ CREATE INDEX customer_contacts_customer ON customer_contacts (customer_id);
 
 -- Never send twice. A row is committed *before* a provider call (state 'sending') and
 -- updated after it, outside the job's transaction, so a worker that dies after the
--- provider accepted leaves the evidence behind: the next attempt finds 'sending' and
+-- provider accepted leaves the evidence behind. The next attempt finds 'accepted' and
+-- does not send at all; finds 'unknown' (the call ended without an answer: a timeout,
+-- a dropped connection) or a 'sending' older than a call can last (its worker died) and
 -- reconciles with the provider (Gmail by Message-ID, RingCentral by its message store)
--- instead of sending again; it finds 'accepted' and does not send at all.
+-- before sending again; finds a recent 'sending' and waits: another delivery of the job
+-- is calling right now.
 CREATE TABLE provider_sends (
     id                   UUID PRIMARY KEY,
     communication_id     UUID NOT NULL REFERENCES communications (id),
@@ -49,18 +52,23 @@ CREATE TABLE provider_sends (
     attempt              INTEGER NOT NULL,
     provider             TEXT NOT NULL CHECK (provider IN ('ringcentral', 'gmail')),
     state                TEXT NOT NULL DEFAULT 'sending'
-                         CHECK (state IN ('sending', 'accepted', 'rejected', 'not_sent')),
+                         CHECK (state IN ('sending', 'unknown', 'accepted', 'rejected', 'not_sent')),
     provider_message_id  TEXT,
     provider_status      TEXT,
+    -- Gmail's threadId, RingCentral's conversationId: kept for the communication.
+    provider_thread_id   TEXT,
     http_status          SMALLINT,
     error                TEXT,
     started_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at          TIMESTAMPTZ
 );
 CREATE INDEX provider_sends_communication ON provider_sends (communication_id, started_at);
--- At most one send can be accepted for a communication.
+-- At most one send can be accepted for a communication, and at most one be under way:
+-- two deliveries of the same job racing to call the provider, one wins the insert.
 CREATE UNIQUE INDEX provider_sends_one_accepted
     ON provider_sends (communication_id) WHERE state = 'accepted';
+CREATE UNIQUE INDEX provider_sends_one_under_way
+    ON provider_sends (communication_id) WHERE state = 'sending';
 
 -- What the provider said, on the attempt row operators read.
 ALTER TABLE job_attempts

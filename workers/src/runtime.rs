@@ -98,6 +98,15 @@ impl JobContext {
         }
     }
 
+    /// This context with another attempt number, sharing the provider's answer noted so
+    /// far: the outside phase read the attempt number without the row lock.
+    fn renumbered(&self, attempt: i32) -> Self {
+        Self {
+            attempt,
+            ..self.clone()
+        }
+    }
+
     /// Notes the provider's answer for this attempt's row (the last note wins).
     pub fn report_provider(&self, report: ProviderReport) {
         if let Ok(mut slot) = self.provider.lock() {
@@ -105,7 +114,7 @@ impl JobContext {
         }
     }
 
-    fn provider_report(&self) -> ProviderReport {
+    pub(crate) fn provider_report(&self) -> ProviderReport {
         self.provider.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
@@ -123,6 +132,23 @@ pub trait Handler: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError>;
+
+    /// Whether this kind does its slow part in [`Handler::outside`]. Its jobs then hold
+    /// no job slot (a pooled connection, and the job's row lock) while they wait on a
+    /// provider, so a worker overlaps as many calls as its prefetch, not its pool.
+    fn works_outside(&self) -> bool {
+        false
+    }
+
+    /// The slow part, run before the job's transaction, holding no connection of the
+    /// runtime's while it waits (a provider call). Another delivery of the same job may
+    /// run it at the same time, and the process may die anywhere in it, so it commits
+    /// its own evidence (on connections of its own) and must be safe to repeat; `run`
+    /// then only records the outcome, in the transaction. Its error fails the attempt
+    /// without `run` being called.
+    async fn outside(&self, _job: &JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
 
     /// Runs in the transaction that marks the job dead (permanent failure, attempts
     /// exhausted, or dead-lettered by the broker), so what the job served shows as
@@ -206,6 +232,13 @@ pub struct Runtime {
     pub max_deferral: Duration,
     /// Where this runtime counts its jobs (served by [`crate::metrics::serve`]).
     pub metrics: Arc<crate::metrics::JobMetrics>,
+}
+
+/// What a handler's outside phase did, carried into the job's transaction.
+struct Outside {
+    job: JobContext,
+    started_at: chrono::DateTime<Utc>,
+    result: Result<(), JobError>,
 }
 
 /// Why `serve` returned.
@@ -327,7 +360,17 @@ impl Runtime {
                 )
                 .await
                 .with_context(|| format!("consuming {kind}"))?;
-            consumers.push((channel, tag, consumer, Source::Work));
+            // A kind that waits outside its transaction is bounded by its prefetch alone.
+            let waits_outside = self
+                .registry
+                .get(kind)
+                .is_some_and(|handler| handler.works_outside());
+            let source = if waits_outside {
+                Source::WorkOutside
+            } else {
+                Source::Work
+            };
+            consumers.push((channel, tag, consumer, source));
         }
         if self.record_dead_letters {
             let channel = connection.create_channel().await?;
@@ -361,6 +404,7 @@ impl Runtime {
         ));
         let mut loops = Vec::new();
         for (channel, tag, mut consumer, source) in consumers {
+            let needs_slot = !matches!(source, Source::WorkOutside);
             let slots = slots.clone();
             let runtime = self.clone();
             let publisher = publisher.clone();
@@ -382,20 +426,24 @@ impl Runtime {
                         Some(Err(error)) => return Err(anyhow::Error::from(error).context("consumer failed")),
                         None => anyhow::bail!("consumer {tag} was cancelled by the broker"),
                     };
-                    let slot = tokio::select! {
-                        // The delivery, not started, returns to the queue with the channel.
-                        () = shutdown.cancelled() => {
-                            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
-                            return Ok(());
+                    let slot = if needs_slot {
+                        tokio::select! {
+                            // The delivery, not started, returns to the queue with the channel.
+                            () = shutdown.cancelled() => {
+                                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
+                                return Ok(());
+                            }
+                            slot = slots.clone().acquire_owned() => Some(slot.context("the job slots were closed")?),
                         }
-                        slot = slots.clone().acquire_owned() => slot.context("the job slots were closed")?,
+                    } else {
+                        None
                     };
                     let runtime = runtime.clone();
                     let publisher = publisher.clone();
                     in_flight.spawn(async move {
                         let _slot = slot;
                         match source {
-                            Source::Work => runtime.process(delivery, &publisher).await,
+                            Source::Work | Source::WorkOutside => runtime.process(delivery, &publisher).await,
                             Source::DeadLetters => dead_letters::record(&runtime, delivery).await,
                         }
                     });
@@ -464,6 +512,11 @@ impl Runtime {
         handler: &dyn Handler,
         publisher: &Channel,
     ) -> anyhow::Result<()> {
+        let outside = if handler.works_outside() {
+            self.run_outside(envelope, generation, handler).await?
+        } else {
+            None
+        };
         let mut tx = self.pool.begin().await?;
         let Some(row) = jobs::lock(&mut tx, envelope.job_id).await? else {
             let reason = format!("job {} is not in the ledger", envelope.job_id);
@@ -502,24 +555,25 @@ impl Runtime {
         }
         let attempt = row.attempts + 1;
         tracing::Span::current().record("attempt", attempt);
-        let job = JobContext::new(row.id, row.kind.clone(), row.payload.clone(), attempt);
-        let started_at = Utc::now();
+        let (job, started_at, outside_result) = match outside {
+            Some(Outside {
+                job,
+                started_at,
+                result,
+            }) => (job.renumbered(attempt), started_at, result),
+            None => (
+                JobContext::new(row.id, row.kind.clone(), row.payload.clone(), attempt),
+                Utc::now(),
+                Ok(()),
+            ),
+        };
 
         // The handler's writes live in a savepoint: a failure undoes them but keeps
         // the transaction for recording the failure.
         let mut effects = sqlx::Connection::begin(&mut *tx).await?;
-        // A handler that panics or hangs fails this attempt; it never takes the worker down.
-        let run = std::panic::AssertUnwindSafe(handler.run(&mut effects, &job)).catch_unwind();
-        let result = match tokio::time::timeout(self.job_timeout, run).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => Err(JobError::transient(format!(
-                "the handler panicked: {}",
-                panic_message(&*panic)
-            ))),
-            Err(_) => Err(JobError::transient(format!(
-                "timed out after {:?}",
-                self.job_timeout
-            ))),
+        let result = match outside_result {
+            Ok(()) => self.guarded(handler.run(&mut effects, &job)).await,
+            failed => failed,
         };
         let mut attempt_row = Attempt {
             job_id: job.id,
@@ -590,6 +644,61 @@ impl Runtime {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A handler that panics or hangs fails this attempt; it never takes the worker down.
+    async fn guarded(
+        &self,
+        work: impl std::future::Future<Output = Result<(), JobError>>,
+    ) -> Result<(), JobError> {
+        let work = std::panic::AssertUnwindSafe(work).catch_unwind();
+        match tokio::time::timeout(self.job_timeout, work).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(JobError::transient(format!(
+                "the handler panicked: {}",
+                panic_message(&*panic)
+            ))),
+            Err(_) => Err(JobError::transient(format!(
+                "timed out after {:?}",
+                self.job_timeout
+            ))),
+        }
+    }
+
+    /// The outside phase of a job whose handler works outside its transaction. The row
+    /// is read without a lock: a job that is missing, finished or stale is left to the
+    /// locked path, which decides exactly as for any other job.
+    async fn run_outside(
+        &self,
+        envelope: &Envelope,
+        generation: i32,
+        handler: &dyn Handler,
+    ) -> anyhow::Result<Option<Outside>> {
+        let row: Option<(String, i32, i32, Value)> =
+            sqlx::query_as("SELECT state, attempts, generation, payload FROM jobs WHERE id = $1")
+                .bind(envelope.job_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((state, attempts, current_generation, payload)) = row else {
+            return Ok(None);
+        };
+        let finished = jobs::JobState::parse(&state).is_none_or(jobs::JobState::is_final);
+        if finished || generation < current_generation {
+            return Ok(None);
+        }
+        let job = JobContext::new(
+            envelope.job_id,
+            envelope.kind.clone(),
+            payload,
+            attempts + 1,
+        );
+        let started_at = Utc::now();
+        let result = self.guarded(handler.outside(&job)).await;
+        Ok(Some(Outside {
+            job,
+            started_at,
+            result,
+        }))
     }
 
     /// Marks the job dead and lets its handler mark what it served as failed.
@@ -809,5 +918,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 #[derive(Debug, Clone, Copy)]
 enum Source {
     Work,
+    /// A work queue whose jobs do their slow part outside their transaction.
+    WorkOutside,
     DeadLetters,
 }

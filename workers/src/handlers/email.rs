@@ -28,6 +28,8 @@ pub struct SendEmail {
     pub blobs: Arc<BlobStore>,
     /// Where the never-twice evidence is committed, apart from the job's transaction.
     pub sends: PgPool,
+    /// How long a call can be under way ([`sends::under_way_at_most`]).
+    pub under_way_for: std::time::Duration,
 }
 
 #[async_trait]
@@ -36,7 +38,11 @@ impl Handler for SendEmail {
         kinds::EMAIL_SEND
     }
 
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
+    fn works_outside(&self) -> bool {
+        true
+    }
+
+    async fn outside(&self, job: &JobContext) -> Result<(), JobError> {
         let Some(gmail) = &self.gmail else {
             return Err(JobError::permanent(
                 "Gmail is not configured on this worker (GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, \
@@ -48,7 +54,11 @@ impl Handler for SendEmail {
             sender: &self.sender,
             blobs: &self.blobs,
         };
-        sends::deliver(&channel, &self.sends, conn, job).await
+        sends::call(&channel, &self.sends, job, self.under_way_for).await
+    }
+
+    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
+        sends::record(conn, job).await
     }
 
     async fn on_dead(

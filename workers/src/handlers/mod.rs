@@ -19,9 +19,10 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::{media::thumbnail::ImageLimits, runtime::Registry};
 
-/// Connections for the never-twice evidence of provider sends, committed beside (not
-/// inside) the jobs' transactions; short writes, so a few serve many sends.
-const SEND_EVIDENCE_CONNECTIONS: u32 = 8;
+/// Connections for the outside phase of provider sends (reads before the call, and the
+/// never-twice evidence committed beside, not inside, the jobs' transactions); short
+/// uses, none held during a call, so a few serve many sends.
+const SEND_EVIDENCE_CONNECTIONS: u32 = 10;
 
 pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Registry> {
     // Providers not configured still get their handlers, which then fail each job
@@ -59,12 +60,14 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
             ringcentral: ringcentral.clone(),
             blobs: blobs.clone(),
             sends: sends.clone(),
+            under_way_for: sends::under_way_at_most(settings.ringcentral.timeout),
         })
         .with(email::SendEmail {
             gmail,
             sender: settings.gmail.sender.clone(),
             blobs,
             sends,
+            under_way_for: sends::under_way_at_most(settings.gmail.timeout),
         })
         .with(ringcentral::LogCall)
         .with(ringcentral::HandleRingCentralEvent {

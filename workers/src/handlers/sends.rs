@@ -1,19 +1,29 @@
-//! Sending through a provider at most once, over any number of attempts and crashes.
+//! Sending through a provider at most once, over any number of attempts and crashes,
+//! without holding a database connection while the provider answers.
 //!
-//! A provider call cannot share a transaction with our database, so each send leaves
-//! evidence in `provider_sends`, committed on its own connection *outside* the job's
-//! transaction:
+//! A provider call cannot share a transaction with our database, so a send runs in two
+//! phases. [`call`] runs outside the job's transaction (the runtime's outside phase) and
+//! leaves evidence in `provider_sends`, each write committed at once on a connection of
+//! its own:
 //!
-//! 1. before the call, a row in state `sending` (the intent);
-//! 2. after it, `accepted` with the provider's id, or `not_sent` / `rejected` when the
-//!    provider certainly did not take it.
+//! 1. before the call, a row in state `sending` (the intent; at most one per
+//!    communication can be under way, so two deliveries of one job cannot both call);
+//! 2. after it, `accepted` with the provider's id, `not_sent` or `rejected` when the
+//!    provider certainly did not take it, `unknown` when the call ended without an
+//!    answer (a timeout after the request left, a dropped connection).
 //!
-//! The next attempt (after a crash, a timeout or a retry) reads that evidence first:
-//! `accepted` means the message went out and only our bookkeeping is left; `sending`
-//! means the outcome is unknown (the worker died or the call timed out after the
-//! request left), so the provider is asked whether it has the message (Gmail by our
-//! Message-ID, RingCentral by its message store) before anything is sent again.
-//! Only `nothing`, or a reconciliation that finds nothing, leads to a new call.
+//! [`record`] then runs in the job's transaction and turns `accepted` into the
+//! communication's `sent`, with its event.
+//!
+//! Any attempt (after a crash, a timeout or a retry) reads the evidence first:
+//! `accepted` means the message went out and only the bookkeeping is left; `unknown`,
+//! or a `sending` older than a call can last (its worker died mid-call), means the
+//! outcome is unknown, so the provider is asked whether it has the message (Gmail by our
+//! Message-ID, RingCentral by its message store) before anything is sent again; a recent
+//! `sending` means another delivery is calling right now, so this one waits. Only
+//! nothing, or a reconciliation that finds nothing, leads to a new call.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -72,15 +82,25 @@ pub trait Channel: Send + Sync {
     ) -> Result<Option<Accepted>, ProviderError>;
 }
 
-/// Runs one attempt at sending a communication through `channel`.
-pub async fn deliver<C: Channel>(
+/// How long a provider call can be under way: its timeout (the intent is committed just
+/// before the call starts), and a margin for clocks. A `sending` row older than this
+/// belongs to a worker that died mid-call.
+pub fn under_way_at_most(call_timeout: Duration) -> Duration {
+    call_timeout + Duration::from_secs(2)
+}
+
+/// The outside phase of one attempt: everything up to and including the provider call,
+/// on connections of `sends` (never the runtime's), none held during the call.
+pub async fn call<C: Channel>(
     channel: &C,
     sends: &PgPool,
-    conn: &mut PgConnection,
     job: &JobContext,
+    under_way_for: Duration,
 ) -> Result<(), JobError> {
     let payload: payloads::SendCommunication = job.payload()?;
-    let Some(communication) = store::find_communication(conn, payload.communication_id).await?
+    let mut conn = sends.acquire().await?;
+    let Some(communication) =
+        store::find_communication(&mut conn, payload.communication_id).await?
     else {
         return Err(JobError::permanent(format!(
             "communication {} does not exist",
@@ -91,27 +111,38 @@ pub async fn deliver<C: Channel>(
         return Ok(()); // Sent before, or failed: a redelivery; no second effect.
     }
 
-    match earlier_send(conn, communication.id).await? {
-        Earlier::Accepted(accepted) => {
-            tracing::info!(provider_id = %accepted.id, "sent by an earlier attempt; recording it");
-            return record_sent(conn, job, &communication, accepted, None).await;
+    match earlier_send(&mut conn, communication.id, under_way_for).await? {
+        Earlier::Accepted(_) => return Ok(()), // Went out: `record` records it.
+        Earlier::UnderWay { started_at } => {
+            let age = (Utc::now() - started_at).to_std().unwrap_or_default();
+            return Err(JobError::Transient {
+                message: format!(
+                    "another delivery of this job has been calling {} since {started_at}; \
+                     checking again once that call must have ended",
+                    provider_name::<C>()
+                ),
+                retry_after: Some(under_way_for.saturating_sub(age)),
+            });
         }
         Earlier::Unknown {
             send_id,
             started_at,
         } => match channel.find(&communication, started_at).await {
-            Ok(Some(accepted)) if !claimed_elsewhere(conn, &communication, &accepted).await? => {
+            Ok(Some(accepted))
+                if !claimed_elsewhere(&mut conn, &communication, &accepted).await? =>
+            {
                 tracing::warn!(provider_id = %accepted.id, "an earlier attempt whose outcome was unknown did send; not sending again");
                 settle_accepted(sends, send_id, &accepted, None).await?;
-                return record_sent(conn, job, &communication, accepted, None).await;
+                return Ok(());
             }
             Ok(_) => settle_not_found(sends, communication.id).await?,
             Err(error) => {
                 job.report_provider(report_of(&error));
                 return Err(JobError::Transient {
                     message: format!(
-                        "an earlier attempt may have sent this message and the provider \
-                             could not be asked whether it did (so nothing was sent): {error}"
+                        "an earlier attempt may have sent this message and {} could not be \
+                         asked whether it did (so nothing was sent): {error}",
+                        provider_name::<C>()
                     ),
                     retry_after: retry_after_of(&error),
                 });
@@ -120,50 +151,80 @@ pub async fn deliver<C: Channel>(
         Earlier::Nothing => {}
     }
 
-    attachments_ready(conn, &communication).await?;
-    let prepared = channel.prepare(conn, &communication).await?;
-    let send_id = begin(sends, communication.id, job, C::PROVIDER).await?;
+    attachments_ready(&mut conn, &communication).await?;
+    let prepared = channel.prepare(&mut conn, &communication).await?;
+    drop(conn);
+    let Some(send_id) = begin(sends, communication.id, job, C::PROVIDER).await? else {
+        return Err(JobError::Transient {
+            message: format!(
+                "another delivery of this job is calling {} right now",
+                provider_name::<C>()
+            ),
+            retry_after: Some(under_way_for),
+        });
+    };
     crash::point(crash::BEFORE_PROVIDER_CALL);
     match channel.send(prepared).await {
         Ok(accepted) => {
             crash::point(crash::AFTER_PROVIDER_ACCEPTED);
-            // If this write fails the row stays `sending`: the retry reconciles.
+            // If this write fails the row stays `sending`: a later attempt reconciles.
             settle_accepted(sends, send_id, &accepted, Some(200)).await?;
+            job.report_provider(ProviderReport {
+                status: Some(accepted.status),
+                id: Some(accepted.id),
+                http_status: Some(200),
+            });
             crash::point(crash::AFTER_SEND_RECORDED);
-            record_sent(conn, job, &communication, accepted, Some(200)).await
+            Ok(())
         }
         Err(error) => {
             job.report_provider(report_of(&error));
             let (state, job_error) = match &error.failure {
                 Failure::Permanent => (
-                    Some("rejected"),
+                    "rejected",
                     JobError::permanent(format!("{} refused it: {error}", provider_name::<C>())),
                 ),
                 Failure::Transient { retry_after } => (
-                    Some("not_sent"),
+                    "not_sent",
                     JobError::Transient {
                         message: error.to_string(),
                         retry_after: *retry_after,
                     },
                 ),
-                // The row stays `sending`: the next attempt asks the provider first.
                 Failure::Unknown => (
-                    None,
+                    "unknown",
                     JobError::transient(format!(
                         "outcome unknown, will check with {} before sending again: {error}",
                         provider_name::<C>()
                     )),
                 ),
             };
-            match state {
-                Some(state) => {
-                    settle_failed(sends, send_id, state, error.http_status, &error.to_string())
-                        .await?
-                }
-                None => note_unknown(sends, send_id, &error.to_string()).await?,
-            }
+            settle_failed(sends, send_id, state, error.http_status, &error.to_string()).await?;
             Err(job_error)
         }
+    }
+}
+
+/// The inside phase, in the job's transaction: the communication is `sent` once a send
+/// of it is `accepted`.
+pub async fn record(conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
+    let payload: payloads::SendCommunication = job.payload()?;
+    let Some(communication) = store::find_communication(conn, payload.communication_id).await?
+    else {
+        return Err(JobError::permanent(format!(
+            "communication {} does not exist",
+            payload.communication_id
+        )));
+    };
+    if communication.status != CommunicationStatus::Queued.as_str() {
+        return Ok(());
+    }
+    // Only `accepted` counts here; how old a `sending` is does not matter.
+    match earlier_send(conn, communication.id, Duration::MAX).await? {
+        Earlier::Accepted(accepted) => record_sent(conn, job, &communication, accepted).await,
+        _ => Err(JobError::transient(
+            "no send of this message is recorded as accepted yet",
+        )),
     }
 }
 
@@ -205,13 +266,15 @@ async fn record_sent(
     job: &JobContext,
     communication: &Communication,
     accepted: Accepted,
-    http_status: Option<u16>,
 ) -> Result<(), JobError> {
-    job.report_provider(ProviderReport {
-        status: Some(accepted.status.clone()),
-        id: Some(accepted.id.clone()),
-        http_status,
-    });
+    if job.provider_report().id.is_none() {
+        // Sent by an earlier attempt: this one only records it.
+        job.report_provider(ProviderReport {
+            status: Some(accepted.status.clone()),
+            id: Some(accepted.id.clone()),
+            http_status: None,
+        });
+    }
     sqlx::query(
         "UPDATE communications SET provider_message_id = $2, provider_status = $3,
                 provider_thread_id = COALESCE($4, provider_thread_id)
@@ -263,6 +326,10 @@ async fn claimed_elsewhere(
 enum Earlier {
     Nothing,
     Accepted(Accepted),
+    /// Another delivery is calling the provider right now.
+    UnderWay {
+        started_at: DateTime<Utc>,
+    },
     /// A send that may or may not have reached the provider.
     Unknown {
         send_id: Uuid,
@@ -277,13 +344,20 @@ struct SendEvidence {
     state: String,
     provider_message_id: Option<String>,
     provider_status: Option<String>,
+    provider_thread_id: Option<String>,
     started_at: DateTime<Utc>,
 }
 
-async fn earlier_send(conn: &mut PgConnection, communication_id: Uuid) -> sqlx::Result<Earlier> {
+/// Reads the evidence; a `sending` younger than `under_way_for` is a call under way.
+async fn earlier_send(
+    conn: &mut PgConnection,
+    communication_id: Uuid,
+    under_way_for: Duration,
+) -> sqlx::Result<Earlier> {
     let rows: Vec<SendEvidence> = sqlx::query_as(
-        "SELECT id, state, provider_message_id, provider_status, started_at
-         FROM provider_sends WHERE communication_id = $1 AND state IN ('accepted', 'sending')
+        "SELECT id, state, provider_message_id, provider_status, provider_thread_id, started_at
+         FROM provider_sends
+         WHERE communication_id = $1 AND state IN ('accepted', 'sending', 'unknown')
          ORDER BY started_at",
     )
     .bind(communication_id)
@@ -295,19 +369,26 @@ async fn earlier_send(conn: &mut PgConnection, communication_id: Uuid) -> sqlx::
     if let Some(SendEvidence {
         provider_message_id: Some(id),
         provider_status,
+        provider_thread_id,
         ..
     }) = accepted
     {
-        let thread_id: Option<String> =
-            sqlx::query_scalar("SELECT provider_thread_id FROM communications WHERE id = $1")
-                .bind(communication_id)
-                .fetch_one(&mut *conn)
-                .await?;
         return Ok(Earlier::Accepted(Accepted {
             id: id.clone(),
             status: provider_status.clone().unwrap_or_default(),
-            thread_id,
+            thread_id: provider_thread_id.clone(),
         }));
+    }
+    let under_way = rows.iter().find(|r| {
+        r.state == "sending"
+            && (Utc::now() - r.started_at)
+                .to_std()
+                .is_ok_and(|age| age < under_way_for)
+    });
+    if let Some(row) = under_way {
+        return Ok(Earlier::UnderWay {
+            started_at: row.started_at,
+        });
     }
     // The earliest unknown send bounds the search; later ones are covered by it.
     Ok(match rows.first() {
@@ -319,17 +400,19 @@ async fn earlier_send(conn: &mut PgConnection, communication_id: Uuid) -> sqlx::
     })
 }
 
-/// Commits the intent to send before the provider is called.
+/// Commits the intent to send before the provider is called; `None` when another
+/// delivery's intent is under way (the unique index lets one win).
 async fn begin(
     sends: &PgPool,
     communication_id: Uuid,
     job: &JobContext,
     provider: &str,
-) -> sqlx::Result<Uuid> {
+) -> sqlx::Result<Option<Uuid>> {
     let id = Uuid::now_v7();
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO provider_sends (id, communication_id, job_id, attempt, provider)
-         VALUES ($1, $2, $3, $4, $5)",
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (communication_id) WHERE state = 'sending' DO NOTHING",
     )
     .bind(id)
     .bind(communication_id)
@@ -337,8 +420,9 @@ async fn begin(
     .bind(job.attempt)
     .bind(provider)
     .execute(sends)
-    .await?;
-    Ok(id)
+    .await?
+    .rows_affected();
+    Ok((inserted == 1).then_some(id))
 }
 
 async fn settle_accepted(
@@ -351,17 +435,19 @@ async fn settle_accepted(
     sqlx::query(
         "WITH this AS (
              UPDATE provider_sends SET state = 'accepted', provider_message_id = $2,
-                    provider_status = $3, http_status = $4, error = NULL, finished_at = now()
+                    provider_status = $3, http_status = $4, provider_thread_id = $5,
+                    error = NULL, finished_at = now()
              WHERE id = $1 RETURNING communication_id)
          UPDATE provider_sends SET state = 'not_sent', finished_at = now(),
                 error = 'superseded: the provider had the message from another attempt'
          WHERE communication_id = (SELECT communication_id FROM this)
-           AND state = 'sending' AND id <> $1",
+           AND state IN ('sending', 'unknown') AND id <> $1",
     )
     .bind(send_id)
     .bind(&accepted.id)
     .bind(&accepted.status)
     .bind(http_status.map(|s| s as i16))
+    .bind(&accepted.thread_id)
     .execute(sends)
     .await?;
     Ok(())
@@ -392,19 +478,10 @@ async fn settle_not_found(sends: &PgPool, communication_id: Uuid) -> sqlx::Resul
     sqlx::query(
         "UPDATE provider_sends SET state = 'not_sent', finished_at = now(),
                 error = concat_ws('; ', error, 'the provider had no such message when asked before sending again')
-         WHERE communication_id = $1 AND state = 'sending'",
+         WHERE communication_id = $1 AND state IN ('sending', 'unknown')",
     )
     .bind(communication_id)
     .execute(sends)
     .await?;
-    Ok(())
-}
-
-async fn note_unknown(sends: &PgPool, send_id: Uuid, error: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE provider_sends SET error = $2 WHERE id = $1")
-        .bind(send_id)
-        .bind(error)
-        .execute(sends)
-        .await?;
     Ok(())
 }

@@ -25,6 +25,8 @@ pub struct SendSms {
     pub blobs: Arc<BlobStore>,
     /// Where the never-twice evidence is committed, apart from the job's transaction.
     pub sends: PgPool,
+    /// How long a call can be under way ([`sends::under_way_at_most`]).
+    pub under_way_for: std::time::Duration,
 }
 
 #[async_trait]
@@ -33,7 +35,11 @@ impl Handler for SendSms {
         kinds::SMS_SEND
     }
 
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
+    fn works_outside(&self) -> bool {
+        true
+    }
+
+    async fn outside(&self, job: &JobContext) -> Result<(), JobError> {
         let Some(ringcentral) = &self.ringcentral else {
             return Err(JobError::permanent(
                 "RingCentral is not configured on this worker (RINGCENTRAL_CLIENT_ID, \
@@ -44,7 +50,11 @@ impl Handler for SendSms {
             ringcentral,
             blobs: &self.blobs,
         };
-        sends::deliver(&channel, &self.sends, conn, job).await
+        sends::call(&channel, &self.sends, job, self.under_way_for).await
+    }
+
+    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
+        sends::record(conn, job).await
     }
 
     async fn on_dead(
