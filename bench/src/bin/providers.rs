@@ -21,10 +21,10 @@
 //!   takes `--memory-latency-ms` to answer, sampled every 50 ms; where those sends are
 //!   (at the provider, held by the worker waiting for a slot, still in the broker).
 //!
-//! Concurrency: a job holds one pooled connection (its transaction) for the whole
-//! provider call, the runtime runs at most `DATABASE_MAX_CONNECTIONS - 1` jobs at once,
-//! and the broker hands each kind's consumer at most `WORKER_PREFETCH` unacked jobs, so
-//! one kind runs min(pool - 1, prefetch) sends at a time.
+//! Concurrency: a provider send makes its call outside its transaction (the runtime's
+//! outside phase), holding no pooled connection while the provider answers, so one kind
+//! runs as many sends at a time as the broker hands its consumer: `WORKER_PREFETCH`.
+//! The pool only bounds the short database phases before and after each call.
 
 // A reporting tool: stdout is its output.
 #![allow(clippy::print_stdout)]
@@ -384,10 +384,10 @@ impl Config {
     fn prefetch(&self) -> u16 {
         self.prefetch.unwrap_or(DEFAULT_PREFETCH)
     }
-    /// Sends of one kind running at once: one pooled connection per running job (less
-    /// one for the dead-letter path), at most `prefetch` unacked per kind.
+    /// Sends of one kind under way at once: provider sends hold no pooled connection
+    /// during the call, so the broker's prefetch per kind is the bound.
     fn concurrency(&self) -> u64 {
-        u64::from(self.pool() - 1).min(u64::from(self.prefetch()))
+        u64::from(self.prefetch())
     }
     fn describe(&self) -> String {
         let origin = if self.pool.is_none() {
@@ -1303,8 +1303,8 @@ fn print_table(rows: &[Row]) {
         println!("{}", line(row));
     }
     println!(
-        "\nsends/s: first `sent` to last, polled every {} ms; concurrency = min(DATABASE_MAX_CONNECTIONS - 1, \
-         WORKER_PREFETCH); 'at the provider' = provider_sends rows in state 'sending' (committed just before \
+        "\nsends/s: first `sent` to last, polled every {} ms; concurrency of a provider kind = WORKER_PREFETCH \
+         (no pooled connection is held during a call); 'at the provider' = provider_sends rows in state 'sending' (committed just before \
          each call); RSS = VmRSS of the worker process from /proc, sampled every {} ms.",
         POLL.as_millis(),
         RSS_EVERY.as_millis()
