@@ -86,8 +86,9 @@ pub struct AuthSettings {
 #[derive(Debug, Clone)]
 pub struct JobSettings {
     /// `WORKER_PREFETCH`: unacknowledged deliveries per work queue: at most this many
-    /// jobs of one kind run at once in one worker process (and never more, in all,
-    /// than `DATABASE_MAX_CONNECTIONS` less one).
+    /// jobs of one kind run at once in one worker process. Jobs working inside their
+    /// transaction are also bounded, in all, by `DATABASE_MAX_CONNECTIONS` less one;
+    /// provider sends wait on the provider holding no connection, so this is theirs.
     pub prefetch: u16,
     /// `WORKER_KINDS`: comma-separated job kinds this worker consumes; empty means all,
     /// so roles can scale apart.
@@ -370,7 +371,7 @@ impl Settings {
                 jwt_secret: Secret::new(var("JWT_SECRET", "dev-only-secret-change-me")),
             },
             jobs: JobSettings {
-                prefetch: positive(parse("WORKER_PREFETCH", "64")?, "WORKER_PREFETCH")?,
+                prefetch: positive(parse("WORKER_PREFETCH", "256")?, "WORKER_PREFETCH")?,
                 kinds: var("WORKER_KINDS", "")
                     .split(',')
                     .map(str::trim)

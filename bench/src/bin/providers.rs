@@ -105,7 +105,7 @@ impl Options {
 /// The settings' defaults (`shared/src/settings.rs`), which the default configuration
 /// leaves unset so that the worker truly runs on them.
 const DEFAULT_POOL: u32 = 40;
-const DEFAULT_PREFETCH: u16 = 64;
+const DEFAULT_PREFETCH: u16 = 256;
 /// Given to the worker explicitly, so the delay queues to delete are known by name.
 const RETRY_TIERS: &str = "1s,5s,30s,2m,10m,1h";
 const DELIVERY_LIMIT: u32 = 5;
