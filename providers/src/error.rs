@@ -115,7 +115,9 @@ pub(crate) fn transport_error(what: &str, error: &reqwest::Error) -> ProviderErr
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, joined: reqwest's own message ("error sending request")
+/// says little; its causes say why (refused, timed out, reset).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -1,5 +1,6 @@
 //! The operators' endpoints over HTTP, and what their failures mean for an exit code.
 
+use commcenter_providers::error::error_chain;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -104,7 +105,7 @@ impl Client {
         }
         let unreachable = |e: reqwest::Error| Failure {
             exit: Exit::Unavailable,
-            message: format!("cannot reach the API at {}: {}", self.base, chain(&e)),
+            message: format!("cannot reach the API at {}: {}", self.base, error_chain(&e)),
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
@@ -117,16 +118,4 @@ impl Client {
             message: format!("the API answered {status} with a body that is not JSON: {e}"),
         })
     }
-}
-
-/// reqwest's errors say "error sending request"; the cause says why (refused, timed out).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
