@@ -52,6 +52,14 @@ pub enum JobError {
     /// Will never succeed as it is.
     #[error("{0}")]
     Permanent(String),
+    /// Not this job's failure: another delivery of it is doing the work right now (a
+    /// provider call under way). Only an outside phase may say so: the delivery waits in
+    /// a delay tier at least `retry_after` and comes back, and no attempt is spent.
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after: Duration,
+    },
 }
 
 impl JobError {
@@ -517,6 +525,21 @@ impl Runtime {
         } else {
             None
         };
+        if let Some(Outside {
+            result:
+                Err(JobError::Busy {
+                    message,
+                    retry_after,
+                }),
+            ..
+        }) = &outside
+        {
+            let tier = self.policy.tier_for(*retry_after);
+            tracing::info!(reason = %message, tier = %tier_label(tier), "busy elsewhere; waiting without spending an attempt");
+            return self
+                .publish_retry(publisher, envelope, generation, tier)
+                .await;
+        }
         let mut tx = self.pool.begin().await?;
         let Some(row) = jobs::lock(&mut tx, envelope.job_id).await? else {
             let reason = format!("job {} is not in the ledger", envelope.job_id);
@@ -574,7 +597,19 @@ impl Runtime {
         let result = match outside_result {
             Ok(()) => self.guarded(handler.run(&mut effects, &job)).await,
             failed => failed,
-        };
+        }
+        // Only an outside phase may be busy (and that was handled before the lock): in
+        // the transaction, it is an ordinary transient failure.
+        .map_err(|error| match error {
+            JobError::Busy {
+                message,
+                retry_after,
+            } => JobError::Transient {
+                message,
+                retry_after: Some(retry_after),
+            },
+            other => other,
+        });
         let mut attempt_row = Attempt {
             job_id: job.id,
             attempt,
@@ -594,6 +629,7 @@ impl Runtime {
                 jobs::mark_succeeded(&mut tx, job.id, attempt).await?;
                 tracing::info!("job succeeded");
             }
+            Err(JobError::Busy { .. }) => unreachable!("busy is made transient above"),
             Err(JobError::Permanent(reason)) => {
                 effects.rollback().await?;
                 attempt_row.outcome = "permanent";

@@ -20,7 +20,8 @@
 //! or a `sending` older than a call can last (its worker died mid-call), means the
 //! outcome is unknown, so the provider is asked whether it has the message (Gmail by our
 //! Message-ID, RingCentral by its message store) before anything is sent again; a recent
-//! `sending` means another delivery is calling right now, so this one waits. Only
+//! `sending` means another delivery is calling right now, so this one waits (busy: no
+//! attempt is spent) until that call must have ended. Only
 //! nothing, or a reconciliation that finds nothing, leads to a new call.
 
 use std::time::Duration;
@@ -115,13 +116,13 @@ pub async fn call<C: Channel>(
         Earlier::Accepted(_) => return Ok(()), // Went out: `record` records it.
         Earlier::UnderWay { started_at } => {
             let age = (Utc::now() - started_at).to_std().unwrap_or_default();
-            return Err(JobError::Transient {
+            return Err(JobError::Busy {
                 message: format!(
                     "another delivery of this job has been calling {} since {started_at}; \
                      checking again once that call must have ended",
                     provider_name::<C>()
                 ),
-                retry_after: Some(under_way_for.saturating_sub(age)),
+                retry_after: under_way_for.saturating_sub(age),
             });
         }
         Earlier::Unknown {
@@ -155,12 +156,12 @@ pub async fn call<C: Channel>(
     let prepared = channel.prepare(&mut conn, &communication).await?;
     drop(conn);
     let Some(send_id) = begin(sends, communication.id, job, C::PROVIDER).await? else {
-        return Err(JobError::Transient {
+        return Err(JobError::Busy {
             message: format!(
                 "another delivery of this job is calling {} right now",
                 provider_name::<C>()
             ),
-            retry_after: Some(under_way_for),
+            retry_after: under_way_for,
         });
     };
     crash::point(crash::BEFORE_PROVIDER_CALL);
