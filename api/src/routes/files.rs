@@ -608,6 +608,64 @@ fn content_disposition(name: &str, content_type: &str) -> String {
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
+/// The files named by a send, in the order given: each must be the customer's own and
+/// not failed. One still processing is fine: the worker waits for it.
+pub(crate) async fn customer_files(
+    conn: &mut sqlx::PgConnection,
+    customer: &CustomerId,
+    ids: &[Uuid],
+) -> Result<Vec<FileRecord>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(twice) = ids
+        .iter()
+        .enumerate()
+        .find_map(|(i, id)| ids[..i].contains(id).then_some(id))
+    {
+        return Err(ApiError::Invalid(format!(
+            "attachments: file {twice} is listed twice"
+        )));
+    }
+    let mut found = store::find_customer_files(&mut *conn, customer, ids).await?;
+    ids.iter()
+        .map(|id| {
+            // Another customer's file is as unknown as a file that does not exist.
+            let at = found.iter().position(|f| f.id == *id).ok_or_else(|| {
+                ApiError::Invalid(format!(
+                    "attachments: file {id} not found for customer {customer}"
+                ))
+            })?;
+            let file = found.swap_remove(at);
+            if file.status == "failed" {
+                return Err(ApiError::Invalid(format!(
+                    "attachments: file {id} failed processing: {}",
+                    file.failure_reason.as_deref().unwrap_or("unknown reason")
+                )));
+            }
+            Ok(file)
+        })
+        .collect()
+}
+
+/// The attachments as a communication lists them (the shape of in-app messages').
+pub(crate) fn attachments_json(files: &[FileRecord]) -> Value {
+    files
+        .iter()
+        .map(|file| {
+            json!({
+                "file_id": file.id,
+                "filename": file.original_name,
+                "url": file_url(&file.stored_name),
+                "thumbnail_url": (file.file_category == "images")
+                    .then(|| thumbnail_url(&file.stored_name)),
+                "file_type": file.file_type,
+                "file_size": file.file_size,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,7 +169,8 @@ pub async fn send_sms(
         tx.rollback().await?;
         return Ok((earlier.status, Json(earlier.body)));
     }
-    let files = customer_files(&mut tx, &request.customer_id, &request.attachments).await?;
+    let files =
+        super::files::customer_files(&mut tx, &request.customer_id, &request.attachments).await?;
     check_mms(&files)?;
     let id = Uuid::now_v7();
     let communication = NewProviderCommunication {
@@ -181,7 +182,7 @@ pub async fn send_sms(
         sender_role: caller.role().as_str(),
         subject: None,
         message: text,
-        attachments: attachments_json(&files),
+        attachments: super::files::attachments_json(&files),
         metadata: json!({}),
         remote_address: to.as_str(),
         local_address: Some(from.as_str()),
@@ -390,7 +391,8 @@ pub async fn send_email(
             ..Default::default()
         },
     };
-    let files = customer_files(&mut tx, &request.customer_id, &request.attachments).await?;
+    let files =
+        super::files::customer_files(&mut tx, &request.customer_id, &request.attachments).await?;
     let size = encoded_email_size(
         (request.message.len() + threading.subject.len()) as u64,
         files.iter().map(|f| f.file_size.max(0) as u64),
@@ -423,7 +425,7 @@ pub async fn send_email(
         sender_role: caller.role().as_str(),
         subject: Some(&threading.subject),
         message: &request.message,
-        attachments: attachments_json(&files),
+        attachments: super::files::attachments_json(&files),
         // The recipients with their display names.
         metadata: json!({ "to": recipients }),
         remote_address: &to,
@@ -981,69 +983,6 @@ async fn finish(
     tx.commit().await?;
     state.outbox.notify_one();
     Ok((StatusCode::ACCEPTED, Json(body)))
-}
-
-/// The files named by a send, in the order given: each must be the customer's own and
-/// not failed. One still processing is fine: the worker waits for it.
-async fn customer_files(
-    conn: &mut PgConnection,
-    customer: &CustomerId,
-    ids: &[Uuid],
-) -> Result<Vec<FileRecord>, ApiError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    if let Some(twice) = ids
-        .iter()
-        .enumerate()
-        .find_map(|(i, id)| ids[..i].contains(id).then_some(id))
-    {
-        return Err(invalid(
-            "attachments",
-            format!("file {twice} is listed twice"),
-        ));
-    }
-    let mut found = store::find_customer_files(&mut *conn, customer, ids).await?;
-    ids.iter()
-        .map(|id| {
-            // Another customer's file is as unknown as a file that does not exist.
-            let at = found.iter().position(|f| f.id == *id).ok_or_else(|| {
-                invalid(
-                    "attachments",
-                    format!("file {id} not found for customer {customer}"),
-                )
-            })?;
-            let file = found.swap_remove(at);
-            if file.status == "failed" {
-                return Err(invalid(
-                    "attachments",
-                    format!(
-                        "file {id} failed processing: {}",
-                        file.failure_reason.as_deref().unwrap_or("unknown reason")
-                    ),
-                ));
-            }
-            Ok(file)
-        })
-        .collect()
-}
-
-/// The attachments as a communication lists them (the shape of in-app messages').
-fn attachments_json(files: &[FileRecord]) -> Value {
-    files
-        .iter()
-        .map(|file| {
-            json!({
-                "file_id": file.id,
-                "filename": file.original_name,
-                "url": super::files::file_url(&file.stored_name),
-                "thumbnail_url": (file.file_category == "images")
-                    .then(|| super::files::thumbnail_url(&file.stored_name)),
-                "file_type": file.file_type,
-                "file_size": file.file_size,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -63,7 +63,9 @@ pub async fn send(
         tx.rollback().await?;
         return Ok((earlier.status, Json(earlier.body)));
     }
-    let attachments = attachments_of(&mut tx, &request.customer_id, &request.attachments).await?;
+    let files =
+        super::files::customer_files(&mut tx, &request.customer_id, &request.attachments).await?;
+    let attachments = super::files::attachments_json(&files);
     let direction = if caller.role() == Role::Customer {
         "inbound"
     } else {
@@ -109,50 +111,4 @@ pub async fn send(
     tx.commit().await?;
     state.outbox.notify_one();
     Ok((StatusCode::ACCEPTED, Json(body)))
-}
-
-/// The files named by a send, which must be the customer's own and not failed. One
-/// still processing is fine: delivery waits for it.
-async fn attachments_of(
-    conn: &mut sqlx::PgConnection,
-    customer: &CustomerId,
-    ids: &[Uuid],
-) -> ApiResult<Value> {
-    if ids.is_empty() {
-        return Ok(json!([]));
-    }
-    if let Some(twice) = ids
-        .iter()
-        .enumerate()
-        .find_map(|(i, id)| ids[..i].contains(id).then_some(id))
-    {
-        return Err(ApiError::Invalid(format!(
-            "attachments: file {twice} is listed twice"
-        )));
-    }
-    let files = store::find_customer_files(&mut *conn, customer, ids).await?;
-    let mut attachments = Vec::with_capacity(ids.len());
-    for id in ids {
-        // Another customer's file is as unknown as a file that does not exist.
-        let file = files.iter().find(|f| f.id == *id).ok_or_else(|| {
-            ApiError::Invalid(format!(
-                "attachments: file {id} not found for customer {customer}"
-            ))
-        })?;
-        if file.status == "failed" {
-            return Err(ApiError::Invalid(format!(
-                "attachments: file {id} failed processing: {}",
-                file.failure_reason.as_deref().unwrap_or("unknown reason")
-            )));
-        }
-        attachments.push(json!({
-            "file_id": file.id,
-            "filename": file.original_name,
-            "url": super::files::file_url(&file.stored_name),
-            "thumbnail_url": (file.file_category == "images").then(|| super::files::thumbnail_url(&file.stored_name)),
-            "file_type": file.file_type,
-            "file_size": file.file_size,
-        }));
-    }
-    Ok(Value::Array(attachments))
 }

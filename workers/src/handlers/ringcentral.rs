@@ -30,8 +30,11 @@ use super::messages::customer_of;
 use crate::runtime::{Handler, JobContext, JobError};
 
 /// Outbound SMS whose status is still open are re-fetched when RingCentral says some
-/// message changed (its event does not say which): the most recent, at most this many.
+/// message changed (its event does not say which): the most recent, at most this many,
+/// and only those sent within [`REFRESH_WITHIN`] (carriers report within minutes; an
+/// SMS never reported on must not cost a read on every event for ever).
 const REFRESH_AT_MOST: i64 = 200;
+const REFRESH_WITHIN: &str = "1 day";
 
 pub struct HandleRingCentralEvent {
     pub ringcentral: Option<RingCentral>,
@@ -93,9 +96,11 @@ impl HandleRingCentralEvent {
                 "SELECT provider_message_id FROM communications
                  WHERE type = 'sms' AND direction = 'outbound' AND status = 'sent'
                    AND provider_message_id IS NOT NULL
+                   AND created_at > now() - $2::interval
                  ORDER BY created_at DESC LIMIT $1",
             )
             .bind(REFRESH_AT_MOST)
+            .bind(REFRESH_WITHIN)
             .fetch_all(&mut *conn)
             .await?;
             ids.extend(open);

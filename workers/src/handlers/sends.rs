@@ -114,15 +114,17 @@ pub async fn call<C: Channel>(
 
     match earlier_send(&mut conn, communication.id, under_way_for).await? {
         Earlier::Accepted(_) => return Ok(()), // Went out: `record` records it.
-        Earlier::UnderWay { started_at } => {
-            let age = (Utc::now() - started_at).to_std().unwrap_or_default();
+        Earlier::UnderWay {
+            started_at,
+            remaining,
+        } => {
             return Err(JobError::Busy {
                 message: format!(
                     "another delivery of this job has been calling {} since {started_at}; \
                      checking again once that call must have ended",
                     provider_name::<C>()
                 ),
-                retry_after: under_way_for.saturating_sub(age),
+                retry_after: remaining,
             });
         }
         Earlier::Unknown {
@@ -221,7 +223,7 @@ pub async fn record(conn: &mut PgConnection, job: &JobContext) -> Result<(), Job
         return Ok(());
     }
     // Only `accepted` counts here; how old a `sending` is does not matter.
-    match earlier_send(conn, communication.id, Duration::MAX).await? {
+    match earlier_send(conn, communication.id, Duration::ZERO).await? {
         Earlier::Accepted(accepted) => record_sent(conn, job, &communication, accepted).await,
         _ => Err(JobError::transient(
             "no send of this message is recorded as accepted yet",
@@ -327,9 +329,11 @@ async fn claimed_elsewhere(
 enum Earlier {
     Nothing,
     Accepted(Accepted),
-    /// Another delivery is calling the provider right now.
+    /// Another delivery is calling the provider right now; that call must have ended
+    /// `remaining` from now.
     UnderWay {
         started_at: DateTime<Utc>,
+        remaining: Duration,
     },
     /// A send that may or may not have reached the provider.
     Unknown {
@@ -347,6 +351,10 @@ struct SendEvidence {
     provider_status: Option<String>,
     provider_thread_id: Option<String>,
     started_at: DateTime<Utc>,
+    /// For a call still under way: how long until it must have ended, by the database's
+    /// clock (the one that stamped `started_at`), so a worker's skewed clock cannot take
+    /// a live call for a dead one.
+    under_way_for_ms: Option<i64>,
 }
 
 /// Reads the evidence; a `sending` younger than `under_way_for` is a call under way.
@@ -356,12 +364,16 @@ async fn earlier_send(
     under_way_for: Duration,
 ) -> sqlx::Result<Earlier> {
     let rows: Vec<SendEvidence> = sqlx::query_as(
-        "SELECT id, state, provider_message_id, provider_status, provider_thread_id, started_at
+        "SELECT id, state, provider_message_id, provider_status, provider_thread_id, started_at,
+                CASE WHEN state = 'sending' AND started_at + make_interval(secs => $2) > now()
+                     THEN (extract(epoch FROM started_at + make_interval(secs => $2) - now()) * 1000)::bigint
+                END AS under_way_for_ms
          FROM provider_sends
          WHERE communication_id = $1 AND state IN ('accepted', 'sending', 'unknown')
          ORDER BY started_at",
     )
     .bind(communication_id)
+    .bind(under_way_for.as_secs_f64())
     .fetch_all(&mut *conn)
     .await?;
     let accepted = rows
@@ -380,15 +392,10 @@ async fn earlier_send(
             thread_id: provider_thread_id.clone(),
         }));
     }
-    let under_way = rows.iter().find(|r| {
-        r.state == "sending"
-            && (Utc::now() - r.started_at)
-                .to_std()
-                .is_ok_and(|age| age < under_way_for)
-    });
-    if let Some(row) = under_way {
+    if let Some((row, remaining_ms)) = rows.iter().find_map(|r| Some((r, r.under_way_for_ms?))) {
         return Ok(Earlier::UnderWay {
             started_at: row.started_at,
+            remaining: Duration::from_millis(remaining_ms.max(0) as u64),
         });
     }
     // The earliest unknown send bounds the search; later ones are covered by it.
