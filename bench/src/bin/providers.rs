@@ -29,6 +29,9 @@
 // A reporting tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+#[path = "../procfs.rs"]
+mod procfs;
+
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -322,7 +325,7 @@ async fn bench(options: &Options, dir: &Path, cleanup: &mut Cleanup) -> anyhow::
         rows.push(Row {
             scenario: format!("{} memory", config.name),
             measure: "worker RSS idle (consuming, nothing queued)".into(),
-            value: kib_to_mib(memory.idle_kib),
+            value: procfs::kib_to_mib(memory.idle_kib),
             unit: "MiB",
             target: Target::Baseline,
             beside: config.describe(),
@@ -333,12 +336,12 @@ async fn bench(options: &Options, dir: &Path, cleanup: &mut Cleanup) -> anyhow::
                 "worker peak RSS, {} sends outstanding (sampled every 50 ms)",
                 options.outstanding
             ),
-            value: kib_to_mib(memory.peak_kib),
+            value: procfs::kib_to_mib(memory.peak_kib),
             unit: "MiB",
             target: Target::Info,
             beside: format!(
                 "+{:.1} MiB over idle; {} at the provider, {} held by the worker, {} in the broker",
-                kib_to_mib(memory.peak_kib.saturating_sub(memory.idle_kib)),
+                procfs::kib_to_mib(memory.peak_kib.saturating_sub(memory.idle_kib)),
                 memory.at_provider,
                 memory.held,
                 memory.in_broker
@@ -757,7 +760,7 @@ impl World {
             }
             tokio::time::sleep(POLL).await;
         }
-        let cpu_seconds = process_cpu_seconds(worker.pid);
+        let cpu_seconds = procfs::cpu_seconds(worker.pid);
         let peak_rss_kib = rss.stop();
         worker.stop().await;
         let (attempts, provider_sends, succeeded): (i64, i64, i64) = sqlx::query_as(
@@ -825,7 +828,7 @@ impl World {
         }
         // Let start-up allocations settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let idle_kib = proc_rss_kib(worker.pid)?;
+        let idle_kib = procfs::status_kib(worker.pid, "VmRSS:")?;
 
         let rss = RssSampler::start(worker.pid);
         self.enqueue(Kind::Sms, outstanding, true).await?;
@@ -857,7 +860,7 @@ impl World {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let after_kib = proc_rss_kib(worker.pid)?;
+        let after_kib = procfs::status_kib(worker.pid, "VmRSS:")?;
         worker.stop().await;
         Ok(Memory {
             idle_kib,
@@ -917,7 +920,7 @@ impl Drained {
             "{timed_out}peak {} at the provider; worker {:.2} ms CPU/send, peak RSS {:.0} MiB",
             self.peak_in_flight,
             self.cpu_seconds / self.n as f64 * 1000.0,
-            kib_to_mib(self.peak_rss_kib)
+            procfs::kib_to_mib(self.peak_rss_kib)
         )
     }
 
@@ -965,9 +968,9 @@ impl Memory {
             "RSS idle {:.1} MiB, peak {:.1} MiB, after draining {:.1} MiB; in a {:.1} s window, at \
              the most at the provider: {} sent, {} at the provider (peak {}), {} held by the worker, \
              {} in the broker",
-            kib_to_mib(self.idle_kib),
-            kib_to_mib(self.peak_kib),
-            kib_to_mib(self.after_kib),
+            procfs::kib_to_mib(self.idle_kib),
+            procfs::kib_to_mib(self.peak_kib),
+            procfs::kib_to_mib(self.after_kib),
             self.window_s,
             self.sent_in_window,
             self.at_provider,
@@ -1035,7 +1038,7 @@ impl RssSampler {
             let (stop, peak) = (stop.clone(), peak.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(rss) = proc_rss_kib(pid) {
+                    if let Ok(rss) = procfs::status_kib(pid, "VmRSS:") {
                         peak.fetch_max(rss, Ordering::Relaxed);
                     }
                     std::thread::sleep(RSS_EVERY);
@@ -1050,36 +1053,6 @@ impl RssSampler {
         self.thread.join().ok();
         self.peak.load(Ordering::Relaxed)
     }
-}
-
-fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .context("VmRSS missing from /proc/<pid>/status")
-}
-
-/// User + system CPU seconds of a process, all threads (USER_HZ = 100).
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn kib_to_mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 /// What the run made outside itself, removed at the end whatever happened.

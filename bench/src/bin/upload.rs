@@ -25,6 +25,9 @@
 // A reporting tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+#[path = "../procfs.rs"]
+mod procfs;
+
 use std::{
     io::Write as _,
     net::SocketAddr,
@@ -259,7 +262,7 @@ async fn bench(options: &Options, dir: &Path, resources: &mut Resources) -> anyh
             "peak = max(VmHWM reset by clear_refs, VmRSS sampled every 1 ms) in {n} of {} uploads, \
              else the samples; a reset lowered VmHWM by up to {:.1} MiB",
             all.len(),
-            kib_to_mib(hwm_lowered)
+            procfs::kib_to_mib(hwm_lowered)
         ),
     };
     let worst = |runs: &[Mem]| runs.iter().map(Mem::growth_mib).fold(0.0, f64::max);
@@ -285,13 +288,15 @@ async fn bench(options: &Options, dir: &Path, resources: &mut Resources) -> anyh
             "runs: {} MiB; 1 KiB runs: {} MiB; RSS before {:.1} MiB; {}",
             list(&big_runs),
             list(&tiny_runs),
-            big_runs.first().map_or(0.0, |m| kib_to_mib(m.before)),
+            big_runs
+                .first()
+                .map_or(0.0, |m| procfs::kib_to_mib(m.before)),
             how
         ),
     });
     let retained = big_runs
         .iter()
-        .map(|m| kib_to_mib(m.after) - kib_to_mib(m.before))
+        .map(|m| procfs::kib_to_mib(m.after) - procfs::kib_to_mib(m.before))
         .fold(f64::MIN, f64::max);
     rows.push(Row {
         measure: format!(
@@ -306,7 +311,7 @@ async fn bench(options: &Options, dir: &Path, resources: &mut Resources) -> anyh
     });
     let sampled_gap = big_runs
         .iter()
-        .map(|m| kib_to_mib(m.peak) - kib_to_mib(m.sampled_peak))
+        .map(|m| procfs::kib_to_mib(m.peak) - procfs::kib_to_mib(m.sampled_peak))
         .fold(0.0, f64::max);
     details.insert(
         "memory".into(),
@@ -348,24 +353,24 @@ async fn bench(options: &Options, dir: &Path, resources: &mut Resources) -> anyh
             "throughput round {round}: {} × {} MiB to the api, 1 then {} clients; dd; disk pattern; HTTP drains",
             options.count, options.size_mib, options.clients
         );
-        let cpu = process_cpu_seconds(pid);
+        let cpu = procfs::cpu_seconds(pid);
         sequential.push(api.run(size, options.count, 1, &filler).await?);
-        cpu_sequential += process_cpu_seconds(pid) - cpu;
+        cpu_sequential += procfs::cpu_seconds(pid) - cpu;
         clear_objects(&upload_dir)?;
 
         let reset = try_reset(pid)?.filter(Reset::took);
         let rss_before = proc_status(pid)?.rss;
-        let cpu = process_cpu_seconds(pid);
+        let cpu = procfs::cpu_seconds(pid);
         concurrent.push(
             api.run(size, options.count, options.clients, &filler)
                 .await?,
         );
-        cpu_concurrent += process_cpu_seconds(pid) - cpu;
+        cpu_concurrent += procfs::cpu_seconds(pid) - cpu;
         // Without a reset VmHWM is the process's all-time peak: then it is not shown.
         concurrent_growth = match (concurrent_growth, reset) {
             (Some(worst), Some(_)) => {
                 let peak = proc_status(pid)?.hwm;
-                Some(worst.max(kib_to_mib(peak) - kib_to_mib(rss_before)))
+                Some(worst.max(procfs::kib_to_mib(peak) - procfs::kib_to_mib(rss_before)))
             }
             _ => None,
         };
@@ -769,7 +774,7 @@ struct Mem {
 
 impl Mem {
     fn growth_mib(&self) -> f64 {
-        kib_to_mib(self.peak.saturating_sub(self.before))
+        procfs::kib_to_mib(self.peak.saturating_sub(self.before))
     }
 
     fn json(&self) -> Value {
@@ -793,23 +798,9 @@ struct Status {
 }
 
 fn proc_status(pid: u32) -> anyhow::Result<Status> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status (has the api exited?)"))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
-    };
     Ok(Status {
-        rss: field("VmRSS:")?,
-        hwm: field("VmHWM:")?,
+        rss: procfs::status_kib(pid, "VmRSS:")?,
+        hwm: procfs::status_kib(pid, "VmHWM:")?,
     })
 }
 
@@ -901,26 +892,6 @@ async fn measured_upload(
         after: status.rss,
         seconds: elapsed.as_secs_f64(),
     })
-}
-
-/// User + system CPU seconds of a process, all threads (USER_HZ = 100).
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn kib_to_mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 // ---------------------------------------------------------------------------------------
