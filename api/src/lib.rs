@@ -4,6 +4,10 @@
 //! - [`startup`]: builds the app from the settings; runs the HTTP server, the outbox
 //!   relay and the notifier until shutdown.
 //! - [`routes`]: one module per route group of the HTTP surface.
+//! - [`accept`]: the one path every send takes: idempotency key, text or template,
+//!   attachments, the communication row, its job, commit, wake the relay.
+//! - [`records`]: a communication as every answer shows it, with the original API's
+//!   fields beside ours.
 //! - [`auth`]: the bearer-token extractor and the tenant rules.
 //! - [`body`]: JSON bodies and query strings whose errors name the problem.
 //! - [`idempotency`]: `Idempotency-Key` on creating POSTs.
@@ -12,6 +16,7 @@
 //! - [`error`]: the one API error type and its JSON shape.
 //! - [`ctl`]: `commcenterctl`, the operators' command line, a client of `/api/ops/`.
 
+pub mod accept;
 pub mod auth;
 pub mod body;
 pub mod ctl;
@@ -19,6 +24,7 @@ pub mod error;
 pub mod idempotency;
 pub mod metrics;
 pub mod notifier;
+pub mod records;
 pub mod routes;
 pub mod startup;
 

@@ -104,37 +104,91 @@ impl Role {
     }
 }
 
-/// The channel a communication went over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The channel a communication went over. On the wire and in the database these are
+/// the original API's words (`inapp`, `sms`, `email`, `phone`); `in_app` and `call`, our
+/// earlier words, are still taken as input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CommunicationType {
+    #[serde(rename = "inapp", alias = "in_app")]
     InApp,
+    #[serde(rename = "sms")]
     Sms,
+    #[serde(rename = "email")]
     Email,
-    Call,
+    #[serde(rename = "phone", alias = "call")]
+    Phone,
 }
 
 impl CommunicationType {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         match raw {
-            "in_app" => Ok(Self::InApp),
+            "inapp" | "in_app" => Ok(Self::InApp),
             "sms" => Ok(Self::Sms),
             "email" => Ok(Self::Email),
-            "call" => Ok(Self::Call),
+            "phone" | "call" => Ok(Self::Phone),
             other => Err(Invalid(format!(
-                "type must be in_app, sms, email or call, not {other:?}"
+                "type must be inapp, sms, email or phone, not {other:?}"
             ))),
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::InApp => "in_app",
+            Self::InApp => "inapp",
             Self::Sms => "sms",
             Self::Email => "email",
-            Self::Call => "call",
+            Self::Phone => "phone",
         }
     }
+
+    /// The provider that carries this channel, as the original's `integration` said.
+    pub fn integration(self) -> Option<&'static str> {
+        match self {
+            Self::InApp => None,
+            Self::Sms | Self::Phone => Some("ringcentral"),
+            Self::Email => Some("gmail"),
+        }
+    }
+}
+
+/// Which way a communication went, seen from the business: `inbound` from the customer,
+/// `outbound` to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "inbound" => Ok(Self::Inbound),
+            "outbound" => Ok(Self::Outbound),
+            other => Err(Invalid(format!(
+                "direction must be inbound or outbound, not {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// Is there nothing a reader would see? Whitespace and the invisible format characters
+/// (zero-width space, joiners, word joiner, byte-order mark, soft hyphen) count as nothing.
+pub fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}'
+            )
+    })
 }
 
 /// Where a communication is on its way to the other party. Statuses only move forward
@@ -240,7 +294,7 @@ impl MessageText {
     pub const MAX_CHARS: usize = 10_000;
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if raw.trim().is_empty() {
+        if is_blank(raw) {
             return Err(Invalid("message must not be empty".into()));
         }
         if raw.chars().count() > Self::MAX_CHARS {
@@ -289,5 +343,25 @@ mod tests {
         assert!(MessageText::parse(&"é".repeat(MessageText::MAX_CHARS)).is_ok());
         assert!(MessageText::parse(&"é".repeat(MessageText::MAX_CHARS + 1)).is_err());
         assert!(MessageText::parse("a\0b").is_err());
+        assert!(MessageText::parse("\u{200B}\u{FEFF} \u{2060}").is_err());
+        assert!(MessageText::parse("\u{200B}a").is_ok());
+    }
+
+    #[test]
+    fn channel_words_are_the_originals_and_the_old_ones_still_parse() {
+        for (raw, parsed, wire) in [
+            ("inapp", CommunicationType::InApp, "inapp"),
+            ("in_app", CommunicationType::InApp, "inapp"),
+            ("phone", CommunicationType::Phone, "phone"),
+            ("call", CommunicationType::Phone, "phone"),
+            ("sms", CommunicationType::Sms, "sms"),
+        ] {
+            assert_eq!(CommunicationType::parse(raw).unwrap(), parsed);
+            assert_eq!(parsed.as_str(), wire);
+            let json: CommunicationType = serde_json::from_value(serde_json::json!(raw)).unwrap();
+            assert_eq!(json, parsed);
+            assert_eq!(serde_json::to_value(parsed).unwrap(), wire);
+        }
+        assert!(CommunicationType::parse("fax").is_err());
     }
 }

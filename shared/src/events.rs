@@ -53,6 +53,21 @@ pub enum EventBody {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         thumbnail_url: Option<String>,
     },
+    /// Its sender changed an in-app message's text.
+    #[serde(rename = "message.updated")]
+    MessageUpdated {
+        communication_id: Uuid,
+        message: String,
+        edited_at: DateTime<Utc>,
+        edited_by: String,
+    },
+    /// An in-app message was deleted (by its sender, or by staff): show a tombstone.
+    #[serde(rename = "message.deleted")]
+    MessageDeleted {
+        communication_id: Uuid,
+        deleted_at: DateTime<Utc>,
+        deleted_by: String,
+    },
     /// Staff opened, closed or archived the conversation.
     #[serde(rename = "conversation.status")]
     ConversationStatus {

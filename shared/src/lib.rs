@@ -13,6 +13,8 @@
 //!   and the envelope that carries a job over RabbitMQ.
 //! - [`ops`]: the operators' view of the ledger: filters, counts, one job in full,
 //!   replays and discards (bulk ones in batches), their audit, retention.
+//! - [`search`]: full-text search over communications, ranked and highlighted.
+//! - [`templates`]: message templates: placeholders found, rendered, stored in versions.
 //! - [`filetype`]: what an upload is, by its first bytes; safe display and stored names.
 //! - [`events`]: what the notifier pushes to WebSocket clients, written to the event
 //!   outbox in the same transaction as the effect it announces.
@@ -39,6 +41,8 @@ pub mod metrics;
 pub mod ops;
 pub mod relay;
 pub mod retry;
+pub mod search;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod templates;

@@ -7,7 +7,9 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{CommunicationStatus, CommunicationType, ConversationStatus, CustomerId};
+use crate::domain::{
+    CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction,
+};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Communication {
@@ -54,6 +56,15 @@ pub struct Communication {
     pub duration_seconds: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<DateTime<Utc>>,
+    /// Who posted the read receipt.
+    pub read_by: Option<String>,
+    pub edited_at: Option<DateTime<Utc>>,
+    /// A deleted message is kept as a tombstone: its text and files are not shown.
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub deleted_by: Option<String>,
+    /// Rendered from this template, at this version.
+    pub template_id: Option<Uuid>,
+    pub template_version: Option<i32>,
 }
 
 impl Communication {
@@ -65,19 +76,35 @@ impl Communication {
 pub const COMMUNICATION_COLUMNS: &str = "id, customer_id, type, direction, sender_id, sender_role, subject, message,
     status, failure_reason, attachments, metadata, created_at, updated_at, sent_at, delivered_at, read_at,
     remote_address, local_address, provider_message_id, provider_status, provider_thread_id,
-    rfc822_message_id, in_reply_to, \"references\", duration_seconds, occurred_at";
+    rfc822_message_id, in_reply_to, \"references\", duration_seconds, occurred_at, read_by, edited_at,
+    deleted_at, deleted_by, template_id, template_version";
 
+/// A communication as the api accepts it: every column a send can set.
 #[derive(Debug, Clone)]
 pub struct NewCommunication<'a> {
     pub id: Uuid,
     pub customer_id: &'a CustomerId,
     pub communication_type: CommunicationType,
-    pub direction: &'static str,
+    pub direction: Direction,
     pub sender_id: &'a str,
     pub sender_role: &'a str,
     pub subject: Option<&'a str>,
     pub message: &'a str,
     pub attachments: Value,
+    pub metadata: Value,
+    /// SMS, email, calls: the other party, and our own number or mailbox.
+    pub remote_address: Option<&'a str>,
+    pub local_address: Option<&'a str>,
+    /// Email: our Message-ID, the Gmail thread, and the ids it answers.
+    pub rfc822_message_id: Option<&'a str>,
+    pub provider_thread_id: Option<&'a str>,
+    pub in_reply_to: Option<&'a str>,
+    pub references: Option<&'a str>,
+    /// Calls: how long, and when.
+    pub duration_seconds: Option<i32>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub template_id: Option<Uuid>,
+    pub template_version: Option<i32>,
 }
 
 pub async fn insert_communication(
@@ -85,19 +112,33 @@ pub async fn insert_communication(
     c: &NewCommunication<'_>,
 ) -> sqlx::Result<Communication> {
     sqlx::query_as(&format!(
-        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject, message, attachments)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         RETURNING {COMMUNICATION_COLUMNS}"
+        r#"INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject,
+               message, attachments, metadata, remote_address, local_address, rfc822_message_id,
+               provider_thread_id, in_reply_to, "references", duration_seconds, occurred_at,
+               template_id, template_version)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+           RETURNING {COMMUNICATION_COLUMNS}"#
     ))
     .bind(c.id)
     .bind(c.customer_id.as_str())
     .bind(c.communication_type.as_str())
-    .bind(c.direction)
+    .bind(c.direction.as_str())
     .bind(c.sender_id)
     .bind(c.sender_role)
     .bind(c.subject)
     .bind(c.message)
     .bind(&c.attachments)
+    .bind(&c.metadata)
+    .bind(c.remote_address)
+    .bind(c.local_address)
+    .bind(c.rfc822_message_id)
+    .bind(c.provider_thread_id)
+    .bind(c.in_reply_to)
+    .bind(c.references)
+    .bind(c.duration_seconds)
+    .bind(c.occurred_at)
+    .bind(c.template_id)
+    .bind(c.template_version)
     .fetch_one(conn)
     .await
 }
@@ -124,6 +165,17 @@ pub async fn advance_status(
     to: CommunicationStatus,
     reason: Option<&str>,
 ) -> sqlx::Result<Option<CommunicationStatus>> {
+    advance_status_by(conn, id, to, reason, None).await
+}
+
+/// [`advance_status`], naming who moved it: a read receipt keeps its reader (`read_by`).
+pub async fn advance_status_by(
+    conn: &mut PgConnection,
+    id: Uuid,
+    to: CommunicationStatus,
+    reason: Option<&str>,
+    by: Option<&str>,
+) -> sqlx::Result<Option<CommunicationStatus>> {
     // The rank comparison lives in SQL so the check and the write are one statement.
     let previous: Option<String> = sqlx::query_scalar(
         "WITH current AS (SELECT status FROM communications WHERE id = $1 FOR UPDATE)
@@ -133,7 +185,8 @@ pub async fn advance_status(
              updated_at = now(),
              sent_at = CASE WHEN $2 IN ('sent', 'delivered', 'read') THEN COALESCE(c.sent_at, now()) ELSE c.sent_at END,
              delivered_at = CASE WHEN $2 IN ('delivered', 'read') THEN COALESCE(c.delivered_at, now()) ELSE c.delivered_at END,
-             read_at = CASE WHEN $2 = 'read' THEN COALESCE(c.read_at, now()) ELSE c.read_at END
+             read_at = CASE WHEN $2 = 'read' THEN COALESCE(c.read_at, now()) ELSE c.read_at END,
+             read_by = CASE WHEN $2 = 'read' THEN COALESCE(c.read_by, $4) ELSE c.read_by END
          FROM current
          WHERE c.id = $1
            AND current.status <> 'failed'
@@ -145,6 +198,7 @@ pub async fn advance_status(
     .bind(id)
     .bind(to.as_str())
     .bind(reason)
+    .bind(by)
     .fetch_optional(conn)
     .await?;
     Ok(previous.and_then(|p| CommunicationStatus::parse(&p).ok()))
@@ -435,4 +489,186 @@ pub async fn mark_file_failed(
     .await?
     .rows_affected();
     Ok(changed > 0)
+}
+
+/// What an edit or a delete did to an in-app message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    Edit { message: &'a str },
+    Delete,
+}
+
+/// Edits or deletes the (locked) communication, keeping what it said before in
+/// `communication_edits`; returns the row as it now is.
+pub async fn change_message(
+    conn: &mut PgConnection,
+    before: &Communication,
+    change: Change<'_>,
+    by_user: &str,
+    by_role: &str,
+) -> sqlx::Result<Communication> {
+    let action = match change {
+        Change::Edit { .. } => "edit",
+        Change::Delete => "delete",
+    };
+    sqlx::query(
+        "INSERT INTO communication_edits (communication_id, action, previous_message, previous_attachments, by_user, by_role)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(before.id)
+    .bind(action)
+    .bind(&before.message)
+    .bind(&before.attachments)
+    .bind(by_user)
+    .bind(by_role)
+    .execute(&mut *conn)
+    .await?;
+    let (message, deleting) = match change {
+        Change::Edit { message } => (Some(message), false),
+        Change::Delete => (None, true),
+    };
+    sqlx::query_as(&format!(
+        "UPDATE communications SET
+             message = CASE WHEN $3 THEN '' ELSE coalesce($2, message) END,
+             attachments = CASE WHEN $3 THEN '[]'::jsonb ELSE attachments END,
+             edited_at = CASE WHEN $3 THEN edited_at ELSE now() END,
+             deleted_at = CASE WHEN $3 THEN now() ELSE deleted_at END,
+             deleted_by = CASE WHEN $3 THEN $4 ELSE deleted_by END,
+             updated_at = now()
+         WHERE id = $1
+         RETURNING {COMMUNICATION_COLUMNS}"
+    ))
+    .bind(before.id)
+    .bind(message)
+    .bind(deleting)
+    .bind(by_user)
+    .fetch_one(conn)
+    .await
+}
+
+/// Locks the communication's row for the rest of the transaction.
+pub async fn lock_communication(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> sqlx::Result<Option<Communication>> {
+    sqlx::query_as(&format!(
+        "SELECT {COMMUNICATION_COLUMNS} FROM communications WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// One row of the conversation list: the conversation, its latest message and what
+/// the caller has not read.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConversationSummary {
+    pub customer_id: String,
+    pub status: String,
+    pub updated_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The latest message's time, or the conversation's creation: the sort key.
+    pub activity_at: DateTime<Utc>,
+    pub last_id: Option<Uuid>,
+    pub last_type: Option<String>,
+    pub last_direction: Option<String>,
+    pub last_message: Option<String>,
+    pub last_subject: Option<String>,
+    pub last_created_at: Option<DateTime<Utc>>,
+    pub last_deleted: Option<bool>,
+    pub unread_count: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConversationListing<'a> {
+    pub status: Option<ConversationStatus>,
+    pub customer_id: Option<&'a CustomerId>,
+    /// Unread are the messages that went this way and are not read: inbound for
+    /// staff, outbound for a customer.
+    pub unread_direction: Direction,
+    /// Strictly older activity than this (activity_at, customer_id): the cursor.
+    pub before: Option<(DateTime<Utc>, String)>,
+    pub limit: i64,
+}
+
+/// Newest activity first, keyset-paginated; the order is the `conversations_activity`
+/// index's, and each row's unread count is one probe of `communications_unread`.
+pub async fn list_conversations(
+    conn: &mut PgConnection,
+    l: &ConversationListing<'_>,
+) -> sqlx::Result<Vec<ConversationSummary>> {
+    sqlx::query_as(
+        "SELECT c.customer_id, c.status, c.updated_by, c.created_at, c.updated_at,
+                coalesce(c.last_message_at, c.created_at) AS activity_at,
+                m.id AS last_id, m.type AS last_type, m.direction AS last_direction,
+                m.message AS last_message, m.subject AS last_subject,
+                m.created_at AS last_created_at, m.deleted_at IS NOT NULL AS last_deleted,
+                (SELECT count(*) FROM communications u
+                 WHERE u.customer_id = c.customer_id AND u.direction = $3
+                   AND u.read_at IS NULL AND u.deleted_at IS NULL AND u.type <> 'phone') AS unread_count
+         FROM conversations c
+         LEFT JOIN communications m ON m.id = c.last_communication_id
+         WHERE ($1::text IS NULL OR c.status = $1)
+           AND ($2::text IS NULL OR c.customer_id = $2)
+           AND ($4::timestamptz IS NULL
+                OR (coalesce(c.last_message_at, c.created_at), c.customer_id) < ($4, $5))
+         ORDER BY coalesce(c.last_message_at, c.created_at) DESC, c.customer_id DESC
+         LIMIT $6",
+    )
+    .bind(l.status.map(ConversationStatus::as_str))
+    .bind(l.customer_id.map(CustomerId::as_str))
+    .bind(l.unread_direction.as_str())
+    .bind(l.before.as_ref().map(|b| b.0))
+    .bind(l.before.as_ref().map(|b| b.1.as_str()).unwrap_or_default())
+    .bind(l.limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Is the file attached to a communication that still shows it?
+pub async fn file_in_use(conn: &mut PgConnection, file: &FileRecord) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT $2::uuid IS NOT NULL OR EXISTS (
+             SELECT 1 FROM communications
+             WHERE customer_id = $3 AND deleted_at IS NULL
+               AND attachments @> jsonb_build_array(jsonb_build_object('file_id', $1::text)))",
+    )
+    .bind(file.id)
+    .bind(file.communication_id)
+    .bind(&file.customer_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Deletes the file's record; when no other record shares its content, the blob's row
+/// goes too. Returns the object keys no longer referred to (to delete from the store).
+pub async fn delete_file(conn: &mut PgConnection, file: &FileRecord) -> sqlx::Result<Vec<String>> {
+    if let Some(sha256) = &file.sha256 {
+        // Held until commit: a concurrent upload of the same bytes waits, then claims anew.
+        sqlx::query("SELECT 1 FROM blobs WHERE sha256 = $1 FOR UPDATE")
+            .bind(sha256)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM file_attachments WHERE id = $1")
+        .bind(file.id)
+        .execute(&mut *conn)
+        .await?;
+    let mut keys: Vec<String> = file.staging_key.iter().cloned().collect();
+    if let Some(sha256) = &file.sha256 {
+        let orphaned: Option<(String, Option<String>)> = sqlx::query_as(
+            "DELETE FROM blobs WHERE sha256 = $1
+                 AND NOT EXISTS (SELECT 1 FROM file_attachments WHERE sha256 = $1)
+             RETURNING storage_key, thumbnail_key",
+        )
+        .bind(sha256)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((storage_key, thumbnail_key)) = orphaned {
+            keys.push(storage_key);
+            keys.extend(thumbnail_key);
+        }
+    }
+    Ok(keys)
 }

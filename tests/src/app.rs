@@ -436,6 +436,100 @@ impl TestApp {
             .expect("GET")
     }
 
+    pub async fn patch_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// `POST /api/communications/search`.
+    pub async fn search(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.post_json("/api/communications/search", token, body)
+            .await
+    }
+
+    /// `POST /api/communications/templates`.
+    pub async fn create_template(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.post_json("/api/communications/templates", token, body)
+            .await
+    }
+
+    /// `GET /api/communications/conversations` with a query string (`""` for none).
+    pub async fn conversations(&self, token: &str, query: &str) -> reqwest::Response {
+        self.get(&format!("/api/communications/conversations{query}"), token)
+            .await
+    }
+
+    /// `PATCH /api/communications/{id}`: a new text.
+    pub async fn edit_message(&self, token: &str, id: &str, message: &str) -> reqwest::Response {
+        self.patch_json(
+            &format!("/api/communications/{id}"),
+            token,
+            &serde_json::json!({ "message": message }),
+        )
+        .await
+    }
+
+    /// `DELETE /api/communications/{id}`.
+    pub async fn delete_message(&self, token: &str, id: &str) -> reqwest::Response {
+        self.delete(&format!("/api/communications/{id}"), token)
+            .await
+    }
+
+    /// `POST /api/communications/upload` of one file, the parts in the given order.
+    pub async fn upload_file(
+        &self,
+        token: &str,
+        customer: &str,
+        bytes: Vec<u8>,
+        name: &str,
+        file_first: bool,
+    ) -> reqwest::Response {
+        use reqwest::multipart::{Form, Part};
+        let file = Part::bytes(bytes).file_name(name.to_owned());
+        let form = if file_first {
+            Form::new()
+                .part("file", file)
+                .text("customer_id", customer.to_owned())
+        } else {
+            Form::new()
+                .text("customer_id", customer.to_owned())
+                .part("file", file)
+        };
+        self.client
+            .post(self.url("/api/communications/upload"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("POST upload")
+    }
+
+    /// Marks the communication read as `token`'s holder; must be accepted.
+    pub async fn mark_read(&self, token: &str, id: &str) {
+        let response = self
+            .post_json(
+                &format!("/api/communications/{id}/mark-read"),
+                token,
+                &serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(response.status(), 202, "mark-read is accepted");
+    }
+
     pub async fn send_message(
         &self,
         token: &str,

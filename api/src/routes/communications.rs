@@ -5,6 +5,10 @@
 //! - `GET /api/communications/{id}/status`
 //! - `POST /api/communications/{id}/mark-delivered` and `/mark-read`: enqueued like any
 //!   job; statuses only move forward, so a late receipt changes nothing.
+//! - `PATCH|DELETE /api/communications/{id}`: an in-app message edited by its sender,
+//!   or deleted by its sender or by staff; the earlier text is kept in
+//!   `communication_edits`, a deleted message is shown as a tombstone, and
+//!   `message.updated` / `message.deleted` go out in the same transaction.
 
 use axum::{
     Json,
@@ -18,16 +22,18 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    domain::{CommunicationType, CustomerId, Receipt, Role},
+    domain::{CommunicationType, CustomerId, MessageText, Receipt, Role, is_blank},
+    events::{self, Event, EventBody},
     jobs::{self, NewJob, kinds, payloads},
-    store::{self, Communication, CommunicationFilter},
+    store::{self, Change, Communication, CommunicationFilter},
 };
 
 use super::parse_uuid;
 use crate::{
     auth::Caller,
-    body::QueryParams,
+    body::{JsonBody, QueryParams},
     error::{ApiError, ApiResult},
+    records,
     startup::AppState,
 };
 
@@ -49,22 +55,7 @@ pub async fn list(
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let customer_id = match (&query.customer_id, caller.own_customer()) {
-        (Some(raw), _) => {
-            let customer =
-                CustomerId::parse(raw).map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
-            caller.ensure_sees(customer.as_str())?;
-            Some(customer)
-        }
-        // A customer who names no customer gets their own conversation.
-        (None, Some(own)) => Some(own.clone()),
-        (None, None) if caller.role() == Role::Crew => {
-            return Err(ApiError::Forbidden(
-                "crew members see only what is shared with their crew".into(),
-            ));
-        }
-        (None, None) => None,
-    };
+    let customer_id = visible_customer(&caller, query.customer_id.as_deref())?;
     let communication_type = query
         .communication_type
         .as_deref()
@@ -99,9 +90,31 @@ pub async fn list(
     } else {
         None
     };
+    let communications: Vec<Value> = rows.iter().map(records::communication_json).collect();
     Ok(Json(
-        json!({ "communications": rows, "next_cursor": next_cursor }),
+        json!({ "communications": communications, "next_cursor": next_cursor }),
     ))
+}
+
+/// The conversation a listing is about: the one named, if the caller may see it; a
+/// customer who names none gets their own; staff who name none get every one.
+pub(crate) fn visible_customer(
+    caller: &Caller,
+    named: Option<&str>,
+) -> ApiResult<Option<CustomerId>> {
+    match (named, caller.own_customer()) {
+        (Some(raw), _) => {
+            let customer =
+                CustomerId::parse(raw).map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+            caller.ensure_sees(customer.as_str())?;
+            Ok(Some(customer))
+        }
+        (None, Some(own)) => Ok(Some(own.clone())),
+        (None, None) if caller.role() == Role::Crew => Err(ApiError::Forbidden(
+            "crew members see only what is shared with their crew".into(),
+        )),
+        (None, None) => Ok(None),
+    }
 }
 
 fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
@@ -156,6 +169,8 @@ pub async fn status(
         "sent_at": c.sent_at,
         "delivered_at": c.delivered_at,
         "read_at": c.read_at,
+        "read_by": c.read_by,
+        "read": c.read_at.is_some(),
         "updated_at": c.updated_at,
     })))
 }
@@ -215,4 +230,121 @@ async fn post_receipt(
             "status": "queued",
         })),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    #[serde(alias = "content")]
+    message: String,
+}
+
+/// Only in-app messages change after they are sent: an SMS or email has already left
+/// for the customer's phone or mailbox, and a call happened.
+fn ensure_changeable(c: &Communication, what: &str) -> ApiResult<()> {
+    let why = match CommunicationType::parse(&c.communication_type) {
+        Ok(CommunicationType::InApp) => None,
+        Ok(CommunicationType::Sms) => Some("an SMS has already gone to the customer's phone"),
+        Ok(CommunicationType::Email) => Some("an email has already gone to the customer's mailbox"),
+        Ok(CommunicationType::Phone) | Err(_) => Some("a call log records what happened"),
+    };
+    if let Some(why) = why {
+        return Err(ApiError::Conflict(format!(
+            "communication {} cannot be {what}: {why}; only in-app messages can",
+            c.id
+        )));
+    }
+    if c.deleted_at.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "communication {} was deleted",
+            c.id
+        )));
+    }
+    Ok(())
+}
+
+pub async fn edit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<EditMessage>,
+) -> ApiResult<Json<Value>> {
+    let found = visible_communication(&state, &caller, &id).await?;
+    let has_files = found.attachments.as_array().is_some_and(|a| !a.is_empty());
+    let text = if has_files && is_blank(&request.message) {
+        String::new()
+    } else {
+        MessageText::parse(&request.message)
+            .map_err(|e| ApiError::Invalid(e.0))?
+            .as_str()
+            .to_owned()
+    };
+    change(&state, &caller, found.id, Change::Edit { message: &text }).await
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let found = visible_communication(&state, &caller, &id).await?;
+    change(&state, &caller, found.id, Change::Delete).await
+}
+
+async fn change(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    change: Change<'_>,
+) -> ApiResult<Json<Value>> {
+    let mut tx = state.pool.begin().await?;
+    let before = store::lock_communication(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no communication {id}")))?;
+    let (verb, staff_may) = match change {
+        Change::Edit { .. } => ("edited", false),
+        Change::Delete => ("deleted", true),
+    };
+    if change == Change::Delete
+        && before.deleted_at.is_some()
+        && before.communication_type == CommunicationType::InApp.as_str()
+    {
+        // Deleting again changes nothing: the same tombstone.
+        return Ok(Json(records::communication_json(&before)));
+    }
+    ensure_changeable(&before, verb)?;
+    let own = before.sender_id == caller.user_id();
+    if !(own || (staff_may && caller.role().sees_every_customer())) {
+        return Err(ApiError::Forbidden(if staff_may {
+            "only its sender or staff may delete a message".into()
+        } else {
+            "only its sender may edit a message".into()
+        }));
+    }
+    let after = store::change_message(
+        &mut tx,
+        &before,
+        change,
+        caller.user_id(),
+        caller.role().as_str(),
+    )
+    .await?;
+    let customer = CustomerId::parse(&after.customer_id).map_err(|e| anyhow::anyhow!(e))?;
+    let body = match change {
+        Change::Edit { message } => EventBody::MessageUpdated {
+            communication_id: after.id,
+            message: message.to_owned(),
+            edited_at: after.edited_at.unwrap_or(after.updated_at),
+            edited_by: caller.user_id().to_owned(),
+        },
+        Change::Delete => EventBody::MessageDeleted {
+            communication_id: after.id,
+            deleted_at: after.deleted_at.unwrap_or(after.updated_at),
+            deleted_by: caller.user_id().to_owned(),
+        },
+    };
+    events::record(&mut tx, &Event::now(customer, body)).await?;
+    tx.commit().await?;
+    state.outbox.notify_one();
+    Ok(Json(records::communication_json(&after)))
 }

@@ -1,23 +1,31 @@
-//! `GET|POST /api/communications/conversation/{customer_id}/status`: a conversation is
-//! open, closed or archived. Changes go through the queue like any job.
+//! Conversations, one per customer.
+//!
+//! - `GET /api/communications/conversations`: one row per conversation the caller may
+//!   see, newest activity first, with its status, its latest message and the caller's
+//!   `unread_count` (staff: inbound not read; a customer: outbound not read); filter
+//!   `status`, keyset pages (`limit`, `cursor` → `next_cursor`).
+//! - `GET|POST /api/communications/conversation/{customer_id}/status`: open, closed or
+//!   archived. Changes go through the queue like any job.
 
 use axum::{
     Json,
     extract::{Path, State},
     http::StatusCode,
 };
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use commcenter_shared::{
-    domain::{ConversationStatus, CustomerId},
+    domain::{ConversationStatus, CustomerId, Direction, Role},
     jobs::{self, NewJob, kinds, payloads},
-    store,
+    store::{self, ConversationListing, ConversationSummary},
 };
 
 use crate::{
     auth::Caller,
-    body::JsonBody,
+    body::{JsonBody, QueryParams},
     error::{ApiError, ApiResult},
     startup::AppState,
 };
@@ -82,4 +90,117 @@ pub async fn set_status(
             json!({ "customer_id": customer, "requested_status": status, "job_id": job_id, "status": "queued" }),
         ),
     ))
+}
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let bad = |message: String| ApiError::bad_request("invalid_query", message);
+    let customer_id = super::communications::visible_customer(&caller, None)?;
+    let status = query
+        .status
+        .as_deref()
+        .map(ConversationStatus::parse)
+        .transpose()
+        .map_err(|e| bad(e.0))?;
+    let limit = match &query.limit {
+        None => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                bad(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let unread_direction = if caller.role() == Role::Customer {
+        Direction::Outbound
+    } else {
+        Direction::Inbound
+    };
+    let mut conn = state.pool.acquire().await?;
+    let mut rows = store::list_conversations(
+        &mut conn,
+        &ConversationListing {
+            status,
+            customer_id: customer_id.as_ref(),
+            unread_direction,
+            before,
+            limit: limit + 1,
+        },
+    )
+    .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|last| encode_cursor(last.activity_at, &last.customer_id))
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "conversations": rows.iter().map(summary_json).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+fn summary_json(c: &ConversationSummary) -> Value {
+    let deleted = c.last_deleted.unwrap_or(false);
+    let last_message = c.last_id.map(|id| {
+        json!({
+            "id": id,
+            "type": c.last_type,
+            "direction": c.last_direction,
+            "message": if deleted { None } else { c.last_message.as_deref() },
+            "subject": if deleted { None } else { c.last_subject.as_deref() },
+            "created_at": c.last_created_at,
+            "deleted": deleted,
+        })
+    });
+    json!({
+        "customer_id": c.customer_id,
+        "status": c.status,
+        "updated_by": c.updated_by,
+        "updated_at": c.updated_at,
+        "created_at": c.created_at,
+        "last_activity_at": c.activity_at,
+        "last_message": last_message,
+        "unread_count": c.unread_count,
+    })
+}
+
+fn encode_cursor(at: DateTime<Utc>, customer_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{customer_id}", at.timestamp_micros()))
+}
+
+fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, String)> {
+    let invalid = || ApiError::bad_request("invalid_query", "cursor is not one this API issued");
+    let text = URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(invalid)?;
+    let (micros, customer) = text.split_once(':').ok_or_else(invalid)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(invalid)?;
+    let customer = CustomerId::parse(customer).map_err(|_| invalid())?;
+    Ok((at, customer.as_str().to_owned()))
 }

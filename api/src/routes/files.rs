@@ -1,7 +1,7 @@
 //! Files: streamed uploads, file records, downloads.
 //!
-//! - `POST /api/communications/upload`: multipart, one or more `file` parts after a
-//!   `customer_id` part (or `?customer_id=`), optional `communication_id`. Each file is
+//! - `POST /api/communications/upload`: multipart, one or more `file` parts and a
+//!   `customer_id` part in any order (or `?customer_id=`), optional `communication_id`. Each file is
 //!   sniffed from its first bytes (not its name or declared type), streamed to the blob
 //!   store under a generated name with `MAX_FILE_SIZE` enforced while streaming, then
 //!   recorded with its `file.process` job. One refused file does not sink the others;
@@ -85,6 +85,9 @@ pub async fn upload(
         .as_deref()
         .map(parse_communication_id)
         .transpose()?;
+    // A customer's own conversation, taken for a file before any customer_id part; a
+    // customer_id part after it names the conversation meant (and is authorized).
+    let mut customer_implied = false;
     let mut staged: Vec<Staged> = Vec::new();
     let mut refused: Vec<Refused> = Vec::new();
 
@@ -93,10 +96,11 @@ pub async fn upload(
             match field.name().unwrap_or_default() {
                 "customer_id" => {
                     let named = parse_customer(field.text().await.map_err(multipart_error)?.trim())?;
-                    if customer.as_ref().is_some_and(|c| *c != named) {
+                    if !customer_implied && customer.as_ref().is_some_and(|c| *c != named) {
                         return Err(ApiError::Invalid("customer_id is given twice, with different values".into()));
                     }
                     customer = Some(named);
+                    customer_implied = false;
                 }
                 "communication_id" => {
                     let text = field.text().await.map_err(multipart_error)?;
@@ -105,14 +109,15 @@ pub async fn upload(
                 "file" | "files" | "file[]" | "files[]" => {
                     if customer.is_none() {
                         customer = caller.own_customer().cloned();
+                        customer_implied = customer.is_some();
                     }
-                    let owner = customer.as_ref().ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_multipart",
-                            "customer_id must come before the file parts (or be given as ?customer_id=)",
-                        )
-                    })?;
-                    caller.ensure_sees(owner.as_str())?;
+                    // Authorized now when the customer is known; a file that comes
+                    // before its customer_id (the original's own order) is staged and
+                    // authorized once the part arrives, and discarded if refused.
+                    match &customer {
+                        Some(owner) => caller.ensure_sees(owner.as_str())?,
+                        None => caller.ensure_staff()?,
+                    }
                     if staged.len() + refused.len() >= MAX_FILES_PER_REQUEST {
                         return Err(ApiError::Invalid(format!("at most {MAX_FILES_PER_REQUEST} files per upload")));
                     }
@@ -145,8 +150,13 @@ pub async fn upload(
         ));
     }
     let Some(customer) = customer else {
+        discard(&state, &staged).await;
         return Err(ApiError::Invalid("customer_id is required".into()));
     };
+    if let Err(refused) = caller.ensure_sees(customer.as_str()) {
+        discard(&state, &staged).await;
+        return Err(refused);
+    }
     let failed: Vec<Value> = refused
         .iter()
         .map(|r| json!({ "filename": r.filename, "error": { "code": "file_refused", "message": r.reason } }))
@@ -373,6 +383,54 @@ pub async fn show(
         &id.to_string(),
     )?;
     Ok(Json(file_json(&file)))
+}
+
+/// `DELETE /api/communications/files/{file_id}`: a file not attached to any message,
+/// by its uploader or staff. The record goes at once; the stored bytes go (a
+/// `blob.delete` job) when no other record shares them.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(&id, "file_id")?;
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("SELECT 1 FROM file_attachments WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let file = visible(
+        &caller,
+        store::find_file(&mut tx, id).await?,
+        &id.to_string(),
+    )?;
+    if file.uploaded_by != caller.user_id() && !caller.role().sees_every_customer() {
+        return Err(ApiError::Forbidden(
+            "only its uploader or staff may delete a file".into(),
+        ));
+    }
+    if file.status == "processing" {
+        return Err(ApiError::StillProcessing(format!(
+            "{} is still being processed; delete it once it is ready",
+            file.original_name
+        )));
+    }
+    if store::file_in_use(&mut tx, &file).await? {
+        return Err(ApiError::Conflict(format!(
+            "file {id} is attached to a message; delete the message instead"
+        )));
+    }
+    for key in store::delete_file(&mut tx, &file).await? {
+        let job = NewJob::new(
+            kinds::BLOB_DELETE,
+            &payloads::DeleteBlob { storage_key: key },
+        )
+        .for_customer(&CustomerId::parse(&file.customer_id).map_err(|e| anyhow::anyhow!(e))?);
+        jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
+    }
+    tx.commit().await?;
+    state.outbox.notify_one();
+    Ok(Json(json!({ "file_id": id, "deleted": true })))
 }
 
 /// The file if the caller may see it; anything else is a 404 (no probing).

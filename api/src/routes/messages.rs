@@ -1,22 +1,19 @@
 //! `POST /api/messages/send`: an in-app message. Recorded with its delivery job in one
-//! transaction and answered 202; a worker delivers it.
+//! transaction ([`crate::accept`]) and answered 202; a worker delivers it.
 
-use axum::{
-    Json,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-};
+use axum::{extract::State, http::HeaderMap};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use commcenter_shared::{
-    domain::{CommunicationType, CustomerId, MessageText, Role},
-    jobs::{self, NewJob, kinds, payloads},
-    store::{self, NewCommunication},
+use commcenter_shared::domain::{
+    CommunicationType, CustomerId, Direction, MessageText, Role, is_blank,
 };
 
 use crate::{
+    accept::{Acceptance, AcceptedResponse, Begun, Channel, NewCommunication, TemplateChoice},
     auth::Caller,
     body::JsonBody,
     error::{ApiError, ApiResult},
@@ -28,9 +25,17 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     pub customer_id: CustomerId,
-    pub message: String,
+    /// The text (the original's records called it `content` too). May be left out or
+    /// empty when files are attached, or when a template is chosen.
+    #[serde(default, alias = "content")]
+    pub message: Option<String>,
     #[serde(default)]
     pub attachments: Vec<Uuid>,
+    /// Rendered instead of `message`.
+    #[serde(default)]
+    pub template_id: Option<Uuid>,
+    #[serde(default)]
+    pub variables: Option<BTreeMap<String, Value>>,
 }
 
 /// At most this many attachments on one message.
@@ -41,9 +46,8 @@ pub async fn send(
     caller: Caller,
     headers: HeaderMap,
     JsonBody(request): JsonBody<SendMessage>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<AcceptedResponse> {
     caller.ensure_sees(request.customer_id.as_str())?;
-    let text = MessageText::parse(&request.message).map_err(|e| ApiError::Invalid(e.0))?;
     if request.attachments.len() > MAX_ATTACHMENTS {
         return Err(ApiError::Invalid(format!(
             "attachments: at most {MAX_ATTACHMENTS} files per message"
@@ -55,60 +59,55 @@ pub async fn send(
         "POST /api/messages/send",
         &request,
     )?;
-
-    let mut tx = state.pool.begin().await?;
-    if let Some(key) = &key
-        && let Some(earlier) = key.claim(&mut tx).await?
-    {
-        tx.rollback().await?;
-        return Ok((earlier.status, Json(earlier.body)));
-    }
-    let files =
-        super::files::customer_files(&mut tx, &request.customer_id, &request.attachments).await?;
-    let attachments = super::files::attachments_json(&files);
-    let direction = if caller.role() == Role::Customer {
-        "inbound"
-    } else {
-        "outbound"
+    let mut acceptance = match Acceptance::begin(&state, key).await? {
+        Begun::Repeat(answer) => return Ok(answer),
+        Begun::New(acceptance) => acceptance,
     };
-    store::ensure_conversation(&mut tx, &request.customer_id).await?;
-    let communication = store::insert_communication(
-        &mut tx,
-        &NewCommunication {
-            id: Uuid::now_v7(),
-            customer_id: &request.customer_id,
-            communication_type: CommunicationType::InApp,
-            direction,
-            sender_id: caller.user_id(),
-            sender_role: caller.role().as_str(),
-            subject: None,
-            message: text.as_str(),
-            attachments,
-        },
-    )
-    .await?;
-    let job = NewJob::new(
-        kinds::MESSAGE_DELIVER,
-        &payloads::DeliverMessage {
-            communication_id: communication.id,
-        },
-    )
-    .for_communication(communication.id)
-    .for_customer(&request.customer_id);
-    let job_id = jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
-    let body = json!({
-        "id": communication.id,
-        "status": communication.status,
-        "type": communication.communication_type,
-        "customer_id": communication.customer_id,
-        "direction": communication.direction,
-        "created_at": communication.created_at,
-        "job_id": job_id,
-    });
-    if let Some(key) = &key {
-        key.store(&mut tx, StatusCode::ACCEPTED, &body).await?;
+    let has_files = !request.attachments.is_empty();
+    let mut composed = acceptance
+        .compose(
+            CommunicationType::InApp,
+            request.message.as_deref(),
+            &TemplateChoice {
+                template_id: request.template_id,
+                variables: request.variables.clone(),
+            },
+            has_files,
+        )
+        .await?;
+    // Files alone need no text (nothing visible counts as none); otherwise the text
+    // must have something to read.
+    if has_files && is_blank(&composed.message) {
+        composed.message.clear();
+    } else {
+        MessageText::parse(&composed.message).map_err(|e| {
+            ApiError::Invalid(if has_files {
+                format!("{e} (it may be left empty when files are attached)")
+            } else {
+                e.0
+            })
+        })?;
     }
-    tx.commit().await?;
-    state.outbox.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    let files = acceptance
+        .files(&request.customer_id, &request.attachments)
+        .await?;
+    let direction = if caller.role() == Role::Customer {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    acceptance
+        .record(
+            &state,
+            &caller,
+            NewCommunication {
+                customer_id: &request.customer_id,
+                direction,
+                composed: &composed,
+                attachments: &files,
+                channel: Channel::InApp,
+            },
+            Map::new(),
+        )
+        .await
 }

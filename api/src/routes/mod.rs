@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod presence;
+pub mod search;
+pub mod templates;
 pub mod ws;
 
 use axum::{
@@ -35,13 +37,39 @@ pub fn router() -> Router<AppState> {
             "/api/communications/upload",
             post(files::upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/api/communications/files/{file_id}", get(files::show))
+        .route(
+            "/api/communications/files/{file_id}",
+            get(files::show).delete(files::delete),
+        )
         .route("/api/communications/file/{filename}", get(files::download))
         .route(
             "/api/communications/file/thumbnails/{filename}",
             get(files::thumbnail),
         )
         .route("/api/communications", get(communications::list))
+        .route(
+            "/api/communications/{id}",
+            axum::routing::patch(communications::edit).delete(communications::delete),
+        )
+        .route("/api/communications/search", post(search::search))
+        .route(
+            "/api/communications/conversations",
+            get(conversations::list),
+        )
+        .route(
+            "/api/communications/templates",
+            post(templates::create).get(templates::list),
+        )
+        .route(
+            "/api/communications/templates/{id}",
+            get(templates::show)
+                .patch(templates::edit)
+                .delete(templates::delete),
+        )
+        .route(
+            "/api/communications/templates/{id}/preview",
+            post(templates::preview),
+        )
         .route(
             "/api/communications/{id}/status",
             get(communications::status),

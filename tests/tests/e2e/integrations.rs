@@ -386,9 +386,10 @@ async fn an_email_is_recorded_and_replies_stay_in_their_thread() {
     let body: Value = response.json().await.unwrap();
     let first = body["id"].as_str().unwrap().to_owned();
     assert_eq!(
-        body["to"],
+        body["recipients"],
         json!(["Jane Doe <Jane.Doe@example.com>", "bob@example.org"])
     );
+    assert_eq!(body["to"], "Jane.Doe@example.com, bob@example.org");
     let row = communication(&app, &first).await;
     assert_eq!(row["type"], "email");
     assert_eq!(row["subject"], "Your quote");
@@ -606,7 +607,7 @@ async fn a_call_is_logged_with_its_facts_and_bad_ones_are_refused() {
     let body: Value = response.json().await.unwrap();
     let id = body["id"].as_str().unwrap();
     let row = communication(&app, id).await;
-    assert_eq!(row["type"], "call");
+    assert_eq!(row["type"], "phone");
     assert_eq!(row["direction"], "inbound");
     assert_eq!(row["message"], "Asked about Tuesday");
     assert_eq!(row["duration_seconds"], 125);

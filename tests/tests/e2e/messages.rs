@@ -21,7 +21,7 @@ async fn a_send_is_accepted_delivered_and_announced_to_the_right_people() {
     assert_eq!(response.status(), 202);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "queued");
-    assert_eq!(body["type"], "in_app");
+    assert_eq!(body["type"], "inapp");
     let id = body["id"].as_str().unwrap().to_owned();
 
     for ws in [&mut customer_ws, &mut staff_ws] {

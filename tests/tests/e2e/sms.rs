@@ -419,7 +419,7 @@ async fn a_logged_call_joins_the_conversation_and_the_call_log_import_adds_each_
     }
     let imported: Vec<(String, String, Option<i32>)> = sqlx::query_as(
         "SELECT customer_id, direction, duration_seconds FROM communications
-         WHERE type = 'call' AND provider_message_id IS NOT NULL",
+         WHERE type = 'phone' AND provider_message_id IS NOT NULL",
     )
     .fetch_all(&app.pool)
     .await

@@ -31,7 +31,14 @@ impl Handler for ApplyReceipt {
             )));
         };
         let status = payload.receipt.status();
-        let Some(previous) = store::advance_status(conn, communication.id, status, None).await?
+        let Some(previous) = store::advance_status_by(
+            conn,
+            communication.id,
+            status,
+            None,
+            Some(payload.by_user.as_str()),
+        )
+        .await?
         else {
             tracing::debug!(current = %communication.status, wanted = status.as_str(), "receipt would not move the status forward");
             return Ok(());

@@ -397,7 +397,7 @@ async fn import_call(conn: &mut PgConnection, call: &CallRecord) -> Result<bool,
         "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
              message, status, remote_address, local_address, provider_message_id,
              provider_status, duration_seconds, occurred_at, sent_at, delivered_at)
-         VALUES ($1, $2, 'call', $3, 'ringcentral', 'system', $4, 'delivered', $5, $6, $7, $8, $9,
+         VALUES ($1, $2, 'phone', $3, 'ringcentral', 'system', $4, 'delivered', $5, $6, $7, $8, $9,
                  $10, $10, $10)
          ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
          RETURNING {}",

@@ -1,0 +1,367 @@
+//! Accepting a communication: the one sequence every send takes, whatever its channel.
+//!
+//! ```text
+//! begin:   open a transaction, claim the Idempotency-Key (a repeat gets the first answer)
+//! compose: the text as given, or rendered from a template (recorded with its version)
+//! files:   the attachments, the customer's own and not failed
+//! record:  the communication row, the contacts it teaches us, its job (the outbox),
+//!          the answer stored with the key; commit; wake the relay
+//! ```
+//!
+//! Routes validate what is particular to their channel and describe the communication
+//! as a [`NewCommunication`] with its [`Channel`]; the channel decides the job kind and
+//! the contacts, so a new channel (or `project_id`, or anything every send carries)
+//! plugs in here once.
+
+use std::collections::BTreeMap;
+
+use axum::{Json, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use commcenter_shared::{
+    contact::{self, ContactKind, Mailbox, PhoneNumber},
+    domain::{CommunicationType, CustomerId, Direction},
+    jobs::{self, NewJob, kinds, payloads},
+    store::{self, FileRecord},
+    templates::{self, RenderError},
+};
+
+use crate::{
+    auth::Caller,
+    error::{ApiError, ApiResult},
+    idempotency::IdempotencyKey,
+    records,
+    startup::AppState,
+};
+
+/// The 202 a send answers: the communication's record and its job.
+pub type AcceptedResponse = (StatusCode, Json<Value>);
+
+/// What every send may take instead of `message`: a template and its variables. (Each
+/// request names the two fields itself: serde cannot flatten them into a request that
+/// refuses unknown fields.)
+#[derive(Debug, Clone, Default)]
+pub struct TemplateChoice {
+    pub template_id: Option<Uuid>,
+    pub variables: Option<BTreeMap<String, Value>>,
+}
+
+/// The text of a communication, as given or rendered.
+#[derive(Debug, Clone, Default)]
+pub struct Composed {
+    pub message: String,
+    /// Email: the template's subject, rendered (a given subject wins).
+    pub subject: Option<String>,
+    /// The template and version it was rendered from.
+    pub template: Option<(Uuid, i32)>,
+}
+
+/// Where an email goes in a thread: the Gmail thread and the Message-IDs it answers.
+#[derive(Debug, Clone, Default)]
+pub struct EmailThread<'a> {
+    pub provider_thread_id: Option<&'a str>,
+    pub in_reply_to: Option<&'a str>,
+    pub references: Option<&'a str>,
+}
+
+/// What each channel carries beyond the text, and so which job carries it out.
+#[derive(Debug, Clone)]
+pub enum Channel<'a> {
+    /// Delivered in the app (`message.deliver`).
+    InApp,
+    /// To a phone through RingCentral (`sms.send`), from our number.
+    Sms {
+        to: &'a PhoneNumber,
+        from: &'a PhoneNumber,
+    },
+    /// To mailboxes through Gmail (`email.send`), from our sender.
+    Email {
+        recipients: &'a [Mailbox],
+        from: &'a Mailbox,
+        thread: EmailThread<'a>,
+    },
+    /// A call that happened, logged with RingCentral (`call.log`).
+    Phone {
+        phone: &'a PhoneNumber,
+        /// Our number, when one is set: a call can be logged without it.
+        local: Option<&'a str>,
+        duration_seconds: i32,
+        occurred_at: DateTime<Utc>,
+    },
+}
+
+impl Channel<'_> {
+    fn communication_type(&self) -> CommunicationType {
+        match self {
+            Self::InApp => CommunicationType::InApp,
+            Self::Sms { .. } => CommunicationType::Sms,
+            Self::Email { .. } => CommunicationType::Email,
+            Self::Phone { .. } => CommunicationType::Phone,
+        }
+    }
+
+    fn job(&self, communication_id: Uuid) -> NewJob {
+        match self {
+            Self::InApp => NewJob::new(
+                kinds::MESSAGE_DELIVER,
+                &payloads::DeliverMessage { communication_id },
+            ),
+            Self::Sms { .. } => NewJob::new(
+                kinds::SMS_SEND,
+                &payloads::SendCommunication { communication_id },
+            ),
+            Self::Email { .. } => NewJob::new(
+                kinds::EMAIL_SEND,
+                &payloads::SendCommunication { communication_id },
+            ),
+            Self::Phone { .. } => {
+                NewJob::new(kinds::CALL_LOG, &payloads::LogCall { communication_id })
+            }
+        }
+    }
+
+    /// The addresses this communication teaches us belong to its customer.
+    fn contacts(&self) -> Vec<(ContactKind, &str)> {
+        match self {
+            Self::InApp => Vec::new(),
+            Self::Sms { to, .. } => vec![(ContactKind::Phone, to.as_str())],
+            Self::Email { recipients, .. } => recipients
+                .iter()
+                .map(|r| (ContactKind::Email, r.address.as_str()))
+                .collect(),
+            Self::Phone { phone, .. } => vec![(ContactKind::Phone, phone.as_str())],
+        }
+    }
+}
+
+/// A communication to accept.
+#[derive(Debug, Clone)]
+pub struct NewCommunication<'a> {
+    pub customer_id: &'a CustomerId,
+    pub direction: Direction,
+    pub composed: &'a Composed,
+    pub attachments: &'a [FileRecord],
+    pub channel: Channel<'a>,
+}
+
+/// A send under way: its transaction, holding its Idempotency-Key.
+pub struct Acceptance {
+    tx: Transaction<'static, Postgres>,
+    key: Option<IdempotencyKey>,
+}
+
+/// What [`Acceptance::begin`] found.
+pub enum Begun {
+    /// The key was used before with this request: its first answer.
+    Repeat(AcceptedResponse),
+    New(Acceptance),
+}
+
+impl Acceptance {
+    pub async fn begin(state: &AppState, key: Option<IdempotencyKey>) -> ApiResult<Begun> {
+        let mut tx = state.pool.begin().await?;
+        if let Some(key) = &key
+            && let Some(earlier) = key.claim(&mut tx).await?
+        {
+            tx.rollback().await?;
+            return Ok(Begun::Repeat((earlier.status, Json(earlier.body))));
+        }
+        Ok(Begun::New(Self { tx, key }))
+    }
+
+    /// For the channel's own look-ups (an email's thread), in the same transaction.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// The attachments named by id: the customer's own, none failed, none twice.
+    pub async fn files(
+        &mut self,
+        customer: &CustomerId,
+        ids: &[Uuid],
+    ) -> ApiResult<Vec<FileRecord>> {
+        crate::routes::files::customer_files(&mut self.tx, customer, ids).await
+    }
+
+    /// The text as given in `message`, or rendered from the chosen template (whose type
+    /// must be the channel's). Exactly one of them is needed, except that `message` may
+    /// be left out when `may_be_empty` (files alone).
+    pub async fn compose(
+        &mut self,
+        channel: CommunicationType,
+        message: Option<&str>,
+        choice: &TemplateChoice,
+        may_be_empty: bool,
+    ) -> ApiResult<Composed> {
+        let Some(template_id) = choice.template_id else {
+            if choice.variables.is_some() {
+                return Err(ApiError::Invalid(
+                    "variables: given without template_id".into(),
+                ));
+            }
+            return match message {
+                Some(text) => Ok(Composed {
+                    message: text.to_owned(),
+                    ..Default::default()
+                }),
+                None if may_be_empty => Ok(Composed::default()),
+                None => Err(ApiError::Invalid(
+                    "message: required (or template_id with variables)".into(),
+                )),
+            };
+        };
+        if message.is_some_and(|m| !m.is_empty()) {
+            return Err(ApiError::Invalid(
+                "message: give message or template_id, not both".into(),
+            ));
+        }
+        let template = templates::find(&mut self.tx, template_id)
+            .await?
+            .filter(|t| t.active)
+            .ok_or_else(|| {
+                ApiError::Invalid(format!("template_id: no active template {template_id}"))
+            })?;
+        if template.template_type != channel.as_str() {
+            return Err(ApiError::Invalid(format!(
+                "template_id: template {template_id} is for {}, not {}",
+                template.template_type,
+                channel.as_str()
+            )));
+        }
+        let variables = choice.variables.clone().unwrap_or_default();
+        let rendered = |text: &str| {
+            templates::render(text, &variables).map_err(|e| match e {
+                RenderError::Missing(names) => {
+                    ApiError::Invalid(format!("variables: missing {}", names.join(", ")))
+                }
+                other => ApiError::Invalid(other.to_string()),
+            })
+        };
+        // Every missing variable at once, from the subject and the text together.
+        let needed = templates::placeholders(
+            template
+                .subject
+                .as_deref()
+                .into_iter()
+                .chain([template.content.as_str()]),
+        )
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored template is malformed: {e}")))?;
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|n| !variables.contains_key(n.as_str()))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::Invalid(format!(
+                "variables: missing {}",
+                missing.join(", ")
+            )));
+        }
+        Ok(Composed {
+            message: rendered(&template.content)?,
+            subject: template.subject.as_deref().map(rendered).transpose()?,
+            template: Some((template.id, template.version)),
+        })
+    }
+
+    /// Records the communication, its contacts and its job; stores the answer with the
+    /// key; commits and wakes the relay. `extra` adds channel facts to the answer.
+    pub async fn record(
+        mut self,
+        state: &AppState,
+        caller: &Caller,
+        c: NewCommunication<'_>,
+        extra: Map<String, Value>,
+    ) -> ApiResult<AcceptedResponse> {
+        let id = Uuid::now_v7();
+        let channel = &c.channel;
+        let (remote, local, metadata) = match channel {
+            Channel::InApp => (None, None, json!({})),
+            Channel::Sms { to, from } => {
+                (Some(to.as_str().to_owned()), Some(from.as_str()), json!({}))
+            }
+            // Every address, as the worker reads them for the To header; the names too.
+            Channel::Email {
+                recipients, from, ..
+            } => (
+                Some(
+                    recipients
+                        .iter()
+                        .map(|r| r.address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                Some(from.address.as_str()),
+                json!({ "to": recipients }),
+            ),
+            Channel::Phone { phone, local, .. } => {
+                (Some(phone.as_str().to_owned()), *local, json!({}))
+            }
+        };
+        // Deterministic, so a send whose outcome is unknown can be looked up in Gmail.
+        let (email, rfc822_message_id) = match channel {
+            Channel::Email { thread, from, .. } => (
+                Some(thread),
+                Some(format!("<{id}@{}>", from.address.domain())),
+            ),
+            _ => (None, None),
+        };
+        let call = match channel {
+            Channel::Phone {
+                duration_seconds,
+                occurred_at,
+                ..
+            } => Some((*duration_seconds, *occurred_at)),
+            _ => None,
+        };
+        store::ensure_conversation(&mut self.tx, c.customer_id).await?;
+        let communication = store::insert_communication(
+            &mut self.tx,
+            &store::NewCommunication {
+                id,
+                customer_id: c.customer_id,
+                communication_type: channel.communication_type(),
+                direction: c.direction,
+                sender_id: caller.user_id(),
+                sender_role: caller.role().as_str(),
+                subject: c.composed.subject.as_deref(),
+                message: &c.composed.message,
+                attachments: crate::routes::files::attachments_json(c.attachments),
+                metadata,
+                remote_address: remote.as_deref(),
+                local_address: local,
+                rfc822_message_id: rfc822_message_id.as_deref(),
+                provider_thread_id: email.and_then(|e| e.provider_thread_id),
+                in_reply_to: email.and_then(|e| e.in_reply_to),
+                references: email.and_then(|e| e.references),
+                duration_seconds: call.map(|(seconds, _)| seconds),
+                occurred_at: call.map(|(_, at)| at),
+                template_id: c.composed.template.map(|(id, _)| id),
+                template_version: c.composed.template.map(|(_, version)| version),
+            },
+        )
+        .await?;
+        for (kind, address) in channel.contacts() {
+            contact::remember(&mut self.tx, kind, address, c.customer_id).await?;
+        }
+        let job = channel
+            .job(id)
+            .for_communication(id)
+            .for_customer(c.customer_id);
+        let job_id = jobs::enqueue(&mut self.tx, job, state.settings.jobs.max_attempts).await?;
+        let mut body = records::communication_json(&communication);
+        if let Value::Object(fields) = &mut body {
+            fields.insert("job_id".into(), json!(job_id));
+            fields.extend(extra);
+        }
+        if let Some(key) = &self.key {
+            key.store(&mut self.tx, StatusCode::ACCEPTED, &body).await?;
+        }
+        self.tx.commit().await?;
+        state.outbox.notify_one();
+        Ok((StatusCode::ACCEPTED, Json(body)))
+    }
+}

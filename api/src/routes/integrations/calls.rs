@@ -1,0 +1,138 @@
+//! `POST /api/integrations/ringcentral/call-log`: a phone call that happened, logged
+//! by staff (and with RingCentral's call log by a worker).
+
+use axum::{extract::State, http::HeaderMap};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Map;
+
+use commcenter_shared::{
+    contact::PhoneNumber,
+    domain::{CustomerId, Direction, MessageText},
+};
+
+use super::{Answer, invalid, ringcentral_ready};
+use crate::{
+    accept::{Acceptance, Begun, Channel, Composed, NewCommunication},
+    auth::Caller,
+    body::JsonBody,
+    idempotency::IdempotencyKey,
+    startup::AppState,
+};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallDirection {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogCall {
+    pub customer_id: CustomerId,
+    pub phone: String,
+    pub direction: CallDirection,
+    /// Seconds.
+    pub duration: i64,
+    #[serde(default)]
+    pub notes: Option<String>,
+    /// RFC 3339; now when absent.
+    #[serde(default)]
+    pub occurred_at: Option<String>,
+}
+
+/// A day: no call logged by hand lasts longer.
+const CALL_MAX_SECONDS: i64 = 86_400;
+/// Clocks of the portal's users run a little ahead at times.
+const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
+
+pub async fn log(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<LogCall>,
+) -> Answer {
+    caller.ensure_staff()?;
+    ringcentral_ready(&state)?;
+    let ringcentral = &state.settings.ringcentral;
+    let phone = PhoneNumber::parse(&request.phone, ringcentral.default_phone_region)
+        .map_err(|e| invalid("phone", e))?;
+    if !(0..=CALL_MAX_SECONDS).contains(&request.duration) {
+        return Err(invalid(
+            "duration",
+            format!(
+                "must be 0 to {CALL_MAX_SECONDS} seconds, not {}",
+                request.duration
+            ),
+        )
+        .into());
+    }
+    let notes = request.notes.as_deref().unwrap_or_default();
+    if notes.chars().count() > MessageText::MAX_CHARS {
+        return Err(invalid(
+            "notes",
+            format!("at most {} characters", MessageText::MAX_CHARS),
+        )
+        .into());
+    }
+    if notes.contains('\0') {
+        return Err(invalid("notes", "must not contain NUL characters").into());
+    }
+    let now = Utc::now();
+    let occurred_at = match request.occurred_at.as_deref() {
+        None => now,
+        Some(raw) => {
+            let at = DateTime::parse_from_rfc3339(raw)
+                .map_err(|e| {
+                    invalid(
+                        "occurred_at",
+                        format!("{raw:?} is not an RFC 3339 time ({e})"),
+                    )
+                })?
+                .with_timezone(&Utc);
+            if at > now + CLOCK_SKEW {
+                return Err(invalid("occurred_at", format!("{raw} is in the future")).into());
+            }
+            at
+        }
+    };
+    let key = IdempotencyKey::from_headers(
+        &headers,
+        caller.user_id(),
+        "POST /api/integrations/ringcentral/call-log",
+        &request,
+    )?;
+
+    let acceptance = match Acceptance::begin(&state, key).await? {
+        Begun::Repeat(answer) => return Ok(answer),
+        Begun::New(acceptance) => acceptance,
+    };
+    let direction = match request.direction {
+        CallDirection::Inbound => Direction::Inbound,
+        CallDirection::Outbound => Direction::Outbound,
+    };
+    let composed = Composed {
+        message: notes.to_owned(),
+        ..Default::default()
+    };
+    Ok(acceptance
+        .record(
+            &state,
+            &caller,
+            NewCommunication {
+                customer_id: &request.customer_id,
+                direction,
+                composed: &composed,
+                attachments: &[],
+                channel: Channel::Phone {
+                    phone: &phone,
+                    local: Some(ringcentral.from_number.as_str()).filter(|n| !n.is_empty()),
+                    duration_seconds: request.duration as i32,
+                    occurred_at,
+                },
+            },
+            Map::new(),
+        )
+        .await?)
+}
