@@ -524,7 +524,7 @@ impl World {
             .map(|i| format!("Your crew arrives at 9 (bench {i})"))
             .collect();
         let (kind, local) = match path {
-            Kind::InApp => ("in_app", None),
+            Kind::InApp => ("inapp", None),
             Kind::Sms => ("sms", Some(self.ringcentral.config().from_number.clone())),
             Kind::Email => ("email", Some(self.gmail.config().sender.clone())),
         };

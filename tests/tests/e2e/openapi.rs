@@ -36,6 +36,11 @@ async fn every_documented_path_is_served() {
                     .client
                     .post(app.url(&concrete))
                     .json(&serde_json::json!({})),
+                "patch" => app
+                    .client
+                    .patch(app.url(&concrete))
+                    .json(&serde_json::json!({})),
+                "delete" => app.client.delete(app.url(&concrete)),
                 other => panic!("unexpected method {other}"),
             };
             let response = request.bearer_auth(&staff).send().await.unwrap();
