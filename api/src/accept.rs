@@ -15,8 +15,12 @@
 
 use std::collections::BTreeMap;
 
-use axum::{Json, http::StatusCode};
+use axum::{
+    Json,
+    http::{HeaderMap, StatusCode},
+};
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
@@ -161,7 +165,16 @@ pub enum Begun {
 }
 
 impl Acceptance {
-    pub async fn begin(state: &AppState, key: Option<IdempotencyKey>) -> ApiResult<Begun> {
+    /// Opens the transaction and claims the request's `Idempotency-Key`, if it has one
+    /// (hashed with `route` and the request, so it cannot be replayed elsewhere).
+    pub async fn begin(
+        state: &AppState,
+        caller: &Caller,
+        headers: &HeaderMap,
+        route: &str,
+        request: &impl Serialize,
+    ) -> ApiResult<Begun> {
+        let key = IdempotencyKey::from_headers(headers, caller.user_id(), route, request)?;
         let mut tx = state.pool.begin().await?;
         if let Some(key) = &key
             && let Some(earlier) = key.claim(&mut tx).await?

@@ -6,6 +6,7 @@
 //! - [`routes`]: one module per route group of the HTTP surface.
 //! - [`accept`]: the one path every send takes: idempotency key, text or template,
 //!   attachments, the communication row, its job, commit, wake the relay.
+//! - [`paging`]: page sizes and the opaque keyset cursors of every listing.
 //! - [`records`]: a communication as every answer shows it, with the original API's
 //!   fields beside ours.
 //! - [`auth`]: the bearer-token extractor and the tenant rules.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod idempotency;
 pub mod metrics;
 pub mod notifier;
+pub mod paging;
 pub mod records;
 pub mod routes;
 pub mod startup;

@@ -2,7 +2,8 @@
 //! `search_document` (subject, text, attachment file names, the other party's
 //! address, weighted in that order; see the migration), queried with
 //! `websearch_to_tsquery` (words, "quoted phrases", -exclusions, OR) under English
-//! stemming, ranked, with the matched words marked in an HTML-escaped snippet.
+//! stemming, ranked (among the newest [`RANKED_MATCHES`] matches), with the matched
+//! words marked in an HTML-escaped snippet.
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
@@ -50,16 +51,22 @@ pub async fn has_terms(conn: &mut PgConnection, query: &str) -> sqlx::Result<boo
         .await
 }
 
-/// The best matches first (rank, then newest), one page.
+/// How many of the newest matches are ranked. A query of words in most messages would
+/// otherwise read and rank hundreds of thousands of rows; bounded, the planner walks
+/// the newest messages until it has this many matches (or, for rarer words, takes them
+/// all from the GIN index), and the ranking is of those.
+pub const RANKED_MATCHES: i64 = 1000;
+
+/// The best matches first (rank, then newest) among the newest [`RANKED_MATCHES`], one
+/// page.
 pub async fn search(conn: &mut PgConnection, q: &SearchQuery<'_>) -> sqlx::Result<Vec<Hit>> {
-    // The page is found on the index and ranked first; only its rows are highlighted,
-    // which is the costly part.
+    // Only the page's rows are highlighted, which is the costly part. The query text is
+    // written out where it is used (not in a CTE), and the statement is planned with
+    // its values (not persistent): how common the words are decides the plan.
     let sql = format!(
-        "WITH query AS (SELECT websearch_to_tsquery('english', $1) AS q),
-         page AS (
-             SELECT c.*, ts_rank(c.search_document, query.q) AS rank
-             FROM communications c, query
-             WHERE c.search_document @@ query.q
+        "WITH candidates AS (
+             SELECT c.* FROM communications c
+             WHERE c.search_document @@ websearch_to_tsquery('english', $1)
                AND ($2::text IS NULL OR c.customer_id = $2)
                AND ($3::text IS NULL OR c.type = $3)
                AND ($4::text IS NULL OR c.direction = $4)
@@ -67,6 +74,12 @@ pub async fn search(conn: &mut PgConnection, q: &SearchQuery<'_>) -> sqlx::Resul
                AND ($6::timestamptz IS NULL OR c.created_at >= $6)
                AND ($7::timestamptz IS NULL OR c.created_at < $7)
                AND ($8::boolean IS NULL OR (jsonb_array_length(c.attachments) > 0) = $8)
+             ORDER BY c.created_at DESC, c.id DESC
+             LIMIT $13
+         ),
+         page AS (
+             SELECT *, ts_rank(search_document, websearch_to_tsquery('english', $1)) AS rank
+             FROM candidates
          ),
          ranked AS (
              SELECT * FROM page
@@ -75,16 +88,20 @@ pub async fn search(conn: &mut PgConnection, q: &SearchQuery<'_>) -> sqlx::Resul
              LIMIT $12
          )
          SELECT {COMMUNICATION_COLUMNS}, rank,
-             ts_headline('english',
-                 replace(replace(replace(replace(replace(coalesce(nullif(message, ''), subject, ''),
-                     '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '\"', '&quot;'), '''', '&#39;'),
-                 (SELECT q FROM query),
-                 'StartSel=<mark>, StopSel=</mark>, MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=\" … \"'
-             ) AS highlight
-         FROM ranked
+             -- A short text whole; a long one as up to two fragments around the matches.
+             ts_headline('english', e.escaped, websearch_to_tsquery('english', $1),
+                 CASE WHEN length(e.escaped) <= 400
+                     THEN 'StartSel=<mark>, StopSel=</mark>, HighlightAll=true'
+                     ELSE 'StartSel=<mark>, StopSel=</mark>, MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=\" … \"'
+                 END) AS highlight
+         FROM ranked,
+             LATERAL (SELECT replace(replace(replace(replace(replace(
+                 coalesce(nullif(message, ''), subject, ''),
+                 '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '\"', '&quot;'), '''', '&#39;') AS escaped) e
          ORDER BY rank DESC, created_at DESC, id DESC"
     );
     sqlx::query_as(&sql)
+        .persistent(false)
         .bind(q.query)
         .bind(q.customer_id.map(CustomerId::as_str))
         .bind(q.communication_type.map(CommunicationType::as_str))
@@ -97,6 +114,7 @@ pub async fn search(conn: &mut PgConnection, q: &SearchQuery<'_>) -> sqlx::Resul
         .bind(q.after.map(|a| a.1))
         .bind(q.after.map(|a| a.2))
         .bind(q.limit)
+        .bind(RANKED_MATCHES)
         .fetch_all(conn)
         .await
 }

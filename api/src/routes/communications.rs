@@ -15,7 +15,6 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -33,7 +32,7 @@ use crate::{
     auth::Caller,
     body::{JsonBody, QueryParams},
     error::{ApiError, ApiResult},
-    records,
+    paging, records,
     startup::AppState,
 };
 
@@ -62,19 +61,7 @@ pub async fn list(
         .map(CommunicationType::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
-    let limit = match &query.limit {
-        None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
-                )
-            })?,
-    };
+    let limit = paging::limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let filter = CommunicationFilter {
         customer_id,
@@ -118,20 +105,14 @@ pub(crate) fn visible_customer(
 }
 
 fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{id}", created_at.timestamp_micros()))
+    paging::encode(&[&paging::time_part(created_at), &id.to_string()])
 }
 
 fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, Uuid)> {
-    let invalid = || ApiError::bad_request("invalid_query", "cursor is not one this API issued");
-    let decoded = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
-    let text = String::from_utf8(decoded).map_err(|_| invalid())?;
-    let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
-    let at = micros
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(invalid)?;
-    Ok((at, Uuid::parse_str(id).map_err(|_| invalid())?))
+    let [at, id] = paging::decode::<2>(raw).ok_or_else(paging::foreign_cursor)?;
+    let at = paging::parse_time_part(&at).ok_or_else(paging::foreign_cursor)?;
+    let id = Uuid::parse_str(&id).map_err(|_| paging::foreign_cursor())?;
+    Ok((at, id))
 }
 
 /// Loads a communication the caller may see; anything else is a 404.

@@ -12,7 +12,6 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,6 +26,7 @@ use crate::{
     auth::Caller,
     body::{JsonBody, QueryParams},
     error::{ApiError, ApiResult},
+    paging,
     startup::AppState,
 };
 
@@ -116,18 +116,7 @@ pub async fn list(
         .map(ConversationStatus::parse)
         .transpose()
         .map_err(|e| bad(e.0))?;
-    let limit = match &query.limit {
-        None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                bad(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
+    let limit = paging::limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let unread_direction = if caller.role() == Role::Customer {
         Direction::Outbound
@@ -185,22 +174,12 @@ fn summary_json(c: &ConversationSummary) -> Value {
 }
 
 fn encode_cursor(at: DateTime<Utc>, customer_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{customer_id}", at.timestamp_micros()))
+    paging::encode(&[&paging::time_part(at), customer_id])
 }
 
 fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, String)> {
-    let invalid = || ApiError::bad_request("invalid_query", "cursor is not one this API issued");
-    let text = URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(invalid)?;
-    let (micros, customer) = text.split_once(':').ok_or_else(invalid)?;
-    let at = micros
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(invalid)?;
-    let customer = CustomerId::parse(customer).map_err(|_| invalid())?;
+    let [at, customer] = paging::decode::<2>(raw).ok_or_else(paging::foreign_cursor)?;
+    let at = paging::parse_time_part(&at).ok_or_else(paging::foreign_cursor)?;
+    let customer = CustomerId::parse(&customer).map_err(|_| paging::foreign_cursor())?;
     Ok((at, customer.as_str().to_owned()))
 }

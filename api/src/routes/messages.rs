@@ -17,7 +17,6 @@ use crate::{
     auth::Caller,
     body::JsonBody,
     error::{ApiError, ApiResult},
-    idempotency::IdempotencyKey,
     startup::AppState,
 };
 
@@ -53,13 +52,15 @@ pub async fn send(
             "attachments: at most {MAX_ATTACHMENTS} files per message"
         )));
     }
-    let key = IdempotencyKey::from_headers(
+    let mut acceptance = match Acceptance::begin(
+        &state,
+        &caller,
         &headers,
-        caller.user_id(),
         "POST /api/messages/send",
         &request,
-    )?;
-    let mut acceptance = match Acceptance::begin(&state, key).await? {
+    )
+    .await?
+    {
         Begun::Repeat(answer) => return Ok(answer),
         Begun::New(acceptance) => acceptance,
     };

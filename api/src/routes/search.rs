@@ -3,7 +3,6 @@
 //! cursor. The query is web-search syntax: words, "quoted phrases", -exclusions, OR.
 
 use axum::{Json, extract::State};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,7 +17,7 @@ use crate::{
     auth::Caller,
     body::JsonBody,
     error::{ApiError, ApiResult},
-    records,
+    paging, records,
     startup::AppState,
 };
 
@@ -187,36 +186,24 @@ fn parse_bound(field: &str, raw: &str, end_of_day: bool) -> ApiResult<DateTime<U
 }
 
 fn encode_cursor(rank: f32, created_at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "{}:{}:{id}",
-        rank.to_bits(),
-        created_at.timestamp_micros()
-    ))
+    paging::encode(&[
+        &rank.to_bits().to_string(),
+        &paging::time_part(created_at),
+        &id.to_string(),
+    ])
 }
 
 fn decode_cursor(raw: &str) -> ApiResult<(f32, DateTime<Utc>, Uuid)> {
     let invalid = || bad("cursor: not one this API issued");
-    let text = URL_SAFE_NO_PAD
-        .decode(raw)
+    let [rank, at, id] = paging::decode::<3>(raw).ok_or_else(invalid)?;
+    let rank = rank
+        .parse::<u32>()
         .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(invalid)?;
-    let mut parts = text.splitn(3, ':');
-    let rank = parts
-        .next()
-        .and_then(|r| r.parse::<u32>().ok())
         .map(f32::from_bits)
         .filter(|r| r.is_finite())
         .ok_or_else(invalid)?;
-    let at = parts
-        .next()
-        .and_then(|m| m.parse::<i64>().ok())
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(invalid)?;
-    let id = parts
-        .next()
-        .and_then(|i| Uuid::parse_str(i).ok())
-        .ok_or_else(invalid)?;
+    let at = paging::parse_time_part(&at).ok_or_else(invalid)?;
+    let id = Uuid::parse_str(&id).map_err(|_| invalid())?;
     Ok((rank, at, id))
 }
 

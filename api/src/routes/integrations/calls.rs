@@ -16,7 +16,6 @@ use crate::{
     accept::{Acceptance, Begun, Channel, Composed, NewCommunication},
     auth::Caller,
     body::JsonBody,
-    idempotency::IdempotencyKey,
     startup::AppState,
 };
 
@@ -97,14 +96,15 @@ pub async fn log(
             at
         }
     };
-    let key = IdempotencyKey::from_headers(
+    let acceptance = match Acceptance::begin(
+        &state,
+        &caller,
         &headers,
-        caller.user_id(),
         "POST /api/integrations/ringcentral/call-log",
         &request,
-    )?;
-
-    let acceptance = match Acceptance::begin(&state, key).await? {
+    )
+    .await?
+    {
         Begun::Repeat(answer) => return Ok(answer),
         Begun::New(acceptance) => acceptance,
     };

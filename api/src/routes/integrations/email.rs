@@ -20,7 +20,6 @@ use crate::{
     auth::Caller,
     body::JsonBody,
     error::ApiError,
-    idempotency::IdempotencyKey,
     startup::AppState,
 };
 
@@ -108,13 +107,15 @@ pub async fn send(
         )
         .into());
     }
-    let key = IdempotencyKey::from_headers(
+    let mut acceptance = match Acceptance::begin(
+        &state,
+        &caller,
         &headers,
-        caller.user_id(),
         "POST /api/integrations/gmail/send",
         &request,
-    )?;
-    let mut acceptance = match Acceptance::begin(&state, key).await? {
+    )
+    .await?
+    {
         Begun::Repeat(answer) => return Ok(answer),
         Begun::New(acceptance) => acceptance,
     };
