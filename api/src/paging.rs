@@ -62,7 +62,8 @@ mod tests {
         let [time, rest] = decode::<2>(&raw).unwrap();
         assert_eq!(parse_time_part(&time), Some(at));
         assert_eq!(rest, "cust:1");
-        assert!(decode::<3>(&raw).is_none());
+        // Three parts asked of two: not ours.
+        assert!(decode::<3>(&encode(&[&time_part(at), "cust-1"])).is_none());
         assert!(decode::<2>("%%%").is_none());
         assert_eq!(limit(None, 50, 200).unwrap(), 50);
         assert!(limit(Some("0"), 50, 200).is_err());
