@@ -37,6 +37,9 @@ pub enum ApiError {
     StillProcessing(String),
     #[error("{0}")]
     RangeNotSatisfiable(String),
+    /// Over a limit of the caller's; retrying later will work.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// A dependency is down; retrying later will work.
     #[error("{0}")]
     Unavailable(String),
@@ -69,6 +72,7 @@ impl ApiError {
             Self::RangeNotSatisfiable(_) => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -91,7 +95,10 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let retry_soon = matches!(self, Self::StillProcessing(_) | Self::Unavailable(_));
+        let retry_soon = matches!(
+            self,
+            Self::StillProcessing(_) | Self::Unavailable(_) | Self::TooManyRequests(_)
+        );
         let mut response = (
             status,
             Json(json!({ "error": { "code": code, "message": message } })),

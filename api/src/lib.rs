@@ -13,7 +13,9 @@
 //! - [`body`]: JSON bodies and query strings whose errors name the problem.
 //! - [`idempotency`]: `Idempotency-Key` on creating POSTs.
 //! - [`metrics`]: HTTP requests by route template, WebSocket connections, the backlog.
-//! - [`notifier`]: consumes events from RabbitMQ and pushes them to WebSocket clients.
+//! - [`notifier`]: consumes events from RabbitMQ and pushes them to WebSocket clients;
+//!   publishes typing indicators for every instance.
+//! - [`presence`]: who is online on any api instance (PostgreSQL, with heartbeats).
 //! - [`error`]: the one API error type and its JSON shape.
 //! - [`ctl`]: `commcenterctl`, the operators' command line, a client of `/api/ops/`.
 
@@ -26,6 +28,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod notifier;
 pub mod paging;
+pub mod presence;
 pub mod records;
 pub mod routes;
 pub mod startup;

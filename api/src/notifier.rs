@@ -1,5 +1,7 @@
 //! The notifier: consumes the events exchange through this instance's own exclusive
-//! queue and pushes each event to the WebSocket connections that may see it.
+//! queue and pushes each event to the WebSocket connections that may see it; and
+//! publishes this instance's ephemeral events (typing) to that exchange, so every
+//! instance's clients get them.
 //!
 //! Each connection has a bounded buffer. Publishing never waits: a connection whose
 //! buffer is full is told to close (it is too slow), so one stalled client never delays
@@ -8,36 +10,48 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
-use lapin::{options::BasicConsumeOptions, types::FieldTable};
+use lapin::{
+    BasicProperties,
+    options::{BasicConsumeOptions, BasicPublishOptions},
+    types::FieldTable,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
     broker::{self, Topology},
     domain::{CustomerId, Role, UserId},
-    events::Event,
+    events::{Event, EventBody},
     settings::BrokerSettings,
 };
+
+/// What a connection is sent: the event's position (none for typing) and its JSON.
+pub type Frame = (Option<i64>, Arc<str>);
+
+/// At most one typing indicator per user and conversation this often.
+pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 
 /// The WebSocket connections of this api instance.
 pub struct Hub {
     connections: RwLock<HashMap<u64, Subscriber>>,
     next_id: AtomicU64,
     buffer: usize,
+    /// When each user last typed in each conversation (relayed), for the rate limit.
+    typing: Mutex<HashMap<(UserId, CustomerId), Instant>>,
 }
 
 struct Subscriber {
     user_id: UserId,
     role: Role,
     customer_id: Option<CustomerId>,
-    frames: mpsc::Sender<Arc<str>>,
+    frames: mpsc::Sender<Frame>,
     /// Cancelled when the buffer overflows: the connection closes itself.
     too_slow: CancellationToken,
 }
@@ -45,7 +59,7 @@ struct Subscriber {
 /// A registered connection's end: frames to send, and the signal to give up.
 pub struct Subscription {
     pub id: u64,
-    pub frames: mpsc::Receiver<Arc<str>>,
+    pub frames: mpsc::Receiver<Frame>,
     pub too_slow: CancellationToken,
 }
 
@@ -55,6 +69,7 @@ impl Hub {
             connections: RwLock::default(),
             next_id: AtomicU64::new(1),
             buffer,
+            typing: Mutex::default(),
         }
     }
 
@@ -86,21 +101,32 @@ impl Hub {
         self.write().remove(&id);
     }
 
-    /// Sends the event to every connection that may see it, without waiting.
+    /// Sends the event to every connection that may see it, without waiting. A typing
+    /// indicator goes to the conversation's other parties, not back to the typist.
     pub fn publish(&self, event: &Event) {
         let Ok(frame) = serde_json::to_string(event) else {
             return;
         };
         let frame: Arc<str> = frame.into();
+        let typist = match &event.body {
+            EventBody::Typing { user_id, .. } => Some(user_id.as_str()),
+            _ => None,
+        };
         let connections = self
             .connections
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (id, subscriber) in connections.iter() {
-            if !subscriber.may_see(&event.customer_id) {
+            if !event.visible_to(subscriber.role, subscriber.customer_id.as_ref())
+                || typist == Some(subscriber.user_id.as_str())
+            {
                 continue;
             }
-            if subscriber.frames.try_send(frame.clone()).is_err() {
+            if subscriber
+                .frames
+                .try_send((event.seq, frame.clone()))
+                .is_err()
+            {
                 if !subscriber.too_slow.is_cancelled() {
                     tracing::warn!(connection = id, user_id = %subscriber.user_id, "WebSocket client too slow; disconnecting it");
                 }
@@ -109,18 +135,29 @@ impl Hub {
         }
     }
 
-    /// Users with at least one open connection here, with their role.
-    pub fn online_users(&self) -> Vec<(UserId, Role)> {
-        let mut users: Vec<(UserId, Role)> = self
-            .connections
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .map(|s| (s.user_id.clone(), s.role))
-            .collect();
-        users.sort_by(|a, b| a.0.cmp(&b.0));
-        users.dedup_by(|a, b| a.0 == b.0);
-        users
+    /// May `user` send a typing indicator in `customer`'s conversation now? At most one
+    /// every [`TYPING_EVERY`]; a `stop` always goes (and resets the clock).
+    pub fn typing_allowed(&self, user: &UserId, customer: &CustomerId, stop: bool) -> bool {
+        let mut last = self
+            .typing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if last.len() > 10_000 {
+            last.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
+        }
+        let key = (user.clone(), customer.clone());
+        if stop {
+            last.remove(&key);
+            return true;
+        }
+        match last.get(&key) {
+            Some(at) if now.duration_since(*at) < TYPING_EVERY => false,
+            _ => {
+                last.insert(key, now);
+                true
+            }
+        }
     }
 
     pub fn connection_count(&self) -> usize {
@@ -134,24 +171,14 @@ impl Hub {
     }
 }
 
-impl Subscriber {
-    fn may_see(&self, customer: &CustomerId) -> bool {
-        match self.role {
-            Role::Staff | Role::Operator => true,
-            Role::Customer => self.customer_id.as_ref() == Some(customer),
-            // Nothing is shared with crews yet.
-            Role::Crew => false,
-        }
-    }
-}
-
-/// Consumes events until `shutdown`, reconnecting with backoff. `broker_up` tells
-/// readiness whether this instance is connected.
+/// Consumes events until `shutdown`, reconnecting with backoff, and publishes what
+/// `outgoing` brings. `broker_up` tells readiness whether this instance is connected.
 pub async fn run(
     hub: Arc<Hub>,
     settings: BrokerSettings,
     topology: Topology,
     broker_up: Arc<AtomicBool>,
+    mut outgoing: mpsc::Receiver<Event>,
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
@@ -179,10 +206,26 @@ pub async fn run(
                 .await?;
             broker_up.store(true, Ordering::Relaxed);
             tracing::info!(queue, "notifier consuming events");
+            let exchange = topology.events_exchange();
             loop {
                 let next = tokio::select! {
                     () = shutdown.cancelled() => return anyhow::Ok(()),
                     next = consumer.next() => next,
+                    Some(event) = outgoing.recv() => {
+                        // Ephemeral: not persistent, no confirm awaited; one lost is
+                        // one indicator missed.
+                        let body = serde_json::to_vec(&event)?;
+                        channel
+                            .basic_publish(
+                                exchange.as_str().into(),
+                                "".into(),
+                                BasicPublishOptions::default(),
+                                &body,
+                                BasicProperties::default().with_content_type("application/json".into()),
+                            )
+                            .await?;
+                        continue;
+                    }
                 };
                 let delivery = match next {
                     Some(delivery) => delivery?,

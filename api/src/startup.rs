@@ -1,5 +1,6 @@
 //! Building and running the api: the router (a function, so tests can drive it), and
-//! the tasks beside it (outbox relay, notifier), all stopped by one shutdown token.
+//! the tasks beside it (outbox relay, notifier, presence heartbeat), all stopped by one
+//! shutdown token.
 
 use std::{
     net::SocketAddr,
@@ -13,7 +14,10 @@ use axum::{
     middleware,
 };
 use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, mpsc},
+};
 use tokio_util::sync::CancellationToken;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -21,14 +25,20 @@ use tower_http::{
 };
 
 use commcenter_shared::{
-    blob::BlobStore, broker::Topology, db, jobs::kinds, relay::Relay, settings::Settings,
+    blob::BlobStore, broker::Topology, db, events::Event, jobs::kinds, relay::Relay,
+    settings::Settings,
 };
 
 use crate::{
     metrics::{self, ApiMetrics},
     notifier::{self, Hub},
+    presence::Presence,
     routes,
 };
+
+/// Typing indicators waiting for the notifier to publish them; beyond this many, new
+/// ones are dropped (they expire in seconds anyway).
+const EPHEMERAL_BUFFER: usize = 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -44,11 +54,16 @@ pub struct AppState {
     pub broker_up: Arc<AtomicBool>,
     /// This instance's registry, served at `/metrics`.
     pub metrics: Arc<ApiMetrics>,
+    /// Who is online on any api instance; admits and counts WebSocket connections.
+    pub presence: Arc<Presence>,
+    /// Ephemeral events (typing) for the notifier to publish to every instance.
+    pub ephemeral: mpsc::Sender<Event>,
 }
 
 pub struct App {
     pub state: AppState,
     listener: TcpListener,
+    ephemeral: mpsc::Receiver<Event>,
 }
 
 impl App {
@@ -67,6 +82,15 @@ impl App {
             settings.broker.clone(),
             topology(&settings).queues(kinds::ALL),
         ));
+        let outbox = Arc::new(Notify::new());
+        let presence = Arc::new(Presence::new(
+            pool.clone(),
+            settings.http.presence_heartbeat,
+            settings.http.presence_ttl,
+            settings.http.ws_max_per_user,
+            outbox.clone(),
+        ));
+        let (ephemeral, ephemeral_rx) = mpsc::channel(EPHEMERAL_BUFFER);
         let state = AppState {
             metrics,
             pool,
@@ -74,9 +98,15 @@ impl App {
             hub: Arc::new(Hub::new(settings.http.ws_buffer)),
             settings: Arc::new(settings),
             broker_up: Arc::new(AtomicBool::new(false)),
-            outbox: Arc::new(Notify::new()),
+            outbox,
+            presence,
+            ephemeral,
         };
-        Ok(Self { state, listener })
+        Ok(Self {
+            state,
+            listener,
+            ephemeral: ephemeral_rx,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -88,6 +118,7 @@ impl App {
     /// Serves until `shutdown`, then stops accepting, finishes open requests and stops
     /// the relay and the notifier.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr();
         let settings = self.state.settings.clone();
         let topology = topology(&settings);
         let relay = Relay {
@@ -104,14 +135,17 @@ impl App {
             settings.broker.clone(),
             topology,
             self.state.broker_up.clone(),
+            self.ephemeral,
             shutdown.clone(),
         ));
-        tracing::info!(addr = %self.local_addr(), "api listening");
+        let presence = tokio::spawn(self.state.presence.clone().run(shutdown.clone()));
+        tracing::info!(%addr, "api listening");
         let stop = shutdown.clone();
         axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .context("HTTP server failed")?;
+        presence.await.ok();
         relay.await.ok();
         notifier.await.ok();
         Ok(())

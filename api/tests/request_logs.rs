@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 use tracing_subscriber::{fmt::MakeWriter, prelude::*};
 
-use commcenter_api::{AppState, metrics::ApiMetrics, notifier::Hub, startup};
+use commcenter_api::{AppState, metrics::ApiMetrics, notifier::Hub, presence::Presence, startup};
 use commcenter_shared::{blob::BlobStore, settings::Settings, telemetry};
 
 /// Log output kept in memory.
@@ -62,6 +62,14 @@ fn state() -> AppState {
             settings.broker.clone(),
             Vec::new(),
         )),
+        presence: Arc::new(Presence::new(
+            pool.clone(),
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(30),
+            10,
+            Arc::new(Notify::new()),
+        )),
+        ephemeral: tokio::sync::mpsc::channel(1).0,
         pool,
         hub: Arc::new(Hub::new(8)),
         blobs: Arc::new(BlobStore::from_settings(&settings.storage).unwrap()),

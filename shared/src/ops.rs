@@ -1065,6 +1065,8 @@ pub struct Pruned {
     pub jobs: u64,
     pub idempotency_keys: u64,
     pub webhook_receipts: u64,
+    /// Events older than `EVENT_RETENTION_HOURS`, past recovery.
+    pub events: u64,
 }
 
 /// Deletes succeeded and cancelled jobs (their attempts go with them) finished more
@@ -1075,6 +1077,7 @@ pub async fn prune(
     pool: &PgPool,
     job_retention: Duration,
     key_retention: Duration,
+    event_retention: Duration,
     batch: i64,
 ) -> sqlx::Result<Pruned> {
     Ok(Pruned {
@@ -1106,6 +1109,16 @@ pub async fn prune(
                  WHERE received_at < now() - make_interval(secs => $1)
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
             key_retention,
+            batch,
+        )
+        .await?,
+        events: delete_in_batches(
+            pool,
+            "DELETE FROM event_log WHERE seq IN (
+                 SELECT seq FROM event_log
+                 WHERE at < now() - make_interval(secs => $1)
+                 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            event_retention,
             batch,
         )
         .await?,

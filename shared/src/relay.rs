@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::{
     broker::{self, Topology},
+    events,
     jobs::Envelope,
     settings::{BrokerSettings, RelaySettings},
 };
@@ -183,6 +184,13 @@ impl Relay {
 
     async fn publish_events(&self, channel: &Channel) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
+        // One relay at a time gives positions, held to its commit: positions are then
+        // in commit order (a reader that has N never finds a smaller one later), and a
+        // reader taking the lock shared waits for a batch already on the broker.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(events::EVENT_LOG_LOCK)
+            .execute(&mut *tx)
+            .await?;
         let mut rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
             "DELETE FROM event_outbox WHERE id IN (
                  SELECT id FROM event_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -195,6 +203,31 @@ impl Relay {
             return Ok(0);
         }
         rows.sort_by_key(|(id, _)| *id);
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval('event_log_seq') FROM generate_series(1, $1) ORDER BY 1",
+        )
+        .bind(rows.len() as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        for ((_, payload), seq) in rows.iter_mut().zip(&positions) {
+            if let serde_json::Value::Object(fields) = payload {
+                fields.insert("seq".into(), (*seq).into());
+            }
+        }
+        let customers: Vec<Option<&str>> = rows
+            .iter()
+            .map(|(_, payload)| payload.get("customer_id").and_then(|c| c.as_str()))
+            .collect();
+        let payloads: Vec<&serde_json::Value> = rows.iter().map(|(_, payload)| payload).collect();
+        sqlx::query(
+            "INSERT INTO event_log (seq, customer_id, payload)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::jsonb[])",
+        )
+        .bind(&positions)
+        .bind(&customers)
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await?;
         let exchange = self.topology.events_exchange();
         let mut confirms = Vec::with_capacity(rows.len());
         for (_, payload) in &rows {

@@ -73,6 +73,18 @@ pub struct HttpSettings {
     pub ws_buffer: usize,
     /// `WS_PING_SECS`: heartbeat interval; a connection silent for two is closed.
     pub ws_ping: Duration,
+    /// `WS_MAX_PER_USER`: open WebSockets one user may have, across every api instance;
+    /// the next is refused (429).
+    pub ws_max_per_user: i64,
+    /// `WS_MAX_MESSAGE_BYTES`: the largest client message; a larger one closes the
+    /// connection with 1009 (nothing bigger is ever buffered).
+    pub ws_max_message_bytes: usize,
+    /// `PRESENCE_HEARTBEAT_SECS`: how often an api instance says it is alive (and sweeps
+    /// away instances that stopped saying so).
+    pub presence_heartbeat: Duration,
+    /// `PRESENCE_TTL_SECS`: an instance silent this long is dead: its users go offline
+    /// everywhere (within this and one heartbeat).
+    pub presence_ttl: Duration,
     /// `SHUTDOWN_GRACE_SECS`: how long a stopping process waits for in-flight work.
     pub shutdown_grace: Duration,
 }
@@ -111,6 +123,9 @@ pub struct JobSettings {
     pub retention: Duration,
     /// `IDEMPOTENCY_RETENTION_HOURS`: how long an `Idempotency-Key` is remembered.
     pub idempotency_retention: Duration,
+    /// `EVENT_RETENTION_HOURS`: how long events are kept for WebSocket clients to
+    /// recover (`?since=`); a position older than that answers `recovered: false`.
+    pub event_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -365,6 +380,19 @@ impl Settings {
                     parse("WS_PING_SECS", "30")?,
                     "WS_PING_SECS",
                 )?),
+                ws_max_per_user: positive(parse("WS_MAX_PER_USER", "10")?, "WS_MAX_PER_USER")?,
+                ws_max_message_bytes: positive(
+                    parse("WS_MAX_MESSAGE_BYTES", "65536")?,
+                    "WS_MAX_MESSAGE_BYTES",
+                )?,
+                presence_heartbeat: Duration::from_secs(positive(
+                    parse("PRESENCE_HEARTBEAT_SECS", "10")?,
+                    "PRESENCE_HEARTBEAT_SECS",
+                )?),
+                presence_ttl: Duration::from_secs(positive(
+                    parse("PRESENCE_TTL_SECS", "30")?,
+                    "PRESENCE_TTL_SECS",
+                )?),
                 shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", "30")?),
             },
             auth: AuthSettings {
@@ -389,6 +417,7 @@ impl Settings {
                 delivery_limit: positive(parse("DELIVERY_LIMIT", "5")?, "DELIVERY_LIMIT")?,
                 retention: hours("JOB_RETENTION_HOURS", "168")?,
                 idempotency_retention: hours("IDEMPOTENCY_RETENTION_HOURS", "24")?,
+                event_retention: hours("EVENT_RETENTION_HOURS", "24")?,
             },
             relay: RelaySettings {
                 batch: positive(parse("OUTBOX_BATCH", "500")?, "OUTBOX_BATCH")?,

@@ -78,6 +78,11 @@ pub struct TestOptions {
     pub gmail: GmailConfig,
     /// `METRICS_TOKEN`: the bearer token `/metrics` asks for.
     pub metrics_token: Option<String>,
+    /// `PRESENCE_HEARTBEAT_SECS` and `PRESENCE_TTL_SECS`, short so a killed instance's
+    /// users go offline in a test's time.
+    pub presence_heartbeat: Duration,
+    pub presence_ttl: Duration,
+    pub ws_max_per_user: i64,
 }
 
 impl TestOptions {
@@ -114,6 +119,9 @@ impl Default for TestOptions {
             ringcentral: RingCentralConfig::default(),
             gmail: GmailConfig::default(),
             metrics_token: None,
+            presence_heartbeat: Duration::from_millis(250),
+            presence_ttl: Duration::from_secs(2),
+            ws_max_per_user: 10,
         }
     }
 }
@@ -175,6 +183,9 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     settings.http.addr = "127.0.0.1:0".parse().expect("addr");
     settings.http.ws_buffer = options.ws_buffer;
     settings.http.ws_ping = options.ws_ping;
+    settings.http.presence_heartbeat = options.presence_heartbeat;
+    settings.http.presence_ttl = options.presence_ttl;
+    settings.http.ws_max_per_user = options.ws_max_per_user;
     settings.http.max_body_bytes = options.max_body_bytes;
     settings.http.shutdown_grace = Duration::from_secs(10);
     settings.jobs.retry_tiers = parse_tiers(options.retry_tiers).expect("tiers");
@@ -551,6 +562,34 @@ impl TestApp {
         response.json().await.expect("a JSON body")
     }
 
+    /// Another api instance on this app's database and queue prefix, in a runtime of
+    /// its own so that a test can kill it at once, as `kill -9` would.
+    pub async fn spawn_instance(&self) -> ApiInstance {
+        let mut settings = self.settings.clone();
+        settings.http.addr = "127.0.0.1:0".parse().expect("addr");
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let app = runtime
+                .block_on(App::build(settings))
+                .expect("the second api builds");
+            let addr = app.local_addr();
+            runtime.spawn(app.run(stop));
+            ApiInstance {
+                addr,
+                shutdown,
+                runtime: Some(runtime),
+            }
+        })
+        .await
+        .expect("the instance starts")
+    }
+
     pub async fn ws(&self, user: &str, token: &str) -> WsClient {
         let url = format!("ws://{}/api/ws/{user}?token={token}", self.addr);
         WsClient::connect(&url).await.expect("WebSocket connects")
@@ -732,5 +771,42 @@ impl Drop for TestApp {
             });
         });
         cleanup.join().ok();
+    }
+}
+
+/// A second api instance of a [`TestApp`] (see [`TestApp::spawn_instance`]).
+pub struct ApiInstance {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ApiInstance {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn ws(&self, user: &str, token: &str) -> WsClient {
+        let url = format!("ws://{}/api/ws/{user}?token={token}", self.addr);
+        WsClient::connect(&url).await.expect("WebSocket connects")
+    }
+
+    /// Stops every task of the instance at once: no graceful step runs, its rows stay
+    /// behind, its sockets close.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for ApiInstance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            // Its graceful stop runs on its own threads; give it a moment, then go.
+            std::thread::sleep(Duration::from_millis(200));
+            runtime.shutdown_background();
+        }
     }
 }

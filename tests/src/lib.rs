@@ -11,7 +11,9 @@ mod app;
 mod proxy;
 mod ws;
 
-pub use app::{TestApp, TestOptions, broker_addr, broker_url, spawn_app, spawn_app_with};
+pub use app::{
+    ApiInstance, TestApp, TestOptions, broker_addr, broker_url, spawn_app, spawn_app_with,
+};
 pub use proxy::TcpProxy;
 pub use ws::WsClient;
 

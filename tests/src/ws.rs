@@ -9,19 +9,35 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The `connected` frame (its `seq` is where a later `?since=` resumes).
+    pub hello: Value,
 }
 
 impl WsClient {
     /// Connects and waits for the `connected` frame, after which events are delivered.
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut client = Self { stream };
+        let mut client = Self {
+            stream,
+            hello: Value::Null,
+        };
         let hello = client
             .next_json(Duration::from_secs(5))
             .await
             .expect("a connected frame");
         assert_eq!(hello["type"], "connected", "first frame: {hello}");
+        client.hello = hello;
         Ok(client)
+    }
+
+    /// Sends a JSON text frame.
+    pub async fn send(&mut self, frame: &Value) {
+        self.send_raw(Message::Text(frame.to_string().into())).await;
+    }
+
+    /// Sends any frame (binary, oversized text, …).
+    pub async fn send_raw(&mut self, message: Message) {
+        self.stream.send(message).await.expect("the frame is sent");
     }
 
     /// The next JSON text frame, answering pings; `None` on timeout or close.

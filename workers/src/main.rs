@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             pool: runtime.pool.clone(),
             jobs: settings.jobs.retention,
             idempotency_keys: settings.jobs.idempotency_retention,
+            events: settings.jobs.event_retention,
         }
         .run(shutdown.clone()),
     );

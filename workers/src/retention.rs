@@ -1,5 +1,6 @@
 //! Retention: every so often, prune finished jobs (their attempts go with them) past
-//! `JOB_RETENTION_HOURS` and idempotency keys past `IDEMPOTENCY_RETENTION_HOURS`.
+//! `JOB_RETENTION_HOURS`, idempotency keys past `IDEMPOTENCY_RETENTION_HOURS` and the
+//! event log past `EVENT_RETENTION_HOURS`.
 //! Dead jobs are kept until an operator replays or discards them. Several worker
 //! processes may prune at once: each deletes in small batches and skips locked rows.
 
@@ -19,18 +20,28 @@ pub struct Retention {
     pub pool: PgPool,
     pub jobs: Duration,
     pub idempotency_keys: Duration,
+    pub events: Duration,
 }
 
 impl Retention {
     /// Prunes now, then every [`INTERVAL`], until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            match ops::prune(&self.pool, self.jobs, self.idempotency_keys, BATCH).await {
+            match ops::prune(
+                &self.pool,
+                self.jobs,
+                self.idempotency_keys,
+                self.events,
+                BATCH,
+            )
+            .await
+            {
                 Ok(pruned) if pruned != ops::Pruned::default() => {
                     tracing::info!(
                         jobs = pruned.jobs,
                         idempotency_keys = pruned.idempotency_keys,
                         webhook_receipts = pruned.webhook_receipts,
+                        events = pruned.events,
                         "pruned"
                     );
                 }

@@ -1,5 +1,9 @@
-//! Presence: who has a WebSocket open on this api instance. (Presence across several
-//! instances needs presence events on the broker; this answers for one.)
+//! Presence: who has a WebSocket open on any api instance ([`crate::presence`]).
+//!
+//! - `GET /api/communications/online-users`: staff see everyone online; a customer sees
+//!   the staff who are (support's availability), never other customers.
+//! - `GET /api/communications/user/{user_id}/status`: a user's own, any user's for
+//!   staff; for a customer, staff read as they are and anyone else as offline.
 
 use axum::{
     Json,
@@ -7,7 +11,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use commcenter_shared::domain::UserId;
+use commcenter_shared::domain::{Role, UserId};
 
 use crate::{
     auth::Caller,
@@ -15,13 +19,30 @@ use crate::{
     startup::AppState,
 };
 
+/// May the caller know whether someone of `role` is online?
+fn may_know(caller: &Caller, role: Role) -> bool {
+    match caller.role() {
+        Role::Staff | Role::Operator => true,
+        Role::Customer => role.sees_every_customer(),
+        Role::Crew => false,
+    }
+}
+
 pub async fn online_users(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    caller.ensure_staff()?;
+    if caller.role() == Role::Crew {
+        return Err(ApiError::Forbidden(
+            "crew members see only what is shared with their crew".into(),
+        ));
+    }
     let users: Vec<Value> = state
-        .hub
+        .presence
         .online_users()
+        .await?
         .into_iter()
-        .map(|(user, role)| json!({ "user_id": user, "role": role }))
+        .filter_map(|(user, role)| {
+            let role = Role::parse(&role).ok()?;
+            may_know(&caller, role).then(|| json!({ "user_id": user, "role": role }))
+        })
         .collect();
     Ok(Json(json!({ "online_users": users })))
 }
@@ -32,11 +53,18 @@ pub async fn user_status(
     Path(user_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let user = UserId::parse(&user_id).map_err(|e| ApiError::bad_request("invalid_path", e.0))?;
-    if user != caller.0.sub {
-        caller.ensure_staff()?;
+    if caller.role() == Role::Crew && user != caller.0.sub {
+        return Err(ApiError::Forbidden(
+            "crew members see only what is shared with their crew".into(),
+        ));
     }
-    let online = state.hub.online_users().iter().any(|(u, _)| *u == user);
-    Ok(Json(
-        json!({ "user_id": user, "status": if online { "online" } else { "offline" } }),
-    ))
+    let role = state.presence.status(&user).await?;
+    let role = role.as_deref().and_then(|r| Role::parse(r).ok());
+    // A customer learns only whether staff are online: anyone else reads as offline,
+    // so asking cannot tell an online customer from an offline one.
+    let online = role.is_some_and(|role| user == caller.0.sub || may_know(&caller, role));
+    Ok(Json(json!({
+        "user_id": user,
+        "status": if online { "online" } else { "offline" },
+    })))
 }

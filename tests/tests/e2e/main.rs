@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod parity;
+mod realtime;
 mod receipts;
 mod reliability;
 mod retries;

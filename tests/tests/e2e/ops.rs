@@ -772,6 +772,7 @@ async fn retention_prunes_finished_jobs_and_keeps_dead_ones() {
         &app.pool,
         Duration::from_secs(168 * 3600),
         Duration::from_secs(24 * 3600),
+        Duration::from_secs(24 * 3600),
         1,
     )
     .await

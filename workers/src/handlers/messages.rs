@@ -44,15 +44,7 @@ impl Handler for DeliverMessage {
         let customer = customer_of(&communication.customer_id)?;
         let event = Event::now(
             customer,
-            EventBody::MessageNew {
-                communication_id: communication.id,
-                communication_type: communication.communication_type.clone(),
-                sender_id: communication.sender_id.clone(),
-                sender_role: communication.sender_role.clone(),
-                message: communication.message.clone(),
-                status: CommunicationStatus::Sent,
-                created_at: communication.created_at,
-            },
+            EventBody::message_new(&communication, CommunicationStatus::Sent),
         );
         events::record(conn, &event).await?;
         Ok(())

@@ -264,15 +264,7 @@ async fn customer_for(
 async fn announce(conn: &mut PgConnection, c: &Communication) -> Result<(), JobError> {
     let event = Event::now(
         customer_of(&c.customer_id)?,
-        EventBody::MessageNew {
-            communication_id: c.id,
-            communication_type: c.communication_type.clone(),
-            sender_id: c.sender_id.clone(),
-            sender_role: c.sender_role.clone(),
-            message: c.message.clone(),
-            status: c.status(),
-            created_at: c.created_at,
-        },
+        EventBody::message_new(c, c.status()),
     );
     events::record(conn, &event).await?;
     Ok(())
