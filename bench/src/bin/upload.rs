@@ -25,6 +25,8 @@
 // A reporting tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+#[path = "../child_api.rs"]
+mod child_api;
 #[path = "../procfs.rs"]
 mod procfs;
 
@@ -40,7 +42,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, anyhow, bail, ensure};
+use anyhow::{Context, anyhow, ensure};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Multipart},
@@ -55,7 +57,6 @@ use reqwest::{
     multipart::{Form, Part},
 };
 use serde_json::{Value, json};
-use sqlx::{Connection as _, PgConnection};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -137,7 +138,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .prefix("commcenter-upload-bench")
         .tempdir_in(options.dir.clone().unwrap_or_else(std::env::temp_dir))?;
     let mut resources = Resources::default();
-    resources.admin_url = admin_database_url();
+    resources.admin_url = child_api::admin_database_url();
     let result = tokio::select! {
         result = bench(&options, temp.path(), &mut resources) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
@@ -170,7 +171,7 @@ async fn bench(options: &Options, dir: &Path, resources: &mut Resources) -> anyh
     }
     let api_bin = match &options.api_bin {
         Some(bin) => bin.clone(),
-        None => build_api().await?,
+        None => child_api::build_api().await?,
     };
 
     // The api under test, as production runs it, in a process of its own.
@@ -179,16 +180,16 @@ async fn bench(options: &Options, dir: &Path, resources: &mut Resources) -> anyh
     let prefix = format!("cc-bench-upload-{id}");
     let upload_dir = dir.join("uploads");
     let secret = format!("bench-secret-{id}");
-    create_database(&resources.admin_url, &database).await?;
+    child_api::create_database(&resources.admin_url, &database).await?;
     resources.database = Some(database.clone());
     resources.prefix = Some(prefix.clone());
-    let addr = free_port()?;
+    let addr = child_api::free_port()?;
     let log = dir.join("api.log");
     resources.log = Some(log.clone());
     let mut env = vec![
         (
             "DATABASE_URL",
-            replace_database(&resources.admin_url, &database),
+            child_api::replace_database(&resources.admin_url, &database),
         ),
         ("DATABASE_MAX_CONNECTIONS", "8".to_owned()),
         ("AMQP_URL", commcenter_tests::broker_url()),
@@ -216,7 +217,7 @@ async fn bench(options: &Options, dir: &Path, resources: &mut Resources) -> anyh
     let pid = child.id().context("the api exited at once")?;
     resources.api = Some(child);
     let base = format!("http://{addr}");
-    wait_ready(resources, &base).await?;
+    child_api::wait_ready(resources.api.as_mut(), &base).await?;
     let claims = Claims {
         sub: UserId::parse(&format!("user-of-{CUSTOMER}")).map_err(|e| anyhow!(e.0))?,
         role: Role::Customer,
@@ -1002,10 +1003,10 @@ struct Resources {
 impl Resources {
     async fn teardown(&mut self) {
         if let Some(child) = self.api.take() {
-            stop_child(child).await;
+            child_api::stop(child).await;
         }
         if let Some(database) = self.database.take()
-            && let Err(e) = drop_database(&self.admin_url, &database).await
+            && let Err(e) = child_api::drop_database(&self.admin_url, &database).await
         {
             eprintln!("could not drop database {database}: {e:#}");
         }
@@ -1041,114 +1042,6 @@ impl Drop for Resources {
     }
 }
 
-/// SIGTERM (the api's graceful shutdown), then SIGKILL after 15 s.
-async fn stop_child(mut child: Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        if tokio::time::timeout(Duration::from_secs(15), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        eprintln!("the api (pid {pid}) did not stop on SIGTERM; killing it");
-    }
-    child.kill().await.ok();
-}
-
-async fn wait_ready(resources: &mut Resources, base: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(child) = resources.api.as_mut()
-            && let Some(status) = child.try_wait()?
-        {
-            bail!("the api exited at start-up ({status})");
-        }
-        let ready = client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the api was not ready within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Builds the api in release and answers where its binary is (cargo says so).
-async fn build_api() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the workspace root")?;
-    eprintln!("building commcenter-api (release) ...");
-    let out = Command::new(cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "commcenter-api",
-            "--bin",
-            "commcenter-api",
-            "--message-format=json",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .context("running cargo build")?;
-    ensure!(out.status.success(), "cargo build -p commcenter-api failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "commcenter-api")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo named no commcenter-api executable")
-}
-
-fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
-}
-
-fn replace_database(url: &str, database: &str) -> String {
-    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
-    format!("{base}/{database}")
-}
-
-async fn create_database(admin: &str, database: &str) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(admin)
-        .await
-        .context("connecting to PostgreSQL (TEST_DATABASE_URL)")?;
-    sqlx::query(&format!("CREATE DATABASE \"{database}\""))
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("creating database {database}"))?;
-    conn.close().await.ok();
-    Ok(())
-}
-
-async fn drop_database(admin: &str, database: &str) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(admin).await?;
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-    ))
-    .execute(&mut conn)
-    .await?;
-    conn.close().await.ok();
-    Ok(())
-}
-
 async fn delete_topology(prefix: &str) -> anyhow::Result<()> {
     let topology = Topology::new(prefix, parse_tiers(RETRY_TIERS)?, DELIVERY_LIMIT);
     let connection = lapin::Connection::connect(
@@ -1160,11 +1053,6 @@ async fn delete_topology(prefix: &str) -> anyhow::Result<()> {
     topology.delete(&channel, kinds::ALL).await;
     connection.close(200, "bye".into()).await.ok();
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
 }
 
 /// Removes the stored objects between runs (the disk does not fill; each run starts alike).

@@ -274,7 +274,10 @@ async fn client_frames_get_answers_and_bad_ones_an_error_the_connection_stays() 
     let mut ws = app.ws("staff-1", &staff).await;
     assert_eq!(ws.hello["limits"]["max_message_bytes"], 65536);
     ws.send(&json!({ "type": "ping" })).await;
-    assert_eq!(ws.next_json(WAIT).await.unwrap(), json!({ "type": "pong" }));
+    assert_eq!(
+        ws.next_of_type("pong", WAIT).await.unwrap(),
+        json!({ "type": "pong" })
+    );
     for (frame, names) in [
         (Message::Text("not json".into()), "not JSON"),
         (
@@ -296,8 +299,7 @@ async fn client_frames_get_answers_and_bad_ones_an_error_the_connection_stays() 
         (Message::Binary(vec![1, 2, 3].into()), "binary"),
     ] {
         ws.send_raw(frame).await;
-        let answer = ws.next_json(WAIT).await.expect("an answer");
-        assert_eq!(answer["type"], "error", "{answer}");
+        let answer = ws.next_of_type("error", WAIT).await.expect("an answer");
         assert!(
             answer["message"].as_str().unwrap().contains(names),
             "{answer}"
