@@ -209,7 +209,12 @@ pub async fn run(
             let exchange = topology.events_exchange();
             loop {
                 let next = tokio::select! {
-                    () = shutdown.cancelled() => return anyhow::Ok(()),
+                    () = shutdown.cancelled() => {
+                        // Before the connection: lapin logs an error for a channel
+                        // still open when the connection closes under it.
+                        channel.close(200, "shutting down".into()).await.ok();
+                        return anyhow::Ok(());
+                    }
                     next = consumer.next() => next,
                     Some(event) = outgoing.recv() => {
                         // Ephemeral: not persistent, no confirm awaited; one lost is

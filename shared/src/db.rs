@@ -55,6 +55,24 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Applies what is new. On a connection that keeps PostgreSQL's notices to itself: the
+/// migrator's `CREATE TABLE IF NOT EXISTS _sqlx_migrations` says "already exists,
+/// skipping" at every start otherwise, which sqlx logs as a warning.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("cannot apply migrations")
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    sqlx::query("SET client_min_messages = warning")
+        .execute(&mut *conn)
+        .await?;
+    let applied = MIGRATOR
+        .run(&mut *conn)
+        .await
+        .context("cannot apply migrations");
+    sqlx::query("RESET client_min_messages")
+        .execute(&mut *conn)
+        .await
+        .ok();
+    applied
 }

@@ -98,6 +98,9 @@ impl Relay {
                 () = shutdown.cancelled() => {
                     // What the last writers committed goes out before we stop.
                     self.drain(&channel).await?;
+                    // Closed before its connection: lapin logs an error for a channel
+                    // still open when the connection closes under it.
+                    channel.close(200, "shutting down".into()).await.ok();
                     return Ok(());
                 }
                 () = self.wake.notified() => {}

@@ -471,7 +471,11 @@ impl Runtime {
             handle.await.ok();
         }
         self.drain(in_flight).await;
-        drop(channels);
+        // Closed before their connection: lapin logs an error for every channel still
+        // open when the connection closes under it.
+        for channel in channels.iter().chain([&publisher, &setup]) {
+            channel.close(200, "shutting down".into()).await.ok();
+        }
         Ok(())
     }
 

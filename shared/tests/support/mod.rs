@@ -21,9 +21,11 @@ use futures_util::{Stream, StreamExt as _, stream};
 
 /// moto 5.2.1 and older answer CompleteMultipartUpload with a root element the Rust
 /// SDK refuses (moto issue 10055); 5.2.2 fixed it.
-pub const INSTALL: &str = "python3 -m pip install 'moto[server]>=5.2.2,<6'";
+/// `scripts/test.sh` installs a pinned moto into a virtualenv and names its Python in
+/// `MOTO_PYTHON`; without it, the system's `python3` is tried.
+pub const INSTALL: &str = "scripts/test.sh (it installs moto into target/test-venv), or python3 -m pip install 'moto[server]>=5.2.2,<6'";
 
-/// moto's S3 in a `python3` child, one per test binary, started at first use. It
+/// moto's S3 in a Python child (`MOTO_PYTHON`, else `python3`), one per test binary, started at first use. It
 /// lives as long as this process: it exits when its standard input closes, which the
 /// kernel does when this process ends however it ends, so no server outlives a run.
 struct Moto {
@@ -54,14 +56,15 @@ server.stop()
 fn moto() -> &'static Moto {
     static MOTO_SERVER: OnceLock<Moto> = OnceLock::new();
     MOTO_SERVER.get_or_init(|| {
-        let mut child = Command::new("python3")
+        let python = std::env::var("MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(&python)
             .args(["-c", MOTO])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run python3 for the S3 test server (moto): {e}; install Python 3 and then {INSTALL}")
+                panic!("cannot run {python} for the S3 test server (moto): {e}; run {INSTALL}")
             });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();

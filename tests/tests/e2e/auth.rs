@@ -176,10 +176,16 @@ async fn staff_list_everyone_online_and_customers_only_staff() {
         .await
         .unwrap();
     assert_eq!(offline["status"], "offline");
-    assert_eq!(
-        app.get("/api/communications/user/someone-else/status", &customer)
-            .await
-            .status(),
-        403
-    );
+    // A customer may ask about anyone, and learns only of staff: another customer,
+    // online or not, reads as offline.
+    let asked: Value = app
+        .get(
+            "/api/communications/user/user-of-cust-1/status",
+            &app.customer_token("cust-2"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asked["status"], "offline");
 }

@@ -275,6 +275,8 @@ async fn multipart_parts_come_in_any_order_and_a_refused_file_leaves_nothing() {
         assert_eq!(body["files"][0]["status"], "processing");
     }
     assert_eq!(app.count("file_attachments").await, 3);
+    // Processed (thumbnails made, duplicate copies removed): the store is at rest.
+    app.assert_no_jobs_left().await;
 
     // A customer naming another's conversation after the file: refused, the staged
     // bytes removed, nothing recorded.
