@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole system here: commcenter-api (HTTP, WebSocket, notifier, outbox relay)
-# and commcenter-workers, against the local PostgreSQL and RabbitMQ; with
-# FAKE_PROVIDERS=1 (as in .env.example) also commcenter-fakes, the fake RingCentral
-# (127.0.0.1:9101) and Gmail (127.0.0.1:9102) the providers' settings then point at.
+# and commcenter-workers, against the local PostgreSQL and RabbitMQ; and, unless real
+# provider credentials are given (or FAKE_PROVIDERS=0), commcenter-fakes, the fake
+# RingCentral (127.0.0.1:9101) and Gmail (127.0.0.1:9102), or the next free ports, which
+# the providers' settings then point at. When everything is ready it prints where it
+# is and ready-to-paste tokens.
 #
 #   scripts/run.sh              release build (first build takes several minutes)
 #   RUN_PROFILE=debug scripts/run.sh   debug build (quicker to build, slower to run)
@@ -60,11 +62,69 @@ case $profile in
     *) log "RUN_PROFILE must be release or debug, not '$profile'"; exit 1 ;;
 esac
 packages=(-p commcenter-api -p commcenter-workers)
-case ${FAKE_PROVIDERS:-0} in
+# Without provider credentials (no .env, nothing exported), the fake RingCentral and
+# Gmail are run too, so SMS and email work out of the box; real credentials switch
+# them off (or FAKE_PROVIDERS=0).
+if [[ -z ${FAKE_PROVIDERS+set} ]]; then
+    if [[ -z ${RINGCENTRAL_CLIENT_ID:-} && -z ${GOOGLE_CLIENT_ID:-} ]]; then
+        FAKE_PROVIDERS=1
+        log "no provider credentials: running the fake RingCentral and Gmail (FAKE_PROVIDERS=0 to not)"
+    else
+        FAKE_PROVIDERS=0
+    fi
+fi
+case $FAKE_PROVIDERS in
     1 | true) fakes=1; packages+=(-p commcenter-fakes) ;;
     0 | false | "") fakes= ;;
     *) log "FAKE_PROVIDERS must be 1 or 0, not '$FAKE_PROVIDERS'"; exit 1 ;;
 esac
+
+# Is something listening on 127.0.0.1:PORT?
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# PORT, or the next free one after it.
+free_port_from() {
+    local port=$1
+    while port_taken "$port"; do
+        port=$((port + 1))
+    done
+    printf '%s\n' "$port"
+}
+
+if [[ -n $fakes ]]; then
+    # The fakes' ports: the usual ones, or the next free ones (said so), and every
+    # provider setting not given points at them.
+    if [[ -z ${FAKE_RINGCENTRAL_ADDR:-} ]]; then
+        port=$(free_port_from 9101)
+        [[ $port == 9101 ]] || log "port 9101 is taken; the fake RingCentral listens on $port (set FAKE_RINGCENTRAL_ADDR to choose)"
+        export FAKE_RINGCENTRAL_ADDR=127.0.0.1:$port
+    fi
+    if [[ -z ${FAKE_GMAIL_ADDR:-} ]]; then
+        port=$(free_port_from 9102)
+        [[ $port != "${FAKE_RINGCENTRAL_ADDR##*:}" ]] || port=$(free_port_from $((port + 1)))
+        [[ $port == 9102 ]] || log "port 9102 is taken; the fake Gmail listens on $port (set FAKE_GMAIL_ADDR to choose)"
+        export FAKE_GMAIL_ADDR=127.0.0.1:$port
+    fi
+    : "${RINGCENTRAL_SERVER_URL:=http://$FAKE_RINGCENTRAL_ADDR}"
+    : "${RINGCENTRAL_CLIENT_ID:=fake-rc-client-id}"
+    : "${RINGCENTRAL_CLIENT_SECRET:=fake-rc-client-secret}"
+    : "${RINGCENTRAL_JWT:=fake-rc-jwt}"
+    : "${RINGCENTRAL_FROM_NUMBER:=+16505550100}"
+    : "${RINGCENTRAL_WEBHOOK_TOKEN:=change-me-webhook-token}"
+    : "${GOOGLE_CLIENT_ID:=fake-google-client-id.apps.googleusercontent.com}"
+    : "${GOOGLE_CLIENT_SECRET:=fake-google-client-secret}"
+    : "${GOOGLE_TOKEN_URL:=http://$FAKE_GMAIL_ADDR/token}"
+    : "${GMAIL_API_URL:=http://$FAKE_GMAIL_ADDR}"
+    : "${GMAIL_REFRESH_TOKEN:=fake-gmail-refresh-token}"
+    : "${GMAIL_SENDER:=office@example.com}"
+    export RINGCENTRAL_SERVER_URL RINGCENTRAL_CLIENT_ID RINGCENTRAL_CLIENT_SECRET RINGCENTRAL_JWT \
+        RINGCENTRAL_FROM_NUMBER RINGCENTRAL_WEBHOOK_TOKEN GOOGLE_CLIENT_ID GOOGLE_CLIENT_SECRET \
+        GOOGLE_TOKEN_URL GMAIL_API_URL GMAIL_REFRESH_TOKEN GMAIL_SENDER
+fi
+api_addr=${API_ADDR:-127.0.0.1:8001}
+if port_taken "${api_addr##*:}"; then
+    log "FAILED: ${api_addr} is taken (another Commcenter?); stop it, or set API_ADDR=127.0.0.1:8002"
+    exit 1
+fi
 log "building ${packages[*]//-p /} ($profile)"
 step cargo build "${build_flags[@]}" "${packages[@]}"
 bin=${CARGO_TARGET_DIR:-target}/$profile
@@ -72,19 +132,54 @@ bin=${CARGO_TARGET_DIR:-target}/$profile
 log "applying migrations"
 step "$bin/commcenterctl" migrate
 
+# Waits until something listens on host:port, while PID lives (30 s at most).
+wait_listening() {
+    local addr=$1 pid=$2 name=$3
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || { log "FAILED: $name exited at start (see above)"; return 1; }
+        sleep 0.1
+    done
+    log "FAILED: $name did not listen on $addr within 30 s"
+    return 1
+}
+
 pids=()
+stop_started() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait; }
 if [[ -n $fakes ]]; then
-    "$bin/commcenter-fakes" &
+    "$bin/commcenter-fakes" >/dev/null &
     fake_providers=$!
     pids+=("$fake_providers")
-    log "started commcenter-fakes (pid $fake_providers)"
+    wait_listening "$FAKE_RINGCENTRAL_ADDR" "$fake_providers" commcenter-fakes &&
+        wait_listening "$FAKE_GMAIL_ADDR" "$fake_providers" commcenter-fakes || { stop_started; exit 1; }
 fi
 "$bin/commcenter-workers" &
 workers=$!
 "$bin/commcenter-api" &
 api=$!
 pids+=("$workers" "$api")
-log "started commcenter-workers (pid $workers) and commcenter-api (pid $api, ${API_ADDR:-127.0.0.1:8001})"
+wait_listening "$api_addr" "$api" commcenter-api || { stop_started; exit 1; }
+for _ in $(seq 1 100); do
+    curl -sf "http://$api_addr/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+
+# Ready: where things are, and tokens to paste (JWT_SECRET as the api has it).
+ctl=$bin/commcenterctl
+token() { "$ctl" token "$@" 2>/dev/null || echo "(commcenterctl token failed)"; }
+{
+    printf '\n  Commcenter is running (Ctrl-C stops it)\n\n'
+    printf '  api       http://%s   (WebSocket ws://%s/api/ws/{user_id}?token=...)\n' "$api_addr" "$api_addr"
+    printf '  console   http://%s/ops\n' "$api_addr"
+    if [[ -n $fakes ]]; then
+        printf '  fakes     RingCentral http://%s, Gmail http://%s\n' "$FAKE_RINGCENTRAL_ADDR" "$FAKE_GMAIL_ADDR"
+    fi
+    printf '\n  In another shell, at the repository root:\n\n'
+    printf '    export PATH="%s:$PATH"   # commcenterctl\n' "$PWD/$bin"
+    printf '    export STAFF=%s\n' "$(token --user staff-1 --role staff)"
+    printf '    export ALICE=%s\n' "$(token --user alice --role customer --customer cust-42)"
+    printf '    export OPERATOR=%s\n\n' "$(token --user ops-1 --role operator)"
+} >&2
 
 stopping=
 stop_all() {

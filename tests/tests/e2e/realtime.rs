@@ -165,14 +165,20 @@ async fn a_killed_instances_users_go_offline_everywhere() {
     );
 
     b.kill();
-    // Offline within the TTL (2 s here) and one heartbeat, announced by A's sweep.
+    // Offline within the TTL (2 s here) and one heartbeat, announced by A's sweep. (An
+    // `online` may come again first: killed between publishing it and committing, B
+    // leaves its outbox row for A's relay, which publishes it once more.)
     let started = std::time::Instant::now();
-    assert_eq!(
-        next_presence(&mut staff_watch, "user-of-cust-3")
+    loop {
+        match next_presence(&mut staff_watch, "user-of-cust-3")
             .await
-            .as_deref(),
-        Some("offline")
-    );
+            .as_deref()
+        {
+            Some("offline") => break,
+            Some("online") => continue,
+            other => panic!("expected offline, got {other:?}"),
+        }
+    }
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "offline after {took:?}");
     assert_eq!(
