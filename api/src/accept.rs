@@ -53,6 +53,15 @@ pub struct TemplateChoice {
     pub variables: Option<BTreeMap<String, Value>>,
 }
 
+impl TemplateChoice {
+    pub fn of(template_id: Option<Uuid>, variables: &Option<BTreeMap<String, Value>>) -> Self {
+        Self {
+            template_id,
+            variables: variables.clone(),
+        }
+    }
+}
+
 /// The text of a communication, as given or rendered.
 #[derive(Debug, Clone, Default)]
 pub struct Composed {

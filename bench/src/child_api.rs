@@ -128,3 +128,23 @@ pub async fn wait_ready(mut child: Option<&mut Child>, base: &str) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Deletes the queues and exchanges of a bench's prefix.
+pub async fn delete_topology(prefix: &str, tiers: &str, delivery_limit: u32) -> anyhow::Result<()> {
+    let topology = commcenter_shared::broker::Topology::new(
+        prefix,
+        commcenter_shared::settings::parse_tiers(tiers)?,
+        delivery_limit,
+    );
+    let connection = lapin::Connection::connect(
+        &commcenter_tests::broker_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    topology
+        .delete(&channel, commcenter_shared::jobs::kinds::ALL)
+        .await;
+    connection.close(200, "bye".into()).await.ok();
+    Ok(())
+}

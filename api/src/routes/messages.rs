@@ -69,10 +69,7 @@ pub async fn send(
         .compose(
             CommunicationType::InApp,
             request.message.as_deref(),
-            &TemplateChoice {
-                template_id: request.template_id,
-                variables: request.variables.clone(),
-            },
+            &TemplateChoice::of(request.template_id, &request.variables),
             has_files,
         )
         .await?;

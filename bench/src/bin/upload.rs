@@ -62,10 +62,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     auth::{self, Claims},
-    broker::Topology,
     domain::{CustomerId, Role, UserId},
-    jobs::kinds,
-    settings::parse_tiers,
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -1011,7 +1008,7 @@ impl Resources {
             eprintln!("could not drop database {database}: {e:#}");
         }
         if let Some(prefix) = self.prefix.take()
-            && let Err(e) = delete_topology(&prefix).await
+            && let Err(e) = child_api::delete_topology(&prefix, RETRY_TIERS, DELIVERY_LIMIT).await
         {
             eprintln!("could not delete the queues of prefix {prefix}: {e:#}");
         }
@@ -1040,19 +1037,6 @@ impl Drop for Resources {
         .join()
         .ok();
     }
-}
-
-async fn delete_topology(prefix: &str) -> anyhow::Result<()> {
-    let topology = Topology::new(prefix, parse_tiers(RETRY_TIERS)?, DELIVERY_LIMIT);
-    let connection = lapin::Connection::connect(
-        &commcenter_tests::broker_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await?;
-    let channel = connection.create_channel().await?;
-    topology.delete(&channel, kinds::ALL).await;
-    connection.close(200, "bye".into()).await.ok();
-    Ok(())
 }
 
 /// Removes the stored objects between runs (the disk does not fill; each run starts alike).

@@ -42,7 +42,6 @@ use commcenter_shared::{
     broker::Topology,
     domain::{CommunicationStatus, CustomerId, Role, UserId},
     events::{Event, EventBody},
-    jobs::kinds,
     settings::parse_tiers,
 };
 
@@ -83,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = child_api::drop_database(&admin, &database).await {
         eprintln!("could not drop {database}: {error:#}");
     }
-    if let Err(error) = delete_topology(&prefix).await {
+    if let Err(error) = child_api::delete_topology(&prefix, RETRY_TIERS, DELIVERY_LIMIT).await {
         eprintln!("could not delete the queues of {prefix}: {error:#}");
     }
     outcome
@@ -378,17 +377,4 @@ async fn fan_out(
         histogram.value_at_quantile(0.99) as f64 / 1000.0,
         histogram.len(),
     ))
-}
-
-async fn delete_topology(prefix: &str) -> anyhow::Result<()> {
-    let topology = Topology::new(prefix, parse_tiers(RETRY_TIERS)?, DELIVERY_LIMIT);
-    let connection = lapin::Connection::connect(
-        &commcenter_tests::broker_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await?;
-    let channel = connection.create_channel().await?;
-    topology.delete(&channel, kinds::ALL).await;
-    connection.close(200, "bye".into()).await.ok();
-    Ok(())
 }

@@ -123,10 +123,7 @@ pub async fn send(
         .compose(
             CommunicationType::Email,
             request.message.as_deref(),
-            &TemplateChoice {
-                template_id: request.template_id,
-                variables: request.variables.clone(),
-            },
+            &TemplateChoice::of(request.template_id, &request.variables),
             false,
         )
         .await?;
