@@ -119,8 +119,10 @@ impl Default for TestOptions {
             ringcentral: RingCentralConfig::default(),
             gmail: GmailConfig::default(),
             metrics_token: None,
-            presence_heartbeat: Duration::from_millis(250),
-            presence_ttl: Duration::from_secs(2),
+            // Short enough for the kill test, long enough that a heartbeat starved for a
+            // moment on a busy machine does not take a live instance's users offline.
+            presence_heartbeat: Duration::from_millis(500),
+            presence_ttl: Duration::from_secs(5),
             ws_max_per_user: 10,
         }
     }

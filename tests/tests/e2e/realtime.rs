@@ -165,7 +165,7 @@ async fn a_killed_instances_users_go_offline_everywhere() {
     );
 
     b.kill();
-    // Offline within the TTL (2 s here) and one heartbeat, announced by A's sweep. (An
+    // Offline within the TTL (5 s here) and one heartbeat, announced by A's sweep. (An
     // `online` may come again first: killed between publishing it and committing, B
     // leaves its outbox row for A's relay, which publishes it once more.)
     let started = std::time::Instant::now();
@@ -180,7 +180,7 @@ async fn a_killed_instances_users_go_offline_everywhere() {
         }
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(5), "offline after {took:?}");
+    assert!(took < Duration::from_secs(8), "offline after {took:?}");
     assert_eq!(
         status_on(&app, &app.base_url, &staff, "user-of-cust-3").await,
         "offline"
