@@ -4,8 +4,9 @@
 //! begin:   open a transaction, claim the Idempotency-Key (a repeat gets the first answer)
 //! compose: the text as given, or rendered from a template (recorded with its version)
 //! files:   the attachments, the customer's own and not failed
-//! record:  the communication row, the contacts it teaches us, its job (the outbox),
-//!          the answer stored with the key; commit; wake the relay
+//! record:  the communication row (its insert opens the conversation and keeps its
+//!          latest message: a trigger), the contacts it teaches us, its job (the
+//!          outbox), the answer stored with the key; commit; wake the relay
 //! ```
 //!
 //! Routes validate what is particular to their channel and describe the communication
@@ -160,6 +161,17 @@ pub struct NewCommunication<'a> {
     pub channel: Channel<'a>,
 }
 
+/// Why a template did not render, as the API says it: 422 naming every missing
+/// variable, or the value that is not text.
+pub fn render_error(error: RenderError) -> ApiError {
+    match error {
+        RenderError::Missing(names) => {
+            ApiError::Invalid(format!("variables: missing {}", names.join(", ")))
+        }
+        other => ApiError::Invalid(other.to_string()),
+    }
+}
+
 /// A send under way: its transaction, holding its Idempotency-Key.
 pub struct Acceptance {
     tx: Transaction<'static, Postgres>,
@@ -254,37 +266,12 @@ impl Acceptance {
             )));
         }
         let variables = choice.variables.clone().unwrap_or_default();
-        let rendered = |text: &str| {
-            templates::render(text, &variables).map_err(|e| match e {
-                RenderError::Missing(names) => {
-                    ApiError::Invalid(format!("variables: missing {}", names.join(", ")))
-                }
-                other => ApiError::Invalid(other.to_string()),
-            })
-        };
-        // Every missing variable at once, from the subject and the text together.
-        let needed = templates::placeholders(
-            template
-                .subject
-                .as_deref()
-                .into_iter()
-                .chain([template.content.as_str()]),
-        )
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored template is malformed: {e}")))?;
-        let missing: Vec<&str> = needed
-            .iter()
-            .filter(|n| !variables.contains_key(n.as_str()))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(ApiError::Invalid(format!(
-                "variables: missing {}",
-                missing.join(", ")
-            )));
-        }
+        let rendered =
+            templates::render_template(&template.content, template.subject.as_deref(), &variables)
+                .map_err(render_error)?;
         Ok(Composed {
-            message: rendered(&template.content)?,
-            subject: template.subject.as_deref().map(rendered).transpose()?,
+            message: rendered.message,
+            subject: rendered.subject,
             template: Some((template.id, template.version)),
         })
     }
@@ -339,7 +326,6 @@ impl Acceptance {
             } => Some((*duration_seconds, *occurred_at)),
             _ => None,
         };
-        store::ensure_conversation(&mut self.tx, c.customer_id).await?;
         let communication = store::insert_communication(
             &mut self.tx,
             &store::NewCommunication {

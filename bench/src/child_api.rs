@@ -1,6 +1,6 @@
 //! The real `commcenter-api` binary as a bench's child process: built in release, given
-//! a database of its own on a free port. Shared by the `upload` and `websocket` bench
-//! binaries.
+//! a database of its own on a free port. Shared by the `upload`, `websocket` and
+//! `providers` (which builds the workers the same way) bench binaries.
 
 use std::{
     net::SocketAddr,
@@ -16,33 +16,38 @@ use tokio::process::{Child, Command};
 
 /// Builds the api in release and answers where its binary is (cargo says so).
 pub async fn build_api() -> anyhow::Result<PathBuf> {
+    build_release("commcenter-api").await
+}
+
+/// Builds `package`'s binary of the same name in release and answers where it is.
+pub async fn build_release(package: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("the workspace root")?;
-    eprintln!("building commcenter-api (release) ...");
+    eprintln!("building {package} (release) ...");
     let out = Command::new(cargo)
         .current_dir(workspace)
         .args([
             "build",
             "--release",
             "-p",
-            "commcenter-api",
+            package,
             "--bin",
-            "commcenter-api",
+            package,
             "--message-format=json",
         ])
         .stderr(Stdio::inherit())
         .output()
         .await
         .context("running cargo build")?;
-    ensure!(out.status.success(), "cargo build -p commcenter-api failed");
+    ensure!(out.status.success(), "cargo build -p {package} failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "commcenter-api")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == package)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo named no commcenter-api executable")
+        .with_context(|| format!("cargo named no {package} executable"))
 }
 
 pub fn admin_database_url() -> String {

@@ -228,6 +228,10 @@ pub async fn replay(
     limit: i64,
 ) -> sqlx::Result<Replay> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // A relay holds the lock at most its confirm timeout; never wait on it for longer.
+    sqlx::query("SET LOCAL lock_timeout = '15s'")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(EVENT_LOG_LOCK)
         .execute(&mut *tx)

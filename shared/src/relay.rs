@@ -30,6 +30,9 @@ use crate::{
     settings::{BrokerSettings, RelaySettings},
 };
 
+/// How long a batch of events waits for the broker's confirms.
+const EVENT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Persistent delivery mode: survives a broker restart on durable queues.
 const PERSISTENT: u8 = 2;
 
@@ -247,7 +250,17 @@ impl Relay {
                     .await?,
             );
         }
-        for confirmation in try_join_all(confirms).await? {
+        // Bounded: this transaction holds the event log's lock, which every other
+        // relay's events and every WebSocket connect wait for; a broker that stops
+        // confirming gives it up (the batch goes again after the reconnect).
+        let confirmations = tokio::time::timeout(EVENT_CONFIRM_TIMEOUT, try_join_all(confirms))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the broker did not confirm events within {EVENT_CONFIRM_TIMEOUT:?}"
+                )
+            })??;
+        for confirmation in confirmations {
             if !confirmation.is_ack() {
                 anyhow::bail!("broker refused an event");
             }

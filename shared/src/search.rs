@@ -118,32 +118,3 @@ pub async fn search(conn: &mut PgConnection, q: &SearchQuery<'_>) -> sqlx::Resul
         .fetch_all(conn)
         .await
 }
-
-/// The original's way, kept for the benchmark's baseline: a case-insensitive substring
-/// scan of every message for each word.
-pub async fn substring_scan(
-    conn: &mut PgConnection,
-    words: &[&str],
-    limit: i64,
-) -> sqlx::Result<Vec<Uuid>> {
-    let patterns: Vec<String> = words
-        .iter()
-        .map(|w| {
-            format!(
-                "%{}%",
-                w.replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            )
-        })
-        .collect();
-    sqlx::query_scalar(
-        "SELECT id FROM communications
-         WHERE message ILIKE ALL ($1)
-         ORDER BY created_at DESC, id DESC LIMIT $2",
-    )
-    .bind(&patterns)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
-}

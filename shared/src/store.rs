@@ -278,18 +278,6 @@ pub async fn set_conversation_status(
     Ok(changed > 0)
 }
 
-/// Opens the conversation if it does not exist yet (the first message starts it).
-pub async fn ensure_conversation(
-    conn: &mut PgConnection,
-    customer: &CustomerId,
-) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO conversations (customer_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(customer.as_str())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// A file record, as the API shows it and the `file.process` job works on it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct FileRecord {

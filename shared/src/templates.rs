@@ -120,6 +120,33 @@ pub fn render(text: &str, variables: &BTreeMap<String, Value>) -> Result<String,
     }
 }
 
+/// A template's text and subject, rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub message: String,
+    pub subject: Option<String>,
+}
+
+/// Renders the content and the subject; every variable missing from either is named,
+/// at once.
+pub fn render_template(
+    content: &str,
+    subject: Option<&str>,
+    variables: &BTreeMap<String, Value>,
+) -> Result<Rendered, RenderError> {
+    let missing: Vec<String> = placeholders(subject.into_iter().chain([content]))?
+        .into_iter()
+        .filter(|name| !variables.contains_key(name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(RenderError::Missing(missing));
+    }
+    Ok(Rendered {
+        message: render(content, variables)?,
+        subject: subject.map(|s| render(s, variables)).transpose()?,
+    })
+}
+
 /// A template's current version.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Template {
@@ -345,6 +372,11 @@ mod tests {
         assert_eq!(
             render("{{a}}", &vars(json!({"a": {"x": 1}}))).unwrap_err(),
             RenderError::NotText("a".into())
+        );
+        // The subject's and the text's missing variables together.
+        assert_eq!(
+            render_template("{{a}} {{b}}", Some("{{c}}"), &vars(json!({"b": 1}))).unwrap_err(),
+            RenderError::Missing(vec!["c".into(), "a".into()])
         );
         // Values are inserted as they are, never read as placeholders themselves.
         assert_eq!(

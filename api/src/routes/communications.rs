@@ -123,10 +123,14 @@ async fn visible_communication(
 ) -> ApiResult<Communication> {
     let id = parse_uuid(raw_id, "id")?;
     let mut conn = state.pool.acquire().await?;
+    visible(caller, id, store::find_communication(&mut conn, id).await?)
+}
+
+/// The communication if the caller may see it: another customer's is as unknown as
+/// one that does not exist (a 404, so ids cannot be probed).
+fn visible(caller: &Caller, id: Uuid, found: Option<Communication>) -> ApiResult<Communication> {
     let not_found = || ApiError::NotFound(format!("no communication {id}"));
-    let communication = store::find_communication(&mut conn, id)
-        .await?
-        .ok_or_else(not_found)?;
+    let communication = found.ok_or_else(not_found)?;
     caller
         .ensure_sees(&communication.customer_id)
         .map_err(|e| match e {
@@ -250,17 +254,10 @@ pub async fn edit(
     Path(id): Path<String>,
     JsonBody(request): JsonBody<EditMessage>,
 ) -> ApiResult<Json<Value>> {
-    let found = visible_communication(&state, &caller, &id).await?;
-    let has_files = found.attachments.as_array().is_some_and(|a| !a.is_empty());
-    let text = if has_files && is_blank(&request.message) {
-        String::new()
-    } else {
-        MessageText::parse(&request.message)
-            .map_err(|e| ApiError::Invalid(e.0))?
-            .as_str()
-            .to_owned()
+    let edit = Change::Edit {
+        message: &request.message,
     };
-    change(&state, &caller, found.id, Change::Edit { message: &text }).await
+    change(&state, &caller, &id, edit).await
 }
 
 pub async fn delete(
@@ -268,20 +265,20 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let found = visible_communication(&state, &caller, &id).await?;
-    change(&state, &caller, found.id, Change::Delete).await
+    change(&state, &caller, &id, Change::Delete).await
 }
 
+/// Edits or deletes, on the row locked once: visibility, kind, permission and the new
+/// text are all judged on it.
 async fn change(
     state: &AppState,
     caller: &Caller,
-    id: Uuid,
+    raw_id: &str,
     change: Change<'_>,
 ) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(raw_id, "id")?;
     let mut tx = state.pool.begin().await?;
-    let before = store::lock_communication(&mut tx, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no communication {id}")))?;
+    let before = visible(caller, id, store::lock_communication(&mut tx, id).await?)?;
     let (verb, staff_may) = match change {
         Change::Edit { .. } => ("edited", false),
         Change::Delete => ("deleted", true),
@@ -302,6 +299,24 @@ async fn change(
             "only its sender may edit a message".into()
         }));
     }
+    // Files alone need no text (nothing visible counts as none); otherwise the text must
+    // have something to read.
+    let text;
+    let change = match change {
+        Change::Edit { message } => {
+            let has_files = before.attachments.as_array().is_some_and(|a| !a.is_empty());
+            text = if has_files && is_blank(message) {
+                String::new()
+            } else {
+                MessageText::parse(message)
+                    .map_err(|e| ApiError::Invalid(e.0))?
+                    .as_str()
+                    .to_owned()
+            };
+            Change::Edit { message: &text }
+        }
+        Change::Delete => Change::Delete,
+    };
     let after = store::change_message(
         &mut tx,
         &before,

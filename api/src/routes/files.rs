@@ -395,13 +395,9 @@ pub async fn delete(
 ) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id, "file_id")?;
     let mut tx = state.pool.begin().await?;
-    sqlx::query("SELECT 1 FROM file_attachments WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
     let file = visible(
         &caller,
-        store::find_file(&mut tx, id).await?,
+        store::lock_file(&mut tx, id).await?,
         &id.to_string(),
     )?;
     if file.uploaded_by != caller.user_id() && !caller.role().sees_every_customer() {
@@ -420,12 +416,13 @@ pub async fn delete(
             "file {id} is attached to a message; delete the message instead"
         )));
     }
+    let customer = CustomerId::parse(&file.customer_id).map_err(|e| anyhow::anyhow!(e))?;
     for key in store::delete_file(&mut tx, &file).await? {
         let job = NewJob::new(
             kinds::BLOB_DELETE,
             &payloads::DeleteBlob { storage_key: key },
         )
-        .for_customer(&CustomerId::parse(&file.customer_id).map_err(|e| anyhow::anyhow!(e))?);
+        .for_customer(&customer);
         jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
     }
     tx.commit().await?;

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     domain::{CommunicationType, is_blank},
-    templates::{self, RenderError, Template, TemplateFilter, TemplateText},
+    templates::{self, Template, TemplateFilter, TemplateText},
 };
 
 use super::parse_uuid;
@@ -193,7 +193,6 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateTemplate>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.ensure_staff()?;
-    let _ = &request.created_by;
     let name = request.name.trim();
     let checked = check(
         name,
@@ -371,32 +370,13 @@ pub async fn preview(
     JsonBody(request): JsonBody<PreviewRequest>,
 ) -> ApiResult<Json<Value>> {
     let template = find(&state, &caller, &id).await?;
-    let render = |text: &str| {
-        templates::render(text, &request.variables).map_err(|e| match e {
-            RenderError::Missing(names) => {
-                ApiError::Invalid(format!("variables: missing {}", names.join(", ")))
-            }
-            other => ApiError::Invalid(other.to_string()),
-        })
-    };
-    // Every missing variable at once, subject and text together.
-    let missing: Vec<String> = template
-        .variables
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .filter(|name| !request.variables.contains_key(*name))
-        .map(str::to_owned)
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::Invalid(format!(
-            "variables: missing {}",
-            missing.join(", ")
-        )));
-    }
-    let message = render(&template.content)?;
-    let subject = template.subject.as_deref().map(render).transpose()?;
+    let rendered = templates::render_template(
+        &template.content,
+        template.subject.as_deref(),
+        &request.variables,
+    )
+    .map_err(crate::accept::render_error)?;
+    let (message, subject) = (rendered.message, rendered.subject);
     let mut body = json!({
         "template_id": template.id,
         "version": template.version,

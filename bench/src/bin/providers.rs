@@ -29,6 +29,10 @@
 // A reporting tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+// Only its release build; the api-child helpers go unused here.
+#[allow(dead_code)]
+#[path = "../child_api.rs"]
+mod child_api;
 #[path = "../procfs.rs"]
 mod procfs;
 
@@ -162,7 +166,7 @@ async fn bench(options: &Options, dir: &Path, cleanup: &mut Cleanup) -> anyhow::
     }
     let workers_bin = match &options.workers_bin {
         Some(bin) => bin.clone(),
-        None => build_workers().await?,
+        None => child_api::build_release("commcenter-workers").await?,
     };
     let world = World::new(dir, workers_bin, cleanup).await?;
     let n = options.sends();
@@ -1108,42 +1112,6 @@ impl Cleanup {
             }
         }
     }
-}
-
-/// Builds the workers in release and answers where the binary is (cargo says so).
-async fn build_workers() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the workspace root")?;
-    eprintln!("building commcenter-workers (release) ...");
-    let out = Command::new(cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "commcenter-workers",
-            "--bin",
-            "commcenter-workers",
-            "--message-format=json",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .context("running cargo build")?;
-    ensure!(
-        out.status.success(),
-        "cargo build -p commcenter-workers failed"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|m| {
-            m["reason"] == "compiler-artifact" && m["target"]["name"] == "commcenter-workers"
-        })
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo named no commcenter-workers executable")
 }
 
 fn admin_database_url() -> String {

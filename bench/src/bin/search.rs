@@ -294,7 +294,7 @@ async fn measure(pool: &PgPool, options: &Options) -> anyhow::Result<()> {
         for (_, patterns) in queries.iter().take(options.scans) {
             let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
             let started = Instant::now();
-            search::substring_scan(&mut conn, &patterns, 20).await?;
+            substring_scan(&mut conn, &patterns, 20).await?;
             record(&mut scanned, started.elapsed());
         }
         let (i, s) = (summary(&indexed), summary(&scanned));
@@ -411,6 +411,35 @@ async fn straight_aggregate(
     .fetch_all(conn)
     .await?;
     Ok(())
+}
+
+/// The original's way, the baseline: a case-insensitive substring scan of every message
+/// for each word (or the phrase), newest first.
+async fn substring_scan(
+    conn: &mut PgConnection,
+    words: &[&str],
+    limit: i64,
+) -> sqlx::Result<Vec<uuid::Uuid>> {
+    let patterns: Vec<String> = words
+        .iter()
+        .map(|w| {
+            format!(
+                "%{}%",
+                w.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        })
+        .collect();
+    sqlx::query_scalar(
+        "SELECT id FROM communications
+         WHERE message ILIKE ALL ($1)
+         ORDER BY created_at DESC, id DESC LIMIT $2",
+    )
+    .bind(&patterns)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }
 
 fn replace_database(url: &str, database: &str) -> String {

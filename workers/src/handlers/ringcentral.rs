@@ -233,7 +233,6 @@ async fn record_inbound(conn: &mut PgConnection, record: &MessageRecord) -> Resu
     let Some(communication) = created else {
         return Ok(()); // Seen before (both events name it, and RingCentral retries).
     };
-    store::ensure_conversation(conn, &customer).await?;
     announce(conn, &communication).await
 }
 
@@ -410,7 +409,6 @@ async fn import_call(conn: &mut PgConnection, call: &CallRecord) -> Result<bool,
     let Some(communication) = created else {
         return Ok(false);
     };
-    store::ensure_conversation(conn, &customer).await?;
     announce(conn, &communication).await?;
     Ok(true)
 }
