@@ -4,7 +4,7 @@
 # provider credentials are given (or FAKE_PROVIDERS=0), commcenter-fakes, the fake
 # RingCentral (127.0.0.1:9101) and Gmail (127.0.0.1:9102), or the next free ports, which
 # the providers' settings then point at. When everything is ready it prints where it
-# is and ready-to-paste tokens.
+# is, and writes target/run.env: the shell settings (PATH, $API, tokens) to try it with.
 #
 #   scripts/run.sh              release build (first build takes several minutes)
 #   RUN_PROFILE=debug scripts/run.sh   debug build (quicker to build, slower to run)
@@ -31,8 +31,10 @@ step() {
 }
 
 # .env: KEY=value lines (the format of .env.example); comments and blanks skipped.
-if [[ -f .env ]]; then
-    log "reading .env"
+# DOTENV names another file; DOTENV= reads none.
+dotenv=${DOTENV-.env}
+if [[ -n $dotenv && -f $dotenv ]]; then
+    log "reading $dotenv"
     while IFS= read -r line || [[ -n $line ]]; do
         line=${line%$'\r'}
         [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
@@ -40,7 +42,7 @@ if [[ -f .env ]]; then
         key=${line%%=*}
         value=${line#*=}
         if [[ ! $key =~ ^[A-Za-z_][A-Za-z0-9_]*$ || $line != *=* ]]; then
-            log ".env: cannot read the line: $line"
+            log "$dotenv: cannot read the line: $line"
             exit 1
         fi
         if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
@@ -49,7 +51,7 @@ if [[ -f .env ]]; then
         if [[ -z ${!key+set} ]]; then
             export "$key=$value"
         fi
-    done < .env
+    done <"$dotenv"
 fi
 
 # shellcheck source=scripts/services.sh
@@ -164,21 +166,40 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 
-# Ready: where things are, and tokens to paste (JWT_SECRET as the api has it).
+# Ready: where things are, and target/run.env, the shell settings the walk-throughs
+# use (PATH for commcenterctl, the api's URL, tokens, the fakes' URLs and settings).
 ctl=$bin/commcenterctl
-token() { "$ctl" token "$@" 2>/dev/null || echo "(commcenterctl token failed)"; }
+token() { "$ctl" token "$@" || { log "FAILED: commcenterctl token $*"; echo "token-not-made"; }; }
+run_env=${RUN_ENV:-target/run.env}
+mkdir -p "$(dirname "$run_env")"
+{
+    printf '# Written by scripts/run.sh at %s; load it with: . %s\n' "$(date -u +%FT%TZ)" "$run_env"
+    printf 'export PATH="%s:$PATH"\n' "$(cd "$bin" && pwd)"
+    printf 'export API=http://%s COMMCENTER_API_URL=http://%s\n' "$api_addr" "$api_addr"
+    [[ -z ${JWT_SECRET:-} ]] || printf 'export JWT_SECRET=%q\n' "$JWT_SECRET"
+    printf 'export STAFF=%s\n' "$(token --user staff-1 --role staff)"
+    printf 'export ALICE=%s\n' "$(token --user alice --role customer --customer cust-42)"
+    printf 'export BOB=%s\n' "$(token --user bob --role customer --customer cust-7)"
+    printf 'export OPERATOR=%s\n' "$(token --user ops-1 --role operator)"
+    printf 'export UPLOAD_DIR=%q\n' "$(realpath -m "${UPLOAD_DIR:-var/uploads}")"
+    if [[ -n $fakes ]]; then
+        printf 'export RINGCENTRAL_FAKE=http://%s GMAIL_FAKE=http://%s\n' "$FAKE_RINGCENTRAL_ADDR" "$FAKE_GMAIL_ADDR"
+        # commcenterctl ringcentral subscribe reads these, as the workers do.
+        for name in RINGCENTRAL_SERVER_URL RINGCENTRAL_CLIENT_ID RINGCENTRAL_CLIENT_SECRET RINGCENTRAL_JWT \
+            RINGCENTRAL_FROM_NUMBER RINGCENTRAL_WEBHOOK_TOKEN; do
+            printf 'export %s=%q\n' "$name" "${!name}"
+        done
+    fi
+} >"$run_env"
 {
     printf '\n  Commcenter is running (Ctrl-C stops it)\n\n'
     printf '  api       http://%s   (WebSocket ws://%s/api/ws/{user_id}?token=...)\n' "$api_addr" "$api_addr"
-    printf '  console   http://%s/ops\n' "$api_addr"
+    printf '  console   http://%s/ops   (paste $OPERATOR)\n' "$api_addr"
     if [[ -n $fakes ]]; then
         printf '  fakes     RingCentral http://%s, Gmail http://%s\n' "$FAKE_RINGCENTRAL_ADDR" "$FAKE_GMAIL_ADDR"
     fi
     printf '\n  In another shell, at the repository root:\n\n'
-    printf '    export PATH="%s:$PATH"   # commcenterctl\n' "$PWD/$bin"
-    printf '    export STAFF=%s\n' "$(token --user staff-1 --role staff)"
-    printf '    export ALICE=%s\n' "$(token --user alice --role customer --customer cust-42)"
-    printf '    export OPERATOR=%s\n\n' "$(token --user ops-1 --role operator)"
+    printf '    . %s   # commcenterctl on PATH; $API; tokens $STAFF, $ALICE, $BOB, $OPERATOR\n\n' "$run_env"
 } >&2
 
 stopping=
@@ -211,5 +232,6 @@ for pid in "${pids[@]}"; do
         wait "$pid"
     done
 done
+rm -f "$run_env"
 log "stopped"
 exit "$exit_code"

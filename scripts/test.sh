@@ -4,7 +4,9 @@
 #
 #   - PostgreSQL and RabbitMQ: started if installed but stopped (scripts/services.sh);
 #   - moto, the S3-compatible test server: pinned, in a virtualenv under target/;
-#   - Chromium and playwright-core, for the browser test of the /ops console.
+#   - Chromium and playwright-core, for the browser test of the /ops console;
+#   - jq and file, for the walk-through, which the whole suite runs at the end
+#     (scripts/check-walkthrough.sh: docs/walkthrough.md against a system of its own).
 #
 # What is missing is installed when it can be (apt as root, pip into the venv, npm);
 # otherwise this stops with the exact command to run. Every test binary runs even when
@@ -60,6 +62,11 @@ if [[ ! -d tests/browser/node_modules/playwright-core ]] ||
         fail "npm ci failed; run: npm ci --prefix tests/browser"
 fi
 
+# The walk-through check (scripts/check-walkthrough.sh) reads answers with jq and file.
+for tool in jq file; do
+    command -v "$tool" >/dev/null 2>&1 || apt_install "$tool"
+done
+
 # Each test makes a database cc_test_<id> and a queue prefix cc-test-<id>, removed when
 # it ends, even when it fails. A run killed midway leaves them: those this run made and
 # left are removed at the end (never another run's).
@@ -89,14 +96,25 @@ for database in $leftovers; do
     log "removing $database, left by a test of this run"
     psql "$admin_url" -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
     prefix=cc-test-${database#cc_test_}
-    if command -v rabbitmqctl >/dev/null 2>&1; then
-        rabbitmqctl -q list_queues name 2>/dev/null | grep "^$prefix\." |
-            while read -r queue; do rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true; done
-    fi
+    scripts/remove-test-topology.sh "$prefix"
 done
+
+# The whole suite also runs the walk-through (docs/walkthrough.md) against a system of
+# its own, as a newcomer would.
+walkthrough="not run (a part of the tests was asked for)"
+if [[ ${#@} == 0 ]]; then
+    printf '\n==> scripts/check-walkthrough.sh\n'
+    if scripts/check-walkthrough.sh; then
+        walkthrough="ran as written"
+    else
+        walkthrough="FAILED"
+        status=1
+    fi
+fi
 
 printf '\n==> summary\n'
 awk '/Running /{name=$2} /^test result:/{print name": "$0}' "$output"
+printf 'docs/walkthrough.md: %s\n' "$walkthrough"
 rm -f "$output"
 if [[ $status != 0 ]]; then
     fail "some tests failed (see above)"

@@ -152,8 +152,8 @@ pub struct TestApp {
 struct WorkersOptions {
     amqp_url: String,
     max_deferral: Duration,
-    /// The workers' own pool, when it goes through a proxy; else the api's.
-    pool: Option<PgPool>,
+    /// The workers' own pool (through a proxy when the test cuts their database).
+    pool: PgPool,
     registry: Registry,
     max_attempts: i32,
     prefetch: u16,
@@ -178,7 +178,8 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let mut settings = Settings::from_env().expect("settings");
     let admin = admin_database_url();
     settings.database.url = Secret::new(replace_database(&admin, &database));
-    settings.database.max_connections = 8;
+    // Each test has two pools (api, workers) on one server of 100 connections, 6 tests at once.
+    settings.database.max_connections = 6;
     settings.broker.url = Secret::new(options.api_amqp_url.clone().unwrap_or_else(broker_url));
     settings.broker.prefix = prefix;
     settings.broker.reconnect_max = Duration::from_millis(500);
@@ -267,13 +268,20 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         workers_options: WorkersOptions {
             amqp_url: options.workers_amqp_url.unwrap_or_else(broker_url),
             max_deferral: options.max_deferral,
-            pool: options.workers_database_proxy.map(|proxy| {
-                sqlx::postgres::PgPoolOptions::new()
+            // The workers' own pool, as their own process has: sharing the api's would
+            // let jobs waiting on a slow provider hold every connection the api needs.
+            pool: match options.workers_database_proxy {
+                Some(proxy) => sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(2))
                     .connect_lazy(&format!("postgres://root@{proxy}/{database_name}"))
-                    .expect("a valid URL")
-            }),
+                    .expect("a valid URL"),
+                None => sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(settings.database.max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy(settings.database.url.expose())
+                    .expect("a valid URL"),
+            },
             registry,
             max_attempts: options.max_attempts,
             prefetch: options.prefetch,
@@ -360,7 +368,7 @@ impl TestApp {
         let mut broker = self.settings.broker.clone();
         broker.url = Secret::new(o.amqp_url.clone());
         Arc::new(Runtime {
-            pool: o.pool.clone().unwrap_or_else(|| self.pool.clone()),
+            pool: o.pool.clone(),
             broker,
             topology: self.topology.clone(),
             policy: RetryPolicy {

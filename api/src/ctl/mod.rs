@@ -138,6 +138,15 @@ enum Command {
     Ringcentral(RingCentralCommand),
     /// Apply the database migrations (DATABASE_URL); creates the database if missing.
     Migrate,
+    /// Print USER's live events (the WebSocket /api/ws/USER), one frame per line, until
+    /// the connection ends or the command is stopped. Takes any role's token (--token).
+    Watch {
+        /// The user whose connection this is (the token's subject).
+        user: String,
+        /// What each line starts with [default: "[ws USER]"].
+        #[arg(long)]
+        prefix: Option<String>,
+    },
     /// Print a signed bearer token (JWT_SECRET) on stdout.
     Token {
         /// The user id (the token's subject).
@@ -365,6 +374,10 @@ impl Ctl<'_> {
             Command::Ringcentral(RingCentralCommand::Subscribe { address }) => {
                 return self.subscribe(&address).await;
             }
+            Command::Watch { user, prefix } => {
+                let prefix = prefix.unwrap_or_else(|| format!("[ws {user}]"));
+                return self.watch(&api, &user, &prefix).await;
+            }
             _ => {}
         }
         if let Command::Dlq(DlqCommand::Replay(args)) = &command {
@@ -395,7 +408,10 @@ impl Ctl<'_> {
             Command::Dlq(DlqCommand::Replay(args)) => self.act(&client, "replay", args).await,
             Command::Dlq(DlqCommand::Discard(args)) => self.act(&client, "discard", args).await,
             Command::Stats => self.stats(&client).await,
-            Command::Migrate | Command::Token { .. } | Command::Ringcentral(_) => {
+            Command::Migrate
+            | Command::Token { .. }
+            | Command::Ringcentral(_)
+            | Command::Watch { .. } => {
                 unreachable!("handled above")
             }
         }
@@ -638,6 +654,74 @@ impl Ctl<'_> {
         Ok(Exit::Ok)
     }
 
+    async fn watch(&mut self, api: &ApiArgs, user: &str, prefix: &str) -> Result<Exit> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+        let token = bearer(api)?;
+        let base = api.api_url.trim_end_matches('/');
+        let Some(address) = base.strip_prefix("http://") else {
+            return Err(Failure::usage(format!(
+                "watch speaks plain ws:// only; --api-url must start with http://, not {base}"
+            )));
+        };
+        let url = format!("ws://{address}/api/ws/{user}?token={token}");
+        let (mut socket, _) = match tokio_tungstenite::connect_async(&url).await {
+            Ok(connected) => connected,
+            Err(WsError::Http(response)) => {
+                let status = response.status();
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                return Err(Failure {
+                    exit: match status.as_u16() {
+                        401 | 403 => Exit::Unauthorized,
+                        404 => Exit::NotFound,
+                        500.. => Exit::Unavailable,
+                        _ => Exit::Usage,
+                    },
+                    message: format!("the api refused the WebSocket ({status}): {body}"),
+                });
+            }
+            Err(error) => {
+                return Err(Failure {
+                    exit: Exit::Unavailable,
+                    message: format!("cannot open ws://{address}/api/ws/{user}: {error}"),
+                });
+            }
+        };
+        while let Some(frame) = socket.next().await {
+            match frame {
+                Ok(Message::Text(text)) => {
+                    writeln!(self.io.out, "{prefix} {}", text.as_str())?;
+                    self.io.out.flush()?;
+                }
+                Ok(Message::Close(close)) => {
+                    let (code, reason) = close
+                        .map(|c| (u16::from(c.code), c.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    writeln!(self.io.err, "{prefix} closed by the api: {code} {reason}")?;
+                    return Ok(if code == 1000 || code == 1001 {
+                        Exit::Ok
+                    } else {
+                        Exit::Unavailable
+                    });
+                }
+                // Pings are answered by the library; nothing else is sent to clients.
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(Failure {
+                        exit: Exit::Unavailable,
+                        message: format!("the WebSocket failed: {error}"),
+                    });
+                }
+            }
+        }
+        Ok(Exit::Ok)
+    }
+
     async fn subscribe(&mut self, address: &str) -> Result<Exit> {
         let settings = Settings::from_env().map_err(|e| Failure::usage(format!("{e:#}")))?;
         let ringcentral = &settings.ringcentral;
@@ -716,7 +800,12 @@ fn jwt_secret() -> Result<String> {
 
 /// The client with the operator's token: given, or minted for `--as-operator`.
 fn connect(api: &ApiArgs) -> Result<Client> {
-    let token = match (&api.as_operator, &api.token) {
+    Client::new(&api.api_url, bearer(api)?)
+}
+
+/// The token the command line gives: minted with --as-operator, or --token.
+fn bearer(api: &ApiArgs) -> Result<String> {
+    Ok(match (&api.as_operator, &api.token) {
         (Some(name), _) => operator_token(name, &jwt_secret()?)?,
         (None, Some(token)) if !token.trim().is_empty() => token.trim().to_owned(),
         (None, _) => {
@@ -727,8 +816,7 @@ fn connect(api: &ApiArgs) -> Result<Client> {
                     .to_owned(),
             });
         }
-    };
-    Client::new(&api.api_url, token)
+    })
 }
 
 /// A one-hour operator token for `name`.
