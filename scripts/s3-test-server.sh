@@ -13,7 +13,7 @@ set -euo pipefail
 port=${PORT:-5000}
 bucket=${BUCKET:-commcenter}
 
-# 5.2.2 or later: older ones answer CompleteMultipartUpload in XML the Rust SDK refuses.
+# 5.2.2 or later: older ones answer CompleteMultipartUpload in XML S3 clients refuses.
 if ! python3 -c '
 import moto, sys
 from moto.server import ThreadedMotoServer

@@ -34,7 +34,7 @@ apt_install() {
 
 scripts/services.sh
 
-# moto 5.2.2 or later (older ones answer CompleteMultipartUpload in XML the Rust SDK
+# moto 5.2.2 or later (older ones answer CompleteMultipartUpload in XML S3 clients
 # refuses), pinned, in a virtualenv of the project's: the system's Python is left alone.
 MOTO_VERSION=5.2.5
 venv=target/test-venv
@@ -113,7 +113,7 @@ if [[ ${#@} == 0 ]]; then
 fi
 
 printf '\n==> summary\n'
-awk '/Running /{name=$2} /^test result:/{print name": "$0}' "$output"
+awk '/^ *Running /{name=$2} /^ *Doc-tests /{name="doc-tests "$2} /^test result:/{print name": "$0}' "$output"
 printf 'docs/walkthrough.md: %s\n' "$walkthrough"
 rm -f "$output"
 if [[ $status != 0 ]]; then

@@ -281,7 +281,7 @@ pub struct S3Settings {
     /// `S3_REGION`: the bucket's region (requests are signed for it).
     pub region: String,
     /// `AWS_ACCESS_KEY_ID`: the static credentials' key id (no instance-role or profile
-    /// lookup: the SDK's credential chain is left out to keep the build small).
+    /// lookup: no SDK credential chain, to keep the build small).
     pub access_key_id: Secret,
     /// `AWS_SECRET_ACCESS_KEY`: the static credentials' secret.
     pub secret_access_key: Secret,
@@ -301,7 +301,7 @@ pub struct S3Settings {
     /// `S3_OPERATION_TIMEOUT_SECS`: the longest one S3 call may take, retries included
     /// (for a download: until the response starts; the body then streams).
     pub operation_timeout: Duration,
-    /// `S3_MAX_ATTEMPTS`: tries per S3 call within the SDK on transient errors; the job
+    /// `S3_MAX_ATTEMPTS`: tries per S3 call on transient errors; the job
     /// runtime's own retries come on top, so keep this small.
     pub max_attempts: u32,
 }

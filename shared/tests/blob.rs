@@ -428,10 +428,13 @@ fn invalid_keys_are_refused() {
 /// A store that is down: every operation fails fast as transient, and nothing is left.
 #[tokio::test]
 async fn s3_down_is_unavailable_quickly() {
-    let store = BlobStore::S3(S3Store::new(&s3_settings(
-        format!("http://127.0.0.1:{}", closed_port()),
-        "cc-down",
-    )));
+    let store = BlobStore::S3(
+        S3Store::new(&s3_settings(
+            format!("http://127.0.0.1:{}", closed_port()),
+            "cc-down",
+        ))
+        .expect("the S3 store"),
+    );
     let k = key("down/x");
     let started = Instant::now();
     let small = store
@@ -468,10 +471,9 @@ async fn s3_down_is_unavailable_quickly() {
 /// A missing bucket is a misconfiguration, not a missing object, and not worth a retry.
 #[tokio::test]
 async fn s3_missing_bucket_is_not_not_found() {
-    let other = BlobStore::S3(S3Store::new(&s3_settings(
-        s3_endpoint(),
-        "cc-no-such-bucket",
-    )));
+    let other = BlobStore::S3(
+        S3Store::new(&s3_settings(s3_endpoint(), "cc-no-such-bucket")).expect("the S3 store"),
+    );
     match other.get(&key("x"), None).await {
         Err(error @ BlobError::Other(_)) => assert!(!error.is_transient()),
         result => panic!("{:?}", result.map(|r| r.content_length)),

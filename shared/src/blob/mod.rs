@@ -115,7 +115,7 @@ impl BlobStore {
     /// shows at the first operation, as [`BlobError::Unavailable`].
     pub fn from_settings(settings: &StorageSettings) -> anyhow::Result<Self> {
         Ok(match &settings.s3 {
-            Some(s3) => Self::S3(S3Store::new(s3)),
+            Some(s3) => Self::S3(S3Store::new(s3)?),
             None => Self::Disk(DiskStore::new(&settings.upload_dir)?),
         })
     }

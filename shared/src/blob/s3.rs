@@ -8,83 +8,129 @@
 //! parts are left billed. (A bucket lifecycle rule that aborts incomplete multipart
 //! uploads after a day is still wise, for processes killed outright.)
 //!
-//! The client is configured by hand rather than through `aws-config`: static
-//! credentials from the settings, rustls on ring as the only TLS stack, explicit
-//! connect and operation timeouts and few SDK retries (the job runtime retries too).
+//! Each request is an S3 URL signed with the static credentials of the settings
+//! (SigV4 in the query string, by `rusty-s3`), sent by our reqwest client: rustls on
+//! ring, explicit connect and operation timeouts, and up to `S3_MAX_ATTEMPTS` tries of a
+//! request that failed in passing (the job runtime retries too). The worker checks each
+//! object's SHA-256 when it processes the file.
 
-use std::pin::pin;
+use std::{pin::pin, time::Duration};
 
-use aws_sdk_s3::{
-    Client,
-    config::{
-        BehaviorVersion, Credentials, Region, http::HttpResponse, retry::RetryConfig,
-        timeout::TimeoutConfig,
-    },
-    error::{ProvideErrorMetadata, SdkError},
-    primitives::ByteStream,
-    types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart},
-};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use bytes::{Buf as _, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt as _, stream};
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _, stream};
+use reqwest::{RequestBuilder, Response, StatusCode, Url, header};
+use rusty_s3::{
+    Bucket, Credentials, S3Action, UrlStyle,
+    actions::{
+        AbortMultipartUpload, CompleteMultipartUpload, CreateMultipartUpload, DeleteObject,
+        GetObject, HeadObject, PutObject, UploadPart,
+    },
+};
 
 use super::{BlobError, BlobRead, BlobStream, BoxError, ByteRange, ObjectKey, ResolvedRange};
 use crate::settings::S3Settings;
 
 /// S3's smallest part (except the last one).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// How long a signed URL is valid: it is used at once, so this only has to outlast
+/// clock skew and a slow send.
+const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone)]
 pub struct S3Store {
-    client: Client,
-    bucket: String,
+    http: reqwest::Client,
+    bucket: Bucket,
+    credentials: Credentials,
     part_size: usize,
+    operation_timeout: Duration,
+    max_attempts: u32,
 }
 
 impl S3Store {
     /// Builds the client. No network call: a store that is down shows at the first
-    /// operation, as [`BlobError::Unavailable`].
-    pub fn new(settings: &S3Settings) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(settings.region.clone()))
-            .credentials_provider(Credentials::new(
+    /// operation, as [`BlobError::Unavailable`]. An endpoint that is not an http(s)
+    /// URL, or a bucket name it cannot address, is a settings error.
+    pub fn new(settings: &S3Settings) -> Result<Self, BlobError> {
+        let endpoint = match &settings.endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("https://s3.{}.amazonaws.com", settings.region),
+        };
+        let endpoint = Url::parse(&endpoint)
+            .map_err(|e| BlobError::other(format!("S3_ENDPOINT {endpoint:?}: {e}")))?;
+        let style = if settings.force_path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(
+            endpoint,
+            style,
+            settings.bucket.clone(),
+            settings.region.clone(),
+        )
+        .map_err(|e| BlobError::other(format!("S3_BUCKET {:?}: {e}", settings.bucket)))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            // A download that stalls this long between two reads is given up.
+            .read_timeout(settings.operation_timeout)
+            .build()
+            .map_err(|e| BlobError::Other(e.into()))?;
+        let part_size = settings.part_size.max(MIN_PART_SIZE);
+        Ok(Self {
+            http,
+            bucket,
+            credentials: Credentials::new(
                 settings.access_key_id.expose(),
                 settings.secret_access_key.expose(),
-                None,
-                None,
-                "commcenter-settings",
-            ))
-            .force_path_style(settings.force_path_style)
-            .http_client(http)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(settings.connect_timeout)
-                    .operation_timeout(settings.operation_timeout)
-                    .build(),
-            )
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts));
-        if let Some(endpoint) = &settings.endpoint {
-            config = config.endpoint_url(endpoint);
-        }
-        let part_size = settings.part_size.max(MIN_PART_SIZE);
-        Self {
-            client: Client::from_conf(config.build()),
-            bucket: settings.bucket.clone(),
+            ),
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
-        }
-    }
-
-    /// The SDK client, for what the store does not cover (tests create buckets with it).
-    pub fn client(&self) -> &Client {
-        &self.client
+            operation_timeout: settings.operation_timeout,
+            max_attempts: settings.max_attempts.max(1),
+        })
     }
 
     pub fn bucket(&self) -> &str {
-        &self.bucket
+        self.bucket.name()
+    }
+
+    /// The bucket and credentials, to sign what the store does not cover (tests
+    /// create buckets and list uploads with them).
+    pub fn signer(&self) -> (&Bucket, &Credentials) {
+        (&self.bucket, &self.credentials)
+    }
+
+    /// Sends a request built afresh for each try, until it is answered with a status
+    /// that is not worth another try, or the tries run out. The operation timeout
+    /// covers the wait for the response's headers, not the reading of its body.
+    async fn send(
+        &self,
+        operation: &'static str,
+        request: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, BlobError> {
+        let mut attempt = 1;
+        loop {
+            let outcome = match tokio::time::timeout(self.operation_timeout, request().send()).await
+            {
+                Ok(Ok(response)) if response.status().is_success() => return Ok(response),
+                Ok(Ok(response)) => Err(failure(operation, response).await),
+                Ok(Err(error)) => Err(transport(operation, error)),
+                Err(_) => Err(BlobError::Unavailable(
+                    format!(
+                        "S3 {operation}: no answer within {:?}",
+                        self.operation_timeout
+                    )
+                    .into(),
+                )),
+            };
+            match outcome {
+                Err(error) if error.is_transient() && attempt < self.max_attempts => {
+                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+                Ok(response) => return Ok(response),
+            }
+        }
     }
 
     pub async fn put<S, E>(
@@ -162,38 +208,39 @@ impl S3Store {
     }
 
     async fn put_object(&self, key: &ObjectKey, bytes: Bytes) -> Result<(), BlobError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key.as_str())
-            .content_length(bytes.len() as i64)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(sdk_error)?;
+        let url =
+            PutObject::new(&self.bucket, Some(&self.credentials), key.as_str()).sign(SIGNED_FOR);
+        self.send("PutObject", || {
+            self.http.put(url.clone()).body(bytes.clone())
+        })
+        .await?;
         Ok(())
     }
 
     async fn create_multipart(&self, key: &ObjectKey) -> Result<MultipartUpload, BlobError> {
-        let output = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key.as_str())
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .send()
+        let url = CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), key.as_str())
+            .sign(SIGNED_FOR);
+        let answer = self
+            .send("CreateMultipartUpload", || {
+                // An empty body still says so: some stores answer 411 otherwise.
+                self.http
+                    .post(url.clone())
+                    .header(header::CONTENT_LENGTH, 0)
+            })
+            .await?
+            .text()
             .await
-            .map_err(sdk_error)?;
-        let upload_id = output.upload_id().ok_or_else(|| {
-            BlobError::other("CreateMultipartUpload answered without an upload id")
+            .map_err(|e| transport("CreateMultipartUpload", e))?;
+        let created = CreateMultipartUpload::parse_response(&answer).map_err(|e| {
+            BlobError::other(format!(
+                "CreateMultipartUpload answered what is not an upload: {e}"
+            ))
         })?;
         Ok(MultipartUpload {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
+            store: self.clone(),
             key: key.as_str().to_owned(),
-            upload_id: upload_id.to_owned(),
-            parts: Vec::new(),
+            upload_id: created.upload_id().to_owned(),
+            etags: Vec::new(),
             finished: false,
         })
     }
@@ -207,25 +254,29 @@ impl S3Store {
         if range.is_some_and(|r| r.resolve(u64::MAX).is_none()) {
             return Err(self.unsatisfiable(key).await);
         }
-        let mut request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key.as_str());
-        if let Some(range) = range {
-            request = request.range(range.to_string());
-        }
-        let output = match request.send().await {
-            Ok(output) => output,
-            Err(error) if status(&error) == Some(416) => return Err(self.unsatisfiable(key).await),
-            Err(error) => return Err(sdk_error(error)),
+        let url =
+            GetObject::new(&self.bucket, Some(&self.credentials), key.as_str()).sign(SIGNED_FOR);
+        let request = || {
+            let request = self.http.get(url.clone());
+            match range {
+                Some(range) => request.header(header::RANGE, range.to_string()),
+                None => request,
+            }
         };
-        let length = output
-            .content_length()
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| BlobError::other("GetObject answered without a Content-Length"))?;
-        let content_range = output.content_range().map(str::to_owned);
-        let body = byte_stream(output.body);
+        let response = match self.send("GetObject", request).await {
+            Ok(response) => response,
+            Err(BlobError::RangeNotSatisfiable { .. }) => {
+                return Err(self.unsatisfiable(key).await);
+            }
+            Err(error) => return Err(error),
+        };
+        let length = content_length("GetObject", &response)?;
+        let content_range = response
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = byte_stream(response);
         let Some(range) = range else {
             return Ok(BlobRead {
                 stream: body,
@@ -276,43 +327,27 @@ impl S3Store {
     }
 
     pub async fn head(&self, key: &ObjectKey) -> Result<Option<u64>, BlobError> {
+        let url =
+            HeadObject::new(&self.bucket, Some(&self.credentials), key.as_str()).sign(SIGNED_FOR);
         match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key.as_str())
-            .send()
+            .send("HeadObject", || self.http.head(url.clone()))
             .await
         {
-            Ok(output) => Ok(Some(
-                output
-                    .content_length()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .ok_or_else(|| {
-                        BlobError::other("HeadObject answered without a Content-Length")
-                    })?,
-            )),
-            Err(error) => match sdk_error(error) {
-                BlobError::NotFound => Ok(None),
-                other => Err(other),
-            },
+            Ok(response) => Ok(Some(content_length("HeadObject", &response)?)),
+            Err(BlobError::NotFound) => Ok(None),
+            Err(error) => Err(error),
         }
     }
 
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), BlobError> {
+        let url =
+            DeleteObject::new(&self.bucket, Some(&self.credentials), key.as_str()).sign(SIGNED_FOR);
         match self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key.as_str())
-            .send()
+            .send("DeleteObject", || self.http.delete(url.clone()))
             .await
         {
-            Ok(_) => Ok(()),
-            Err(error) => match sdk_error(error) {
-                BlobError::NotFound => Ok(()),
-                other => Err(other),
-            },
+            Ok(_) | Err(BlobError::NotFound) => Ok(()),
+            Err(error) => Err(error),
         }
     }
 }
@@ -320,62 +355,80 @@ impl S3Store {
 /// A multipart upload under way. Dropped unfinished (the put's future was dropped),
 /// it aborts itself in the background.
 struct MultipartUpload {
-    client: Client,
-    bucket: String,
+    store: S3Store,
     key: String,
     upload_id: String,
-    parts: Vec<CompletedPart>,
+    /// The ETag of each part sent, in order (part n is `etags[n - 1]`).
+    etags: Vec<String>,
     finished: bool,
 }
 
 impl MultipartUpload {
     async fn send_part(&mut self, bytes: Bytes) -> Result<(), BlobError> {
-        let number =
-            i32::try_from(self.parts.len() + 1).map_err(|_| BlobError::other("too many parts"))?;
-        let output = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .part_number(number)
-            .content_length(bytes.len() as i64)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        self.parts.push(
-            CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(output.e_tag().map(str::to_owned))
-                .set_checksum_crc32(output.checksum_crc32().map(str::to_owned))
-                .build(),
-        );
+        let number = u16::try_from(self.etags.len() + 1)
+            .ok()
+            .filter(|n| *n <= 10_000)
+            .ok_or_else(|| BlobError::other("more than 10,000 parts"))?;
+        let store = &self.store;
+        let url = UploadPart::new(
+            &store.bucket,
+            Some(&store.credentials),
+            &self.key,
+            number,
+            &self.upload_id,
+        )
+        .sign(SIGNED_FOR);
+        let response = store
+            .send("UploadPart", || {
+                store.http.put(url.clone()).body(bytes.clone())
+            })
+            .await?;
+        let etag = response
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| BlobError::other("UploadPart answered without an ETag"))?;
+        self.etags.push(etag.to_owned());
         Ok(())
     }
 
     async fn complete(&mut self) -> Result<(), BlobError> {
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(std::mem::take(&mut self.parts)))
-                    .build(),
-            )
-            .send()
+        let store = &self.store;
+        let action = CompleteMultipartUpload::new(
+            &store.bucket,
+            Some(&store.credentials),
+            &self.key,
+            &self.upload_id,
+            self.etags.iter().map(String::as_str),
+        );
+        let url = action.sign(SIGNED_FOR);
+        let body = action.body();
+        let response = store
+            .send("CompleteMultipartUpload", || {
+                store.http.post(url.clone()).body(body.clone())
+            })
+            .await?;
+        // S3 may answer 200 and still fail: the error is then in the body.
+        let answer = response
+            .text()
             .await
-            .map_err(sdk_error)?;
+            .map_err(|e| transport("CompleteMultipartUpload", e))?;
+        if answer.contains("<Error>") {
+            let code = xml_element(&answer, "Code").unwrap_or_default();
+            return Err(classify(
+                "CompleteMultipartUpload",
+                StatusCode::OK,
+                code,
+                xml_element(&answer, "Message").unwrap_or_default(),
+            ));
+        }
         self.finished = true;
         Ok(())
     }
 
     async fn abort(mut self) {
         self.finished = true;
-        abort(&self.client, &self.bucket, &self.key, &self.upload_id).await;
+        abort(&self.store, &self.key, &self.upload_id).await;
     }
 }
 
@@ -388,47 +441,50 @@ impl Drop for MultipartUpload {
             tracing::warn!(key = %self.key, upload_id = %self.upload_id, "multipart upload left incomplete: no runtime to abort it");
             return;
         };
-        let (client, bucket, key, upload_id) = (
-            self.client.clone(),
-            std::mem::take(&mut self.bucket),
+        let (store, key, upload_id) = (
+            self.store.clone(),
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.upload_id),
         );
-        runtime.spawn(async move { abort(&client, &bucket, &key, &upload_id).await });
+        runtime.spawn(async move { abort(&store, &key, &upload_id).await });
     }
 }
 
-async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+async fn abort(store: &S3Store, key: &str, upload_id: &str) {
     // Aborting twice, or an upload that was completed after all, is harmless; a
     // failure leaves parts for the bucket's lifecycle rule, so it is only logged.
-    if let Err(error) = client
-        .abort_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
+    let url = AbortMultipartUpload::new(&store.bucket, Some(&store.credentials), key, upload_id)
+        .sign(SIGNED_FOR);
+    if let Err(error) = store
+        .send("AbortMultipartUpload", || store.http.delete(url.clone()))
         .await
     {
         tracing::warn!(
             key,
             upload_id,
-            error = format!("{:#}", anyhow::Error::from(sdk_error(error))),
+            error = format!("{:#}", anyhow::Error::from(error)),
             "aborting a multipart upload failed"
         );
     }
 }
 
+fn content_length(operation: &str, response: &Response) -> Result<u64, BlobError> {
+    response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| BlobError::other(format!("{operation} answered without a Content-Length")))
+}
+
 /// The body of a GetObject as a stream; an error mid-way (connection reset, stall)
 /// is worth retrying.
-fn byte_stream(body: ByteStream) -> BlobStream {
-    Box::pin(stream::unfold(Some(body), |body| async move {
-        let mut body = body?;
-        match body.try_next().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
-            Ok(None) => None,
-            Err(error) => Some((Err(BlobError::Unavailable(error.into())), None)),
-        }
-    }))
+fn byte_stream(response: Response) -> BlobStream {
+    Box::pin(
+        response
+            .bytes_stream()
+            .map_err(|error| BlobError::Unavailable(error.into())),
+    )
 }
 
 /// `take` bytes of `body` after the first `skip`.
@@ -458,47 +514,63 @@ fn slice(body: BlobStream, skip: u64, take: u64) -> BlobStream {
     ))
 }
 
-fn status<E>(error: &SdkError<E, HttpResponse>) -> Option<u16> {
-    error
-        .raw_response()
-        .map(|response| response.status().as_u16())
+/// The error of a request that got no answer. Transient: no connection, a timeout, a
+/// response cut short; not: a request that could not be built.
+fn transport(operation: &str, error: reqwest::Error) -> BlobError {
+    let source: BoxError = format!("S3 {operation}: {error:#}").into();
+    if error.is_builder() {
+        BlobError::Other(source)
+    } else {
+        BlobError::Unavailable(source)
+    }
 }
 
-/// Sorts an SDK error into the classes callers act on. Transient: no connection, a
-/// timeout, a response cut short, 5xx, 429 and S3's throttling codes. Not found: 404,
-/// unless the bucket itself is missing (a misconfiguration, not a missing object).
-fn sdk_error<E>(error: SdkError<E, HttpResponse>) -> BlobError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let transient = match &error {
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-        SdkError::DispatchFailure(failure) => !failure.is_user(),
-        SdkError::ServiceError(_) => {
-            let code = error.code().unwrap_or_default();
-            match status(&error) {
-                Some(404) if !matches!(code, "NoSuchBucket" | "NoSuchUpload") => {
-                    return BlobError::NotFound;
-                }
-                Some(429 | 500..=599) => true,
-                _ => matches!(
-                    code,
-                    "SlowDown"
-                        | "RequestTimeout"
-                        | "Throttling"
-                        | "ThrottlingException"
-                        | "RequestTimeTooSkewed"
-                ),
-            }
-        }
-        _ => false,
+/// The error of a request answered with a failure status, from S3's XML error body.
+async fn failure(operation: &str, response: Response) -> BlobError {
+    let status = response.status();
+    // Error bodies are small; a HEAD has none.
+    let body = response.text().await.unwrap_or_default();
+    classify(
+        operation,
+        status,
+        xml_element(&body, "Code").unwrap_or_default(),
+        xml_element(&body, "Message").unwrap_or_default(),
+    )
+}
+
+/// Sorts an answer into the classes callers act on. Transient: 5xx, 429 and S3's
+/// throttling and clock codes. Not found: 404, unless the bucket itself is missing (a
+/// misconfiguration, not a missing object) or the upload is. 416: the range selects
+/// nothing.
+fn classify(operation: &str, status: StatusCode, code: &str, message: &str) -> BlobError {
+    let source = || -> BoxError {
+        let code = if code.is_empty() { "" } else { code };
+        format!("S3 {operation} answered {status} {code}: {message}").into()
     };
-    let source: BoxError = Box::new(error);
-    if transient {
-        BlobError::Unavailable(source)
-    } else {
-        BlobError::Other(source)
+    match status.as_u16() {
+        404 if !matches!(code, "NoSuchBucket" | "NoSuchUpload") => BlobError::NotFound,
+        416 => BlobError::RangeNotSatisfiable { size: 0 },
+        429 | 500..=599 => BlobError::Unavailable(source()),
+        _ if matches!(
+            code,
+            "SlowDown"
+                | "RequestTimeout"
+                | "Throttling"
+                | "ThrottlingException"
+                | "RequestTimeTooSkewed"
+        ) =>
+        {
+            BlobError::Unavailable(source())
+        }
+        _ => BlobError::Other(source()),
     }
+}
+
+/// The text of the first `<name>` element of an XML document (S3's errors are flat).
+fn xml_element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(&xml[start..end])
 }
 
 #[cfg(test)]
@@ -522,62 +594,69 @@ mod tests {
             .concat()
     }
 
-    fn service(status: u16, code: Option<&str>) -> BlobError {
-        use aws_sdk_s3::{
-            error::ErrorMetadata, operation::get_object::GetObjectError, primitives::SdkBody,
-        };
-        let mut meta = ErrorMetadata::builder();
-        if let Some(code) = code {
-            meta = meta.code(code);
-        }
-        let response = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
-        sdk_error(SdkError::service_error(
-            GetObjectError::generic(meta.build()),
-            response,
-        ))
-    }
-
     #[test]
-    fn classifies_service_errors_by_status_and_code() {
+    fn classifies_answers_by_status_and_code() {
         let class = |e: BlobError| match e {
             BlobError::NotFound => "not found",
             BlobError::Unavailable(_) => "transient",
             BlobError::Other(_) => "other",
+            BlobError::RangeNotSatisfiable { .. } => "range",
             _ => "unexpected",
         };
         for (status, code, expected) in [
-            (404, Some("NoSuchKey"), "not found"),
-            (404, None, "not found"),
-            (404, Some("NoSuchBucket"), "other"),
-            (404, Some("NoSuchUpload"), "other"),
-            (403, Some("AccessDenied"), "other"),
-            (400, Some("InvalidArgument"), "other"),
-            (400, Some("RequestTimeout"), "transient"),
-            (403, Some("RequestTimeTooSkewed"), "transient"),
-            (429, None, "transient"),
-            (500, Some("InternalError"), "transient"),
-            (503, Some("SlowDown"), "transient"),
-            (503, None, "transient"),
+            (404, "NoSuchKey", "not found"),
+            (404, "", "not found"),
+            (404, "NoSuchBucket", "other"),
+            (404, "NoSuchUpload", "other"),
+            (403, "AccessDenied", "other"),
+            (400, "InvalidArgument", "other"),
+            (400, "RequestTimeout", "transient"),
+            (403, "RequestTimeTooSkewed", "transient"),
+            (416, "InvalidRange", "range"),
+            (429, "", "transient"),
+            (500, "InternalError", "transient"),
+            (503, "SlowDown", "transient"),
+            (503, "", "transient"),
+            (200, "InternalError", "other"),
         ] {
-            assert_eq!(class(service(status, code)), expected, "{status} {code:?}");
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                class(classify("GetObject", status, code, "")),
+                expected,
+                "{status} {code:?}"
+            );
         }
     }
 
     #[test]
-    fn classifies_transport_errors() {
-        use aws_sdk_s3::error::ConnectorError;
-        type E = SdkError<aws_sdk_s3::operation::get_object::GetObjectError, HttpResponse>;
-        let refused = E::dispatch_failure(ConnectorError::io("connection refused".into()));
-        assert!(sdk_error(refused).is_transient());
-        let timeout = E::dispatch_failure(ConnectorError::timeout("connect timeout".into()));
-        assert!(sdk_error(timeout).is_transient());
-        assert!(sdk_error(E::timeout_error("operation timeout")).is_transient());
-        let user = E::dispatch_failure(ConnectorError::user("bad URI".into()));
-        assert!(matches!(sdk_error(user), BlobError::Other(_)));
-        assert!(matches!(
-            sdk_error(E::construction_failure("no region")),
-            BlobError::Other(_)
-        ));
+    fn reads_s3_error_bodies() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>";
+        assert_eq!(xml_element(body, "Code"), Some("NoSuchBucket"));
+        assert_eq!(
+            xml_element(body, "Message"),
+            Some("The specified bucket does not exist")
+        );
+        assert_eq!(xml_element(body, "Resource"), None);
+        assert_eq!(xml_element("", "Code"), None);
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_a_settings_error() {
+        let settings = |endpoint: &str| S3Settings {
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            access_key_id: crate::settings::Secret::new("k"),
+            secret_access_key: crate::settings::Secret::new("s"),
+            endpoint: Some(endpoint.into()),
+            force_path_style: true,
+            part_size: MIN_PART_SIZE,
+            connect_timeout: Duration::from_millis(200),
+            operation_timeout: Duration::from_millis(500),
+            max_attempts: 1,
+        };
+        assert!(S3Store::new(&settings("ftp://host")).is_err());
+        assert!(S3Store::new(&settings("not a url")).is_err());
+        assert!(S3Store::new(&settings("http://127.0.0.1:9000")).is_ok());
     }
 
     #[tokio::test]

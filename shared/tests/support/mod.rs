@@ -18,9 +18,16 @@ use commcenter_shared::{
     settings::{S3Settings, Secret},
 };
 use futures_util::{Stream, StreamExt as _, stream};
+use rusty_s3::{
+    S3Action,
+    actions::{CreateBucket, GetObject, ListObjectsV2},
+};
 
-/// moto 5.2.1 and older answer CompleteMultipartUpload with a root element the Rust
-/// SDK refuses (moto issue 10055); 5.2.2 fixed it.
+/// How long the test's own signed requests are valid.
+const SIGNED_FOR: Duration = Duration::from_secs(600);
+
+/// moto 5.2.1 and older answer CompleteMultipartUpload with a root element S3 clients
+/// refuse (moto issue 10055); 5.2.2 fixed it.
 /// `scripts/test.sh` installs a pinned moto into a virtualenv and names its Python in
 /// `MOTO_PYTHON`; without it, the system's `python3` is tried.
 pub const INSTALL: &str = "scripts/test.sh (it installs moto into target/test-venv), or python3 -m pip install 'moto[server]>=5.2.2,<6'";
@@ -141,13 +148,17 @@ impl Fixture {
     pub async fn s3() -> Self {
         let endpoint = s3_endpoint();
         let bucket = format!("cc-test-{}", uuid::Uuid::new_v4().simple());
-        let store = S3Store::new(&s3_settings(endpoint, &bucket));
-        store
-            .client()
-            .create_bucket()
-            .bucket(&bucket)
+        let store = S3Store::new(&s3_settings(endpoint, &bucket)).expect("the S3 store");
+        let (signed_bucket, credentials) = store.signer();
+        let action = CreateBucket::new(signed_bucket, credentials);
+        let body = action.body();
+        reqwest::Client::new()
+            .put(action.sign(SIGNED_FOR))
+            .header(reqwest::header::CONTENT_LENGTH, body.len())
+            .body(body)
             .send()
             .await
+            .and_then(reqwest::Response::error_for_status)
             .expect("creating the test bucket");
         Self {
             store: BlobStore::S3(store.clone()),
@@ -166,31 +177,36 @@ impl Fixture {
                 walk(&root, &root, &mut found);
             }
             Backend::S3(store) => {
-                let client = store.client();
-                let objects = client
-                    .list_objects_v2()
-                    .bucket(store.bucket())
+                let (bucket, credentials) = store.signer();
+                let http = reqwest::Client::new();
+                let objects = http
+                    .get(ListObjectsV2::new(bucket, Some(credentials)).sign(SIGNED_FOR))
                     .send()
                     .await
-                    .expect("listing the bucket");
-                found.extend(
-                    objects
-                        .contents()
-                        .iter()
-                        .filter_map(|o| o.key().map(str::to_owned)),
-                );
-                let uploads = client
-                    .list_multipart_uploads()
-                    .bucket(store.bucket())
+                    .and_then(reqwest::Response::error_for_status)
+                    .expect("listing the bucket")
+                    .text()
+                    .await
+                    .expect("the listing");
+                let objects = ListObjectsV2::parse_response(&objects).expect("a listing");
+                found.extend(objects.contents.into_iter().map(|o| o.key));
+                // ListMultipartUploads: a GET of the bucket with `?uploads`.
+                let mut list_uploads = GetObject::new(bucket, Some(credentials), "");
+                list_uploads.query_mut().insert("uploads", "");
+                let uploads = http
+                    .get(list_uploads.sign(SIGNED_FOR))
                     .send()
                     .await
-                    .expect("listing multipart uploads");
-                found.extend(
-                    uploads
-                        .uploads()
-                        .iter()
-                        .map(|u| format!("uploading:{}", u.key().unwrap_or_default())),
-                );
+                    .and_then(reqwest::Response::error_for_status)
+                    .expect("listing multipart uploads")
+                    .text()
+                    .await
+                    .expect("the uploads");
+                found.extend(uploads.split("<Upload>").skip(1).filter_map(|upload| {
+                    let start = upload.find("<Key>")? + "<Key>".len();
+                    let end = upload.find("</Key>")?;
+                    Some(format!("uploading:{}", &upload[start..end]))
+                }));
             }
         }
         found.sort();

@@ -1,0 +1,120 @@
+//! What this instance knows of PostgreSQL, kept by a check in the background so that
+//! no request waits to find out: `/readyz` answers from it at once, and while the
+//! database is known to be down a request that needs it is refused at once (503 with
+//! `Retry-After`) instead of waiting on the pool.
+//!
+//! The check runs every [`CHECK_EVERY`], giving `SELECT 1` [`CHECK_TIMEOUT`]. A request
+//! that meets a connection failure marks the database down at once; the next check
+//! that succeeds marks it up again.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{error::ApiError, startup::AppState};
+
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Health {
+    database_up: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        // Up until a check says otherwise: the api has just connected and migrated.
+        Self {
+            database_up: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Health {
+    pub fn database_up(&self) -> bool {
+        self.database_up.load(Ordering::Relaxed)
+    }
+
+    /// A request met a connection failure: refuse the next ones at once.
+    pub fn database_failed(&self) {
+        if self.database_up.swap(false, Ordering::Relaxed) {
+            tracing::warn!("PostgreSQL unreachable; refusing requests that need it (503)");
+        }
+    }
+
+    /// Checks the database until `shutdown`.
+    pub async fn run(&self, pool: PgPool, shutdown: CancellationToken) {
+        loop {
+            let reachable = matches!(
+                tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await,
+                Ok(Ok(_))
+            );
+            let was = self.database_up.swap(reachable, Ordering::Relaxed);
+            if reachable && !was {
+                tracing::info!("PostgreSQL reachable again");
+            } else if !reachable && was {
+                tracing::warn!("PostgreSQL unreachable; refusing requests that need it (503)");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+        }
+    }
+}
+
+/// Paths that answer without the database: the process's own health, its metrics
+/// (which say themselves what they could not read), the API description and the
+/// console's static files.
+fn needs_database(path: &str) -> bool {
+    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/api/openapi.json")
+        && !path.starts_with("/ops")
+}
+
+/// Middleware: 503 at once while the database is known to be down.
+pub async fn refuse_while_database_down(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !state.health.database_up() && needs_database(request.uri().path()) {
+        return ApiError::Unavailable(
+            "the database is unreachable; try again shortly".to_owned(),
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if response.extensions().get::<DatabaseFailed>().is_some() {
+        state.health.database_failed();
+    }
+    response
+}
+
+/// Marks a response whose request failed because the database could not be reached
+/// (set by [`ApiError`]'s response).
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseFailed;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_and_the_console_answer_without_the_database() {
+        for path in ["/healthz", "/readyz", "/metrics", "/api/openapi.json", "/ops", "/ops/app.js"] {
+            assert!(!needs_database(path), "{path}");
+        }
+        for path in ["/api/messages/send", "/api/communications", "/api/ws/alice", "/"] {
+            assert!(needs_database(path), "{path}");
+        }
+    }
+}
