@@ -74,10 +74,11 @@ impl Caller {
 }
 
 pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
-    auth::verify(
+    auth::verify_with(
         token,
         state.settings.auth.jwt_secret.expose(),
         chrono::Utc::now().timestamp(),
+        state.settings.auth.token_times,
     )
     .map_err(|e| ApiError::Unauthorized(e.to_string()))
 }

@@ -4,10 +4,14 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    extract::Request,
+    http::{StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde_json::json;
+
+use crate::health::DatabaseFailed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -43,6 +47,9 @@ pub enum ApiError {
     /// A dependency is down; retrying later will work.
     #[error("{0}")]
     Unavailable(String),
+    /// PostgreSQL cannot be reached (or the pool has no connection to give in time).
+    #[error("the database is unreachable; try again shortly")]
+    DatabaseDown,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -73,7 +80,9 @@ impl ApiError {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Unavailable(_) | Self::DatabaseDown => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -85,34 +94,95 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// Whether an error comes of PostgreSQL being out of reach (no connection in time, the
+/// connection lost, the server shutting down or refusing connections), not of the
+/// request: such a request may well succeed later.
+fn database_unreachable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_),
+            ) => true,
+            // 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
+            Some(sqlx::Error::Database(db)) => {
+                db.code().is_some_and(|code| code.starts_with("57P"))
+            }
+            _ => false,
+        })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let this = match self {
+            Self::Internal(error) if database_unreachable(&error) => {
+                tracing::warn!(error = format!("{error:#}"), "the database is unreachable");
+                Self::DatabaseDown
+            }
+            other => other,
+        };
+        let mut response = this.render();
+        if matches!(this, Self::DatabaseDown) {
+            response.extensions_mut().insert(DatabaseFailed);
+        }
+        response
+    }
+}
+
+impl ApiError {
+    fn render(&self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = match &self {
+        let message = match self {
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "internal error");
                 "something went wrong on our side; it has been logged".to_owned()
             }
             other => other.to_string(),
         };
-        let retry_soon = matches!(
-            self,
-            Self::StillProcessing(_) | Self::Unavailable(_) | Self::TooManyRequests(_)
-        );
+        let retry_after = match self {
+            Self::StillProcessing(_) | Self::Unavailable(_) | Self::TooManyRequests(_) => Some("1"),
+            // A database outage is seldom over in a second.
+            Self::DatabaseDown => Some("5"),
+            _ => None,
+        };
         let mut response = (
             status,
             Json(json!({ "error": { "code": code, "message": message } })),
         )
             .into_response();
-        if retry_soon {
-            let headers = response.headers_mut();
-            headers.insert(
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
+                axum::http::HeaderValue::from_static(seconds),
             );
         }
         response
     }
+}
+
+/// Middleware: the router's own 405 (a path that exists, another method) has no body;
+/// give it ours. (The router adds `Allow` after this runs, so the message points to it.)
+pub async fn method_not_allowed_as_json(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let body = Json(json!({ "error": {
+        "code": "method_not_allowed",
+        "message": format!("{method} is not allowed on {path}; the Allow header lists the methods that are"),
+    }}))
+    .into_response();
+    let (body_parts, body) = body.into_parts();
+    parts.headers.extend(body_parts.headers);
+    Response::from_parts(parts, body)
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

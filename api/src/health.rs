@@ -76,8 +76,10 @@ impl Health {
 /// (which say themselves what they could not read), the API description and the
 /// console's static files.
 fn needs_database(path: &str) -> bool {
-    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/api/openapi.json")
-        && !path.starts_with("/ops")
+    !matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/api/openapi.json"
+    ) && !path.starts_with("/ops")
 }
 
 /// Middleware: 503 at once while the database is known to be down.
@@ -87,10 +89,8 @@ pub async fn refuse_while_database_down(
     next: Next,
 ) -> Response {
     if !state.health.database_up() && needs_database(request.uri().path()) {
-        return ApiError::Unavailable(
-            "the database is unreachable; try again shortly".to_owned(),
-        )
-        .into_response();
+        return ApiError::Unavailable("the database is unreachable; try again shortly".to_owned())
+            .into_response();
     }
     let response = next.run(request).await;
     if response.extensions().get::<DatabaseFailed>().is_some() {
@@ -110,10 +110,22 @@ mod tests {
 
     #[test]
     fn health_and_the_console_answer_without_the_database() {
-        for path in ["/healthz", "/readyz", "/metrics", "/api/openapi.json", "/ops", "/ops/app.js"] {
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/api/openapi.json",
+            "/ops",
+            "/ops/app.js",
+        ] {
             assert!(!needs_database(path), "{path}");
         }
-        for path in ["/api/messages/send", "/api/communications", "/api/ws/alice", "/"] {
+        for path in [
+            "/api/messages/send",
+            "/api/communications",
+            "/api/ws/alice",
+            "/",
+        ] {
             assert!(needs_database(path), "{path}");
         }
     }

@@ -16,7 +16,9 @@
 //! - [`notifier`]: consumes events from RabbitMQ and pushes them to WebSocket clients;
 //!   publishes typing indicators for every instance.
 //! - [`presence`]: who is online on any api instance (PostgreSQL, with heartbeats).
-//! - [`error`]: the one API error type and its JSON shape.
+//! - [`error`]: the one API error type and its JSON shape (the router's 405s too).
+//! - [`health`]: whether PostgreSQL is reachable, checked in the background; 503 at
+//!   once while it is not.
 //! - [`ctl`]: `commcenterctl`, the operators' command line, a client of `/api/ops/`.
 
 pub mod accept;
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod body;
 pub mod ctl;
 pub mod error;
+pub mod health;
 pub mod idempotency;
 pub mod metrics;
 pub mod notifier;

@@ -30,6 +30,8 @@ use commcenter_shared::{
 };
 
 use crate::{
+    error,
+    health::{self, Health},
     metrics::{self, ApiMetrics},
     notifier::{self, Hub},
     presence::Presence,
@@ -58,6 +60,8 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// Ephemeral events (typing) for the notifier to publish to every instance.
     pub ephemeral: mpsc::Sender<Event>,
+    /// Whether PostgreSQL is reachable, kept by a background check.
+    pub health: Arc<Health>,
 }
 
 pub struct App {
@@ -101,6 +105,7 @@ impl App {
             outbox,
             presence,
             ephemeral,
+            health: Arc::new(Health::default()),
         };
         Ok(Self {
             state,
@@ -139,6 +144,14 @@ impl App {
             shutdown.clone(),
         ));
         let presence = tokio::spawn(self.state.presence.clone().run(shutdown.clone()));
+        let health = {
+            let (health, pool, shutdown) = (
+                self.state.health.clone(),
+                self.state.pool.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move { health.run(pool, shutdown).await })
+        };
         tracing::info!(%addr, "api listening");
         let stop = shutdown.clone();
         axum::serve(self.listener, router(self.state))
@@ -146,6 +159,7 @@ impl App {
             .await
             .context("HTTP server failed")?;
         presence.await.ok();
+        health.await.ok();
         relay.await.ok();
         notifier.await.ok();
         Ok(())
@@ -164,6 +178,11 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.settings.http.max_body_bytes;
     routes::router()
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            health::refuse_while_database_down,
+        ))
+        .layer(middleware::from_fn(error::method_not_allowed_as_json))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,

@@ -75,6 +75,7 @@ fn state() -> AppState {
         blobs: Arc::new(BlobStore::from_settings(&settings.storage).unwrap()),
         outbox: Arc::new(Notify::new()),
         broker_up: Arc::new(AtomicBool::new(false)),
+        health: Arc::new(commcenter_api::health::Health::default()),
         settings: Arc::new(settings),
     }
 }

@@ -19,7 +19,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .log_statements(tracing::log::LevelFilter::Trace);
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(10))
+        .acquire_timeout(settings.acquire_timeout)
         .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL (DATABASE_URL)")

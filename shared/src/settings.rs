@@ -49,6 +49,9 @@ pub struct DatabaseSettings {
     /// `DATABASE_MAX_CONNECTIONS`: the pool's bound. A worker holds one connection per
     /// job in flight, so a worker process runs at most this many, less one, at once.
     pub max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS` (default 1500): the longest wait for a pooled
+    /// connection; past it the api answers 503, so an outage is told within it.
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +96,10 @@ pub struct HttpSettings {
 pub struct AuthSettings {
     /// `JWT_SECRET`: the HS256 key of bearer tokens. The default is for development only.
     pub jwt_secret: Secret,
+    /// `JWT_MAX_LIFETIME` (default `30d`; `s`, `m`, `h`, `d`, or `none`) and
+    /// `JWT_LEEWAY_SECS` (default 60): tokens valid for longer are refused, and `nbf`
+    /// or `iat` more than the leeway ahead of our clock.
+    pub token_times: crate::auth::TimeRules,
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +373,10 @@ impl Settings {
                     "postgres://root@127.0.0.1:5432/commcenter",
                 )),
                 max_connections: parse("DATABASE_MAX_CONNECTIONS", "40")?,
+                acquire_timeout: Duration::from_millis(positive(
+                    parse("DATABASE_ACQUIRE_TIMEOUT_MS", "1500")?,
+                    "DATABASE_ACQUIRE_TIMEOUT_MS",
+                )?),
             },
             broker: BrokerSettings {
                 url: Secret::new(var("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
@@ -397,6 +408,11 @@ impl Settings {
             },
             auth: AuthSettings {
                 jwt_secret: Secret::new(var("JWT_SECRET", "dev-only-secret-change-me")),
+                token_times: crate::auth::TimeRules {
+                    leeway_secs: parse("JWT_LEEWAY_SECS", "60")?,
+                    max_lifetime_secs: lifetime(&var("JWT_MAX_LIFETIME", "30d"))
+                        .context("JWT_MAX_LIFETIME")?,
+                },
             },
             jobs: JobSettings {
                 prefetch: positive(parse("WORKER_PREFETCH", "256")?, "WORKER_PREFETCH")?,
@@ -506,6 +522,26 @@ fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> 
 }
 
 /// `METRICS_ADDR`: an address, or `0` or empty for none.
+/// A lifetime in seconds: `90s`, `15m`, `12h`, `30d` or plain seconds; `none` for no
+/// limit.
+fn lifetime(raw: &str) -> anyhow::Result<Option<i64>> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (digits, unit) = match raw.char_indices().last() {
+        Some((at, 's')) => (&raw[..at], 1),
+        Some((at, 'm')) => (&raw[..at], 60),
+        Some((at, 'h')) => (&raw[..at], 3600),
+        Some((at, 'd')) => (&raw[..at], 86_400),
+        _ => (raw, 1),
+    };
+    match digits.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(Some(n.saturating_mul(unit))),
+        _ => bail!("{raw:?} is not a lifetime: say 3600s, 90m, 12h, 30d or none"),
+    }
+}
+
 fn metrics_addr(raw: &str) -> anyhow::Result<Option<SocketAddr>> {
     match raw.trim() {
         "" | "0" => Ok(None),
@@ -583,6 +619,19 @@ pub fn tier_label(tier: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifetimes_parse_with_units_or_none() {
+        assert_eq!(lifetime("30d").unwrap(), Some(30 * 86_400));
+        assert_eq!(lifetime("12h").unwrap(), Some(12 * 3600));
+        assert_eq!(lifetime("90m").unwrap(), Some(5400));
+        assert_eq!(lifetime("45s").unwrap(), Some(45));
+        assert_eq!(lifetime("3600").unwrap(), Some(3600));
+        assert_eq!(lifetime("none").unwrap(), None);
+        for bad in ["", "0", "-5d", "3w", "d", "ten days"] {
+            assert!(lifetime(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn tiers_parse_sort_and_label() {

@@ -59,6 +59,12 @@ pub struct TestOptions {
     pub max_deferral: Duration,
     /// Route the workers' database connections through this proxy (to cut them).
     pub workers_database_proxy: Option<std::net::SocketAddr>,
+    /// The api (and the workers, unless they have a proxy of their own) reach
+    /// PostgreSQL through this proxy, so a test can cut it.
+    pub api_database_proxy: Option<std::net::SocketAddr>,
+    /// The api's longest wait for a pooled connection (the harness's default is long:
+    /// the machine is shared).
+    pub acquire_timeout: Duration,
     pub retry_tiers: &'static str,
     pub retry_base: Duration,
     pub max_attempts: i32,
@@ -104,6 +110,8 @@ impl Default for TestOptions {
             api_amqp_url: None,
             workers_amqp_url: None,
             workers_database_proxy: None,
+            api_database_proxy: None,
+            acquire_timeout: Duration::from_secs(10),
             max_deferral: commcenter_workers::runtime::DEFAULT_MAX_DEFERRAL,
             // Short tiers so retry tests take milliseconds, not minutes.
             retry_tiers: "100ms,200ms,400ms,1s",
@@ -177,7 +185,11 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
 
     let mut settings = Settings::from_env().expect("settings");
     let admin = admin_database_url();
-    settings.database.url = Secret::new(replace_database(&admin, &database));
+    settings.database.url = Secret::new(match options.api_database_proxy {
+        Some(proxy) => format!("postgres://root@{proxy}/{database}"),
+        None => replace_database(&admin, &database),
+    });
+    settings.database.acquire_timeout = options.acquire_timeout;
     // Each test has two pools (api, workers) on one server of 100 connections, 6 tests at once.
     settings.database.max_connections = 6;
     settings.broker.url = Secret::new(options.api_amqp_url.clone().unwrap_or_else(broker_url));

@@ -14,7 +14,7 @@
 //! request that failed in passing (the job runtime retries too). The worker checks each
 //! object's SHA-256 when it processes the file.
 
-use std::{pin::pin, time::Duration};
+use std::{pin::pin, sync::Arc, time::Duration};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _, stream};
@@ -30,6 +30,12 @@ use rusty_s3::{
 use super::{BlobError, BlobRead, BlobStream, BoxError, ByteRange, ObjectKey, ResolvedRange};
 use crate::settings::S3Settings;
 
+#[derive(Debug)]
+struct Signer {
+    bucket: Bucket,
+    credentials: Credentials,
+}
+
 /// S3's smallest part (except the last one).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// How long a signed URL is valid: it is used at once, so this only has to outlast
@@ -39,8 +45,9 @@ const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 #[derive(Debug, Clone)]
 pub struct S3Store {
     http: reqwest::Client,
-    bucket: Bucket,
-    credentials: Credentials,
+    /// The bucket and the credentials that sign for it (shared: a store is cloned into
+    /// each multipart upload).
+    signer: Arc<Signer>,
     part_size: usize,
     operation_timeout: Duration,
     max_attempts: u32,
@@ -78,11 +85,13 @@ impl S3Store {
         let part_size = settings.part_size.max(MIN_PART_SIZE);
         Ok(Self {
             http,
-            bucket,
-            credentials: Credentials::new(
-                settings.access_key_id.expose(),
-                settings.secret_access_key.expose(),
-            ),
+            signer: Arc::new(Signer {
+                bucket,
+                credentials: Credentials::new(
+                    settings.access_key_id.expose(),
+                    settings.secret_access_key.expose(),
+                ),
+            }),
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
             operation_timeout: settings.operation_timeout,
             max_attempts: settings.max_attempts.max(1),
@@ -90,13 +99,13 @@ impl S3Store {
     }
 
     pub fn bucket(&self) -> &str {
-        self.bucket.name()
+        self.signer.bucket.name()
     }
 
     /// The bucket and credentials, to sign what the store does not cover (tests
     /// create buckets and list uploads with them).
     pub fn signer(&self) -> (&Bucket, &Credentials) {
-        (&self.bucket, &self.credentials)
+        (&self.signer.bucket, &self.signer.credentials)
     }
 
     /// Sends a request built afresh for each try, until it is answered with a status
@@ -208,8 +217,12 @@ impl S3Store {
     }
 
     async fn put_object(&self, key: &ObjectKey, bytes: Bytes) -> Result<(), BlobError> {
-        let url =
-            PutObject::new(&self.bucket, Some(&self.credentials), key.as_str()).sign(SIGNED_FOR);
+        let url = PutObject::new(
+            &self.signer.bucket,
+            Some(&self.signer.credentials),
+            key.as_str(),
+        )
+        .sign(SIGNED_FOR);
         self.send("PutObject", || {
             self.http.put(url.clone()).body(bytes.clone())
         })
@@ -218,8 +231,12 @@ impl S3Store {
     }
 
     async fn create_multipart(&self, key: &ObjectKey) -> Result<MultipartUpload, BlobError> {
-        let url = CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), key.as_str())
-            .sign(SIGNED_FOR);
+        let url = CreateMultipartUpload::new(
+            &self.signer.bucket,
+            Some(&self.signer.credentials),
+            key.as_str(),
+        )
+        .sign(SIGNED_FOR);
         let answer = self
             .send("CreateMultipartUpload", || {
                 // An empty body still says so: some stores answer 411 otherwise.
@@ -254,8 +271,12 @@ impl S3Store {
         if range.is_some_and(|r| r.resolve(u64::MAX).is_none()) {
             return Err(self.unsatisfiable(key).await);
         }
-        let url =
-            GetObject::new(&self.bucket, Some(&self.credentials), key.as_str()).sign(SIGNED_FOR);
+        let url = GetObject::new(
+            &self.signer.bucket,
+            Some(&self.signer.credentials),
+            key.as_str(),
+        )
+        .sign(SIGNED_FOR);
         let request = || {
             let request = self.http.get(url.clone());
             match range {
@@ -327,8 +348,12 @@ impl S3Store {
     }
 
     pub async fn head(&self, key: &ObjectKey) -> Result<Option<u64>, BlobError> {
-        let url =
-            HeadObject::new(&self.bucket, Some(&self.credentials), key.as_str()).sign(SIGNED_FOR);
+        let url = HeadObject::new(
+            &self.signer.bucket,
+            Some(&self.signer.credentials),
+            key.as_str(),
+        )
+        .sign(SIGNED_FOR);
         match self
             .send("HeadObject", || self.http.head(url.clone()))
             .await
@@ -340,8 +365,12 @@ impl S3Store {
     }
 
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), BlobError> {
-        let url =
-            DeleteObject::new(&self.bucket, Some(&self.credentials), key.as_str()).sign(SIGNED_FOR);
+        let url = DeleteObject::new(
+            &self.signer.bucket,
+            Some(&self.signer.credentials),
+            key.as_str(),
+        )
+        .sign(SIGNED_FOR);
         match self
             .send("DeleteObject", || self.http.delete(url.clone()))
             .await
@@ -371,8 +400,8 @@ impl MultipartUpload {
             .ok_or_else(|| BlobError::other("more than 10,000 parts"))?;
         let store = &self.store;
         let url = UploadPart::new(
-            &store.bucket,
-            Some(&store.credentials),
+            &store.signer.bucket,
+            Some(&store.signer.credentials),
             &self.key,
             number,
             &self.upload_id,
@@ -395,8 +424,8 @@ impl MultipartUpload {
     async fn complete(&mut self) -> Result<(), BlobError> {
         let store = &self.store;
         let action = CompleteMultipartUpload::new(
-            &store.bucket,
-            Some(&store.credentials),
+            &store.signer.bucket,
+            Some(&store.signer.credentials),
             &self.key,
             &self.upload_id,
             self.etags.iter().map(String::as_str),
@@ -453,8 +482,13 @@ impl Drop for MultipartUpload {
 async fn abort(store: &S3Store, key: &str, upload_id: &str) {
     // Aborting twice, or an upload that was completed after all, is harmless; a
     // failure leaves parts for the bucket's lifecycle rule, so it is only logged.
-    let url = AbortMultipartUpload::new(&store.bucket, Some(&store.credentials), key, upload_id)
-        .sign(SIGNED_FOR);
+    let url = AbortMultipartUpload::new(
+        &store.signer.bucket,
+        Some(&store.signer.credentials),
+        key,
+        upload_id,
+    )
+    .sign(SIGNED_FOR);
     if let Err(error) = store
         .send("AbortMultipartUpload", || store.http.delete(url.clone()))
         .await

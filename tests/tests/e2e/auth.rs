@@ -189,3 +189,63 @@ async fn staff_list_everyone_online_and_customers_only_staff() {
         .unwrap();
     assert_eq!(asked["status"], "offline");
 }
+
+/// A staff token with these claims beside the usual ones, signed with `secret`.
+fn staff_token_with(extra: Value, exp: i64, secret: &str) -> String {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    use hmac::Mac as _;
+    let mut claims = json!({ "sub": "staff-1", "role": "staff", "exp": exp });
+    claims
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{header}.{body}").as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{header}.{body}.{signature}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_not_valid_yet_or_living_too_long_get_401_naming_why() {
+    let app = spawn_app().await;
+    let secret = app.settings.auth.jwt_secret.expose().to_owned();
+    let now = chrono::Utc::now().timestamp();
+    let day = 24 * 3600;
+    let cases = [
+        (
+            json!({ "nbf": now + 600 }),
+            now + 3600,
+            Some("not valid yet"),
+        ),
+        (
+            json!({ "iat": now + 600 }),
+            now + 3600,
+            Some("not valid yet"),
+        ),
+        (json!({ "nbf": now + 10 }), now + 3600, None),
+        (json!({ "iat": now }), now + 31 * day, Some("longer than")),
+        (
+            json!({ "iat": now - 20 * day }),
+            now + 15 * day,
+            Some("longer than"),
+        ),
+        (json!({}), now + 31 * day, Some("longer than")),
+        (json!({ "iat": now }), now + 29 * day, None),
+    ];
+    for (extra, exp, refused) in cases {
+        let token = staff_token_with(extra.clone(), exp, &secret);
+        let response = app.get("/api/communications/conversations", &token).await;
+        match refused {
+            Some(why) => {
+                assert_eq!(response.status(), 401, "{extra}");
+                let error: Value = response.json().await.unwrap();
+                assert_eq!(error["error"]["code"], "unauthorized");
+                let message = error["error"]["message"].as_str().unwrap();
+                assert!(message.contains(why), "{extra}: {message}");
+            }
+            None => assert_eq!(response.status(), 200, "{extra}"),
+        }
+    }
+}

@@ -51,3 +51,106 @@ async fn readiness_names_the_broker_when_it_is_gone_and_recovers_with_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_is_told_at_once_with_503_and_retry_after() {
+    let postgres = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let app = spawn_app_with(TestOptions {
+        api_database_proxy: Some(postgres.addr),
+        acquire_timeout: std::time::Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    let staff = app.staff_token();
+    assert_eq!(
+        app.get("/api/communications/conversations", &staff)
+            .await
+            .status(),
+        200
+    );
+
+    postgres.cut();
+    // The first request that needs the database, however it learns of the outage
+    // (the background check or its own connection), answers 503 within 2 s.
+    let started = std::time::Instant::now();
+    let response = app.get("/api/communications/conversations", &staff).await;
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "503 took {took:?}"
+    );
+    assert_eq!(response.headers()["retry-after"], "5");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "unavailable");
+
+    // Readiness answers from what the background check knows: at once, every time.
+    let body: Value = commcenter_tests::eventually("readiness to fail", WAIT, || async {
+        let started = std::time::Instant::now();
+        let response = app.client.get(app.url("/readyz")).send().await.ok()?;
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        (response.status() == 503).then_some(response.json().await.ok()?)
+    })
+    .await;
+    assert_eq!(body["database"], "unreachable");
+    // Known down: a write is refused at once, and nothing half-done is left.
+    let started = std::time::Instant::now();
+    let send = app
+        .send_message(&staff, "cust-1", "While the database is down")
+        .await;
+    assert_eq!(send.status(), 503);
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    postgres.restore();
+    commcenter_tests::eventually("readiness to return", WAIT, || async {
+        let response = app.client.get(app.url("/readyz")).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    let response = app.send_message(&staff, "cust-1", "Back again").await;
+    assert_eq!(response.status(), 202);
+    let listed: Value = app
+        .get("/api/communications?customer_id=cust-1", &staff)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let texts: Vec<_> = listed["communications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["Back again"], "the refused send left nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_method_gets_our_json_error_and_allow() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .delete(app.url("/api/messages/send"))
+        .bearer_auth(app.staff_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("POST"), "{allow}");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "method_not_allowed");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("DELETE") && message.contains("/api/messages/send"),
+        "{message}"
+    );
+}
