@@ -258,7 +258,12 @@ mod tests {
         };
         let long = claims(Role::Staff, None, now + 31 * day);
         assert_eq!(
-            verify_with(&issue(&long, "k"), "k", now, rules),
+            verify_with(
+                &with_times(&long, serde_json::json!({ "iat": now })),
+                "k",
+                now,
+                rules
+            ),
             Err(TokenError::TooLong { max_secs: 30 * day })
         );
         // Issued 10 days ago for 35 days: 35 days of life, refused though 25 remain.
