@@ -592,6 +592,11 @@ async fn serve(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Opened in a tab anyway, an upload runs no script, loads nothing and is no origin.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=3600"),
@@ -633,11 +638,11 @@ fn blob_error(error: BlobError) -> ApiError {
     }
 }
 
-/// `inline` for what browsers show safely, `attachment` otherwise; the name as ASCII
-/// and, exactly, as RFC 5987 UTF-8.
+/// `inline` for plain pictures, sound and video, which browsers show without running
+/// anything; `attachment` for everything else (a PDF or an SVG can carry script). The
+/// name as ASCII and, exactly, as RFC 5987 UTF-8.
 fn content_disposition(name: &str, content_type: &str) -> String {
-    let inline = content_type.starts_with("image/")
-        || content_type == "application/pdf"
+    let inline = (content_type.starts_with("image/") && content_type != "image/svg+xml")
         || content_type.starts_with("video/")
         || content_type.starts_with("audio/");
     let ascii: String = name
@@ -729,7 +734,7 @@ mod tests {
     fn dispositions_are_safe() {
         let d = content_disposition("rapport \"final\"\n.pdf", "application/pdf");
         assert!(
-            d.starts_with("inline; filename=\"rapport _final__.pdf\""),
+            d.starts_with("attachment; filename=\"rapport _final__.pdf\""),
             "{d}"
         );
         assert!(
@@ -737,5 +742,12 @@ mod tests {
             "{d}"
         );
         assert!(content_disposition("x.zip", "application/zip").starts_with("attachment"));
+        assert!(content_disposition("x.svg", "image/svg+xml").starts_with("attachment"));
+        for shown in ["image/png", "image/jpeg", "audio/mpeg", "video/mp4"] {
+            assert!(
+                content_disposition("x", shown).starts_with("inline"),
+                "{shown}"
+            );
+        }
     }
 }

@@ -166,6 +166,11 @@ async fn an_image_is_stored_hashed_thumbnailed_and_served_with_validators_and_ra
     assert_eq!(full.status(), 200);
     assert_eq!(full.headers()["content-type"], "image/png");
     assert_eq!(full.headers()["etag"], format!("\"{sha}\"").as_str());
+    assert_eq!(
+        full.headers()["content-security-policy"],
+        "default-src 'none'; sandbox"
+    );
+    assert_eq!(full.headers()["x-content-type-options"], "nosniff");
     assert!(
         full.headers()["content-disposition"]
             .to_str()
@@ -683,4 +688,35 @@ async fn a_message_waits_for_its_attachment_and_refuses_a_failed_or_foreign_one(
             .contains("failed processing")
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn active_content_is_downloaded_never_shown_and_runs_nothing() {
+    let app = spawn_app().await;
+    let customer = app.customer_token("cust-1");
+    // A PDF whose opening action is JavaScript.
+    let pdf = b"%PDF-1.7\n1 0 obj << /Type /Catalog /OpenAction << /S /JavaScript /JS (app.alert(1)) >> >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n".to_vec();
+    let response = app
+        .upload_file(&customer, "cust-1", pdf, "invoice.pdf", false)
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let file = &body["files"][0];
+    wait_until_processed(&app, &customer, file["file_id"].as_str().unwrap()).await;
+    let download = app
+        .client
+        .get(app.url(file["url"].as_str().unwrap()))
+        .bearer_auth(&customer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    assert_eq!(download.headers()["content-type"], "application/pdf");
+    let disposition = download.headers()["content-disposition"].to_str().unwrap();
+    assert!(disposition.starts_with("attachment;"), "{disposition}");
+    assert_eq!(
+        download.headers()["content-security-policy"],
+        "default-src 'none'; sandbox"
+    );
+    assert_eq!(download.headers()["x-content-type-options"], "nosniff");
 }
