@@ -12,6 +12,7 @@
 //! - [`auth`]: the bearer-token extractor and the tenant rules.
 //! - [`body`]: JSON bodies and query strings whose errors name the problem.
 //! - [`idempotency`]: `Idempotency-Key` on creating POSTs.
+//! - [`limits`]: rate limits per user and route group, and per address without a token.
 //! - [`metrics`]: HTTP requests by route template, WebSocket connections, the backlog.
 //! - [`notifier`]: consumes events from RabbitMQ and pushes them to WebSocket clients;
 //!   publishes typing indicators for every instance.
@@ -28,6 +29,7 @@ pub mod ctl;
 pub mod error;
 pub mod health;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod notifier;
 pub mod paging;

@@ -32,6 +32,7 @@ use commcenter_shared::{
 use crate::{
     error,
     health::{self, Health},
+    limits::{self, Limits},
     metrics::{self, ApiMetrics},
     notifier::{self, Hub},
     presence::Presence,
@@ -62,6 +63,8 @@ pub struct AppState {
     pub ephemeral: mpsc::Sender<Event>,
     /// Whether PostgreSQL is reachable, kept by a background check.
     pub health: Arc<Health>,
+    /// The rate limits' buckets.
+    pub limits: Arc<Limits>,
 }
 
 pub struct App {
@@ -95,6 +98,7 @@ impl App {
             outbox.clone(),
         ));
         let (ephemeral, ephemeral_rx) = mpsc::channel(EPHEMERAL_BUFFER);
+        let limits = Arc::new(Limits::new(&settings.http.rate_limits));
         let state = AppState {
             metrics,
             pool,
@@ -106,6 +110,7 @@ impl App {
             presence,
             ephemeral,
             health: Arc::new(Health::default()),
+            limits,
         };
         Ok(Self {
             state,
@@ -154,7 +159,9 @@ impl App {
         };
         tracing::info!(%addr, "api listening");
         let stop = shutdown.clone();
-        axum::serve(self.listener, router(self.state))
+        // The client's address, for the per-address limit.
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .context("HTTP server failed")?;
@@ -182,6 +189,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             health::refuse_while_database_down,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn(error::method_not_allowed_as_json))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),

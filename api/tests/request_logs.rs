@@ -76,6 +76,7 @@ fn state() -> AppState {
         outbox: Arc::new(Notify::new()),
         broker_up: Arc::new(AtomicBool::new(false)),
         health: Arc::new(commcenter_api::health::Health::default()),
+        limits: Arc::new(commcenter_api::limits::Limits::new(&Default::default())),
         settings: Arc::new(settings),
     }
 }

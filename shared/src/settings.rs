@@ -90,6 +90,9 @@ pub struct HttpSettings {
     pub presence_ttl: Duration,
     /// `SHUTDOWN_GRACE_SECS`: how long a stopping process waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// `RATE_LIMIT_*`: token buckets per user and route group, and per address for
+    /// requests without a valid token.
+    pub rate_limits: RateLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -396,6 +399,13 @@ impl Settings {
                     parse("WS_MAX_MESSAGE_BYTES", "65536")?,
                     "WS_MAX_MESSAGE_BYTES",
                 )?,
+                rate_limits: RateLimits {
+                    sends: rate("RATE_LIMIT_SENDS", "120/m")?,
+                    uploads: rate("RATE_LIMIT_UPLOADS", "60/m")?,
+                    receipts: rate("RATE_LIMIT_RECEIPTS", "600/m")?,
+                    search: rate("RATE_LIMIT_SEARCH", "60/m")?,
+                    anonymous: rate("RATE_LIMIT_ANONYMOUS", "120/m")?,
+                },
                 presence_heartbeat: Duration::from_secs(positive(
                     parse("PRESENCE_HEARTBEAT_SECS", "10")?,
                     "PRESENCE_HEARTBEAT_SECS",
@@ -522,6 +532,53 @@ fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> 
 }
 
 /// `METRICS_ADDR`: an address, or `0` or empty for none.
+/// How many requests a bucket holds, and how long it takes to fill again from empty:
+/// `120/m` is a burst of 120, then one more every half second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+/// The rate limits of the api, each `None` when switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimits {
+    /// `RATE_LIMIT_SENDS` (default `120/m`): messages, SMS, emails, call logs, per user.
+    pub sends: Option<Rate>,
+    /// `RATE_LIMIT_UPLOADS` (default `60/m`): upload requests, per user.
+    pub uploads: Option<Rate>,
+    /// `RATE_LIMIT_RECEIPTS` (default `600/m`): delivered and read receipts, per user.
+    pub receipts: Option<Rate>,
+    /// `RATE_LIMIT_SEARCH` (default `60/m`): searches, per user.
+    pub search: Option<Rate>,
+    /// `RATE_LIMIT_ANONYMOUS` (default `120/m`): requests without a valid token (the
+    /// RingCentral webhook, failed sign-ins), per client address.
+    pub anonymous: Option<Rate>,
+}
+
+/// `N/s`, `N/m` or `N/h`, or `none`.
+fn rate(name: &str, default: &str) -> anyhow::Result<Option<Rate>> {
+    let raw = var(name, default);
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let parsed = raw.split_once('/').and_then(|(count, per)| {
+        let count: u32 = count.trim().parse().ok().filter(|n| *n > 0)?;
+        let per = match per.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return None,
+        };
+        Some(Rate { count, per })
+    });
+    match parsed {
+        Some(rate) => Ok(Some(rate)),
+        None => bail!("{name}={raw:?}: say how many per second, minute or hour (120/m), or none"),
+    }
+}
+
 /// A lifetime in seconds: `90s`, `15m`, `12h`, `30d` or plain seconds; `none` for no
 /// limit.
 fn lifetime(raw: &str) -> anyhow::Result<Option<i64>> {

@@ -62,6 +62,8 @@ pub struct TestOptions {
     /// The api (and the workers, unless they have a proxy of their own) reach
     /// PostgreSQL through this proxy, so a test can cut it.
     pub api_database_proxy: Option<std::net::SocketAddr>,
+    /// The api's rate limits (none by default: tests and benches send in bursts).
+    pub rate_limits: commcenter_shared::settings::RateLimits,
     /// The api's longest wait for a pooled connection (the harness's default is long:
     /// the machine is shared).
     pub acquire_timeout: Duration,
@@ -112,6 +114,7 @@ impl Default for TestOptions {
             workers_database_proxy: None,
             api_database_proxy: None,
             acquire_timeout: Duration::from_secs(10),
+            rate_limits: Default::default(),
             max_deferral: commcenter_workers::runtime::DEFAULT_MAX_DEFERRAL,
             // Short tiers so retry tests take milliseconds, not minutes.
             retry_tiers: "100ms,200ms,400ms,1s",
@@ -190,6 +193,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         None => replace_database(&admin, &database),
     });
     settings.database.acquire_timeout = options.acquire_timeout;
+    settings.http.rate_limits = options.rate_limits;
     // Each test has two pools (api, workers) on one server of 100 connections, 6 tests at once.
     settings.database.max_connections = 6;
     settings.broker.url = Secret::new(options.api_amqp_url.clone().unwrap_or_else(broker_url));

@@ -197,6 +197,8 @@ async fn bench(options: &Options, dir: &Path, resources: &mut Resources) -> anyh
         ("RETRY_TIERS", RETRY_TIERS.to_owned()),
         ("DELIVERY_LIMIT", DELIVERY_LIMIT.to_string()),
         ("RUST_LOG", "warn".to_owned()),
+        // The bench measures the upload path, not its rate limit.
+        ("RATE_LIMIT_UPLOADS", "none".to_owned()),
     ];
     if size != DEFAULT_LIMIT {
         env.push(("MAX_FILE_SIZE", size.to_string()));

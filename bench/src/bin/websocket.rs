@@ -118,6 +118,8 @@ async fn start_api(
             ("RETRY_TIERS", RETRY_TIERS.to_owned()),
             ("DELIVERY_LIMIT", DELIVERY_LIMIT.to_string()),
             ("WS_MAX_PER_USER", "1000000".to_owned()),
+            // The bench measures fan-out, not the send rate limit.
+            ("RATE_LIMIT_SENDS", "none".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
             (
                 "UPLOAD_DIR",

@@ -15,6 +15,7 @@ mod files;
 mod health;
 mod inbox;
 mod integrations;
+mod limits;
 mod listing;
 mod messages;
 mod metrics;

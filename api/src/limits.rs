@@ -1,0 +1,289 @@
+//! Rate limits: a token bucket (GCRA, `governor`) per user for each route group that
+//! queues work or costs the database (sends, uploads, receipts, search), and one per
+//! client address for requests without a valid token (the RingCentral webhook, failed
+//! sign-ins). Over the limit: 429 in our JSON shape with `Retry-After`; every limited
+//! answer carries `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+//!
+//! The buckets live in this process: with several api instances behind a balancer, a
+//! user may get up to the limit from each (documented in docs/configuration.md).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    time::Duration,
+};
+
+use axum::{
+    extract::{ConnectInfo, MatchedPath, Request, State},
+    http::{HeaderMap, HeaderValue, Method, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    middleware::StateInformationMiddleware,
+    state::keyed::DefaultKeyedStateStore,
+};
+
+use commcenter_shared::settings::{Rate, RateLimits};
+
+use crate::{error::ApiError, startup::AppState};
+
+/// The route groups with a limit of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Sends,
+    Uploads,
+    Receipts,
+    Search,
+}
+
+impl Group {
+    /// The group of a request, by its method and route template.
+    fn of(method: &Method, route: &str) -> Option<Self> {
+        if method != Method::POST {
+            return None;
+        }
+        match route {
+            "/api/messages/send"
+            | "/api/integrations/ringcentral/sms"
+            | "/api/integrations/gmail/send"
+            | "/api/integrations/ringcentral/call-log" => Some(Self::Sends),
+            "/api/communications/upload" => Some(Self::Uploads),
+            "/api/communications/{id}/mark-read" | "/api/communications/{id}/mark-delivered" => {
+                Some(Self::Receipts)
+            }
+            "/api/communications/search" => Some(Self::Search),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sends => "sends",
+            Self::Uploads => "uploads",
+            Self::Receipts => "receipts",
+            Self::Search => "searches",
+        }
+    }
+}
+
+type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
+
+/// One limit: its rate, and a bucket per key.
+struct Limit<K: std::hash::Hash + Eq + Clone> {
+    rate: Rate,
+    buckets: Keyed<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
+    fn new(rate: Option<Rate>) -> Option<Self> {
+        let rate = rate?;
+        let count = NonZeroU32::new(rate.count)?;
+        let quota = Quota::with_period(rate.per / rate.count)?.allow_burst(count);
+        Some(Self {
+            rate,
+            buckets: RateLimiter::<K, _, _, StateInformationMiddleware>::new(
+                quota,
+                DefaultKeyedStateStore::default(),
+                DefaultClock::default(),
+            ),
+        })
+    }
+
+    /// Takes one request from `key`'s bucket: the headers to answer with, or the
+    /// refusal.
+    fn take(&self, key: &K, what: &str) -> Result<HeaderMap, Response> {
+        let limit = self.rate.count;
+        let refill = self.rate.per / self.rate.count;
+        match self.buckets.check_key(key) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                // Until the bucket is full again.
+                let reset = refill * (limit - remaining.min(limit));
+                Ok(headers(limit, remaining, reset))
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let mut response = ApiError::TooManyRequests(format!(
+                    "too many {what}: at most {limit} per {}; try again in {} s",
+                    per_word(self.rate.per),
+                    whole_seconds(wait)
+                ))
+                .into_response();
+                let h = response.headers_mut();
+                h.extend(headers(limit, 0, wait));
+                h.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(wait)));
+                Err(response)
+            }
+        }
+    }
+}
+
+fn per_word(per: Duration) -> &'static str {
+    match per.as_secs() {
+        1 => "second",
+        60 => "minute",
+        _ => "hour",
+    }
+}
+
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+fn headers(limit: u32, remaining: u32, reset: Duration) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("ratelimit-limit", HeaderValue::from(limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(whole_seconds(reset)));
+    h
+}
+
+/// Every limit of this api instance.
+pub struct Limits {
+    sends: Option<Limit<String>>,
+    uploads: Option<Limit<String>>,
+    receipts: Option<Limit<String>>,
+    search: Option<Limit<String>>,
+    anonymous: Option<Limit<IpAddr>>,
+}
+
+impl Limits {
+    pub fn new(rates: &RateLimits) -> Self {
+        Self {
+            sends: Limit::new(rates.sends),
+            uploads: Limit::new(rates.uploads),
+            receipts: Limit::new(rates.receipts),
+            search: Limit::new(rates.search),
+            anonymous: Limit::new(rates.anonymous),
+        }
+    }
+
+    fn of(&self, group: Group) -> Option<&Limit<String>> {
+        match group {
+            Group::Sends => self.sends.as_ref(),
+            Group::Uploads => self.uploads.as_ref(),
+            Group::Receipts => self.receipts.as_ref(),
+            Group::Search => self.search.as_ref(),
+        }
+    }
+}
+
+/// The user a request's bearer token names, if the token checks out.
+fn user_of(state: &AppState, request: &Request) -> Option<String> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    crate::auth::verify(state, token.trim())
+        .ok()
+        .map(|claims| claims.sub.as_str().to_owned())
+}
+
+fn counts_anonymously(path: &str) -> bool {
+    path.starts_with("/api/") && !path.starts_with("/api/ws/")
+}
+
+/// Middleware: takes the request's share of its limits before it runs.
+pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let group = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|route| Group::of(request.method(), route.as_str()));
+    let user = user_of(&state, &request);
+    let taken = match (&user, group) {
+        (Some(user), Some(group)) => match state.limits.of(group) {
+            Some(limit) => Some(limit.take(user, group.name())),
+            None => None,
+        },
+        (Some(_), None) => None,
+        // No valid token on the API (the webhook, or a caller about to get 401). Probes,
+        // metrics and the console's files are not counted; a WebSocket carries its
+        // token in the query and has limits of its own.
+        (None, _) if counts_anonymously(request.uri().path()) => {
+            let address = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip());
+            match (&state.limits.anonymous, address) {
+                (Some(limit), Some(address)) => {
+                    Some(limit.take(&address, "requests without a valid token"))
+                }
+                _ => None,
+            }
+        }
+        (None, _) => None,
+    };
+    match taken {
+        None => next.run(request).await,
+        Some(Err(refused)) => refused,
+        Some(Ok(headers)) => {
+            let mut response = next.run(request).await;
+            response.headers_mut().extend(headers);
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_by_route_template_and_method() {
+        assert_eq!(
+            Group::of(&Method::POST, "/api/messages/send"),
+            Some(Group::Sends)
+        );
+        assert_eq!(
+            Group::of(&Method::POST, "/api/integrations/gmail/send"),
+            Some(Group::Sends)
+        );
+        assert_eq!(
+            Group::of(&Method::POST, "/api/communications/{id}/mark-read"),
+            Some(Group::Receipts)
+        );
+        assert_eq!(
+            Group::of(&Method::POST, "/api/communications/upload"),
+            Some(Group::Uploads)
+        );
+        assert_eq!(Group::of(&Method::GET, "/api/communications"), None);
+        assert_eq!(Group::of(&Method::GET, "/api/messages/send"), None);
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_refuses_with_the_wait() {
+        let limit = Limit::<String>::new(Some(Rate {
+            count: 3,
+            per: Duration::from_secs(60),
+        }))
+        .unwrap();
+        let key = "alice".to_owned();
+        let remaining: Vec<String> = (0..3)
+            .map(|_| {
+                limit.take(&key, "sends").unwrap()["ratelimit-remaining"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(remaining, ["2", "1", "0"]);
+        let refused = limit.take(&key, "sends").unwrap_err();
+        assert_eq!(refused.status(), 429);
+        let wait: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=20).contains(&wait), "one request back in 20 s: {wait}");
+        assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+        // Another user's bucket is untouched.
+        assert!(limit.take(&"bob".to_owned(), "sends").is_ok());
+    }
+}
