@@ -94,7 +94,7 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
 
     /// Takes one request from `key`'s bucket: the headers to answer with, or the
     /// refusal.
-    fn take(&self, key: &K, what: &str) -> Result<HeaderMap, Response> {
+    fn take(&self, key: &K, what: &str) -> Result<HeaderMap, Refused> {
         let limit = self.rate.count;
         let refill = self.rate.per / self.rate.count;
         match self.buckets.check_key(key) {
@@ -104,20 +104,36 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
                 let reset = refill * (limit - remaining.min(limit));
                 Ok(headers(limit, remaining, reset))
             }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let mut response = ApiError::TooManyRequests(format!(
-                    "too many {what}: at most {limit} per {}; try again in {} s",
-                    per_word(self.rate.per),
-                    whole_seconds(wait)
-                ))
-                .into_response();
-                let h = response.headers_mut();
-                h.extend(headers(limit, 0, wait));
-                h.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(wait)));
-                Err(response)
-            }
+            Err(not_until) => Err(Refused {
+                limit,
+                wait: not_until.wait_time_from(DefaultClock::default().now()),
+                message: format!(
+                    "too many {what}: at most {limit} per {}",
+                    per_word(self.rate.per)
+                ),
+            }),
         }
+    }
+}
+
+/// A request over its limit.
+#[derive(Debug)]
+struct Refused {
+    limit: u32,
+    wait: Duration,
+    message: String,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let seconds = whole_seconds(self.wait);
+        let mut response =
+            ApiError::TooManyRequests(format!("{}; try again in {seconds} s", self.message))
+                .into_response();
+        let h = response.headers_mut();
+        h.extend(headers(self.limit, 0, self.wait));
+        h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
     }
 }
 
@@ -198,10 +214,10 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         .and_then(|route| Group::of(request.method(), route.as_str()));
     let user = user_of(&state, &request);
     let taken = match (&user, group) {
-        (Some(user), Some(group)) => match state.limits.of(group) {
-            Some(limit) => Some(limit.take(user, group.name())),
-            None => None,
-        },
+        (Some(user), Some(group)) => state
+            .limits
+            .of(group)
+            .map(|limit| limit.take(user, group.name())),
         (Some(_), None) => None,
         // No valid token on the API (the webhook, or a caller about to get 401). Probes,
         // metrics and the console's files are not counted; a WebSocket carries its
@@ -222,7 +238,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     };
     match taken {
         None => next.run(request).await,
-        Some(Err(refused)) => refused,
+        Some(Err(refused)) => refused.into_response(),
         Some(Ok(headers)) => {
             let mut response = next.run(request).await;
             response.headers_mut().extend(headers);
@@ -274,7 +290,7 @@ mod tests {
             })
             .collect();
         assert_eq!(remaining, ["2", "1", "0"]);
-        let refused = limit.take(&key, "sends").unwrap_err();
+        let refused = limit.take(&key, "sends").unwrap_err().into_response();
         assert_eq!(refused.status(), 429);
         let wait: u64 = refused.headers()["retry-after"]
             .to_str()
