@@ -18,6 +18,7 @@
 //!   publishes typing indicators for every instance.
 //! - [`presence`]: who is online on any api instance (PostgreSQL, with heartbeats).
 //! - [`error`]: the one API error type and its JSON shape (the router's 405s too).
+//! - [`deadline`]: a request body must arrive within a total time.
 //! - [`health`]: whether PostgreSQL is reachable, checked in the background; 503 at
 //!   once while it is not.
 //! - [`ctl`]: `commcenterctl`, the operators' command line, a client of `/api/ops/`.
@@ -26,6 +27,7 @@ pub mod accept;
 pub mod auth;
 pub mod body;
 pub mod ctl;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod idempotency;

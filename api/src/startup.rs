@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context;
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request},
     middleware,
 };
 use sqlx::PgPool;
@@ -19,18 +19,19 @@ use tokio::{
     sync::{Notify, mpsc},
 };
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
 
 use commcenter_shared::{
-    blob::BlobStore, broker::Topology, db, events::Event, jobs::kinds, relay::Relay,
+    blob::BlobStore, broker::Topology, db, events::Event, http_server, jobs::kinds, relay::Relay,
     settings::Settings,
 };
 
 use crate::{
-    error,
+    deadline, error,
     health::{self, Health},
     limits::{self, Limits},
     metrics::{self, ApiMetrics},
@@ -159,12 +160,23 @@ impl App {
         };
         tracing::info!(%addr, "api listening");
         let stop = shutdown.clone();
-        // The client's address, for the per-address limit.
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("HTTP server failed")?;
+        let limits = settings.http.connection_limits();
+        let app = router(self.state);
+        http_server::serve(
+            self.listener,
+            limits,
+            // The client's address, for the per-address limit.
+            move |peer| {
+                ServiceBuilder::new()
+                    .map_request(move |mut request: axum::http::Request<_>| {
+                        request.extensions_mut().insert(ConnectInfo(peer));
+                        request
+                    })
+                    .service(app.clone())
+            },
+            stop,
+        )
+        .await;
         presence.await.ok();
         health.await.ok();
         relay.await.ok();
@@ -190,6 +202,10 @@ pub fn router(state: AppState) -> Router {
             health::refuse_while_database_down,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            deadline::body_deadline,
+        ))
         .layer(middleware::from_fn(error::method_not_allowed_as_json))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),

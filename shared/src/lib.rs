@@ -16,6 +16,7 @@
 //! - [`search`]: full-text search over communications, ranked and highlighted.
 //! - [`templates`]: message templates: placeholders found, rendered, stored in versions.
 //! - [`filetype`]: what an upload is, by its first bytes; safe display and stored names.
+//! - [`http_server`]: the HTTP accept loop: connection cap, header and idle timeouts.
 //! - [`events`]: what the notifier pushes to WebSocket clients, written to the event
 //!   outbox in the same transaction as the effect it announces.
 //! - [`broker`]: connecting to RabbitMQ with backoff, and the topology (exchanges,
@@ -36,6 +37,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod filetype;
+pub mod http_server;
 pub mod jobs;
 pub mod metrics;
 pub mod ops;

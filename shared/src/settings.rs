@@ -93,6 +93,16 @@ pub struct HttpSettings {
     /// `RATE_LIMIT_*`: token buckets per user and route group, and per address for
     /// requests without a valid token.
     pub rate_limits: RateLimits,
+    /// `HTTP_MAX_CONNECTIONS` (default 10,000): open HTTP connections per listener
+    /// (the api's, the workers' metrics); beyond, 503 and closed at once.
+    pub max_connections: usize,
+    /// `HTTP_HEADER_TIMEOUT_SECS` (default 10): a request's headers must arrive within
+    /// it; an idle keep-alive connection is closed after it.
+    pub header_timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT_SECS` (default 30): a request body must arrive within it, in
+    /// all; uploads have `UPLOAD_BODY_TIMEOUT_SECS` (default 600).
+    pub body_timeout: Duration,
+    pub upload_body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -399,6 +409,22 @@ impl Settings {
                     parse("WS_MAX_MESSAGE_BYTES", "65536")?,
                     "WS_MAX_MESSAGE_BYTES",
                 )?,
+                max_connections: positive(
+                    parse("HTTP_MAX_CONNECTIONS", "10000")?,
+                    "HTTP_MAX_CONNECTIONS",
+                )?,
+                header_timeout: Duration::from_secs(positive(
+                    parse("HTTP_HEADER_TIMEOUT_SECS", "10")?,
+                    "HTTP_HEADER_TIMEOUT_SECS",
+                )?),
+                body_timeout: Duration::from_secs(positive(
+                    parse("HTTP_BODY_TIMEOUT_SECS", "30")?,
+                    "HTTP_BODY_TIMEOUT_SECS",
+                )?),
+                upload_body_timeout: Duration::from_secs(positive(
+                    parse("UPLOAD_BODY_TIMEOUT_SECS", "600")?,
+                    "UPLOAD_BODY_TIMEOUT_SECS",
+                )?),
                 rate_limits: RateLimits {
                     sends: rate("RATE_LIMIT_SENDS", "120/m")?,
                     uploads: rate("RATE_LIMIT_UPLOADS", "60/m")?,
@@ -532,6 +558,16 @@ fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> 
 }
 
 /// `METRICS_ADDR`: an address, or `0` or empty for none.
+impl HttpSettings {
+    /// What the accept loop holds each listener to.
+    pub fn connection_limits(&self) -> crate::http_server::ConnectionLimits {
+        crate::http_server::ConnectionLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+        }
+    }
+}
+
 /// How many requests a bucket holds, and how long it takes to fill again from empty:
 /// `120/m` is a burst of 120, then one more every half second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,6 +62,10 @@ pub struct TestOptions {
     /// The api (and the workers, unless they have a proxy of their own) reach
     /// PostgreSQL through this proxy, so a test can cut it.
     pub api_database_proxy: Option<std::net::SocketAddr>,
+    /// Slow clients: the api's header and body timeouts and its connection cap.
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
     /// The api's rate limits (none by default: tests and benches send in bursts).
     pub rate_limits: commcenter_shared::settings::RateLimits,
     /// The api's longest wait for a pooled connection (the harness's default is long:
@@ -115,6 +119,9 @@ impl Default for TestOptions {
             api_database_proxy: None,
             acquire_timeout: Duration::from_secs(10),
             rate_limits: Default::default(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
             max_deferral: commcenter_workers::runtime::DEFAULT_MAX_DEFERRAL,
             // Short tiers so retry tests take milliseconds, not minutes.
             retry_tiers: "100ms,200ms,400ms,1s",
@@ -194,6 +201,9 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     });
     settings.database.acquire_timeout = options.acquire_timeout;
     settings.http.rate_limits = options.rate_limits;
+    settings.http.header_timeout = options.header_timeout;
+    settings.http.body_timeout = options.body_timeout;
+    settings.http.max_connections = options.max_connections;
     // Each test has two pools (api, workers) on one server of 100 connections, 6 tests at once.
     settings.database.max_connections = 6;
     settings.broker.url = Secret::new(options.api_amqp_url.clone().unwrap_or_else(broker_url));

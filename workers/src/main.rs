@@ -54,7 +54,14 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr} (METRICS_ADDR)"))?;
         tracing::info!(%addr, "serving /metrics");
         let (metrics, token) = (runtime.metrics.clone(), settings.metrics.token.clone());
-        tokio::spawn(metrics::serve(metrics, token, listener, shutdown.clone()));
+        let limits = settings.http.connection_limits();
+        tokio::spawn(metrics::serve(
+            metrics,
+            token,
+            listener,
+            limits,
+            shutdown.clone(),
+        ));
     }
     tokio::spawn(
         Retention {

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::{
     Router,
     extract::State,
@@ -24,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
+    http_server::{self, ConnectionLimits},
     jobs::ErrorClass,
     metrics::{self, PREFIX, Registry},
     settings::Secret,
@@ -180,19 +180,18 @@ impl Drop for InFlight {
 }
 
 /// Serves `/metrics` on `listener` until `shutdown`; with `token`, only to its bearer.
+/// Slow or idle clients are held to `limits`, as on the api.
 pub async fn serve(
     metrics: Arc<JobMetrics>,
     token: Option<Secret>,
     listener: TcpListener,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let router = Router::new()
         .route("/metrics", get(scrape))
         .with_state((metrics, token.map(Arc::new)));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("the metrics server failed")
+    http_server::serve(listener, limits, move |_peer| router.clone(), shutdown).await;
 }
 
 async fn scrape(

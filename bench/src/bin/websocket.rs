@@ -118,8 +118,11 @@ async fn start_api(
             ("RETRY_TIERS", RETRY_TIERS.to_owned()),
             ("DELIVERY_LIMIT", DELIVERY_LIMIT.to_string()),
             ("WS_MAX_PER_USER", "1000000".to_owned()),
-            // The bench measures fan-out, not the send rate limit.
+            // The bench measures fan-out, not the send rate limit, and holds idle
+            // keep-alive connections for its baseline.
             ("RATE_LIMIT_SENDS", "none".to_owned()),
+            ("HTTP_MAX_CONNECTIONS", "100000".to_owned()),
+            ("HTTP_HEADER_TIMEOUT_SECS", "3600".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
             (
                 "UPLOAD_DIR",

@@ -106,3 +106,99 @@ async fn requests_without_a_valid_token_are_limited_per_address() {
         assert_eq!(ready.status(), 200);
     }
 }
+
+/// Reads what the server sends until it closes the connection, or gives up at `wait`.
+async fn until_closed(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut answer = Vec::new();
+    tokio::time::timeout(wait, stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_cut_off_and_the_connection_cap_refuses_fast() {
+    use tokio::io::AsyncWriteExt as _;
+    let app = spawn_app_with(TestOptions {
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        max_connections: 5,
+        ..Default::default()
+    })
+    .await;
+    let token = app.staff_token();
+
+    // Idle after a request: closed after the header timeout.
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Half the headers, then nothing: closed after the header timeout.
+    let mut half_headers = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    half_headers
+        .write_all(b"GET /api/communications HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A body at a trickle: the request ends when the body's time is up.
+    let mut trickle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/messages/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"customer_id\""
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let trickling = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if trickle.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        trickle
+    });
+
+    // Silent connections until the cap (5, the harness's own included) is reached: the
+    // next one is refused at once, in our JSON.
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        match until_closed(&mut stream, Duration::from_millis(300)).await {
+            Some(answer) => {
+                refused = Some(answer);
+                break;
+            }
+            None => held.push(stream),
+        }
+    }
+    let refused = refused.expect("a connection over the cap is refused at once");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("too many connections"), "{refused}");
+
+    let started = std::time::Instant::now();
+    assert!(
+        until_closed(&mut half_headers, Duration::from_secs(4))
+            .await
+            .is_some(),
+        "half-sent headers are cut off"
+    );
+    let after_request = until_closed(&mut idle, Duration::from_secs(4))
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(after_request.starts_with("HTTP/1.1 200"), "{after_request}");
+    let mut trickle = trickling.await.unwrap();
+    let answer = until_closed(&mut trickle, Duration::from_secs(4))
+        .await
+        .expect("a trickling body is cut off");
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Nothing was written, and the api serves normally again.
+    assert_eq!(
+        app.get("/api/communications/conversations", &token)
+            .await
+            .status(),
+        200
+    );
+}

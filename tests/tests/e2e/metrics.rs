@@ -276,10 +276,15 @@ async fn the_workers_serve_their_metrics_on_their_own_listener() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
+    let limits = commcenter_shared::http_server::ConnectionLimits {
+        max_connections: 2,
+        header_timeout: Duration::from_millis(800),
+    };
     let server = tokio::spawn(serve(
         metrics.clone(),
         Some(Secret::new("scrape-me")),
         listener,
+        limits,
         shutdown.clone(),
     ));
     let client = reqwest::Client::new();
@@ -312,11 +317,42 @@ async fn the_workers_serve_their_metrics_on_their_own_listener() {
         .await
         .unwrap();
     assert_eq!(elsewhere.status(), 404);
+    drop(client);
+
+    // Slow clients: two connections that never finish their headers fill the cap; a
+    // third is refused at once; the header timeout closes the two.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(1), third.read_to_string(&mut answer))
+        .await
+        .expect("refused at once")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"code\":\"unavailable\""), "{answer}");
+    for mut stream in slow {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "a client that never finishes its headers is cut off"
+        );
+    }
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
         .expect("the server stops on shutdown")
-        .unwrap()
         .unwrap();
 }
