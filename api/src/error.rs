@@ -94,38 +94,47 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// Whether an error comes of PostgreSQL being out of reach (no connection in time, the
-/// connection lost, the server shutting down or refusing connections), not of the
-/// request: such a request may well succeed later.
-fn database_unreachable(error: &anyhow::Error) -> bool {
+/// Why a database error is no fault of the request, if it is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DatabaseTrouble {
+    /// No pooled connection came in time: the api is overloaded, or the database down.
+    Busy,
+    /// The connection failed or the server is shutting down or refusing connections.
+    Down,
+}
+
+fn database_trouble(error: &anyhow::Error) -> Option<DatabaseTrouble> {
     error
         .chain()
-        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
-            Some(
-                sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_),
-            ) => true,
-            // 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
-            Some(sqlx::Error::Database(db)) => {
-                db.code().is_some_and(|code| code.starts_with("57P"))
+        .find_map(|cause| match cause.downcast_ref::<sqlx::Error>()? {
+            sqlx::Error::PoolTimedOut => Some(DatabaseTrouble::Busy),
+            sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Some(DatabaseTrouble::Down)
             }
-            _ => false,
+            // 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P")) => {
+                Some(DatabaseTrouble::Down)
+            }
+            _ => None,
         })
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let this = match self {
-            Self::Internal(error) if database_unreachable(&error) => {
-                tracing::warn!(error = format!("{error:#}"), "the database is unreachable");
-                Self::DatabaseDown
-            }
-            other => other,
+        let (this, down) = match self {
+            Self::Internal(error) => match database_trouble(&error) {
+                Some(trouble) => {
+                    tracing::warn!(error = format!("{error:#}"), "the database is out of reach");
+                    (Self::DatabaseDown, trouble == DatabaseTrouble::Down)
+                }
+                None => (Self::Internal(error), false),
+            },
+            other => (other, false),
         };
         let mut response = this.render();
-        if matches!(this, Self::DatabaseDown) {
+        // A lost connection says the database is down; a busy pool says only that we
+        // are: the background check decides the rest.
+        if down {
             response.extensions_mut().insert(DatabaseFailed);
         }
         response

@@ -17,7 +17,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use sqlx::PgPool;
+use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::{error::ApiError, startup::AppState};
@@ -51,8 +51,13 @@ impl Health {
         }
     }
 
-    /// Checks the database until `shutdown`.
+    /// Checks the database until `shutdown`, on a connection of its own: a pool busy
+    /// with requests must not read as a database that is down.
     pub async fn run(&self, pool: PgPool, shutdown: CancellationToken) {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(CHECK_TIMEOUT)
+            .connect_lazy_with((*pool.connect_options()).clone());
         loop {
             let reachable = matches!(
                 tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await,

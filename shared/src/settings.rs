@@ -187,6 +187,9 @@ pub struct StorageSettings {
     pub max_file_size: u64,
     /// `THUMBNAIL_MAX_SIDE`: the longest side, in pixels, of the thumbnails made of images.
     pub thumbnail_max_side: u32,
+    /// `MEDIA_MEMORY_BUDGET` (MiB, default 256): the memory a worker's image decodes
+    /// may take together; an image that alone needs more fails with the reason.
+    pub media_memory_budget_mib: u32,
 }
 
 /// RingCentral (SMS, MMS, call log, webhooks). Configured when the client id, secret
@@ -373,6 +376,10 @@ impl StorageSettings {
             s3,
             max_file_size: positive(parse("MAX_FILE_SIZE", "52428800")?, "MAX_FILE_SIZE")?,
             thumbnail_max_side,
+            media_memory_budget_mib: positive(
+                parse("MEDIA_MEMORY_BUDGET", "256")?,
+                "MEDIA_MEMORY_BUDGET",
+            )?,
         })
     }
 }

@@ -720,3 +720,35 @@ async fn active_content_is_downloaded_never_shown_and_runs_nothing() {
     );
     assert_eq!(download.headers()["x-content-type-options"], "nosniff");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_too_costly_to_decode_fails_on_the_memory_budget_and_the_rest_go_on() {
+    let app = spawn_app().await;
+    let staff = app.staff_token();
+    // 100 megapixels within the pixel limit, but 315 MiB to decode: over the 256 MiB
+    // of MEDIA_MEMORY_BUDGET. Several in one upload cost nothing more.
+    let mut parts: Vec<_> = (0..4)
+        .map(|n| part(png_declaring(10_000, 10_000), &format!("pano-{n}.png")))
+        .collect();
+    parts.push(part(png(10, 10), "ok.png"));
+    let body: Value = upload(&app, &staff, "cust-1", parts)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = body["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 5, "{body}");
+    for id in &ids[..4] {
+        let record = wait_until_processed(&app, &staff, id).await;
+        assert_eq!(record["status"], "failed");
+        let reason = record["failure_reason"].as_str().unwrap();
+        assert!(reason.contains("MEDIA_MEMORY_BUDGET"), "{reason}");
+    }
+    let fine = wait_until_processed(&app, &staff, &ids[4]).await;
+    assert_eq!(fine["status"], "ready");
+}

@@ -41,6 +41,11 @@ pub struct ProcessFile {
     /// allocation (`ImageLimits::max_alloc`), so this, not the job concurrency, bounds
     /// the memory images take. One per core: decoding is CPU-bound anyway.
     pub image_slots: Arc<Semaphore>,
+    /// The memory all decodes in flight may take together, one permit per MiB
+    /// (`MEDIA_MEMORY_BUDGET`): each decode holds what its header says it will need.
+    pub decode_budget: Arc<Semaphore>,
+    /// The budget's size in MiB (its permits when nothing is decoding).
+    pub decode_budget_mib: u32,
 }
 
 /// What one read of the staged object tells.
@@ -188,6 +193,24 @@ impl ProcessFile {
     ) -> Result<(), JobError> {
         let limits = self.image_limits.clone();
         let side = self.thumbnail_side;
+        // What decoding will take, from the header; waits while other decodes hold the
+        // budget, and refuses an image that alone would exceed it.
+        let cost = thumbnail::decode_cost(&bytes, &sniffed, &limits, side)
+            .map_err(|e| JobError::permanent(format!("cannot make a thumbnail: {e}")))?;
+        let cost_mib = u32::try_from(cost.div_ceil(1 << 20).max(1)).unwrap_or(u32::MAX);
+        let budget_mib = self.decode_budget_mib;
+        if cost_mib > budget_mib {
+            return Err(JobError::permanent(format!(
+                "cannot make a thumbnail: decoding it would take {cost_mib} MiB, over the \
+                 {budget_mib} MiB of MEDIA_MEMORY_BUDGET"
+            )));
+        }
+        let _memory = self
+            .decode_budget
+            .clone()
+            .acquire_many_owned(cost_mib)
+            .await
+            .map_err(|e| JobError::transient(format!("the decode budget is closed: {e}")))?;
         let span = tracing::Span::current();
         // Decoding is CPU work: off the async threads, with the job's span.
         let made = tokio::task::spawn_blocking(move || {

@@ -52,6 +52,10 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
             image_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, usize::from),
             )),
+            decode_budget: Arc::new(tokio::sync::Semaphore::new(
+                settings.storage.media_memory_budget_mib as usize,
+            )),
+            decode_budget_mib: settings.storage.media_memory_budget_mib,
         })
         .with(files::DeleteBlob {
             blobs: blobs.clone(),

@@ -183,6 +183,71 @@ pub fn thumbnail(
     })
 }
 
+/// The memory, in bytes, decoding this image for a thumbnail of `max_side` will take,
+/// from its header alone: the pixels the decoder produces (a JPEG at the DCT scale it
+/// will be decoded at; every coefficient of a progressive one), plus a tenth for the
+/// resizing. Refuses what [`ImageLimits::check`] refuses, and what it cannot read.
+pub fn decode_cost(
+    bytes: &[u8],
+    sniffed: &Sniffed,
+    limits: &ImageLimits,
+    max_side: u32,
+) -> Result<u64, ThumbnailError> {
+    let pixels = |w: u64, h: u64, per_pixel: u64| w * h * per_pixel;
+    let produced = match *sniffed {
+        sniff::JPEG => {
+            use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
+            let mut decoder = Decoder::new(bytes);
+            decoder
+                .read_info()
+                .map_err(|e| ThumbnailError::Corrupt(e.to_string()))?;
+            let info = decoder
+                .info()
+                .ok_or_else(|| ThumbnailError::Corrupt("no frame header".into()))?;
+            let (w, h) = (u64::from(info.width), u64::from(info.height));
+            limits.check(info.width.into(), info.height.into())?;
+            let components = match info.pixel_format {
+                PixelFormat::L8 => 1,
+                PixelFormat::L16 => 2,
+                PixelFormat::RGB24 => 3,
+                PixelFormat::CMYK32 => 4,
+            };
+            if info.coding_process == CodingProcess::DctProgressive {
+                pixels(w, h, components * 2) + pixels(w, h, components)
+            } else {
+                // The smallest scale whose image still covers the thumbnail.
+                let side = u64::from(max_side.max(1));
+                let scale = [8, 4, 2]
+                    .into_iter()
+                    .find(|s| w.max(h) / s >= side)
+                    .unwrap_or(1);
+                pixels(w.div_ceil(scale), h.div_ceil(scale), components)
+            }
+        }
+        other => {
+            let format = match other {
+                sniff::PNG => ImageFormat::Png,
+                sniff::GIF => ImageFormat::Gif,
+                sniff::WEBP => ImageFormat::WebP,
+                sniff::BMP => ImageFormat::Bmp,
+                sniff::TIFF => ImageFormat::Tiff,
+                other => return Err(ThumbnailError::NotAnImage { mime: other.mime }),
+            };
+            let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+            let mut header_limits = image::Limits::default();
+            header_limits.max_alloc = Some(limits.max_alloc);
+            reader.limits(header_limits);
+            let decoder = reader
+                .into_decoder()
+                .map_err(|e| ThumbnailError::Corrupt(e.to_string()))?;
+            let (w, h) = decoder.dimensions();
+            limits.check(w, h)?;
+            decoder.total_bytes()
+        }
+    };
+    Ok(produced + produced / 10)
+}
+
 /// Pixels on their way to a thumbnail.
 struct Decoded {
     image: DynamicImage,
@@ -737,6 +802,28 @@ mod tests {
         ));
         png.extend(chunk(b"IEND", &[]));
         png
+    }
+
+    #[test]
+    fn the_decode_cost_is_read_from_the_header() {
+        let limits = ImageLimits::default();
+        // 100 megapixels of 8-bit RGB: 300 MB of pixels, and a tenth for the resizing.
+        let png = png_declaring(10_000, 10_000);
+        assert_eq!(
+            decode_cost(&png, &sniff::PNG, &limits, 256).unwrap(),
+            330_000_000
+        );
+        // A baseline JPEG is decoded at 1/8 scale when that still covers the thumbnail.
+        let photo = jpeg(4000, 3000);
+        let cost = decode_cost(&photo, &sniff::JPEG, &limits, 256).unwrap();
+        assert_eq!(cost, 500 * 375 * 3 + 500 * 375 * 3 / 10);
+        // Small ones at full size.
+        let small = jpeg(300, 200);
+        assert_eq!(
+            decode_cost(&small, &sniff::JPEG, &limits, 256).unwrap(),
+            300 * 200 * 3 + 300 * 200 * 3 / 10
+        );
+        assert!(decode_cost(&png_declaring(50_000, 50_000), &sniff::PNG, &limits, 256).is_err());
     }
 
     #[test]
