@@ -3,9 +3,10 @@
 //! database is known to be down a request that needs it is refused at once (503 with
 //! `Retry-After`) instead of waiting on the pool.
 //!
-//! The check runs every [`CHECK_EVERY`], giving `SELECT 1` [`CHECK_TIMEOUT`]. A request
-//! that meets a connection failure marks the database down at once; the next check
-//! that succeeds marks it up again.
+//! The check runs every [`CHECK_EVERY`], giving `SELECT 1` [`CHECK_TIMEOUT`]: a lost
+//! connection marks the database down at once, [`SLOW_CHECKS_BEFORE_DOWN`] unanswered
+//! checks in a row too (a loaded server is slow, not gone). A request that meets a lost
+//! connection marks it down as well; the next check that succeeds marks it up again.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -24,6 +25,8 @@ use crate::{error::ApiError, startup::AppState};
 
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Checks in a row that get no answer in time before the database counts as down.
+pub const SLOW_CHECKS_BEFORE_DOWN: u32 = 3;
 
 #[derive(Debug)]
 pub struct Health {
@@ -58,11 +61,25 @@ impl Health {
             .max_connections(1)
             .acquire_timeout(CHECK_TIMEOUT)
             .connect_lazy_with((*pool.connect_options()).clone());
+        let mut slow_checks = 0;
         loop {
-            let reachable = matches!(
-                tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await,
-                Ok(Ok(_))
-            );
+            let reachable =
+                match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&pool))
+                    .await
+                {
+                    Ok(Ok(_)) => {
+                        slow_checks = 0;
+                        true
+                    }
+                    // Refused, reset, shutting down: down now.
+                    Ok(Err(error)) if connection_lost(&error) => false,
+                    // No answer in time: a loaded server is slow, a vanished one silent;
+                    // only several in a row say it is gone.
+                    _ => {
+                        slow_checks += 1;
+                        slow_checks < SLOW_CHECKS_BEFORE_DOWN
+                    }
+                };
             let was = self.database_up.swap(reachable, Ordering::Relaxed);
             if reachable && !was {
                 tracing::info!("PostgreSQL reachable again");
@@ -74,6 +91,15 @@ impl Health {
                 () = tokio::time::sleep(CHECK_EVERY) => {}
             }
         }
+    }
+}
+
+/// Whether an error says the connection to PostgreSQL is gone (not merely slow).
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("57P")),
+        _ => false,
     }
 }
 
