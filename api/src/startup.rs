@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::TraceLayer,
+    trace::{DefaultOnFailure, TraceLayer},
 };
 
 use commcenter_shared::{
@@ -211,7 +211,13 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::track,
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // A 5xx is not news at ERROR here: an internal error logs its cause where it is
+        // rendered, and a 503 (a dependency down, readiness while starting) is an answer.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         // Outermost: every request has an `x-request-id` (the caller's, or a new
         // UUID) before its span is made, and the answer carries it back.
         .layer(PropagateRequestIdLayer::x_request_id())
