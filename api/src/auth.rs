@@ -83,15 +83,13 @@ pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
     .map_err(|e| ApiError::Unauthorized(e.to_string()))
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
+impl Caller {
+    /// The caller the `Authorization: Bearer` header names, its token verified.
+    pub fn from_headers(
         state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Self, ApiError> {
+        let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?
             .to_str()
@@ -103,5 +101,20 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::Unauthorized("the Authorization header must be Bearer <token>".into())
             })?;
         verify(state, token.trim()).map(Caller)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        // Verified already by the rate limiter, when it ran.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        Self::from_headers(state, &parts.headers)
     }
 }

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::health::DatabaseFailed;
+use crate::health::{DatabaseFailed, connection_lost};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -108,13 +108,7 @@ fn database_trouble(error: &anyhow::Error) -> Option<DatabaseTrouble> {
         .chain()
         .find_map(|cause| match cause.downcast_ref::<sqlx::Error>()? {
             sqlx::Error::PoolTimedOut => Some(DatabaseTrouble::Busy),
-            sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Some(DatabaseTrouble::Down)
-            }
-            // 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
-            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P")) => {
-                Some(DatabaseTrouble::Down)
-            }
+            lost if connection_lost(lost) => Some(DatabaseTrouble::Down),
             _ => None,
         })
 }

@@ -94,10 +94,12 @@ impl Health {
     }
 }
 
-/// Whether an error says the connection to PostgreSQL is gone (not merely slow).
-fn connection_lost(error: &sqlx::Error) -> bool {
+/// Whether an error says the connection to PostgreSQL is gone (not merely slow): the
+/// one test, for the background check and for requests' errors alike.
+pub(crate) fn connection_lost(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => true,
+        // 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("57P")),
         _ => false,
     }

@@ -28,7 +28,7 @@ use governor::{
 
 use commcenter_shared::settings::{Rate, RateLimits};
 
-use crate::{error::ApiError, startup::AppState};
+use crate::{auth::Caller, error::ApiError, startup::AppState};
 
 /// The route groups with a limit of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,19 +187,13 @@ impl Limits {
     }
 }
 
-/// The user a request's bearer token names, if the token checks out.
-fn user_of(state: &AppState, request: &Request) -> Option<String> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?;
-    crate::auth::verify(state, token.trim())
-        .ok()
-        .map(|claims| claims.sub.as_str().to_owned())
+/// The caller a request's bearer token names, if the token checks out; kept in the
+/// request so that the handler's extractor does not verify it a second time.
+fn user_of(state: &AppState, request: &mut Request) -> Option<String> {
+    let caller = Caller::from_headers(state, request.headers()).ok()?;
+    let user = caller.0.sub.as_str().to_owned();
+    request.extensions_mut().insert(caller);
+    Some(user)
 }
 
 fn counts_anonymously(path: &str) -> bool {
@@ -207,12 +201,12 @@ fn counts_anonymously(path: &str) -> bool {
 }
 
 /// Middleware: takes the request's share of its limits before it runs.
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let group = request
         .extensions()
         .get::<MatchedPath>()
         .and_then(|route| Group::of(request.method(), route.as_str()));
-    let user = user_of(&state, &request);
+    let user = user_of(&state, &mut request);
     let taken = match (&user, group) {
         (Some(user), Some(group)) => state
             .limits
