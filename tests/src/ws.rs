@@ -40,6 +40,11 @@ impl WsClient {
         self.stream.send(message).await.expect("the frame is sent");
     }
 
+    /// Sends any frame, answering whether it went (false once the server has closed).
+    pub async fn try_send_raw(&mut self, message: Message) -> bool {
+        self.stream.send(message).await.is_ok()
+    }
+
     /// The next JSON text frame, answering pings; `None` on timeout or close.
     pub async fn next_json(&mut self, timeout: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + timeout;

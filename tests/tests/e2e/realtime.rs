@@ -319,6 +319,37 @@ async fn client_frames_get_answers_and_bad_ones_an_error_the_connection_stays() 
     );
 }
 
+/// An attack that never finishes its message: a text frame without FIN, then endless
+/// continuation frames, each far below the frame limit. The api counts the fragments
+/// against WS_MAX_MESSAGE_BYTES and closes at the limit, holding no more than it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unfinished_fragmented_message_is_cut_off_at_the_message_limit() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let app = spawn_app().await;
+    let staff = app.staff_token();
+    let mut attacker = app.ws("staff-1", &staff).await;
+    let fragment = vec![b'x'; 8 * 1024];
+    let mut sent = 0usize;
+    let mut opcode = OpCode::Data(Data::Text);
+    // 1 MiB at most, 16 times the limit: the server closes long before.
+    while sent < 1024 * 1024 {
+        let frame = Frame::message(fragment.clone(), opcode, false);
+        if !attacker.try_send_raw(Message::Frame(frame)).await {
+            break;
+        }
+        opcode = OpCode::Data(Data::Continue);
+        sent += fragment.len();
+    }
+    assert_eq!(attacker.close_code(WAIT).await, Some(1009));
+    // The same user connects again and is served: the api is unharmed.
+    let mut again = app.ws("staff-1", &staff).await;
+    again.send(&json!({"type": "ping"})).await;
+    assert!(again.next_json(WAIT).await.is_some());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_over_the_limit_closes_with_1009_and_connections_per_user_are_bounded() {
     let app = spawn_app_with(TestOptions {

@@ -17,7 +17,7 @@
 
 /// Why the DC path did not produce an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum DcError {
+pub enum DcError {
     /// Valid, perhaps, but not a case this decoder handles.
     Unsupported,
     Corrupt(String),
@@ -28,7 +28,7 @@ fn corrupt<T>(why: &str) -> Result<T, DcError> {
 }
 
 /// The 1/8-scale picture: one pixel per 8 × 8 block of the full image.
-pub(super) struct Eighth {
+pub struct Eighth {
     pub width: u32,
     pub height: u32,
     /// Grayscale (one byte a pixel) or RGB (three).
@@ -45,7 +45,7 @@ struct Component {
 }
 
 /// Decodes `bytes` at 1/8 scale, or says why not.
-pub(super) fn decode_eighth(bytes: &[u8]) -> Result<Eighth, DcError> {
+pub fn decode_eighth(bytes: &[u8]) -> Result<Eighth, DcError> {
     if bytes.get(..2) != Some(&[0xFF, 0xD8]) {
         return corrupt("no start-of-image marker");
     }

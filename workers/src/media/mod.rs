@@ -10,7 +10,8 @@
 //!   baseline JPEGs are read at 1/8 scale from their DC coefficients (`jpeg_dc`).
 
 pub mod digest;
-mod jpeg_dc;
+/// Public for its fuzz target (`fuzz/`); the thumbnailer is its one caller.
+pub mod jpeg_dc;
 /// What a file is, by its first bytes: shared with the api, which sniffs on upload.
 pub use commcenter_shared::filetype as sniff;
 pub mod thumbnail;

@@ -100,7 +100,7 @@ pub async fn ringcentral(
 
 /// The envelope: a JSON object with a `uuid`, an `event` and a `body`. Kept whole for
 /// the job (`subscriptionId`, `timestamp` and whatever RingCentral adds).
-fn notification(raw: &[u8]) -> Result<Value, ApiError> {
+pub fn notification(raw: &[u8]) -> Result<Value, ApiError> {
     let refuse = |message: String| ApiError::bad_request("invalid_notification", message);
     let envelope: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
         ApiError::bad_request(
