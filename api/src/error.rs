@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::Request,
+    extract::{Request, State},
     http::{StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -186,6 +186,31 @@ pub async fn method_not_allowed_as_json(request: Request, next: Next) -> Respons
     let (body_parts, body) = body.into_parts();
     parts.headers.extend(body_parts.headers);
     Response::from_parts(parts, body)
+}
+
+/// Middleware: headers longer in all than `HTTP_MAX_HEADER_BYTES` get our JSON 431
+/// before any handler or token check sees them. (Far larger ones overflow hyper's read
+/// buffer first and get its empty 431: see docs/limits.md.)
+pub async fn headers_within_limit(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size <= limit {
+        return next.run(request).await;
+    }
+    let body = Json(json!({ "error": {
+        "code": "headers_too_large",
+        "message": format!(
+            "the request's headers are {size} bytes, more than the {limit} allowed (HTTP_MAX_HEADER_BYTES)"
+        ),
+    }}));
+    (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, body).into_response()
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

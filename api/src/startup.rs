@@ -208,6 +208,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(error::method_not_allowed_as_json))
         .layer(middleware::from_fn_with_state(
+            state.settings.http.max_header_bytes,
+            error::headers_within_limit,
+        ))
+        .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
         ))

@@ -103,6 +103,10 @@ pub struct HttpSettings {
     /// all; uploads have `UPLOAD_BODY_TIMEOUT_SECS` (default 600).
     pub body_timeout: Duration,
     pub upload_body_timeout: Duration,
+    /// `HTTP_MAX_HEADER_BYTES` (default 16384): a request's headers, names and values,
+    /// at most this long; beyond, `431 headers_too_large`. (hyper itself answers an
+    /// empty 431 only beyond about 400 KiB, or past 100 headers.)
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -419,6 +423,10 @@ impl Settings {
                 max_connections: positive(
                     parse("HTTP_MAX_CONNECTIONS", "10000")?,
                     "HTTP_MAX_CONNECTIONS",
+                )?,
+                max_header_bytes: positive(
+                    parse("HTTP_MAX_HEADER_BYTES", "16384")?,
+                    "HTTP_MAX_HEADER_BYTES",
                 )?,
                 header_timeout: Duration::from_secs(positive(
                     parse("HTTP_HEADER_TIMEOUT_SECS", "10")?,

@@ -154,3 +154,32 @@ async fn a_wrong_method_gets_our_json_error_and_allow() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_headers_get_our_json_431_before_the_token_is_looked_at() {
+    let app = spawn_app().await;
+    // 20 KiB of headers: over the 16 KiB default, far under hyper's own buffer.
+    let mut request = app
+        .client
+        .get(app.url("/api/communications"))
+        .bearer_auth(app.staff_token());
+    for i in 0..20 {
+        request = request.header(format!("x-filler-{i}"), "f".repeat(1024));
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 431);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "headers_too_large");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("HTTP_MAX_HEADER_BYTES"), "{message}");
+    // Just under the limit is served.
+    let response = app
+        .client
+        .get(app.url("/api/communications"))
+        .bearer_auth(app.staff_token())
+        .header("x-filler", "f".repeat(12 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
