@@ -41,31 +41,23 @@ const BURN_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let n = options.jobs();
-    eprintln!(
-        "(a) burn-down: {n} no-op jobs, prefetch {}, {} db connections",
-        options.prefetch, options.db_connections
-    );
-    let ran = Arc::new(AtomicU64::new(0));
-    let registry = Registry::default().with(Noop { ran: ran.clone() });
-    // No harness workers: ours start only once everything is enqueued, on a bigger pool.
-    let app = spawn_app_with(TestOptions {
-        start_workers: false,
-        // Known to the harness so its queue is deleted with the rest.
-        handlers: vec![Arc::new(Noop { ran: ran.clone() })],
-        prefetch: options.prefetch,
-        ..Default::default()
-    })
-    .await;
-    let result = burn(options, &app, registry, ran, n).await;
-    drop(app);
-    let burned = result?;
+    // The baseline first: one job a transaction, as before batching.
+    let single = burn_down(options, n, 1).await?;
+    let single_rate = single.succeeded as f64 / single.elapsed.as_secs_f64();
+    report.note(format!(
+        "(a) baseline, one job a transaction (WORKER_BATCH_SIZE=1): {} jobs/s; {}",
+        number(single_rate),
+        single.db.describe_per(single.succeeded, "job")
+    ));
+    let burned = burn_down(options, n, options.batch_size).await?;
 
     let rate = burned.succeeded as f64 / burned.elapsed.as_secs_f64();
     report.set_baseline("a.jobs_per_s", rate);
     let beside = format!(
-        "{}; {}",
+        "{}; {}; one job a transaction: {} jobs/s",
         report.baseline("d.msgs_per_s", "broker ceiling (d)", "msgs/s"),
         report.baseline("ledger.tx_per_s", "ledger tx alone", "tx/s"),
+        number(single_rate),
     );
     let timed_out = if burned.succeeded < n {
         format!(" (TIMED OUT: {} of {n} done)", burned.succeeded)
@@ -74,7 +66,10 @@ pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     };
     report.row(Row {
         scenario: "(a) burn-down",
-        measure: format!("{n} pre-enqueued no-op jobs to 'succeeded'{timed_out}"),
+        measure: format!(
+            "{n} pre-enqueued no-op jobs to 'succeeded', batches of up to {}{timed_out}",
+            options.batch_size
+        ),
         value: rate,
         unit: "jobs/s",
         target: Target::AtLeast(5_000.0),
@@ -99,10 +94,34 @@ pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             "jobs_per_s": rate, "steady_jobs_per_s": burned.steady_rate,
             "publish_msgs_per_s": burned.publish_rate,
             "prefetch": options.prefetch, "db_connections": options.db_connections,
+            "batch_size": options.batch_size, "single_jobs_per_s": single_rate,
+            "single_db": single.db.to_json(single.succeeded),
             "cpu": burned.cpu.to_json(), "db": burned.db.to_json(burned.succeeded),
         }),
     );
     Ok(())
+}
+
+/// One burn-down of `n` no-op jobs by a runtime running batches of up to `batch_size`.
+async fn burn_down(options: &Options, n: u64, batch_size: usize) -> anyhow::Result<Burned> {
+    eprintln!(
+        "(a) burn-down: {n} no-op jobs, prefetch {}, {} db connections, batches of up to {batch_size}",
+        options.prefetch, options.db_connections
+    );
+    let ran = Arc::new(AtomicU64::new(0));
+    let registry = Registry::default().with(Noop { ran: ran.clone() });
+    // No harness workers: ours start only once everything is enqueued, on a bigger pool.
+    let app = spawn_app_with(TestOptions {
+        start_workers: false,
+        // Known to the harness so its queue is deleted with the rest.
+        handlers: vec![Arc::new(Noop { ran: ran.clone() })],
+        prefetch: options.prefetch,
+        ..Default::default()
+    })
+    .await;
+    let result = burn(options, &app, registry, ran, n, batch_size).await;
+    drop(app);
+    result
 }
 
 struct Burned {
@@ -120,6 +139,7 @@ async fn burn(
     registry: Registry,
     ran: Arc<AtomicU64>,
     n: u64,
+    batch_size: usize,
 ) -> anyhow::Result<Burned> {
     // The work queue must exist before anything is published to it.
     let (connection, channel) = app.broker_channel().await;
@@ -166,7 +186,7 @@ async fn burn(
 
     let db_before = DbCounters::read(&app.pool).await;
     let pool = system::pool(app, options.db_connections).await?;
-    let runtime = system::runtime(app, pool.clone(), registry, options.prefetch);
+    let runtime = system::runtime(app, pool.clone(), registry, options.prefetch, batch_size);
     let cpu = CpuSnapshot::take();
     let start = Instant::now();
     let workers = Workers::start(runtime);
@@ -384,8 +404,7 @@ async fn job_transaction(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
         worker: "bench-ledger",
         provider: Default::default(),
     };
-    jobs::record_attempt(&mut tx, &record).await?;
-    jobs::mark_succeeded(&mut tx, id, attempt).await?;
+    jobs::record_successes(&mut tx, &[record]).await?;
     tx.commit().await?;
     Ok(())
 }

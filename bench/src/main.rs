@@ -63,6 +63,10 @@ pub struct Options {
     /// Worker prefetch (unacked deliveries per kind, i.e. jobs in flight).
     #[arg(long, default_value_t = 256)]
     prefetch: u16,
+    /// Jobs of a batching kind run in one transaction (WORKER_BATCH_SIZE); the
+    /// burn-down also runs with 1, its baseline.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
     /// PostgreSQL connections of the workers' pool (and of the api's, see --api-pool).
     #[arg(long, default_value_t = 32)]
     db_connections: u32,

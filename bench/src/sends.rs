@@ -274,6 +274,7 @@ pub async fn end_to_end(options: &Options, report: &mut Report) -> anyhow::Resul
             )?),
         )?,
         options.prefetch,
+        options.batch_size,
     ));
     let result = async {
         let sender = Arc::new(Sender::new(&app, &api)?);

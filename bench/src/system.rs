@@ -39,6 +39,11 @@ impl Handler for Noop {
         NOOP
     }
 
+    /// It stands for the quick database-only kinds, which batch.
+    fn batches(&self) -> bool {
+        true
+    }
+
     async fn run(&self, _conn: &mut PgConnection, _job: &JobContext) -> Result<(), JobError> {
         self.ran.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -58,7 +63,13 @@ pub async fn pool(app: &TestApp, connections: u32) -> anyhow::Result<PgPool> {
 }
 
 /// The workers runtime as `commcenter-workers` builds it, on `pool`.
-pub fn runtime(app: &TestApp, pool: PgPool, registry: Registry, prefetch: u16) -> Arc<Runtime> {
+pub fn runtime(
+    app: &TestApp,
+    pool: PgPool,
+    registry: Registry,
+    prefetch: u16,
+    batch_size: usize,
+) -> Arc<Runtime> {
     let mut broker = app.settings.broker.clone();
     broker.url = Secret::new(broker_url());
     let jobs = &app.settings.jobs;
@@ -73,6 +84,7 @@ pub fn runtime(app: &TestApp, pool: PgPool, registry: Registry, prefetch: u16) -
         },
         registry,
         prefetch,
+        batch_size,
         job_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
         worker_name: format!("bench-worker-{}", std::process::id()),

@@ -310,6 +310,20 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<JobR
     .await
 }
 
+/// Takes the row locks of a batch of jobs in one statement, in id order (so two
+/// batches that share jobs wait for each other rather than deadlock). Missing ids are
+/// simply absent from the answer.
+pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "SELECT id, kind, payload, state, attempts, max_attempts, communication_id, created_at,
+                attempt_base, generation
+         FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
 /// One row per try, keyed by (job, attempt): a retried commit cannot write it twice.
 #[derive(Debug, Clone)]
 pub struct Attempt<'a> {
@@ -357,14 +371,43 @@ pub async fn record_attempt(conn: &mut PgConnection, a: &Attempt<'_>) -> sqlx::R
     Ok(())
 }
 
-pub async fn mark_succeeded(conn: &mut PgConnection, id: Uuid, attempts: i32) -> sqlx::Result<()> {
+/// Records succeeded attempts and marks their jobs succeeded, however many, in one
+/// statement (one round trip): a batch's successes, or a single job's.
+pub async fn record_successes(conn: &mut PgConnection, done: &[Attempt<'_>]) -> sqlx::Result<()> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&Attempt<'_>) -> Option<String>| done.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = done.iter().map(|a| a.job_id).collect();
+    let attempts: Vec<i32> = done.iter().map(|a| a.attempt).collect();
+    let started: Vec<DateTime<Utc>> = done.iter().map(|a| a.started_at).collect();
+    let http_status: Vec<Option<i16>> = done
+        .iter()
+        .map(|a| a.provider.http_status.map(|s| s as i16))
+        .collect();
     sqlx::query(
-        "UPDATE jobs SET state = 'succeeded', attempts = $2, next_attempt_at = NULL,
+        "WITH attempt AS (
+            INSERT INTO job_attempts (job_id, attempt, started_at, finished_at, outcome, worker,
+                                      provider_status, provider_id, http_status)
+            SELECT id, attempt, started_at, clock_timestamp(), 'succeeded', worker,
+                   provider_status, provider_id, http_status
+            FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[], $4::text[], $5::text[],
+                        $6::text[], $7::int2[])
+                 AS a(id, attempt, started_at, worker, provider_status, provider_id, http_status)
+            ON CONFLICT (job_id, attempt) DO NOTHING
+         )
+         UPDATE jobs SET state = 'succeeded', attempts = done.attempt, next_attempt_at = NULL,
                 updated_at = now(), finished_at = now()
-         WHERE id = $1",
+         FROM unnest($1::uuid[], $2::int4[]) AS done(id, attempt)
+         WHERE jobs.id = done.id",
     )
-    .bind(id)
-    .bind(attempts)
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&started)
+    .bind(column(|a| Some(a.worker.to_owned())))
+    .bind(column(|a| a.provider.status.clone()))
+    .bind(column(|a| a.provider.id.clone()))
+    .bind(&http_status)
     .execute(conn)
     .await?;
     Ok(())

@@ -126,6 +126,9 @@ pub struct JobSettings {
     /// transaction are also bounded, in all, by `DATABASE_MAX_CONNECTIONS` less one;
     /// provider sends wait on the provider holding no connection, so this is theirs.
     pub prefetch: u16,
+    /// `WORKER_BATCH_SIZE` (default 64): deliveries of a batching kind that are ready
+    /// together run in one transaction, at most this many (1: one job a transaction).
+    pub batch_size: usize,
     /// `WORKER_KINDS`: comma-separated job kinds this worker consumes; empty means all,
     /// so roles can scale apart.
     pub kinds: Vec<String>,
@@ -467,6 +470,7 @@ impl Settings {
             },
             jobs: JobSettings {
                 prefetch: positive(parse("WORKER_PREFETCH", "256")?, "WORKER_PREFETCH")?,
+                batch_size: positive(parse("WORKER_BATCH_SIZE", "64")?, "WORKER_BATCH_SIZE")?,
                 kinds: var("WORKER_KINDS", "")
                     .split(',')
                     .map(str::trim)

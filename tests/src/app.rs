@@ -404,6 +404,7 @@ impl TestApp {
             },
             registry: o.registry.clone(),
             prefetch: o.prefetch,
+            batch_size: self.settings.jobs.batch_size,
             job_timeout: o.job_timeout,
             shutdown_grace: Duration::from_secs(10),
             worker_name: format!("test-worker-{}", Uuid::new_v4().simple()),

@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         },
         registry,
         prefetch: settings.jobs.prefetch,
+        batch_size: settings.jobs.batch_size,
         job_timeout: settings.jobs.timeout,
         shutdown_grace: settings.http.shutdown_grace,
         worker_name: format!("worker-{}", std::process::id()),

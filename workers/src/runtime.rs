@@ -7,6 +7,12 @@
 //! that commits is the delivery acked, or, for a retry, republished to its delay tier
 //! with a confirm and then acked. A worker that dies anywhere before the ack leaves the
 //! delivery to be redelivered; the ledger makes the second run a no-op or a clean retry.
+//!
+//! Kinds whose handler [`Handler::batches`] run the deliveries that are ready together
+//! (up to `WORKER_BATCH_SIZE`) in one transaction: rows locked in one statement, each
+//! handler in its own savepoint, the successes' attempts and states written in one
+//! statement, one commit, then the acks. A batch whose transaction fails runs its jobs
+//! again one at a time.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -32,7 +38,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     broker::{self, DELAY_TIER_HEADER, Topology},
-    jobs::{self, Attempt, Envelope, ErrorClass, ProviderReport},
+    jobs::{self, Attempt, Envelope, ErrorClass, JobRow, ProviderReport},
     relay::{GENERATION_HEADER, Relay, generation_of, job_properties_at},
     retry::{Decision, RetryPolicy},
     settings::{BrokerSettings, RelaySettings, tier_label},
@@ -141,6 +147,14 @@ pub trait Handler: Send + Sync + 'static {
 
     async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError>;
 
+    /// Whether deliveries of this kind that are ready together may run in one
+    /// transaction (each in its own savepoint; `WORKER_BATCH_SIZE`). For quick jobs
+    /// that only write to the database: a batch holds its rows' locks until its last
+    /// job is done. Default: no.
+    fn batches(&self) -> bool {
+        false
+    }
+
     /// Whether this kind does its slow part in [`Handler::outside`]. Its jobs then hold
     /// no job slot (a pooled connection, and the job's row lock) while they wait on a
     /// provider, so a worker overlaps as many calls as its prefetch, not its pool.
@@ -222,6 +236,8 @@ pub struct Runtime {
     pub registry: Registry,
     /// Unacked deliveries per kind: also how many jobs of a kind run at once.
     pub prefetch: u16,
+    /// The most jobs of a batching kind run in one transaction.
+    pub batch_size: usize,
     /// A handler running longer is cut off and retried.
     pub job_timeout: Duration,
     /// How long shutdown waits for in-flight jobs.
@@ -247,6 +263,30 @@ struct Outside {
     job: JobContext,
     started_at: chrono::DateTime<Utc>,
     result: Result<(), JobError>,
+}
+
+/// What one job's run in a transaction leaves for after the commit.
+struct Ran<'a> {
+    /// The job's kind, when an attempt ran (`None`: skipped or not in the ledger).
+    kind: Option<String>,
+    started_at: chrono::DateTime<Utc>,
+    error_class: Option<ErrorClass>,
+    /// A success's attempt row, still to be written (with the rest of its batch).
+    succeeded: Option<Attempt<'a>>,
+    /// The delay tier and generation a transient failure is republished with.
+    retry: Option<(Duration, i32)>,
+}
+
+impl Ran<'_> {
+    fn nothing() -> Self {
+        Self {
+            kind: None,
+            started_at: Utc::now(),
+            error_class: None,
+            succeeded: None,
+            retry: None,
+        }
+    }
 }
 
 /// Why `serve` returned.
@@ -373,8 +413,14 @@ impl Runtime {
                 .registry
                 .get(kind)
                 .is_some_and(|handler| handler.works_outside());
+            let batches = self
+                .registry
+                .get(kind)
+                .is_some_and(|handler| handler.batches());
             let source = if waits_outside {
                 Source::WorkOutside
+            } else if batches && self.batch_size > 1 {
+                Source::WorkInBatches
             } else {
                 Source::Work
             };
@@ -434,6 +480,26 @@ impl Runtime {
                         Some(Err(error)) => return Err(anyhow::Error::from(error).context("consumer failed")),
                         None => anyhow::bail!("consumer {tag} was cancelled by the broker"),
                     };
+                    // A batch: what else arrives within BATCH_LINGER of the first.
+                    let mut batch = vec![delivery];
+                    let mut ended = None;
+                    if matches!(source, Source::WorkInBatches) {
+                        let until = tokio::time::Instant::now() + BATCH_LINGER;
+                        while batch.len() < runtime.batch_size {
+                            match tokio::time::timeout_at(until, consumer.next()).await {
+                                Ok(Some(Ok(delivery))) => batch.push(delivery),
+                                Ok(Some(Err(error))) => {
+                                    ended = Some(anyhow::Error::from(error).context("consumer failed"));
+                                    break;
+                                }
+                                Ok(None) => {
+                                    ended = Some(anyhow::anyhow!("consumer {tag} was cancelled by the broker"));
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     let slot = if needs_slot {
                         tokio::select! {
                             // The delivery, not started, returns to the queue with the channel.
@@ -451,10 +517,22 @@ impl Runtime {
                     in_flight.spawn(async move {
                         let _slot = slot;
                         match source {
-                            Source::Work | Source::WorkOutside => runtime.process(delivery, &publisher).await,
-                            Source::DeadLetters => dead_letters::record(&runtime, delivery).await,
+                            Source::WorkInBatches => runtime.process_batch(batch, &publisher).await,
+                            Source::Work | Source::WorkOutside => {
+                                for delivery in batch {
+                                    runtime.process(delivery, &publisher).await;
+                                }
+                            }
+                            Source::DeadLetters => {
+                                for delivery in batch {
+                                    dead_letters::record(&runtime, delivery).await;
+                                }
+                            }
                         }
                     });
+                    if let Some(error) = ended {
+                        return Err(error);
+                    }
                 }
             }));
         }
@@ -482,31 +560,46 @@ impl Runtime {
     /// Runs one delivery of a work queue to its end: acked, nacked for redelivery, or
     /// republished to a delay tier.
     pub(crate) async fn process(&self, delivery: Delivery, publisher: &Channel) {
-        let envelope = match serde_json::from_slice::<Envelope>(&delivery.data) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                let reason = format!("the message is not a job envelope: {error}");
-                return self
-                    .dead_on_arrival(delivery, publisher, ErrorClass::Unparseable, &reason)
+        match self.parse(&delivery) {
+            Ok((envelope, handler)) => {
+                self.process_parsed(delivery, &envelope, handler.as_ref(), publisher)
                     .await;
             }
-        };
-        let Some(handler) = self.registry.get(&envelope.kind).cloned() else {
-            let reason = format!("no handler for job kind {:?}", envelope.kind);
-            return self
-                .dead_on_arrival(delivery, publisher, ErrorClass::Unparseable, &reason)
-                .await;
-        };
+            Err(reason) => {
+                self.dead_on_arrival(delivery, publisher, ErrorClass::Unparseable, &reason)
+                    .await;
+            }
+        }
+    }
+
+    /// The job a delivery carries and its handler, or why it is poison.
+    fn parse(&self, delivery: &Delivery) -> Result<(Envelope, Arc<dyn Handler>), String> {
+        let envelope = serde_json::from_slice::<Envelope>(&delivery.data)
+            .map_err(|error| format!("the message is not a job envelope: {error}"))?;
+        let handler = self
+            .registry
+            .get(&envelope.kind)
+            .cloned()
+            .ok_or_else(|| format!("no handler for job kind {:?}", envelope.kind))?;
+        Ok((envelope, handler))
+    }
+
+    async fn process_parsed(
+        &self,
+        delivery: Delivery,
+        envelope: &Envelope,
+        handler: &dyn Handler,
+        publisher: &Channel,
+    ) {
         let _in_flight = self.metrics.in_flight(&envelope.kind);
-        let span = tracing::info_span!("job", job_id = %envelope.job_id, kind = %envelope.kind, attempt = tracing::field::Empty);
         let outcome = self
             .run_job(
-                &envelope,
+                envelope,
                 generation_of(&delivery.properties),
-                handler.as_ref(),
+                handler,
                 publisher,
             )
-            .instrument(span)
+            .instrument(job_span(envelope))
             .await;
         self.settle(
             delivery,
@@ -515,6 +608,101 @@ impl Runtime {
             "could not record the job's outcome",
         )
         .await;
+    }
+
+    /// Runs deliveries that were ready together in one transaction: their rows locked
+    /// in one statement, each handler in its own savepoint, the successes recorded in
+    /// one statement, one commit, then each acked (or its retry published). If the
+    /// batch's transaction fails, its jobs run again one at a time, so that one job
+    /// that breaks the transaction cannot sink its neighbours.
+    pub(crate) async fn process_batch(&self, deliveries: Vec<Delivery>, publisher: &Channel) {
+        let mut batch = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match self.parse(&delivery) {
+                Ok((envelope, handler)) => batch.push((delivery, envelope, handler)),
+                Err(reason) => {
+                    self.dead_on_arrival(delivery, publisher, ErrorClass::Unparseable, &reason)
+                        .await;
+                }
+            }
+        }
+        if batch.len() == 1 {
+            let (delivery, envelope, handler) = batch.remove(0);
+            return self
+                .process_parsed(delivery, &envelope, handler.as_ref(), publisher)
+                .await;
+        }
+        match self.run_batch(&batch, publisher).await {
+            Ok(outcomes) => {
+                for ((delivery, ..), outcome) in batch.into_iter().zip(outcomes) {
+                    self.settle(
+                        delivery,
+                        publisher,
+                        outcome,
+                        "could not finish the job's outcome",
+                    )
+                    .await;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    jobs = batch.len(),
+                    "a batch's transaction failed; running its jobs one at a time"
+                );
+                for (delivery, envelope, handler) in batch {
+                    self.process_parsed(delivery, &envelope, handler.as_ref(), publisher)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The batch's transaction; `Err` if it did not commit. After the commit, each
+    /// job's own outcome (a retry that could not be published).
+    async fn run_batch(
+        &self,
+        batch: &[(Delivery, Envelope, Arc<dyn Handler>)],
+        publisher: &Channel,
+    ) -> anyhow::Result<Vec<anyhow::Result<()>>> {
+        let ids: Vec<Uuid> = batch
+            .iter()
+            .map(|(_, envelope, _)| envelope.job_id)
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let mut rows: HashMap<Uuid, JobRow> = jobs::lock_many(&mut tx, &ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row))
+            .collect();
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        let mut ran = Vec::with_capacity(batch.len());
+        for (delivery, envelope, handler) in batch {
+            let _in_flight = self.metrics.in_flight(&envelope.kind);
+            if !seen.insert(envelope.job_id) {
+                // The same job twice in one batch (published twice): the first ran it.
+                self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
+                ran.push(Ran::nothing());
+                continue;
+            }
+            let row = rows.remove(&envelope.job_id);
+            let generation = generation_of(&delivery.properties);
+            ran.push(
+                self.execute_locked(&mut tx, row, envelope, generation, handler.as_ref(), None)
+                    .instrument(job_span(envelope))
+                    .await?,
+            );
+        }
+        let succeeded: Vec<Attempt<'_>> =
+            ran.iter_mut().filter_map(|r| r.succeeded.take()).collect();
+        jobs::record_successes(&mut tx, &succeeded).await?;
+        tx.commit().await?;
+        crate::crash::point(crate::crash::AFTER_JOB_COMMITTED);
+        let mut outcomes = Vec::with_capacity(ran.len());
+        for (ran, (_, envelope, _)) in ran.into_iter().zip(batch) {
+            outcomes.push(self.after_commit(ran, envelope, publisher).await);
+        }
+        Ok(outcomes)
     }
 
     async fn run_job(
@@ -545,12 +733,36 @@ impl Runtime {
                 .await;
         }
         let mut tx = self.pool.begin().await?;
-        let Some(row) = jobs::lock(&mut tx, envelope.job_id).await? else {
+        let row = jobs::lock(&mut tx, envelope.job_id).await?;
+        let ran = self
+            .execute_locked(&mut tx, row, envelope, generation, handler, outside)
+            .await?;
+        jobs::record_successes(&mut tx, ran.succeeded.as_slice()).await?;
+        tx.commit().await?;
+        crate::crash::point(crate::crash::AFTER_JOB_COMMITTED);
+        self.after_commit(ran, envelope, publisher).await
+    }
+
+    /// One job inside a transaction that holds its row lock (`row`; `None`: the ledger
+    /// has no such job). The handler's writes live in a savepoint: a failure undoes them
+    /// but keeps the transaction for recording the failure. A failure's attempt and
+    /// state are written here; a success's are left to the caller, who writes those of
+    /// a whole batch in one statement.
+    async fn execute_locked(
+        &self,
+        tx: &mut PgConnection,
+        row: Option<JobRow>,
+        envelope: &Envelope,
+        generation: i32,
+        handler: &dyn Handler,
+        outside: Option<Outside>,
+    ) -> anyhow::Result<Ran<'_>> {
+        let Some(row) = row else {
             let reason = format!("job {} is not in the ledger", envelope.job_id);
             tracing::error!("{reason}");
             let raw = serde_json::to_vec(envelope)?;
             jobs::record_orphan(
-                &mut tx,
+                tx,
                 &envelope.kind,
                 &raw,
                 ErrorClass::Unparseable,
@@ -558,15 +770,13 @@ impl Runtime {
                 None,
             )
             .await?;
-            tx.commit().await?;
             self.metrics.job_finished(&envelope.kind, Outcome::Dead);
-            return Ok(());
+            return Ok(Ran::nothing());
         };
         if row.state().is_final() {
             tracing::debug!(state = %row.state, "job already finished; redelivery ignored");
             self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
-            tx.commit().await?;
-            return Ok(());
+            return Ok(Ran::nothing());
         }
         if generation < row.generation {
             // Published before an operator replayed the job (a retry that was still
@@ -577,8 +787,7 @@ impl Runtime {
                 "stale copy from before a replay; ignored"
             );
             self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
-            tx.commit().await?;
-            return Ok(());
+            return Ok(Ran::nothing());
         }
         let attempt = row.attempts + 1;
         tracing::Span::current().record("attempt", attempt);
@@ -595,8 +804,6 @@ impl Runtime {
             ),
         };
 
-        // The handler's writes live in a savepoint: a failure undoes them but keeps
-        // the transaction for recording the failure.
         let mut effects = sqlx::Connection::begin(&mut *tx).await?;
         let result = match outside_result {
             Ok(()) => self.guarded(handler.run(&mut effects, &job)).await,
@@ -625,13 +832,23 @@ impl Runtime {
             worker: &self.worker_name,
             provider: job.provider_report(),
         };
-        let mut retry_tier = None;
+        let mut ran = Ran {
+            kind: Some(job.kind.clone()),
+            started_at,
+            error_class: None,
+            succeeded: None,
+            retry: None,
+        };
         match &result {
             Ok(()) => {
                 effects.commit().await?;
-                jobs::record_attempt(&mut tx, &attempt_row).await?;
-                jobs::mark_succeeded(&mut tx, job.id, attempt).await?;
                 tracing::info!("job succeeded");
+                ran.succeeded = Some(Attempt {
+                    error: None,
+                    worker: &self.worker_name,
+                    provider: job.provider_report(),
+                    ..attempt_row
+                });
             }
             Err(JobError::Busy { .. }) => unreachable!("busy is made transient above"),
             Err(JobError::Permanent(reason)) => {
@@ -639,9 +856,10 @@ impl Runtime {
                 attempt_row.outcome = "permanent";
                 attempt_row.error_class = Some(ErrorClass::Permanent);
                 attempt_row.error = Some(reason);
-                jobs::record_attempt(&mut tx, &attempt_row).await?;
-                self.bury(&mut tx, handler, &job, ErrorClass::Permanent, reason)
+                jobs::record_attempt(tx, &attempt_row).await?;
+                self.bury(tx, handler, &job, ErrorClass::Permanent, reason)
                     .await?;
+                ran.error_class = Some(ErrorClass::Permanent);
             }
             Err(JobError::Transient {
                 message,
@@ -651,36 +869,48 @@ impl Runtime {
                 attempt_row.outcome = "transient";
                 attempt_row.error_class = Some(ErrorClass::Transient);
                 attempt_row.error = Some(message);
+                ran.error_class = Some(ErrorClass::Transient);
                 // Counted from the last replay: an operator's replay starts afresh.
                 let tries = attempt - row.attempt_base;
                 match self.policy.after_failure(tries, *retry_after) {
                     Decision::GiveUp => {
-                        jobs::record_attempt(&mut tx, &attempt_row).await?;
+                        jobs::record_attempt(tx, &attempt_row).await?;
                         let reason =
                             format!("gave up after {tries} attempts; last error: {message}");
-                        self.bury(&mut tx, handler, &job, ErrorClass::Exhausted, &reason)
+                        self.bury(tx, handler, &job, ErrorClass::Exhausted, &reason)
                             .await?;
                     }
                     Decision::RetryIn { tier, backoff } => {
                         attempt_row.retry_in_ms = Some(tier.as_millis() as i64);
-                        jobs::record_attempt(&mut tx, &attempt_row).await?;
+                        jobs::record_attempt(tx, &attempt_row).await?;
                         let next =
                             Utc::now() + chrono::Duration::from_std(tier).unwrap_or_default();
-                        jobs::mark_retrying(&mut tx, job.id, attempt, next, message).await?;
+                        jobs::mark_retrying(tx, job.id, attempt, next, message).await?;
                         tracing::warn!(error = %message, backoff_ms = backoff.as_millis() as u64, tier = %tier_label(tier), "job failed; will retry");
-                        retry_tier = Some(tier);
+                        ran.retry = Some((tier, row.generation));
                     }
                 }
             }
         }
-        tx.commit().await?;
-        crate::crash::point(crate::crash::AFTER_JOB_COMMITTED);
-        let retrying = retry_tier.is_some();
+        Ok(ran)
+    }
+
+    /// What follows a job's commit: its metrics, the relay woken, and a retry published
+    /// to its delay tier.
+    async fn after_commit(
+        &self,
+        ran: Ran<'_>,
+        envelope: &Envelope,
+        publisher: &Channel,
+    ) -> anyhow::Result<()> {
+        let Some(kind) = &ran.kind else {
+            return Ok(());
+        };
         self.metrics
-            .attempt_finished(&job.kind, attempt_row.error_class, retrying, started_at);
+            .attempt_finished(kind, ran.error_class, ran.retry.is_some(), ran.started_at);
         self.outbox.notify_one();
-        if let Some(tier) = retry_tier {
-            self.publish_retry(publisher, envelope, row.generation, tier)
+        if let Some((tier, generation)) = ran.retry {
+            self.publish_retry(publisher, envelope, generation, tier)
                 .await?;
         }
         Ok(())
@@ -941,11 +1171,20 @@ impl Runtime {
     }
 }
 
+/// How long a batch waits for more deliveries after its first: under load they are
+/// there already; alone, a job waits this long at most.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+
 /// Header on a delivery deferred because its bookkeeping failed: since when (epoch ms).
 const DEFERRED_SINCE_HEADER: &str = "deferred-since";
 
 /// The usual [`Runtime::max_deferral`].
 pub const DEFAULT_MAX_DEFERRAL: Duration = Duration::from_secs(15 * 60);
+
+/// The span every log line of one job's run carries.
+fn job_span(envelope: &Envelope) -> tracing::Span {
+    tracing::info_span!("job", job_id = %envelope.job_id, kind = %envelope.kind, attempt = tracing::field::Empty)
+}
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -958,6 +1197,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 #[derive(Debug, Clone, Copy)]
 enum Source {
     Work,
+    /// A work queue whose ready deliveries run together in one transaction.
+    WorkInBatches,
     /// A work queue whose jobs do their slow part outside their transaction.
     WorkOutside,
     DeadLetters,

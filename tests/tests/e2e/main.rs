@@ -6,6 +6,7 @@
 
 mod auth;
 mod bad_input;
+mod batches;
 mod cli;
 mod console;
 mod conversations;

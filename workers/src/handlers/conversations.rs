@@ -19,6 +19,11 @@ impl Handler for SetConversationStatus {
         kinds::CONVERSATION_STATUS
     }
 
+    /// A few quick writes: ready deliveries run together in one transaction.
+    fn batches(&self) -> bool {
+        true
+    }
+
     async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
         let payload: payloads::SetConversationStatus = job.payload()?;
         let changed = store::set_conversation_status(

@@ -22,6 +22,11 @@ impl Handler for DeliverMessage {
         kinds::MESSAGE_DELIVER
     }
 
+    /// A few quick writes: ready deliveries run together in one transaction.
+    fn batches(&self) -> bool {
+        true
+    }
+
     async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
         let payload: payloads::DeliverMessage = job.payload()?;
         let Some(communication) = store::find_communication(conn, payload.communication_id).await?

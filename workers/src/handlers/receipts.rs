@@ -21,6 +21,11 @@ impl Handler for ApplyReceipt {
         kinds::RECEIPT_APPLY
     }
 
+    /// A few quick writes: ready deliveries run together in one transaction.
+    fn batches(&self) -> bool {
+        true
+    }
+
     async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
         let payload: payloads::ApplyReceipt = job.payload()?;
         let Some(communication) = store::find_communication(conn, payload.communication_id).await?
