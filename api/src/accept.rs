@@ -29,7 +29,7 @@ use uuid::Uuid;
 use commcenter_shared::{
     contact::{self, ContactKind, Mailbox, PhoneNumber},
     domain::{CommunicationType, CustomerId, Direction},
-    jobs::{self, NewJob, kinds, payloads},
+    jobs::{self, NewJob, payloads},
     store::{self, FileRecord},
     templates::{self, RenderError},
 };
@@ -119,21 +119,10 @@ impl Channel<'_> {
 
     fn job(&self, communication_id: Uuid) -> NewJob {
         match self {
-            Self::InApp => NewJob::new(
-                kinds::MESSAGE_DELIVER,
-                &payloads::DeliverMessage { communication_id },
-            ),
-            Self::Sms { .. } => NewJob::new(
-                kinds::SMS_SEND,
-                &payloads::SendCommunication { communication_id },
-            ),
-            Self::Email { .. } => NewJob::new(
-                kinds::EMAIL_SEND,
-                &payloads::SendCommunication { communication_id },
-            ),
-            Self::Phone { .. } => {
-                NewJob::new(kinds::CALL_LOG, &payloads::LogCall { communication_id })
-            }
+            Self::InApp => NewJob::of(&payloads::DeliverMessage { communication_id }),
+            Self::Sms { .. } => NewJob::of(&payloads::SendSms { communication_id }),
+            Self::Email { .. } => NewJob::of(&payloads::SendEmail { communication_id }),
+            Self::Phone { .. } => NewJob::of(&payloads::LogCall { communication_id }),
         }
     }
 

@@ -109,7 +109,7 @@ async fn burn_down(options: &Options, n: u64, batch_size: usize) -> anyhow::Resu
         options.prefetch, options.db_connections
     );
     let ran = Arc::new(AtomicU64::new(0));
-    let registry = Registry::default().with(Noop { ran: ran.clone() });
+    let registry = Registry::default().with_any(Arc::new(Noop { ran: ran.clone() }));
     // No harness workers: ours start only once everything is enqueued, on a bigger pool.
     let app = spawn_app_with(TestOptions {
         start_workers: false,

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use commcenter_api::App;
 use commcenter_shared::{retry::RetryPolicy, settings::Secret};
 use commcenter_tests::{TestApp, broker_url};
-use commcenter_workers::{Handler, JobContext, JobError, Registry, Runtime};
+use commcenter_workers::{AnyHandler, JobContext, JobError, Registry, Runtime};
 
 /// The job kind of the burn-down: its handler does nothing, so what is measured is
 /// the runtime and the ledger.
@@ -34,7 +34,7 @@ pub struct Noop {
 }
 
 #[async_trait]
-impl Handler for Noop {
+impl AnyHandler for Noop {
     fn kind(&self) -> &'static str {
         NOOP
     }

@@ -87,11 +87,19 @@ pub mod payloads {
         pub storage_key: String,
     }
 
-    /// `sms.send` and `email.send`: everything else (recipient, text, attachments,
-    /// thread) is on the communication row, written with the job.
+    /// `sms.send`: everything else (recipient, text, attachments) is on the
+    /// communication row, written with the job.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
-    pub struct SendCommunication {
+    pub struct SendSms {
+        pub communication_id: Uuid,
+    }
+
+    /// `email.send`: everything else (recipients, subject, text, attachments, thread)
+    /// is on the communication row, written with the job.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SendEmail {
         pub communication_id: Uuid,
     }
 
@@ -122,6 +130,44 @@ pub mod payloads {
         pub status: ConversationStatus,
         pub by_user: UserId,
     }
+
+    impl Job for DeliverMessage {
+        const KIND: &'static str = kinds::MESSAGE_DELIVER;
+    }
+    impl Job for ApplyReceipt {
+        const KIND: &'static str = kinds::RECEIPT_APPLY;
+    }
+    impl Job for SetConversationStatus {
+        const KIND: &'static str = kinds::CONVERSATION_STATUS;
+    }
+    impl Job for ProcessFile {
+        const KIND: &'static str = kinds::FILE_PROCESS;
+    }
+    impl Job for DeleteBlob {
+        const KIND: &'static str = kinds::BLOB_DELETE;
+    }
+    impl Job for SendSms {
+        const KIND: &'static str = kinds::SMS_SEND;
+    }
+    impl Job for SendEmail {
+        const KIND: &'static str = kinds::EMAIL_SEND;
+    }
+    impl Job for LogCall {
+        const KIND: &'static str = kinds::CALL_LOG;
+    }
+    impl Job for RingCentralEvent {
+        const KIND: &'static str = kinds::RINGCENTRAL_EVENT;
+    }
+    impl Job for ImportCallLog {
+        const KIND: &'static str = kinds::CALL_LOG_IMPORT;
+    }
+}
+
+/// A job kind's payload: what the api enqueues ([`NewJob::of`]) and the kind's
+/// handler receives, decoded. The type names the kind, so the two cannot disagree.
+pub trait Job: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// The kind: the `kind` column and the work queue `{prefix}.jobs.{KIND}`.
+    const KIND: &'static str;
 }
 
 /// What travels over RabbitMQ: the job's id and everything a worker needs to run it.
@@ -142,7 +188,14 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    pub fn new(kind: &'static str, payload: &impl Serialize) -> Self {
+    /// The job `job`, of its type's kind.
+    pub fn of<J: Job>(job: &J) -> Self {
+        Self::untyped(J::KIND, job)
+    }
+
+    /// A job of a kind with no payload type: only for the runtime's own tests, which
+    /// send it what they like. Everything else uses [`NewJob::of`].
+    pub fn untyped(kind: &'static str, payload: &impl Serialize) -> Self {
         Self {
             kind,
             // Serialising plain structs to a Value cannot fail.

@@ -726,6 +726,10 @@ pub struct BulkBatch {
     pub action_id: Uuid,
 }
 
+impl crate::jobs::Job for BulkBatch {
+    const KIND: &'static str = kinds::OPS_BULK;
+}
+
 /// A bulk action and its progress.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct BulkAction {
@@ -815,12 +819,7 @@ async fn enqueue_batch(
     action_id: Uuid,
     max_attempts: i32,
 ) -> sqlx::Result<Uuid> {
-    jobs::enqueue(
-        conn,
-        NewJob::new(kinds::OPS_BULK, &BulkBatch { action_id }),
-        max_attempts,
-    )
-    .await
+    jobs::enqueue(conn, NewJob::of(&BulkBatch { action_id }), max_attempts).await
 }
 
 /// Whether a bulk action has more to do after a batch.

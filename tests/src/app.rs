@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use commcenter_api::App;
+use commcenter_shared::jobs::Job;
 use commcenter_shared::{
     auth::{self, Claims},
     blob::BlobStore,
@@ -20,7 +21,9 @@ use commcenter_shared::{
     settings::{S3Settings, Secret, Settings, parse_tiers},
     telemetry,
 };
-use commcenter_workers::{Handler, Registry, Runtime, handlers, metrics::JobMetrics};
+use commcenter_workers::{
+    AnyHandler, Handler, Registry, Runtime, handlers, job, metrics::JobMetrics,
+};
 
 use commcenter_fakes::{FakeGmail, FakeRingCentral, GmailConfig, RingCentralConfig};
 
@@ -47,7 +50,7 @@ pub struct TestOptions {
     /// Start the workers with the production handlers (and `handlers`).
     pub start_workers: bool,
     /// Handlers added to the production ones (or replacing theirs, by kind).
-    pub handlers: Vec<Arc<dyn Handler>>,
+    pub handlers: Vec<Arc<dyn AnyHandler>>,
     /// Store files in S3 at this endpoint instead of on disk (e.g. a closed port, to
     /// play a store that is down).
     pub s3_endpoint: Option<String>,
@@ -99,9 +102,17 @@ pub struct TestOptions {
 
 impl TestOptions {
     /// The production handlers, with `handler` added (or replacing its kind's).
-    pub fn with_handler(handler: impl Handler) -> Self {
+    pub fn with_handler(handler: impl AnyHandler) -> Self {
         Self {
             handlers: vec![Arc::new(handler)],
+            ..Default::default()
+        }
+    }
+
+    /// The production handlers, with `handler` of `J`'s kind in place of its own.
+    pub fn with_typed<J: Job, H: Handler<J>>(handler: H) -> Self {
+        Self {
+            handlers: vec![job::erase(handler)],
             ..Default::default()
         }
     }
@@ -270,7 +281,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let blobs = Arc::new(BlobStore::from_settings(&settings.storage).expect("the blob store"));
     let registry = options.handlers.into_iter().fold(
         handlers::registry(&settings, blobs).expect("the handlers build"),
-        Registry::with_shared,
+        Registry::with_any,
     );
     let mut kinds: Vec<String> = kinds::ALL.iter().map(|k| (*k).to_owned()).collect();
     kinds.extend(registry.kinds().iter().map(|k| (*k).to_owned()));

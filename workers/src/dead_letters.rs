@@ -17,10 +17,7 @@ use commcenter_shared::{
     relay::generation_of,
 };
 
-use crate::{
-    handlers::messages::fail_communication,
-    runtime::{JobContext, Runtime},
-};
+use crate::{handlers::messages::fail_communication, job::JobContext, runtime::Runtime};
 
 /// The last stop: a dead letter is held, and recording retried with backoff, until the
 /// ledger takes it. A nack would count towards the dead queue's own delivery limit

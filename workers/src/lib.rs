@@ -1,5 +1,7 @@
 //! The workers: the job runtime every job kind runs on, and the handlers.
 //!
+//! - [`job`]: the handler vocabulary: [`Handler`] over a job's payload type,
+//!   [`JobError`], [`JobContext`], the [`Registry`].
 //! - [`runtime`]: consume each kind's work queue (bounded by prefetch), run the
 //!   handler in a transaction with the ledger row locked, record the attempt, ack after
 //!   commit; transient failures wait in a delay tier, permanent ones and exhausted
@@ -18,10 +20,12 @@
 pub mod crash;
 pub mod dead_letters;
 pub mod handlers;
+pub mod job;
 pub mod media;
 pub mod metrics;
 pub mod retention;
 pub mod runtime;
 pub mod schedule;
 
-pub use runtime::{Handler, JobContext, JobError, Registry, Runtime};
+pub use job::{AnyHandler, Handler, JobContext, JobError, Registry};
+pub use runtime::Runtime;

@@ -8,7 +8,7 @@
 //! with a confirm and then acked. A worker that dies anywhere before the ack leaves the
 //! delivery to be redelivered; the ledger makes the second run a no-op or a clean retry.
 //!
-//! Kinds whose handler [`Handler::batches`] run the deliveries that are ready together
+//! Kinds whose handler [`Handler::batches`](crate::job::Handler::batches) run the deliveries that are ready together
 //! (up to `WORKER_BATCH_SIZE`) in one transaction: rows locked in one statement, each
 //! handler in its own savepoint, the successes' attempts and states written in one
 //! statement, one commit, then the acks. A batch whose transaction fails runs its jobs
@@ -17,7 +17,6 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
@@ -38,195 +37,17 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     broker::{self, DELAY_TIER_HEADER, Topology},
-    jobs::{self, Attempt, Envelope, ErrorClass, JobRow, ProviderReport},
+    jobs::{self, Attempt, Envelope, ErrorClass, JobRow},
     relay::{GENERATION_HEADER, Relay, generation_of, job_properties_at},
     retry::{Decision, RetryPolicy},
     settings::{BrokerSettings, RelaySettings, tier_label},
 };
 
-use crate::{dead_letters, metrics::Outcome};
-
-/// How a handler failed: the runtime retries the first and dead-letters the second.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JobError {
-    /// Worth another try later; `retry_after` is the provider's own minimum wait.
-    #[error("{message}")]
-    Transient {
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    /// Will never succeed as it is.
-    #[error("{0}")]
-    Permanent(String),
-    /// Not this job's failure: another delivery of it is doing the work right now (a
-    /// provider call under way). Only an outside phase may say so: the delivery waits in
-    /// a delay tier at least `retry_after` and comes back, and no attempt is spent.
-    #[error("{message}")]
-    Busy {
-        message: String,
-        retry_after: Duration,
-    },
-}
-
-impl JobError {
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self::Transient {
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self::Permanent(message.into())
-    }
-}
-
-/// A database error inside a handler is presumed passing (connection lost, deadlock,
-/// serialization failure): retry.
-impl From<sqlx::Error> for JobError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::transient(format!("database error: {error}"))
-    }
-}
-
-/// What a handler is told about the job it runs.
-#[derive(Debug, Clone)]
-pub struct JobContext {
-    pub id: Uuid,
-    pub kind: String,
-    pub payload: Value,
-    /// 1-based number of this attempt.
-    pub attempt: i32,
-    /// What a provider answered during this attempt; the runtime records it on the
-    /// attempt row, whatever the outcome.
-    provider: Arc<std::sync::Mutex<ProviderReport>>,
-}
-
-impl JobContext {
-    pub fn new(id: Uuid, kind: impl Into<String>, payload: Value, attempt: i32) -> Self {
-        Self {
-            id,
-            kind: kind.into(),
-            payload,
-            attempt,
-            provider: Arc::default(),
-        }
-    }
-
-    /// This context with another attempt number, sharing the provider's answer noted so
-    /// far: the outside phase read the attempt number without the row lock.
-    fn renumbered(&self, attempt: i32) -> Self {
-        Self {
-            attempt,
-            ..self.clone()
-        }
-    }
-
-    /// Notes the provider's answer for this attempt's row (the last note wins).
-    pub fn report_provider(&self, report: ProviderReport) {
-        if let Ok(mut slot) = self.provider.lock() {
-            *slot = report;
-        }
-    }
-
-    pub(crate) fn provider_report(&self) -> ProviderReport {
-        self.provider.lock().map(|r| r.clone()).unwrap_or_default()
-    }
-
-    /// The payload as the handler's type; a payload that does not fit is permanent.
-    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
-        serde_json::from_value(self.payload.clone())
-            .map_err(|e| JobError::permanent(format!("payload does not fit {}: {e}", self.kind)))
-    }
-}
-
-/// One job kind's work. `run` must be idempotent: it may see the same job again after
-/// a crash, and is run inside a transaction that also records the outcome.
-#[async_trait]
-pub trait Handler: Send + Sync + 'static {
-    fn kind(&self) -> &'static str;
-
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError>;
-
-    /// Whether deliveries of this kind that are ready together may run in one
-    /// transaction (each in its own savepoint; `WORKER_BATCH_SIZE`). For quick jobs
-    /// that only write to the database: a batch holds its rows' locks until its last
-    /// job is done. Default: no.
-    fn batches(&self) -> bool {
-        false
-    }
-
-    /// Whether this kind does its slow part in [`Handler::outside`]. Its jobs then hold
-    /// no job slot (a pooled connection, and the job's row lock) while they wait on a
-    /// provider, so a worker overlaps as many calls as its prefetch, not its pool.
-    fn works_outside(&self) -> bool {
-        false
-    }
-
-    /// The slow part, run before the job's transaction, holding no connection of the
-    /// runtime's while it waits (a provider call). Another delivery of the same job may
-    /// run it at the same time, and the process may die anywhere in it, so it commits
-    /// its own evidence (on connections of its own) and must be safe to repeat; `run`
-    /// then only records the outcome, in the transaction. Its error fails the attempt
-    /// without `run` being called.
-    async fn outside(&self, _job: &JobContext) -> Result<(), JobError> {
-        Ok(())
-    }
-
-    /// Runs in the transaction that marks the job dead (permanent failure, attempts
-    /// exhausted, or dead-lettered by the broker), so what the job served shows as
-    /// failed and the sender hears of it. Default: nothing.
-    async fn on_dead(
-        &self,
-        _conn: &mut PgConnection,
-        _job: &JobContext,
-        _reason: &str,
-    ) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
-/// The handlers a worker process runs, by kind.
-#[derive(Clone, Default)]
-pub struct Registry {
-    handlers: HashMap<&'static str, Arc<dyn Handler>>,
-}
-
-impl Registry {
-    pub fn with(self, handler: impl Handler) -> Self {
-        self.with_shared(Arc::new(handler))
-    }
-
-    pub fn with_shared(mut self, handler: Arc<dyn Handler>) -> Self {
-        self.handlers.insert(handler.kind(), handler);
-        self
-    }
-
-    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {
-        self.handlers.get(kind)
-    }
-
-    pub fn kinds(&self) -> Vec<&'static str> {
-        let mut kinds: Vec<_> = self.handlers.keys().copied().collect();
-        kinds.sort_unstable();
-        kinds
-    }
-
-    /// Keeps only the named kinds (`WORKER_KINDS`); an unknown name is an error.
-    pub fn only(mut self, kinds: &[String]) -> anyhow::Result<Self> {
-        if kinds.is_empty() {
-            return Ok(self);
-        }
-        for kind in kinds {
-            anyhow::ensure!(
-                self.handlers.contains_key(kind.as_str()),
-                "WORKER_KINDS names unknown job kind {kind:?}"
-            );
-        }
-        self.handlers
-            .retain(|k, _| kinds.iter().any(|wanted| wanted == k));
-        Ok(self)
-    }
-}
+use crate::{
+    dead_letters,
+    job::{AnyHandler, JobContext, JobError, Registry},
+    metrics::Outcome,
+};
 
 pub struct Runtime {
     pub pool: PgPool,
@@ -573,7 +394,7 @@ impl Runtime {
     }
 
     /// The job a delivery carries and its handler, or why it is poison.
-    fn parse(&self, delivery: &Delivery) -> Result<(Envelope, Arc<dyn Handler>), String> {
+    fn parse(&self, delivery: &Delivery) -> Result<(Envelope, Arc<dyn AnyHandler>), String> {
         let envelope = serde_json::from_slice::<Envelope>(&delivery.data)
             .map_err(|error| format!("the message is not a job envelope: {error}"))?;
         let handler = self
@@ -588,7 +409,7 @@ impl Runtime {
         &self,
         delivery: Delivery,
         envelope: &Envelope,
-        handler: &dyn Handler,
+        handler: &dyn AnyHandler,
         publisher: &Channel,
     ) {
         let _in_flight = self.metrics.in_flight(&envelope.kind);
@@ -662,7 +483,7 @@ impl Runtime {
     /// job's own outcome (a retry that could not be published).
     async fn run_batch(
         &self,
-        batch: &[(Delivery, Envelope, Arc<dyn Handler>)],
+        batch: &[(Delivery, Envelope, Arc<dyn AnyHandler>)],
         publisher: &Channel,
     ) -> anyhow::Result<Vec<anyhow::Result<()>>> {
         let ids: Vec<Uuid> = batch
@@ -709,7 +530,7 @@ impl Runtime {
         &self,
         envelope: &Envelope,
         generation: i32,
-        handler: &dyn Handler,
+        handler: &dyn AnyHandler,
         publisher: &Channel,
     ) -> anyhow::Result<()> {
         let outside = if handler.works_outside() {
@@ -754,7 +575,7 @@ impl Runtime {
         row: Option<JobRow>,
         envelope: &Envelope,
         generation: i32,
-        handler: &dyn Handler,
+        handler: &dyn AnyHandler,
         outside: Option<Outside>,
     ) -> anyhow::Result<Ran<'_>> {
         let Some(row) = row else {
@@ -942,7 +763,7 @@ impl Runtime {
         &self,
         envelope: &Envelope,
         generation: i32,
-        handler: &dyn Handler,
+        handler: &dyn AnyHandler,
     ) -> anyhow::Result<Option<Outside>> {
         let row: Option<(String, i32, i32, Value)> =
             sqlx::query_as("SELECT state, attempts, generation, payload FROM jobs WHERE id = $1")
@@ -975,7 +796,7 @@ impl Runtime {
     async fn bury(
         &self,
         conn: &mut PgConnection,
-        handler: &dyn Handler,
+        handler: &dyn AnyHandler,
         job: &JobContext,
         class: ErrorClass,
         reason: &str,

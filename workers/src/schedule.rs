@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use commcenter_shared::jobs::{self, NewJob, kinds, payloads};
+use commcenter_shared::jobs::{self, Job, NewJob, payloads};
 
 pub struct CallLogImports {
     pub pool: PgPool,
@@ -29,7 +29,13 @@ impl CallLogImports {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            match enqueue_unless_open(&self.pool, kinds::CALL_LOG_IMPORT, self.max_attempts).await {
+            match enqueue_unless_open(
+                &self.pool,
+                &payloads::ImportCallLog::default(),
+                self.max_attempts,
+            )
+            .await
+            {
                 Ok(true) => self.outbox.notify_one(),
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%error, "could not schedule the call-log import"),
@@ -38,12 +44,13 @@ impl CallLogImports {
     }
 }
 
-/// Enqueues a job of `kind` (with an empty payload) unless one is already open.
-pub async fn enqueue_unless_open(
+/// Enqueues `job` unless a job of its kind is already open.
+pub async fn enqueue_unless_open<J: Job>(
     pool: &PgPool,
-    kind: &'static str,
+    job: &J,
     max_attempts: i32,
 ) -> sqlx::Result<bool> {
+    let kind = J::KIND;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(kind)
@@ -59,12 +66,7 @@ pub async fn enqueue_unless_open(
     if open {
         return Ok(false);
     }
-    jobs::enqueue(
-        &mut tx,
-        NewJob::new(kind, &payloads::ImportCallLog::default()),
-        max_attempts,
-    )
-    .await?;
+    jobs::enqueue(&mut tx, NewJob::of(job), max_attempts).await?;
     tx.commit().await?;
     Ok(true)
 }

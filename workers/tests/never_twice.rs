@@ -141,9 +141,12 @@ impl World {
 
     async fn enqueue(&self, kind: &'static str, communication_id: Uuid) {
         let mut conn = self.pool.acquire().await.expect("connection");
-        let job = NewJob::new(kind, &payloads::SendCommunication { communication_id })
-            .for_communication(communication_id)
-            .for_customer(&CustomerId::parse("cust-1").expect("id"));
+        let job = match kind {
+            kinds::SMS_SEND => NewJob::of(&payloads::SendSms { communication_id }),
+            _ => NewJob::of(&payloads::SendEmail { communication_id }),
+        }
+        .for_communication(communication_id)
+        .for_customer(&CustomerId::parse("cust-1").expect("id"));
         jobs::enqueue(&mut conn, job, 5).await.expect("enqueue");
     }
 

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use commcenter_shared::{
     domain::{CommunicationType, CustomerId, MessageText, Receipt, Role, is_blank},
     events::{self, Event, EventBody},
-    jobs::{self, NewJob, kinds, payloads},
+    jobs::{self, NewJob, payloads},
     store::{self, Change, Communication, CommunicationFilter},
 };
 
@@ -199,7 +199,7 @@ async fn post_receipt(
         by_role: caller.role(),
     };
     let customer = CustomerId::parse(&communication.customer_id).map_err(|e| anyhow::anyhow!(e))?;
-    let job = NewJob::new(kinds::RECEIPT_APPLY, &payload)
+    let job = NewJob::of(&payload)
         .for_communication(communication.id)
         .for_customer(&customer);
     let mut tx = state.pool.begin().await?;

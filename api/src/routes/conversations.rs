@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use commcenter_shared::{
     domain::{ConversationStatus, CustomerId, Direction, Role},
-    jobs::{self, NewJob, kinds, payloads},
+    jobs::{self, NewJob, payloads},
     store::{self, ConversationListing, ConversationSummary},
 };
 
@@ -78,7 +78,7 @@ pub async fn set_status(
     let mut tx = state.pool.begin().await?;
     let job_id = jobs::enqueue(
         &mut tx,
-        NewJob::new(kinds::CONVERSATION_STATUS, &payload).for_customer(&customer),
+        NewJob::of(&payload).for_customer(&customer),
         state.settings.jobs.max_attempts,
     )
     .await?;

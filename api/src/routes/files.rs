@@ -27,7 +27,7 @@ use commcenter_shared::{
     blob::{BlobError, ByteRange, ObjectKey},
     domain::CustomerId,
     filetype::{self, Category, SNIFF_BYTES},
-    jobs::{self, NewJob, kinds, payloads},
+    jobs::{self, NewJob, payloads},
     store::{self, FileRecord, NewFile},
 };
 
@@ -314,11 +314,7 @@ async fn record(
             },
         )
         .await?;
-        let job = NewJob::new(
-            kinds::FILE_PROCESS,
-            &payloads::ProcessFile { file_id: file.id },
-        )
-        .for_customer(customer);
+        let job = NewJob::of(&payloads::ProcessFile { file_id: file.id }).for_customer(customer);
         jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
         files.push(json!({
             "file_id": file.id,
@@ -418,11 +414,7 @@ pub async fn delete(
     }
     let customer = CustomerId::parse(&file.customer_id).map_err(|e| anyhow::anyhow!(e))?;
     for key in store::delete_file(&mut tx, &file).await? {
-        let job = NewJob::new(
-            kinds::BLOB_DELETE,
-            &payloads::DeleteBlob { storage_key: key },
-        )
-        .for_customer(&customer);
+        let job = NewJob::of(&payloads::DeleteBlob { storage_key: key }).for_customer(&customer);
         jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
     }
     tx.commit().await?;

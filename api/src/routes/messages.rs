@@ -22,7 +22,7 @@ use crate::{
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SendMessage {
+pub struct SendMessageRequest {
     pub customer_id: CustomerId,
     /// The text (the original's records called it `content` too). May be left out or
     /// empty when files are attached, or when a template is chosen.
@@ -44,7 +44,7 @@ pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<SendMessage>,
+    JsonBody(request): JsonBody<SendMessageRequest>,
 ) -> ApiResult<AcceptedResponse> {
     caller.ensure_sees(request.customer_id.as_str())?;
     if request.attachments.len() > MAX_ATTACHMENTS {

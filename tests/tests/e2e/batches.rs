@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commcenter_tests::{TestApp, TestOptions, eventually, spawn_app_with};
-use commcenter_workers::{Handler, JobContext, JobError};
+use commcenter_workers::{AnyHandler, JobContext, JobError};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
@@ -19,7 +19,7 @@ const KIND: &str = "test.batched";
 struct Batched;
 
 #[async_trait]
-impl Handler for Batched {
+impl AnyHandler for Batched {
     fn kind(&self) -> &'static str {
         KIND
     }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use commcenter_shared::{metrics::CONTENT_TYPE, settings::Secret};
 use commcenter_tests::{TcpProxy, TestApp, TestOptions, broker_addr, spawn_app, spawn_app_with};
 use commcenter_workers::{
-    Handler, JobContext, JobError,
+    AnyHandler, JobContext, JobError,
     metrics::{JobMetrics, Outcome, serve},
 };
 use serde_json::json;
@@ -24,7 +24,7 @@ use crate::{WAIT, retries::enqueue};
 struct FailsFirst;
 
 #[async_trait]
-impl Handler for FailsFirst {
+impl AnyHandler for FailsFirst {
     fn kind(&self) -> &'static str {
         "test.metrics"
     }

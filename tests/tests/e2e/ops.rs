@@ -13,12 +13,14 @@ use std::{
 use async_trait::async_trait;
 use commcenter_shared::{
     domain::Role,
-    jobs::{Envelope, kinds},
+    jobs::{Envelope, kinds, payloads::DeliverMessage},
     ops,
     relay::{job_properties, job_properties_at},
 };
 use commcenter_tests::{TcpProxy, TestApp, TestOptions, broker_addr, eventually, spawn_app_with};
-use commcenter_workers::{Handler, JobContext, JobError, handlers::messages::DeliverMessage};
+use commcenter_workers::{
+    AnyHandler, Handler, JobContext, JobError, handlers::messages::DeliverMessageHandler,
+};
 use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -34,25 +36,29 @@ struct FailingDelivery {
 }
 
 #[async_trait]
-impl Handler for FailingDelivery {
-    fn kind(&self) -> &'static str {
-        kinds::MESSAGE_DELIVER
-    }
-
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
+impl Handler<DeliverMessage> for FailingDelivery {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &DeliverMessage,
+        job: &JobContext,
+    ) -> Result<(), JobError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(JobError::permanent("the recipient refused it"));
         }
-        DeliverMessage.run(conn, job).await
+        DeliverMessageHandler.run(conn, payload, job).await
     }
 
     async fn on_dead(
         &self,
         conn: &mut PgConnection,
+        payload: &DeliverMessage,
         job: &JobContext,
         reason: &str,
     ) -> anyhow::Result<()> {
-        DeliverMessage.on_dead(conn, job, reason).await
+        DeliverMessageHandler
+            .on_dead(conn, payload, job, reason)
+            .await
     }
 }
 
@@ -63,7 +69,7 @@ struct Counting {
 }
 
 #[async_trait]
-impl Handler for Counting {
+impl AnyHandler for Counting {
     fn kind(&self) -> &'static str {
         kinds::RECEIPT_APPLY
     }
@@ -271,7 +277,7 @@ async fn malformed_filters_are_refused_naming_the_field() {
 async fn a_dead_send_is_found_inspected_replayed_and_delivered_once() {
     let delivery = FailingDelivery::default();
     delivery.failing.store(true, Ordering::SeqCst);
-    let app = spawn_app_with(TestOptions::with_handler(delivery.clone())).await;
+    let app = spawn_app_with(TestOptions::with_typed(delivery.clone())).await;
     let token = operator(&app);
     let staff = app.staff_token();
     let sent = app.send_ok(&staff, "cust-1", "hello").await;

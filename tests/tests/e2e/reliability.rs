@@ -13,7 +13,7 @@ use std::{
 use async_trait::async_trait;
 use commcenter_shared::{jobs::Envelope, relay::job_properties};
 use commcenter_tests::{TcpProxy, TestApp, TestOptions, broker_addr, spawn_app_with};
-use commcenter_workers::{Handler, JobContext, JobError};
+use commcenter_workers::{AnyHandler, JobContext, JobError};
 use lapin::{
     BasicProperties,
     options::{BasicGetOptions, BasicPublishOptions},
@@ -303,7 +303,7 @@ struct Slow {
 }
 
 #[async_trait]
-impl Handler for Slow {
+impl AnyHandler for Slow {
     fn kind(&self) -> &'static str {
         "test.slow"
     }

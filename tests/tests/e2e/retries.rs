@@ -8,9 +8,9 @@ use std::{
 };
 
 use async_trait::async_trait;
-use commcenter_shared::jobs::{self, NewJob, kinds};
+use commcenter_shared::jobs::{self, NewJob, payloads};
 use commcenter_tests::{TestApp, TestOptions, spawn_app_with};
-use commcenter_workers::{Handler, JobContext, JobError, handlers};
+use commcenter_workers::{AnyHandler, Handler, JobContext, JobError, handlers};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -26,7 +26,7 @@ struct Flaky {
 }
 
 #[async_trait]
-impl Handler for Flaky {
+impl AnyHandler for Flaky {
     fn kind(&self) -> &'static str {
         "test.flaky"
     }
@@ -55,7 +55,7 @@ pub async fn enqueue(app: &TestApp, kind: &'static str, payload: Value) -> Strin
     let mut tx = app.pool.begin().await.unwrap();
     let id = jobs::enqueue(
         &mut tx,
-        NewJob::new(kind, &payload),
+        NewJob::untyped(kind, &payload),
         app.settings.jobs.max_attempts,
     )
     .await
@@ -133,21 +133,24 @@ struct RefusingDelivery {
 }
 
 #[async_trait]
-impl Handler for RefusingDelivery {
-    fn kind(&self) -> &'static str {
-        kinds::MESSAGE_DELIVER
-    }
-    async fn run(&self, _conn: &mut PgConnection, _job: &JobContext) -> Result<(), JobError> {
+impl Handler<payloads::DeliverMessage> for RefusingDelivery {
+    async fn run(
+        &self,
+        _conn: &mut PgConnection,
+        _payload: &payloads::DeliverMessage,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         Err(self.error.clone())
     }
     async fn on_dead(
         &self,
         conn: &mut PgConnection,
+        payload: &payloads::DeliverMessage,
         job: &JobContext,
         reason: &str,
     ) -> anyhow::Result<()> {
-        handlers::messages::DeliverMessage
-            .on_dead(conn, job, reason)
+        handlers::messages::DeliverMessageHandler
+            .on_dead(conn, payload, job, reason)
             .await
     }
 }
@@ -157,7 +160,7 @@ async fn a_permanent_failure_is_dead_at_once_and_the_message_shows_failed() {
     let refusing = RefusingDelivery {
         error: JobError::permanent("recipient refuses in-app messages"),
     };
-    let app = spawn_app_with(TestOptions::with_handler(refusing)).await;
+    let app = spawn_app_with(TestOptions::with_typed(refusing)).await;
     let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
     let sent = app.send_ok(&app.staff_token(), "cust-1", "hello").await;
     let job_id = sent["job_id"].as_str().unwrap();
@@ -195,7 +198,7 @@ async fn exhausted_attempts_are_dead_with_the_last_error() {
         error: JobError::transient("connection reset"),
     };
     let app = spawn_app_with(TestOptions {
-        handlers: vec![std::sync::Arc::new(refusing)],
+        handlers: vec![commcenter_workers::job::erase(refusing)],
         max_attempts: 3,
         ..Default::default()
     })
@@ -224,7 +227,7 @@ struct PanicsOnce {
 }
 
 #[async_trait]
-impl Handler for PanicsOnce {
+impl AnyHandler for PanicsOnce {
     fn kind(&self) -> &'static str {
         "test.panics"
     }
@@ -262,7 +265,7 @@ async fn a_panicking_handler_fails_its_attempt_not_the_worker() {
 struct Hangs;
 
 #[async_trait]
-impl Handler for Hangs {
+impl AnyHandler for Hangs {
     fn kind(&self) -> &'static str {
         "test.hangs"
     }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use commcenter_fakes::{Endpoint, Fault, RingCentralConfig};
 use commcenter_providers::ringcentral::RingCentral;
-use commcenter_shared::jobs::kinds;
 use commcenter_tests::{TestApp, TestOptions, spawn_app_with};
 use serde_json::{Value, json};
 
@@ -418,9 +417,13 @@ async fn a_logged_call_joins_the_conversation_and_the_call_log_import_adds_each_
     }));
     for _ in 0..2 {
         assert!(
-            commcenter_workers::schedule::enqueue_unless_open(&app.pool, kinds::CALL_LOG_IMPORT, 3)
-                .await
-                .unwrap()
+            commcenter_workers::schedule::enqueue_unless_open(
+                &app.pool,
+                &commcenter_shared::jobs::payloads::ImportCallLog::default(),
+                3
+            )
+            .await
+            .unwrap()
         );
         app.assert_no_jobs_left().await;
     }

@@ -13,7 +13,7 @@ use commcenter_shared::{
 };
 
 use super::files::store_error;
-use crate::runtime::JobError;
+use crate::job::JobError;
 
 pub async fn load_attachments(
     conn: &mut PgConnection,

@@ -5,27 +5,27 @@ use sqlx::PgConnection;
 
 use commcenter_shared::{
     events::{self, Event, EventBody},
-    jobs::{kinds, payloads},
+    jobs::payloads,
     store,
 };
 
-use crate::runtime::{Handler, JobContext, JobError};
+use crate::job::{Handler, JobContext, JobError};
 
-pub struct SetConversationStatus;
+pub struct SetConversationStatusHandler;
 
 #[async_trait]
-impl Handler for SetConversationStatus {
-    fn kind(&self) -> &'static str {
-        kinds::CONVERSATION_STATUS
-    }
-
+impl Handler<payloads::SetConversationStatus> for SetConversationStatusHandler {
     /// A few quick writes: ready deliveries run together in one transaction.
     fn batches(&self) -> bool {
         true
     }
 
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        let payload: payloads::SetConversationStatus = job.payload()?;
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::SetConversationStatus,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         let changed = store::set_conversation_status(
             conn,
             &payload.customer_id,

@@ -13,15 +13,15 @@ use commcenter_providers::{
     error::ProviderError,
     gmail::{Email, Gmail, SentMail},
 };
-use commcenter_shared::{blob::BlobStore, jobs::kinds, store::Communication};
+use commcenter_shared::{blob::BlobStore, jobs::payloads, store::Communication};
 
 use super::{
     attachments::load_attachments,
     sends::{self, Accepted, Channel},
 };
-use crate::runtime::{Handler, JobContext, JobError};
+use crate::job::{Handler, JobContext, JobError};
 
-pub struct SendEmail {
+pub struct SendEmailHandler {
     pub gmail: Option<Gmail>,
     /// `GMAIL_SENDER`: the From of every mail.
     pub sender: String,
@@ -33,16 +33,16 @@ pub struct SendEmail {
 }
 
 #[async_trait]
-impl Handler for SendEmail {
-    fn kind(&self) -> &'static str {
-        kinds::EMAIL_SEND
-    }
-
+impl Handler<payloads::SendEmail> for SendEmailHandler {
     fn works_outside(&self) -> bool {
         true
     }
 
-    async fn outside(&self, job: &JobContext) -> Result<(), JobError> {
+    async fn outside(
+        &self,
+        payload: &payloads::SendEmail,
+        job: &JobContext,
+    ) -> Result<(), JobError> {
         let Some(gmail) = &self.gmail else {
             return Err(JobError::permanent(
                 "Gmail is not configured on this worker (GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, \
@@ -54,20 +54,33 @@ impl Handler for SendEmail {
             sender: &self.sender,
             blobs: &self.blobs,
         };
-        sends::call(&channel, &self.sends, job, self.under_way_for).await
+        sends::call(
+            &channel,
+            &self.sends,
+            payload.communication_id,
+            job,
+            self.under_way_for,
+        )
+        .await
     }
 
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        sends::record(conn, job).await
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::SendEmail,
+        job: &JobContext,
+    ) -> Result<(), JobError> {
+        sends::record(conn, payload.communication_id, job).await
     }
 
     async fn on_dead(
         &self,
         conn: &mut PgConnection,
-        job: &JobContext,
+        payload: &payloads::SendEmail,
+        _job: &JobContext,
         reason: &str,
     ) -> anyhow::Result<()> {
-        sends::fail(conn, job, reason).await
+        sends::fail(conn, payload.communication_id, reason).await
     }
 }
 

@@ -18,19 +18,19 @@ use commcenter_shared::{
     blob::{BlobError, BlobStore, ObjectKey},
     events::{self, Event, EventBody},
     filetype::{self, Category, SNIFF_BYTES},
-    jobs::{self, NewJob, kinds, payloads},
+    jobs::{self, NewJob, payloads},
     store::{self, Blob, FileRecord},
 };
 
 use crate::{
+    job::{Handler, JobContext, JobError},
     media::{
         digest::Sha256Hasher,
         thumbnail::{self, ImageLimits},
     },
-    runtime::{Handler, JobContext, JobError},
 };
 
-pub struct ProcessFile {
+pub struct ProcessFileHandler {
     pub blobs: Arc<BlobStore>,
     pub image_limits: ImageLimits,
     /// Longest side of a thumbnail (`THUMBNAIL_MAX_SIDE`).
@@ -58,13 +58,13 @@ struct Contents {
 }
 
 #[async_trait]
-impl Handler for ProcessFile {
-    fn kind(&self) -> &'static str {
-        kinds::FILE_PROCESS
-    }
-
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        let payload: payloads::ProcessFile = job.payload()?;
+impl Handler<payloads::ProcessFile> for ProcessFileHandler {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::ProcessFile,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         let Some(file) = store::lock_file(conn, payload.file_id).await? else {
             return Err(JobError::permanent(format!(
                 "file {} does not exist",
@@ -121,12 +121,7 @@ impl Handler for ProcessFile {
             let delete = payloads::DeleteBlob {
                 storage_key: staged.as_str().to_owned(),
             };
-            jobs::enqueue(
-                conn,
-                NewJob::new(kinds::BLOB_DELETE, &delete),
-                self.max_attempts,
-            )
-            .await?;
+            jobs::enqueue(conn, NewJob::of(&delete), self.max_attempts).await?;
         }
         store::mark_file_ready(conn, file.id, &blob.sha256, blob.size, &blob.file_type).await?;
         let thumbnail_url = blob.thumbnail_key.as_ref().map(|_| thumbnail_url(&file));
@@ -137,12 +132,10 @@ impl Handler for ProcessFile {
     async fn on_dead(
         &self,
         conn: &mut PgConnection,
-        job: &JobContext,
+        payload: &payloads::ProcessFile,
+        _job: &JobContext,
         reason: &str,
     ) -> anyhow::Result<()> {
-        let Ok(payload) = job.payload::<payloads::ProcessFile>() else {
-            return Ok(());
-        };
         let Some(file) = store::find_file(conn, payload.file_id).await? else {
             return Ok(());
         };
@@ -153,7 +146,7 @@ impl Handler for ProcessFile {
     }
 }
 
-impl ProcessFile {
+impl ProcessFileHandler {
     /// Streams the staged object once: its SHA-256 and size, its head, and (for
     /// images) its bytes.
     async fn read(&self, key: &ObjectKey, keep_image: bool) -> Result<Contents, JobError> {
@@ -275,18 +268,18 @@ async fn announce(
 }
 
 /// `blob.delete`: removes a stored object, unless a blob still refers to it.
-pub struct DeleteBlob {
+pub struct DeleteBlobHandler {
     pub blobs: Arc<BlobStore>,
 }
 
 #[async_trait]
-impl Handler for DeleteBlob {
-    fn kind(&self) -> &'static str {
-        kinds::BLOB_DELETE
-    }
-
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        let payload: payloads::DeleteBlob = job.payload()?;
+impl Handler<payloads::DeleteBlob> for DeleteBlobHandler {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::DeleteBlob,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         let referenced: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM blobs WHERE storage_key = $1 OR thumbnail_key = $1)
                  OR EXISTS (SELECT 1 FROM file_attachments WHERE staging_key = $1 AND status = 'processing')",

@@ -8,27 +8,27 @@ use sqlx::PgConnection;
 use commcenter_shared::{
     domain::{CommunicationStatus, CustomerId},
     events::{self, Event, EventBody},
-    jobs::{kinds, payloads},
+    jobs::payloads,
     store,
 };
 
-use crate::runtime::{Handler, JobContext, JobError};
+use crate::job::{Handler, JobContext, JobError};
 
-pub struct DeliverMessage;
+pub struct DeliverMessageHandler;
 
 #[async_trait]
-impl Handler for DeliverMessage {
-    fn kind(&self) -> &'static str {
-        kinds::MESSAGE_DELIVER
-    }
-
+impl Handler<payloads::DeliverMessage> for DeliverMessageHandler {
     /// A few quick writes: ready deliveries run together in one transaction.
     fn batches(&self) -> bool {
         true
     }
 
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        let payload: payloads::DeliverMessage = job.payload()?;
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::DeliverMessage,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         let Some(communication) = store::find_communication(conn, payload.communication_id).await?
         else {
             return Err(JobError::permanent(format!(
@@ -58,12 +58,10 @@ impl Handler for DeliverMessage {
     async fn on_dead(
         &self,
         conn: &mut PgConnection,
-        job: &JobContext,
+        payload: &payloads::DeliverMessage,
+        _job: &JobContext,
         reason: &str,
     ) -> anyhow::Result<()> {
-        let Ok(payload) = job.payload::<payloads::DeliverMessage>() else {
-            return Ok(());
-        };
         fail_communication(conn, payload.communication_id, reason).await
     }
 }

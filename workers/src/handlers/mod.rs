@@ -17,7 +17,7 @@ use commcenter_providers::{gmail::Gmail, ringcentral::RingCentral};
 use commcenter_shared::{blob::BlobStore, settings::Settings};
 use sqlx::postgres::PgPoolOptions;
 
-use crate::{media::thumbnail::ImageLimits, runtime::Registry};
+use crate::{job::Registry, media::thumbnail::ImageLimits};
 
 /// Connections for the outside phase of provider sends (reads before the call, and the
 /// never-twice evidence committed beside, not inside, the jobs' transactions); short
@@ -41,10 +41,10 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
         .max_connections(SEND_EVIDENCE_CONNECTIONS)
         .connect_lazy(settings.database.url.expose())?;
     Ok(Registry::default()
-        .with(messages::DeliverMessage)
-        .with(receipts::ApplyReceipt)
-        .with(conversations::SetConversationStatus)
-        .with(files::ProcessFile {
+        .with(messages::DeliverMessageHandler)
+        .with(receipts::ApplyReceiptHandler)
+        .with(conversations::SetConversationStatusHandler)
+        .with(files::ProcessFileHandler {
             blobs: blobs.clone(),
             image_limits: ImageLimits::default(),
             thumbnail_side: settings.storage.thumbnail_max_side,
@@ -57,28 +57,28 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
             )),
             decode_budget_mib: settings.storage.media_memory_budget_mib,
         })
-        .with(files::DeleteBlob {
+        .with(files::DeleteBlobHandler {
             blobs: blobs.clone(),
         })
-        .with(sms::SendSms {
+        .with(sms::SendSmsHandler {
             ringcentral: ringcentral.clone(),
             blobs: blobs.clone(),
             sends: sends.clone(),
             under_way_for: sends::under_way_at_most(settings.ringcentral.timeout),
         })
-        .with(email::SendEmail {
+        .with(email::SendEmailHandler {
             gmail,
             sender: settings.gmail.sender.clone(),
             blobs,
             sends,
             under_way_for: sends::under_way_at_most(settings.gmail.timeout),
         })
-        .with(ringcentral::LogCall)
-        .with(ringcentral::HandleRingCentralEvent {
+        .with(ringcentral::LogCallHandler)
+        .with(ringcentral::RingCentralEventHandler {
             ringcentral: ringcentral.clone(),
         })
-        .with(ringcentral::ImportCallLog { ringcentral })
-        .with(operations::BulkAction {
+        .with(ringcentral::ImportCallLogHandler { ringcentral })
+        .with(operations::BulkBatchHandler {
             batch: operations::BATCH,
             max_attempts: settings.jobs.max_attempts,
         }))

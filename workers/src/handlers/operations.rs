@@ -6,30 +6,27 @@
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-use commcenter_shared::{
-    jobs::kinds,
-    ops::{self, BulkBatch},
-};
+use commcenter_shared::ops::{self, BulkBatch};
 
-use crate::runtime::{Handler, JobContext, JobError};
+use crate::job::{Handler, JobContext, JobError};
 
 /// Jobs acted on per batch (one transaction).
 pub const BATCH: i64 = 500;
 
-pub struct BulkAction {
+pub struct BulkBatchHandler {
     pub batch: i64,
     /// For the next batch's job.
     pub max_attempts: i32,
 }
 
 #[async_trait]
-impl Handler for BulkAction {
-    fn kind(&self) -> &'static str {
-        kinds::OPS_BULK
-    }
-
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        let BulkBatch { action_id } = job.payload()?;
+impl Handler<BulkBatch> for BulkBatchHandler {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        &BulkBatch { action_id }: &BulkBatch,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         ops::run_bulk_batch(conn, action_id, self.batch, self.max_attempts)
             .await
             .map_err(|e| JobError::transient(format!("bulk action {action_id}: {e:#}")))?;
@@ -39,12 +36,11 @@ impl Handler for BulkAction {
     async fn on_dead(
         &self,
         conn: &mut PgConnection,
-        job: &JobContext,
+        &BulkBatch { action_id }: &BulkBatch,
+        _job: &JobContext,
         reason: &str,
     ) -> anyhow::Result<()> {
-        if let Ok(BulkBatch { action_id }) = job.payload() {
-            ops::fail_bulk(conn, action_id, reason).await?;
-        }
+        ops::fail_bulk(conn, action_id, reason).await?;
         Ok(())
     }
 }

@@ -6,28 +6,28 @@ use sqlx::PgConnection;
 
 use commcenter_shared::{
     events::{self, Event, EventBody},
-    jobs::{kinds, payloads},
+    jobs::payloads,
     store,
 };
 
 use super::messages::customer_of;
-use crate::runtime::{Handler, JobContext, JobError};
+use crate::job::{Handler, JobContext, JobError};
 
-pub struct ApplyReceipt;
+pub struct ApplyReceiptHandler;
 
 #[async_trait]
-impl Handler for ApplyReceipt {
-    fn kind(&self) -> &'static str {
-        kinds::RECEIPT_APPLY
-    }
-
+impl Handler<payloads::ApplyReceipt> for ApplyReceiptHandler {
     /// A few quick writes: ready deliveries run together in one transaction.
     fn batches(&self) -> bool {
         true
     }
 
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        let payload: payloads::ApplyReceipt = job.payload()?;
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::ApplyReceipt,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         let Some(communication) = store::find_communication(conn, payload.communication_id).await?
         else {
             return Err(JobError::permanent(format!(

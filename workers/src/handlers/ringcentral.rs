@@ -22,12 +22,12 @@ use commcenter_providers::{
 use commcenter_shared::{
     domain::CommunicationStatus,
     events::{self, Event, EventBody},
-    jobs::{kinds, payloads},
+    jobs::payloads,
     store::{self, Communication},
 };
 
 use super::messages::customer_of;
-use crate::runtime::{Handler, JobContext, JobError};
+use crate::job::{Handler, JobContext, JobError};
 
 /// Outbound SMS whose status is still open are re-fetched when RingCentral says some
 /// message changed (its event does not say which): the most recent, at most this many,
@@ -36,18 +36,18 @@ use crate::runtime::{Handler, JobContext, JobError};
 const REFRESH_AT_MOST: i64 = 200;
 const REFRESH_WITHIN: &str = "1 day";
 
-pub struct HandleRingCentralEvent {
+pub struct RingCentralEventHandler {
     pub ringcentral: Option<RingCentral>,
 }
 
 #[async_trait]
-impl Handler for HandleRingCentralEvent {
-    fn kind(&self) -> &'static str {
-        kinds::RINGCENTRAL_EVENT
-    }
-
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        let payload: payloads::RingCentralEvent = job.payload()?;
+impl Handler<payloads::RingCentralEvent> for RingCentralEventHandler {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::RingCentralEvent,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         let notification = &payload.notification;
         let event = notification["event"].as_str().unwrap_or_default();
         let body = &notification["body"];
@@ -67,7 +67,7 @@ impl Handler for HandleRingCentralEvent {
     }
 }
 
-impl HandleRingCentralEvent {
+impl RingCentralEventHandler {
     async fn refetch_changed(
         &self,
         conn: &mut PgConnection,
@@ -270,16 +270,16 @@ async fn announce(conn: &mut PgConnection, c: &Communication) -> Result<(), JobE
 }
 
 /// `call.log`: staff logged a call; it joins the conversation as happened.
-pub struct LogCall;
+pub struct LogCallHandler;
 
 #[async_trait]
-impl Handler for LogCall {
-    fn kind(&self) -> &'static str {
-        kinds::CALL_LOG
-    }
-
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        let payload: payloads::LogCall = job.payload()?;
+impl Handler<payloads::LogCall> for LogCallHandler {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::LogCall,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
         let Some(call) = store::find_communication(conn, payload.communication_id).await? else {
             return Err(JobError::permanent(format!(
                 "communication {} does not exist",
@@ -301,18 +301,16 @@ impl Handler for LogCall {
     async fn on_dead(
         &self,
         conn: &mut PgConnection,
-        job: &JobContext,
+        payload: &payloads::LogCall,
+        _job: &JobContext,
         reason: &str,
     ) -> anyhow::Result<()> {
-        let Ok(payload) = job.payload::<payloads::LogCall>() else {
-            return Ok(());
-        };
         super::messages::fail_communication(conn, payload.communication_id, reason).await
     }
 }
 
 /// `call_log.import`: pages through RingCentral's call log from the stored cursor.
-pub struct ImportCallLog {
+pub struct ImportCallLogHandler {
     pub ringcentral: Option<RingCentral>,
 }
 
@@ -327,12 +325,13 @@ const CALL_LOG_PAGE: u32 = 250;
 const FIRST_IMPORT_SPAN: chrono::Duration = chrono::Duration::days(7);
 
 #[async_trait]
-impl Handler for ImportCallLog {
-    fn kind(&self) -> &'static str {
-        kinds::CALL_LOG_IMPORT
-    }
-
-    async fn run(&self, conn: &mut PgConnection, _job: &JobContext) -> Result<(), JobError> {
+impl Handler<payloads::ImportCallLog> for ImportCallLogHandler {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        _job: &payloads::ImportCallLog,
+        _context: &JobContext,
+    ) -> Result<(), JobError> {
         let ringcentral = client(&self.ringcentral)?;
         let now = Utc::now();
         let cursor: Option<DateTime<Utc>> =

@@ -35,14 +35,14 @@ use commcenter_providers::error::{Failure, ProviderError};
 use commcenter_shared::{
     domain::CommunicationStatus,
     events::{self, Event, EventBody},
-    jobs::{ProviderReport, payloads},
+    jobs::ProviderReport,
     store::{self, Communication},
 };
 
 use super::messages::{attachments_ready, customer_of, fail_communication};
 use crate::{
     crash,
-    runtime::{JobContext, JobError},
+    job::{JobContext, JobError},
 };
 
 /// What a provider said when it took a message.
@@ -95,17 +95,14 @@ pub fn under_way_at_most(call_timeout: Duration) -> Duration {
 pub async fn call<C: Channel>(
     channel: &C,
     sends: &PgPool,
+    communication_id: Uuid,
     job: &JobContext,
     under_way_for: Duration,
 ) -> Result<(), JobError> {
-    let payload: payloads::SendCommunication = job.payload()?;
     let mut conn = sends.acquire().await?;
-    let Some(communication) =
-        store::find_communication(&mut conn, payload.communication_id).await?
-    else {
+    let Some(communication) = store::find_communication(&mut conn, communication_id).await? else {
         return Err(JobError::permanent(format!(
-            "communication {} does not exist",
-            payload.communication_id
+            "communication {communication_id} does not exist"
         )));
     };
     if communication.status != CommunicationStatus::Queued.as_str() {
@@ -210,13 +207,14 @@ pub async fn call<C: Channel>(
 
 /// The inside phase, in the job's transaction: the communication is `sent` once a send
 /// of it is `accepted`.
-pub async fn record(conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-    let payload: payloads::SendCommunication = job.payload()?;
-    let Some(communication) = store::find_communication(conn, payload.communication_id).await?
-    else {
+pub async fn record(
+    conn: &mut PgConnection,
+    communication_id: Uuid,
+    job: &JobContext,
+) -> Result<(), JobError> {
+    let Some(communication) = store::find_communication(conn, communication_id).await? else {
         return Err(JobError::permanent(format!(
-            "communication {} does not exist",
-            payload.communication_id
+            "communication {communication_id} does not exist"
         )));
     };
     if communication.status != CommunicationStatus::Queued.as_str() {
@@ -232,11 +230,12 @@ pub async fn record(conn: &mut PgConnection, job: &JobContext) -> Result<(), Job
 }
 
 /// For `on_dead`: the communication shows as failed, with the reason.
-pub async fn fail(conn: &mut PgConnection, job: &JobContext, reason: &str) -> anyhow::Result<()> {
-    let Ok(payload) = job.payload::<payloads::SendCommunication>() else {
-        return Ok(());
-    };
-    fail_communication(conn, payload.communication_id, reason).await
+pub async fn fail(
+    conn: &mut PgConnection,
+    communication_id: Uuid,
+    reason: &str,
+) -> anyhow::Result<()> {
+    fail_communication(conn, communication_id, reason).await
 }
 
 fn provider_name<C: Channel>() -> &'static str {

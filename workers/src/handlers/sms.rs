@@ -12,15 +12,15 @@ use commcenter_providers::{
     mms,
     ringcentral::{MessageRecord, OutboundSms, RingCentral},
 };
-use commcenter_shared::{blob::BlobStore, jobs::kinds, store::Communication};
+use commcenter_shared::{blob::BlobStore, jobs::payloads, store::Communication};
 
 use super::{
     attachments::load_attachments,
     sends::{self, Accepted, Channel},
 };
-use crate::runtime::{Handler, JobContext, JobError};
+use crate::job::{Handler, JobContext, JobError};
 
-pub struct SendSms {
+pub struct SendSmsHandler {
     pub ringcentral: Option<RingCentral>,
     pub blobs: Arc<BlobStore>,
     /// Where the never-twice evidence is committed, apart from the job's transaction.
@@ -30,16 +30,12 @@ pub struct SendSms {
 }
 
 #[async_trait]
-impl Handler for SendSms {
-    fn kind(&self) -> &'static str {
-        kinds::SMS_SEND
-    }
-
+impl Handler<payloads::SendSms> for SendSmsHandler {
     fn works_outside(&self) -> bool {
         true
     }
 
-    async fn outside(&self, job: &JobContext) -> Result<(), JobError> {
+    async fn outside(&self, payload: &payloads::SendSms, job: &JobContext) -> Result<(), JobError> {
         let Some(ringcentral) = &self.ringcentral else {
             return Err(JobError::permanent(
                 "RingCentral is not configured on this worker (RINGCENTRAL_CLIENT_ID, \
@@ -50,20 +46,33 @@ impl Handler for SendSms {
             ringcentral,
             blobs: &self.blobs,
         };
-        sends::call(&channel, &self.sends, job, self.under_way_for).await
+        sends::call(
+            &channel,
+            &self.sends,
+            payload.communication_id,
+            job,
+            self.under_way_for,
+        )
+        .await
     }
 
-    async fn run(&self, conn: &mut PgConnection, job: &JobContext) -> Result<(), JobError> {
-        sends::record(conn, job).await
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::SendSms,
+        job: &JobContext,
+    ) -> Result<(), JobError> {
+        sends::record(conn, payload.communication_id, job).await
     }
 
     async fn on_dead(
         &self,
         conn: &mut PgConnection,
-        job: &JobContext,
+        payload: &payloads::SendSms,
+        _job: &JobContext,
         reason: &str,
     ) -> anyhow::Result<()> {
-        sends::fail(conn, job, reason).await
+        sends::fail(conn, payload.communication_id, reason).await
     }
 }
 

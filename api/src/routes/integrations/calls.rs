@@ -28,7 +28,7 @@ pub enum CallDirection {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogCall {
+pub struct LogCallRequest {
     pub customer_id: CustomerId,
     pub phone: String,
     pub direction: CallDirection,
@@ -50,7 +50,7 @@ pub async fn log(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<LogCall>,
+    JsonBody(request): JsonBody<LogCallRequest>,
 ) -> Answer {
     caller.ensure_staff()?;
     ringcentral_ready(&state)?;

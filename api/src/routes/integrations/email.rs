@@ -25,7 +25,7 @@ use crate::{
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SendEmail {
+pub struct SendEmailRequest {
     pub customer_id: CustomerId,
     /// One address or a list of them (checked in the handler, so the error names `to`).
     pub to: Value,
@@ -64,7 +64,7 @@ pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<SendEmail>,
+    JsonBody(request): JsonBody<SendEmailRequest>,
 ) -> Answer {
     caller.ensure_staff()?;
     let gmail = &state.settings.gmail;

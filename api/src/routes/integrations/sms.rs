@@ -24,7 +24,7 @@ use crate::{
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SendSms {
+pub struct SendSmsRequest {
     pub customer_id: CustomerId,
     pub to: String,
     /// May be left out for an MMS of files alone, or when a template is chosen.
@@ -64,7 +64,7 @@ pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<SendSms>,
+    JsonBody(request): JsonBody<SendSmsRequest>,
 ) -> Answer {
     caller.ensure_staff()?;
     ringcentral_ready(&state)?;

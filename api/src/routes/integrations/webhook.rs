@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
-use commcenter_shared::jobs::{self, NewJob, kinds, payloads};
+use commcenter_shared::jobs::{self, NewJob, payloads};
 
 use super::Refusal;
 use crate::{error::ApiError, startup::AppState};
@@ -68,10 +68,7 @@ pub async fn ringcentral(
     let mut tx = state.pool.begin().await?;
     let job_id = jobs::enqueue(
         &mut tx,
-        NewJob::new(
-            kinds::RINGCENTRAL_EVENT,
-            &payloads::RingCentralEvent { notification },
-        ),
+        NewJob::of(&payloads::RingCentralEvent { notification }),
         state.settings.jobs.max_attempts,
     )
     .await?;
