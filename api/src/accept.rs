@@ -1,13 +1,17 @@
 //! Accepting a communication: the one sequence every send takes, whatever its channel.
 //!
 //! ```text
-//! begin:   open a transaction, claim the Idempotency-Key (a repeat gets the first answer)
+//! begin:   claim the Idempotency-Key, if any (a repeat gets the first answer)
 //! compose: the text as given, or rendered from a template (recorded with its version)
 //! files:   the attachments, the customer's own and not failed
-//! record:  the communication row (its insert opens the conversation and keeps its
-//!          latest message: a trigger), the contacts it teaches us, its job (the
-//!          outbox), the answer stored with the key; commit; wake the relay
+//! record:  the communication row and its job (the outbox) in one statement (its
+//!          insert opens the conversation and keeps its latest message: a trigger),
+//!          the contacts it teaches us, the answer stored with the key; commit; wake
+//!          the relay
 //! ```
+//!
+//! The transaction opens at the first step that needs it; a plain in-app send (no key,
+//! template or files) is the one statement alone: one round trip instead of four.
 //!
 //! Routes validate what is particular to their channel and describe the communication
 //! as a [`NewCommunication`] with its [`Channel`]; the channel decides the job kind and
@@ -23,13 +27,13 @@ use axum::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use commcenter_shared::{
     contact::{self, ContactKind, Mailbox, PhoneNumber},
     domain::{CommunicationType, CustomerId, Direction},
-    jobs::{self, NewJob, payloads},
+    jobs::{NewJob, payloads},
     store::{self, FileRecord},
     templates::{self, RenderError},
 };
@@ -161,9 +165,12 @@ pub fn render_error(error: RenderError) -> ApiError {
     }
 }
 
-/// A send under way: its transaction, holding its Idempotency-Key.
+/// A send under way. Its transaction is opened only when something must be read or
+/// written before the record (an Idempotency-Key, a template, files, an email's
+/// thread, contacts): a plain send is one statement, committed on its own.
 pub struct Acceptance {
-    tx: Transaction<'static, Postgres>,
+    pool: PgPool,
+    tx: Option<Transaction<'static, Postgres>>,
     key: Option<IdempotencyKey>,
 }
 
@@ -185,19 +192,31 @@ impl Acceptance {
         request: &impl Serialize,
     ) -> ApiResult<Begun> {
         let key = IdempotencyKey::from_headers(headers, caller.user_id(), route, request)?;
-        let mut tx = state.pool.begin().await?;
-        if let Some(key) = &key
-            && let Some(earlier) = key.claim(&mut tx).await?
-        {
-            tx.rollback().await?;
-            return Ok(Begun::Repeat((earlier.status, Json(earlier.body))));
+        let mut acceptance = Self {
+            pool: state.pool.clone(),
+            tx: None,
+            key,
+        };
+        if let Some(key) = acceptance.key.clone() {
+            let tx = acceptance.conn().await?;
+            if let Some(earlier) = key.claim(tx).await? {
+                if let Some(tx) = acceptance.tx.take() {
+                    tx.rollback().await?;
+                }
+                return Ok(Begun::Repeat((earlier.status, Json(earlier.body))));
+            }
         }
-        Ok(Begun::New(Self { tx, key }))
+        Ok(Begun::New(acceptance))
     }
 
-    /// For the channel's own look-ups (an email's thread), in the same transaction.
-    pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.tx
+    /// The send's transaction, opened on first use; also for the channel's own
+    /// look-ups (an email's thread).
+    pub async fn conn(&mut self) -> ApiResult<&mut PgConnection> {
+        let tx = match self.tx.take() {
+            Some(tx) => tx,
+            None => self.pool.begin().await?,
+        };
+        Ok(&mut **self.tx.insert(tx))
     }
 
     /// The attachments named by id: the customer's own, none failed, none twice.
@@ -206,7 +225,10 @@ impl Acceptance {
         customer: &CustomerId,
         ids: &[Uuid],
     ) -> ApiResult<Vec<FileRecord>> {
-        crate::routes::files::customer_files(&mut self.tx, customer, ids).await
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        crate::routes::files::customer_files(self.conn().await?, customer, ids).await
     }
 
     /// The text as given in `message`, or rendered from the chosen template (whose type
@@ -241,7 +263,7 @@ impl Acceptance {
                 "message: give message or template_id, not both".into(),
             ));
         }
-        let template = templates::find(&mut self.tx, template_id)
+        let template = templates::find(self.conn().await?, template_id)
             .await?
             .filter(|t| t.active)
             .ok_or_else(|| {
@@ -315,8 +337,21 @@ impl Acceptance {
             } => Some((*duration_seconds, *occurred_at)),
             _ => None,
         };
-        let communication = store::insert_communication(
-            &mut self.tx,
+        let job = channel
+            .job(id)
+            .for_communication(id)
+            .for_customer(c.customer_id);
+        let contacts = channel.contacts();
+        // Nothing else to read or write: one statement, committed on its own.
+        let alone = self.tx.is_none() && contacts.is_empty();
+        let mut own_conn = None;
+        let conn: &mut PgConnection = if alone {
+            &mut **own_conn.insert(self.pool.acquire().await?)
+        } else {
+            self.conn().await?
+        };
+        let (communication, job_id) = store::insert_communication(
+            conn,
             &store::NewCommunication {
                 id,
                 customer_id: c.customer_id,
@@ -339,25 +374,25 @@ impl Acceptance {
                 template_id: c.composed.template.map(|(id, _)| id),
                 template_version: c.composed.template.map(|(_, version)| version),
             },
+            job,
+            state.settings.jobs.max_attempts,
         )
         .await?;
-        for (kind, address) in channel.contacts() {
-            contact::remember(&mut self.tx, kind, address, c.customer_id).await?;
+        for (kind, address) in contacts {
+            contact::remember(conn, kind, address, c.customer_id).await?;
         }
-        let job = channel
-            .job(id)
-            .for_communication(id)
-            .for_customer(c.customer_id);
-        let job_id = jobs::enqueue(&mut self.tx, job, state.settings.jobs.max_attempts).await?;
         let mut body = records::communication_json(&communication);
         if let Value::Object(fields) = &mut body {
             fields.insert("job_id".into(), json!(job_id));
             fields.extend(extra);
         }
-        if let Some(key) = &self.key {
-            key.store(&mut self.tx, StatusCode::ACCEPTED, &body).await?;
+        if let Some(key) = self.key.take() {
+            key.store(self.conn().await?, StatusCode::ACCEPTED, &body)
+                .await?;
         }
-        self.tx.commit().await?;
+        if let Some(tx) = self.tx.take() {
+            tx.commit().await?;
+        }
         state.outbox.notify_one();
         Ok((StatusCode::ACCEPTED, Json(body)))
     }

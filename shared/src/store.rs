@@ -107,12 +107,18 @@ pub struct NewCommunication<'a> {
     pub template_version: Option<i32>,
 }
 
+/// Inserts the communication and the job that carries it out, in one statement (one
+/// round trip, atomic on its own); answers the row and the job's id.
 pub async fn insert_communication(
     conn: &mut PgConnection,
     c: &NewCommunication<'_>,
-) -> sqlx::Result<Communication> {
-    sqlx::query_as(&format!(
-        r#"INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject,
+    job: crate::jobs::NewJob,
+    max_attempts: i32,
+) -> sqlx::Result<(Communication, Uuid)> {
+    let job_id = Uuid::now_v7();
+    let communication = sqlx::query_as(&format!(
+        r#"WITH job AS ({INSERT_JOB})
+           INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject,
                message, attachments, metadata, remote_address, local_address, rfc822_message_id,
                provider_thread_id, in_reply_to, "references", duration_seconds, occurred_at,
                template_id, template_version)
@@ -139,9 +145,21 @@ pub async fn insert_communication(
     .bind(c.occurred_at)
     .bind(c.template_id)
     .bind(c.template_version)
+    .bind(job_id)
+    .bind(job.kind)
+    .bind(&job.payload)
+    .bind(max_attempts)
+    .bind(job.communication_id)
+    .bind(job.customer_id.as_ref().map(CustomerId::as_str))
     .fetch_one(conn)
-    .await
+    .await?;
+    Ok((communication, job_id))
 }
+
+/// [`crate::jobs::enqueue`]'s insert, with its parameters after the communication's 20.
+const INSERT_JOB: &str =
+    "INSERT INTO jobs (id, kind, payload, max_attempts, communication_id, customer_id)
+     VALUES ($21, $22, $23, $24, $25, $26)";
 
 pub async fn find_communication(
     conn: &mut PgConnection,

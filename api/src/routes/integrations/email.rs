@@ -141,7 +141,7 @@ pub async fn send(
     let answered = match (&request.reply_to_communication_id, &request.thread_id) {
         (Some(id), _) => Some(
             earlier_email(
-                acceptance.conn(),
+                acceptance.conn().await?,
                 &request.customer_id,
                 EarlierEmail::Id(*id),
             )
@@ -155,7 +155,7 @@ pub async fn send(
         ),
         (None, Some(thread)) => Some(
             earlier_email(
-                acceptance.conn(),
+                acceptance.conn().await?,
                 &request.customer_id,
                 EarlierEmail::Thread(thread),
             )
