@@ -33,16 +33,20 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 cargo fuzz build -O
+bin="fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release"
 mkdir -p target/fuzz
 summary=()
 status=0
 for target in "${TARGETS[@]}"; do
-  mkdir -p "fuzz/corpus/$target"
+  mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
   log="target/fuzz/$target.log"
   echo "fuzzing $target for ${seconds} s (log: $log) ..."
-  if cargo fuzz run -O "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+  # The binaries built above, run directly: `cargo fuzz run` would rebuild first, and
+  # an edit made meanwhile would be fuzzed (or fail to build) half-way through the run.
+  if "$bin/$target" \
+      -artifact_prefix="fuzz/artifacts/$target/" \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-      >"$log" 2>&1; then
+      "fuzz/corpus/$target" "fuzz/seeds/$target" >"$log" 2>&1; then
     outcome="no findings"
   else
     outcome="FOUND a failure: see $log and fuzz/artifacts/$target/"
