@@ -344,9 +344,9 @@ impl Acceptance {
         let contacts = channel.contacts();
         // Nothing else to read or write: one statement, committed on its own.
         let alone = self.tx.is_none() && contacts.is_empty();
-        let mut own_conn = None;
+        let mut own_conn: Option<sqlx::pool::PoolConnection<Postgres>> = None;
         let conn: &mut PgConnection = if alone {
-            &mut **own_conn.insert(self.pool.acquire().await?)
+            own_conn.insert(self.pool.acquire().await?)
         } else {
             self.conn().await?
         };
