@@ -43,7 +43,7 @@ use crate::{
     error::{ApiError, ApiResult},
     idempotency::IdempotencyKey,
     records,
-    startup::AppState,
+    state::AppState,
 };
 
 /// The 202 a send answers: the communication's record and its job.

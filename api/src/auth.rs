@@ -9,7 +9,7 @@ use commcenter_shared::{
     domain::{CustomerId, Role},
 };
 
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, state::AppState};
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use axum::{
 use futures_util::{StreamExt as _, stream};
 use tokio::time::Instant;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The error a body ends with past its deadline.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use axum::{
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, state::AppState};
 
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);

@@ -3,6 +3,7 @@
 //!
 //! - [`startup`]: builds the app from the settings; runs the HTTP server, the outbox
 //!   relay and the notifier until shutdown.
+//! - [`state`]: what every route can reach ([`AppState`]).
 //! - [`routes`]: one module per route group of the HTTP surface.
 //! - [`accept`]: the one path every send takes: idempotency key, text or template,
 //!   attachments, the communication row, its job, commit, wake the relay.
@@ -39,5 +40,7 @@ pub mod presence;
 pub mod records;
 pub mod routes;
 pub mod startup;
+pub mod state;
 
-pub use startup::{App, AppState};
+pub use startup::App;
+pub use state::AppState;

@@ -28,7 +28,7 @@ use governor::{
 
 use commcenter_shared::settings::{Rate, RateLimits};
 
-use crate::{auth::Caller, error::ApiError, startup::AppState};
+use crate::{auth::Caller, error::ApiError, state::AppState};
 
 /// The route groups with a limit of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,6 @@ use axum::{
     extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request},
     middleware,
 };
-use sqlx::PgPool;
 use tokio::{
     net::TcpListener,
     sync::{Notify, mpsc},
@@ -44,29 +43,7 @@ use crate::{
 /// ones are dropped (they expire in seconds anyway).
 const EPHEMERAL_BUFFER: usize = 1024;
 
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub settings: Arc<Settings>,
-    pub hub: Arc<Hub>,
-    /// Where uploads are streamed to and downloads read from.
-    pub blobs: Arc<BlobStore>,
-    /// Wakes this instance's outbox relay after a request commits a job.
-    pub outbox: Arc<Notify>,
-    /// Whether the notifier is connected to RabbitMQ (for `/readyz`).
-    pub broker_up: Arc<AtomicBool>,
-    /// This instance's registry, served at `/metrics`.
-    pub metrics: Arc<ApiMetrics>,
-    /// Who is online on any api instance; admits and counts WebSocket connections.
-    pub presence: Arc<Presence>,
-    /// Ephemeral events (typing) for the notifier to publish to every instance.
-    pub ephemeral: mpsc::Sender<Event>,
-    /// Whether PostgreSQL is reachable, kept by a background check.
-    pub health: Arc<Health>,
-    /// The rate limits' buckets.
-    pub limits: Arc<Limits>,
-}
+use crate::state::AppState;
 
 pub struct App {
     pub state: AppState,

@@ -33,7 +33,7 @@ use crate::{
     body::{JsonBody, QueryParams},
     error::{ApiError, ApiResult},
     paging, records,
-    startup::AppState,
+    state::AppState,
 };
 
 const DEFAULT_LIMIT: i64 = 50;

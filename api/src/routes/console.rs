@@ -14,7 +14,7 @@ use axum::{
     routing::get,
 };
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const PAGE: &str = include_str!("../../console/index.html");
 const SCRIPT: &str = include_str!("../../console/app.js");

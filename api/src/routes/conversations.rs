@@ -27,7 +27,7 @@ use crate::{
     body::{JsonBody, QueryParams},
     error::{ApiError, ApiResult},
     paging,
-    startup::AppState,
+    state::AppState,
 };
 
 fn customer_from_path(raw: &str) -> ApiResult<CustomerId> {

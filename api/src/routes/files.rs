@@ -36,7 +36,7 @@ use crate::{
     auth::Caller,
     body::QueryParams,
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 
 /// At most this many files in one upload request.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use axum::{Json, extract::State, http::StatusCode};
 use serde_json::{Value, json};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok" }))

@@ -17,7 +17,7 @@ use crate::{
     auth::Caller,
     body::JsonBody,
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use axum::{
 
 use commcenter_shared::metrics;
 
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, state::AppState};
 
 pub async fn scrape(
     State(state): State<AppState>,

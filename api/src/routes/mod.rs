@@ -22,7 +22,7 @@ use axum::{
 };
 use uuid::Uuid;
 
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()

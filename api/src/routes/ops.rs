@@ -40,7 +40,7 @@ use crate::{
     auth::Caller,
     body::{JsonBody, QueryParams},
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 
 const DEFAULT_LIMIT: i64 = 50;

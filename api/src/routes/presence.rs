@@ -16,7 +16,7 @@ use commcenter_shared::domain::{Role, UserId};
 use crate::{
     auth::Caller,
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 
 /// May the caller know whether someone of `role` is online?

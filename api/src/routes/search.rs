@@ -18,7 +18,7 @@ use crate::{
     body::JsonBody,
     error::{ApiError, ApiResult},
     paging, records,
-    startup::AppState,
+    state::AppState,
 };
 
 const DEFAULT_LIMIT: i64 = 20;

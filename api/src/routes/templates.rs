@@ -33,7 +33,7 @@ use crate::{
     body::{JsonBody, QueryParams},
     error::{ApiError, ApiResult},
     idempotency::IdempotencyKey,
-    startup::AppState,
+    state::AppState,
 };
 
 const MAX_NAME_CHARS: usize = 100;

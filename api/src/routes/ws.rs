@@ -26,7 +26,7 @@ use commcenter_shared::{
     events::{self, Event, EventBody, TypingState},
 };
 
-use crate::{auth, error::ApiError, presence::Refused, startup::AppState};
+use crate::{auth, error::ApiError, presence::Refused, state::AppState};
 
 /// At most this many missed events are replayed; a client further behind refetches.
 const REPLAY_LIMIT: i64 = 1000;

@@ -16,7 +16,7 @@ use crate::{
     accept::{Acceptance, Begun, Channel, Composed, NewCommunication},
     auth::Caller,
     body::JsonBody,
-    startup::AppState,
+    state::AppState,
 };
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

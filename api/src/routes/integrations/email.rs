@@ -20,7 +20,7 @@ use crate::{
     auth::Caller,
     body::JsonBody,
     error::ApiError,
-    startup::AppState,
+    state::AppState,
 };
 
 #[derive(Debug, Serialize, Deserialize)]

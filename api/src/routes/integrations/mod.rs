@@ -24,7 +24,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()

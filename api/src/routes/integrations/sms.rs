@@ -19,7 +19,7 @@ use crate::{
     auth::Caller,
     body::JsonBody,
     error::ApiError,
-    startup::AppState,
+    state::AppState,
 };
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use commcenter_shared::jobs::{self, NewJob, payloads};
 
 use super::Refusal;
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, state::AppState};
 
 /// RingCentral's subscription handshake: the header to echo.
 const VALIDATION_TOKEN: &str = "validation-token";
