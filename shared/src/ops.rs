@@ -1,7 +1,7 @@
 //! The operators' view of the job ledger, shared by the api (`/api/ops/`), the workers
-//! (bulk actions, retention) and the CLI: filters, listings and counts, one job in
-//! full, replays and discards (one job, or a filter in batches), their audit, queue
-//! health from the ledger's side, and pruning.
+//! (bulk actions) and the CLI: filters, listings and counts, one job in full, replays
+//! and discards (one job, or a filter in batches), their audit, and queue health from
+//! the ledger's side. (Pruning is the workers' `retention`.)
 //!
 //! A replay puts the job back in the outbox (`pending`): the relay publishes it, so a
 //! broker outage only delays it. It keeps the job's id and payload (so the providers'
@@ -10,7 +10,7 @@
 //! published before the replay stale. What it clears on the row (the last error) is
 //! kept in the audit entry.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -1056,95 +1056,6 @@ pub async fn ledger_health(pool: &PgPool) -> sqlx::Result<LedgerHealth> {
         by_state,
         oldest_retrying,
     })
-}
-
-/// What one round of pruning removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub jobs: u64,
-    pub idempotency_keys: u64,
-    pub webhook_receipts: u64,
-    /// Events older than `EVENT_RETENTION_HOURS`, past recovery.
-    pub events: u64,
-}
-
-/// Deletes succeeded and cancelled jobs (their attempts go with them) finished more
-/// than `job_retention` ago, and idempotency keys and webhook receipts (RingCentral's
-/// redelivery window is minutes) older than `key_retention`, in batches of `batch`
-/// rows so no transaction grows large. Dead jobs stay until an operator acts.
-pub async fn prune(
-    pool: &PgPool,
-    job_retention: Duration,
-    key_retention: Duration,
-    event_retention: Duration,
-    batch: i64,
-) -> sqlx::Result<Pruned> {
-    Ok(Pruned {
-        jobs: delete_in_batches(
-            pool,
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state IN ('succeeded', 'cancelled')
-                   AND finished_at < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            job_retention,
-            batch,
-        )
-        .await?,
-        idempotency_keys: delete_in_batches(
-            pool,
-            "DELETE FROM idempotency_keys WHERE ctid IN (
-                 SELECT ctid FROM idempotency_keys
-                 WHERE created_at < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            key_retention,
-            batch,
-        )
-        .await?,
-        webhook_receipts: delete_in_batches(
-            pool,
-            "DELETE FROM webhook_receipts WHERE ctid IN (
-                 SELECT ctid FROM webhook_receipts
-                 WHERE received_at < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            key_retention,
-            batch,
-        )
-        .await?,
-        events: delete_in_batches(
-            pool,
-            "DELETE FROM event_log WHERE seq IN (
-                 SELECT seq FROM event_log
-                 WHERE at < now() - make_interval(secs => $1)
-                 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            event_retention,
-            batch,
-        )
-        .await?,
-    })
-}
-
-/// Runs `delete` (bound to the retention in seconds and the batch size) until it
-/// deletes less than a batch; returns how many rows went.
-async fn delete_in_batches(
-    pool: &PgPool,
-    delete: &str,
-    retention: Duration,
-    batch: i64,
-) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(delete)
-            .bind(retention.as_secs_f64())
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        total += deleted;
-        if (deleted as i64) < batch {
-            return Ok(total);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Retention: every so often, prune finished jobs (their attempts go with them) past
-//! `JOB_RETENTION_HOURS`, idempotency keys past `IDEMPOTENCY_RETENTION_HOURS` and the
-//! event log past `EVENT_RETENTION_HOURS`.
+//! `JOB_RETENTION_HOURS`, idempotency keys and webhook receipts past
+//! `IDEMPOTENCY_RETENTION_HOURS` and the event log past `EVENT_RETENTION_HOURS`.
 //! Dead jobs are kept until an operator replays or discards them. Several worker
 //! processes may prune at once: each deletes in small batches and skips locked rows.
 
@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-use commcenter_shared::ops;
 
 /// How often a worker process prunes.
 pub const INTERVAL: Duration = Duration::from_secs(10 * 60);
@@ -27,7 +25,7 @@ impl Retention {
     /// Prunes now, then every [`INTERVAL`], until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            match ops::prune(
+            match prune(
                 &self.pool,
                 self.jobs,
                 self.idempotency_keys,
@@ -36,7 +34,7 @@ impl Retention {
             )
             .await
             {
-                Ok(pruned) if pruned != ops::Pruned::default() => {
+                Ok(pruned) if pruned != Pruned::default() => {
                     tracing::info!(
                         jobs = pruned.jobs,
                         idempotency_keys = pruned.idempotency_keys,
@@ -52,6 +50,95 @@ impl Retention {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(INTERVAL) => {}
             }
+        }
+    }
+}
+
+/// What one round of pruning removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub idempotency_keys: u64,
+    pub webhook_receipts: u64,
+    /// Events older than `EVENT_RETENTION_HOURS`, past recovery.
+    pub events: u64,
+}
+
+/// Deletes succeeded and cancelled jobs (their attempts go with them) finished more
+/// than `job_retention` ago, and idempotency keys and webhook receipts (RingCentral's
+/// redelivery window is minutes) older than `key_retention`, in batches of `batch`
+/// rows so no transaction grows large. Dead jobs stay until an operator acts.
+pub async fn prune(
+    pool: &PgPool,
+    job_retention: Duration,
+    key_retention: Duration,
+    event_retention: Duration,
+    batch: i64,
+) -> sqlx::Result<Pruned> {
+    Ok(Pruned {
+        jobs: delete_in_batches(
+            pool,
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE state IN ('succeeded', 'cancelled')
+                   AND finished_at < now() - make_interval(secs => $1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            job_retention,
+            batch,
+        )
+        .await?,
+        idempotency_keys: delete_in_batches(
+            pool,
+            "DELETE FROM idempotency_keys WHERE ctid IN (
+                 SELECT ctid FROM idempotency_keys
+                 WHERE created_at < now() - make_interval(secs => $1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            key_retention,
+            batch,
+        )
+        .await?,
+        webhook_receipts: delete_in_batches(
+            pool,
+            "DELETE FROM webhook_receipts WHERE ctid IN (
+                 SELECT ctid FROM webhook_receipts
+                 WHERE received_at < now() - make_interval(secs => $1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            key_retention,
+            batch,
+        )
+        .await?,
+        events: delete_in_batches(
+            pool,
+            "DELETE FROM event_log WHERE seq IN (
+                 SELECT seq FROM event_log
+                 WHERE at < now() - make_interval(secs => $1)
+                 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            event_retention,
+            batch,
+        )
+        .await?,
+    })
+}
+
+/// Runs `delete` (bound to the retention in seconds and the batch size) until it
+/// deletes less than a batch; returns how many rows went.
+async fn delete_in_batches(
+    pool: &PgPool,
+    delete: &str,
+    retention: Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(delete)
+            .bind(retention.as_secs_f64())
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += deleted;
+        if (deleted as i64) < batch {
+            return Ok(total);
         }
     }
 }

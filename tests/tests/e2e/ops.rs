@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use commcenter_shared::{
     domain::Role,
     jobs::{Envelope, kinds, payloads::DeliverMessage},
-    ops,
     relay::{job_properties, job_properties_at},
 };
 use commcenter_tests::{TcpProxy, TestApp, TestOptions, broker_addr, eventually, spawn_app_with};
@@ -774,7 +773,7 @@ async fn retention_prunes_finished_jobs_and_keeps_dead_ones() {
     .await
     .unwrap();
 
-    let pruned = ops::prune(
+    let pruned = commcenter_workers::retention::prune(
         &app.pool,
         Duration::from_secs(168 * 3600),
         Duration::from_secs(24 * 3600),
