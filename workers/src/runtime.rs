@@ -86,26 +86,27 @@ struct Outside {
     result: Result<(), JobError>,
 }
 
-/// What one job's run in a transaction leaves for after the commit.
-struct Ran<'a> {
-    /// The job's kind, when an attempt ran (`None`: skipped or not in the ledger).
-    kind: Option<String>,
-    started_at: chrono::DateTime<Utc>,
-    error_class: Option<ErrorClass>,
-    /// A success's attempt row, still to be written (with the rest of its batch).
-    succeeded: Option<Attempt<'a>>,
-    /// The delay tier and generation a transient failure is republished with.
-    retry: Option<(Duration, i32)>,
+/// What one job's turn in a transaction leaves for after the commit (metrics count
+/// only what committed).
+enum Ran<'a> {
+    /// No attempt: a finished job's redelivery, a stale copy (`Skipped`), or a message
+    /// naming no job, recorded as an orphan (`Dead`).
+    Nothing(Outcome),
+    Attempt {
+        started_at: chrono::DateTime<Utc>,
+        error_class: Option<ErrorClass>,
+        /// A success's attempt row, still to be written (with the rest of its batch).
+        succeeded: Option<Attempt<'a>>,
+        /// The delay tier and generation a transient failure is republished with.
+        retry: Option<(Duration, i32)>,
+    },
 }
 
-impl Ran<'_> {
-    fn nothing() -> Self {
-        Self {
-            kind: None,
-            started_at: Utc::now(),
-            error_class: None,
-            succeeded: None,
-            retry: None,
+impl<'a> Ran<'a> {
+    fn take_success(&mut self) -> Option<Attempt<'a>> {
+        match self {
+            Ran::Attempt { succeeded, .. } => succeeded.take(),
+            Ran::Nothing(_) => None,
         }
     }
 }
@@ -438,20 +439,47 @@ impl Runtime {
     /// that breaks the transaction cannot sink its neighbours.
     pub(crate) async fn process_batch(&self, deliveries: Vec<Delivery>, publisher: &Channel) {
         let mut batch = Vec::with_capacity(deliveries.len());
+        // A second copy of a job in the batch (published twice, or an operator's replay
+        // beside a stale copy) runs alone after the batch, and sees what it left.
+        let mut copies = Vec::new();
         for delivery in deliveries {
             match self.parse(&delivery) {
-                Ok((envelope, handler)) => batch.push((delivery, envelope, handler)),
+                Ok((envelope, handler)) => {
+                    if batch
+                        .iter()
+                        .any(|(_, e, _): &(Delivery, Envelope, _)| e.job_id == envelope.job_id)
+                    {
+                        copies.push((delivery, envelope, handler));
+                    } else {
+                        batch.push((delivery, envelope, handler));
+                    }
+                }
                 Err(reason) => {
                     self.dead_on_arrival(delivery, publisher, ErrorClass::Unparseable, &reason)
                         .await;
                 }
             }
         }
-        if batch.len() == 1 {
-            let (delivery, envelope, handler) = batch.remove(0);
-            return self
-                .process_parsed(delivery, &envelope, handler.as_ref(), publisher)
+        self.run_batch_or_alone(batch, publisher).await;
+        for (delivery, envelope, handler) in copies {
+            self.process_parsed(delivery, &envelope, handler.as_ref(), publisher)
                 .await;
+        }
+    }
+
+    /// Runs distinct jobs as one batch (one alone as usual), falling back to one at a
+    /// time if the batch's transaction fails.
+    async fn run_batch_or_alone(
+        &self,
+        mut batch: Vec<(Delivery, Envelope, Arc<dyn AnyHandler>)>,
+        publisher: &Channel,
+    ) {
+        if batch.len() <= 1 {
+            if let Some((delivery, envelope, handler)) = batch.pop() {
+                self.process_parsed(delivery, &envelope, handler.as_ref(), publisher)
+                    .await;
+            }
+            return;
         }
         match self.run_batch(&batch, publisher).await {
             Ok(outcomes) => {
@@ -496,16 +524,9 @@ impl Runtime {
             .into_iter()
             .map(|row| (row.id, row))
             .collect();
-        let mut seen = std::collections::HashSet::with_capacity(batch.len());
         let mut ran = Vec::with_capacity(batch.len());
         for (delivery, envelope, handler) in batch {
             let _in_flight = self.metrics.in_flight(&envelope.kind);
-            if !seen.insert(envelope.job_id) {
-                // The same job twice in one batch (published twice): the first ran it.
-                self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
-                ran.push(Ran::nothing());
-                continue;
-            }
             let row = rows.remove(&envelope.job_id);
             let generation = generation_of(&delivery.properties);
             ran.push(
@@ -514,8 +535,7 @@ impl Runtime {
                     .await?,
             );
         }
-        let succeeded: Vec<Attempt<'_>> =
-            ran.iter_mut().filter_map(|r| r.succeeded.take()).collect();
+        let succeeded: Vec<Attempt<'_>> = ran.iter_mut().filter_map(Ran::take_success).collect();
         jobs::record_successes(&mut tx, &succeeded).await?;
         tx.commit().await?;
         crate::crash::point(crate::crash::AFTER_JOB_COMMITTED);
@@ -555,10 +575,10 @@ impl Runtime {
         }
         let mut tx = self.pool.begin().await?;
         let row = jobs::lock(&mut tx, envelope.job_id).await?;
-        let ran = self
+        let mut ran = self
             .execute_locked(&mut tx, row, envelope, generation, handler, outside)
             .await?;
-        jobs::record_successes(&mut tx, ran.succeeded.as_slice()).await?;
+        jobs::record_successes(&mut tx, ran.take_success().as_slice()).await?;
         tx.commit().await?;
         crate::crash::point(crate::crash::AFTER_JOB_COMMITTED);
         self.after_commit(ran, envelope, publisher).await
@@ -591,13 +611,11 @@ impl Runtime {
                 None,
             )
             .await?;
-            self.metrics.job_finished(&envelope.kind, Outcome::Dead);
-            return Ok(Ran::nothing());
+            return Ok(Ran::Nothing(Outcome::Dead));
         };
         if row.state().is_final() {
             tracing::debug!(state = %row.state, "job already finished; redelivery ignored");
-            self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
-            return Ok(Ran::nothing());
+            return Ok(Ran::Nothing(Outcome::Skipped));
         }
         if generation < row.generation {
             // Published before an operator replayed the job (a retry that was still
@@ -607,8 +625,7 @@ impl Runtime {
                 current = row.generation,
                 "stale copy from before a replay; ignored"
             );
-            self.metrics.job_finished(&envelope.kind, Outcome::Skipped);
-            return Ok(Ran::nothing());
+            return Ok(Ran::Nothing(Outcome::Skipped));
         }
         let attempt = row.attempts + 1;
         tracing::Span::current().record("attempt", attempt);
@@ -653,18 +670,12 @@ impl Runtime {
             worker: &self.worker_name,
             provider: job.provider_report(),
         };
-        let mut ran = Ran {
-            kind: Some(job.kind.clone()),
-            started_at,
-            error_class: None,
-            succeeded: None,
-            retry: None,
-        };
+        let (mut error_class, mut succeeded, mut retry) = (None, None, None);
         match &result {
             Ok(()) => {
                 effects.commit().await?;
                 tracing::info!("job succeeded");
-                ran.succeeded = Some(Attempt {
+                succeeded = Some(Attempt {
                     error: None,
                     worker: &self.worker_name,
                     provider: job.provider_report(),
@@ -680,7 +691,7 @@ impl Runtime {
                 jobs::record_attempt(tx, &attempt_row).await?;
                 self.bury(tx, handler, &job, ErrorClass::Permanent, reason)
                     .await?;
-                ran.error_class = Some(ErrorClass::Permanent);
+                error_class = Some(ErrorClass::Permanent);
             }
             Err(JobError::Transient {
                 message,
@@ -690,7 +701,7 @@ impl Runtime {
                 attempt_row.outcome = "transient";
                 attempt_row.error_class = Some(ErrorClass::Transient);
                 attempt_row.error = Some(message);
-                ran.error_class = Some(ErrorClass::Transient);
+                error_class = Some(ErrorClass::Transient);
                 // Counted from the last replay: an operator's replay starts afresh.
                 let tries = attempt - row.attempt_base;
                 match self.policy.after_failure(tries, *retry_after) {
@@ -708,12 +719,17 @@ impl Runtime {
                             Utc::now() + chrono::Duration::from_std(tier).unwrap_or_default();
                         jobs::mark_retrying(tx, job.id, attempt, next, message).await?;
                         tracing::warn!(error = %message, backoff_ms = backoff.as_millis() as u64, tier = %tier_label(tier), "job failed; will retry");
-                        ran.retry = Some((tier, row.generation));
+                        retry = Some((tier, row.generation));
                     }
                 }
             }
         }
-        Ok(ran)
+        Ok(Ran::Attempt {
+            started_at,
+            error_class,
+            succeeded,
+            retry,
+        })
     }
 
     /// What follows a job's commit: its metrics, the relay woken, and a retry published
@@ -724,13 +740,22 @@ impl Runtime {
         envelope: &Envelope,
         publisher: &Channel,
     ) -> anyhow::Result<()> {
-        let Some(kind) = &ran.kind else {
+        let Ran::Attempt {
+            started_at,
+            error_class,
+            retry,
+            ..
+        } = ran
+        else {
+            if let Ran::Nothing(outcome) = ran {
+                self.metrics.job_finished(&envelope.kind, outcome);
+            }
             return Ok(());
         };
         self.metrics
-            .attempt_finished(kind, ran.error_class, ran.retry.is_some(), ran.started_at);
+            .attempt_finished(&envelope.kind, error_class, retry.is_some(), started_at);
         self.outbox.notify_one();
-        if let Some((tier, generation)) = ran.retry {
+        if let Some((tier, generation)) = retry {
             self.publish_retry(publisher, envelope, generation, tier)
                 .await?;
         }

@@ -176,3 +176,60 @@ async fn a_batch_that_cannot_commit_runs_its_jobs_one_at_a_time() {
     assert_ne!(poison["state"], "succeeded", "{poison}");
     assert!(markers(&app, &ids[2]).await.is_empty());
 }
+
+/// An operator's replay beside a stale copy of the same job, ready together: the stale
+/// copy is ignored in the batch, and the replay's copy still runs the job (after the
+/// batch, alone).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_copy_beside_its_replay_in_one_batch_does_not_swallow_the_replay() {
+    use commcenter_shared::{
+        jobs::Envelope,
+        relay::{job_properties, job_properties_at},
+    };
+    use lapin::options::BasicPublishOptions;
+
+    let mut app = app_with_batches().await;
+    let ids = enqueue_ready(&app, &["ok", "ok"]).await;
+    let job: uuid::Uuid = ids[1].parse().unwrap();
+    // Replayed meanwhile: the row is generation 1, and the queue holds the generation-0
+    // copy (published by the relay) before the replay's own.
+    sqlx::query("UPDATE jobs SET generation = 1 WHERE id = $1")
+        .bind(job)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let envelope = serde_json::to_vec(&Envelope {
+        job_id: job,
+        kind: KIND.into(),
+        payload: json!({ "mode": "ok" }),
+    })
+    .unwrap();
+    let (connection, channel) = app.broker_channel().await;
+    for properties in [job_properties(job), job_properties_at(job, 1)] {
+        channel
+            .basic_publish(
+                app.topology.jobs_exchange().as_str().into(),
+                KIND.into(),
+                BasicPublishOptions::default(),
+                &envelope,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    connection.close(200, "bye".into()).await.ok();
+    let queue = app.topology.work_queue(KIND);
+    eventually("four copies on the queue", WAIT, || async {
+        (app.queue_depth(&queue).await == 4).then_some(())
+    })
+    .await;
+    app.start_workers();
+    for id in &ids {
+        app.wait_for_job_state(id, "succeeded").await;
+    }
+    assert_eq!(markers(&app, &ids[1]).await.len(), 1, "run once");
+    let attempts = app.attempts(&ids[1]).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+}
