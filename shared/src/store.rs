@@ -117,13 +117,14 @@ pub async fn insert_communication(
 ) -> sqlx::Result<(Communication, Uuid)> {
     let job_id = Uuid::now_v7();
     let communication = sqlx::query_as(&format!(
-        r#"WITH job AS ({INSERT_JOB})
+        r#"WITH job AS ({})
            INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject,
                message, attachments, metadata, remote_address, local_address, rfc822_message_id,
                provider_thread_id, in_reply_to, "references", duration_seconds, occurred_at,
                template_id, template_version)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-           RETURNING {COMMUNICATION_COLUMNS}"#
+           RETURNING {COMMUNICATION_COLUMNS}"#,
+        crate::jobs::insert_statement(21)
     ))
     .bind(c.id)
     .bind(c.customer_id.as_str())
@@ -155,11 +156,6 @@ pub async fn insert_communication(
     .await?;
     Ok((communication, job_id))
 }
-
-/// [`crate::jobs::enqueue`]'s insert, with its parameters after the communication's 20.
-const INSERT_JOB: &str =
-    "INSERT INTO jobs (id, kind, payload, max_attempts, communication_id, customer_id)
-     VALUES ($21, $22, $23, $24, $25, $26)";
 
 pub async fn find_communication(
     conn: &mut PgConnection,
