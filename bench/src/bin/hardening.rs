@@ -19,15 +19,18 @@
 // A reporting tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+#[path = "../api_process.rs"]
+mod api_process;
 #[path = "../child_api.rs"]
 mod child_api;
 #[allow(dead_code)]
 #[path = "../procfs.rs"]
 mod procfs;
 
+use api_process::ApiProcess;
+
 use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -41,7 +44,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    process::Command,
 };
 use tokio_tungstenite::tungstenite::{
     Message,
@@ -102,71 +104,6 @@ async fn main() -> anyhow::Result<()> {
     outcome
 }
 
-struct Api {
-    child: tokio::process::Child,
-    pid: u32,
-    addr: std::net::SocketAddr,
-    log: PathBuf,
-}
-
-impl Api {
-    async fn start(
-        bin: &Path,
-        database_url: String,
-        prefix: &str,
-        secret: &str,
-        settings: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
-        let addr = child_api::free_port()?;
-        let log = std::env::temp_dir().join(format!("{prefix}-{}.log", addr.port()));
-        let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new(bin)
-            .env_clear()
-            .envs([
-                ("DATABASE_URL", database_url),
-                ("AMQP_URL", commcenter_tests::broker_url()),
-                ("QUEUE_PREFIX", prefix.to_owned()),
-                ("API_ADDR", addr.to_string()),
-                ("JWT_SECRET", secret.to_owned()),
-                ("RETRY_TIERS", RETRY_TIERS.to_owned()),
-                ("DELIVERY_LIMIT", DELIVERY_LIMIT.to_string()),
-                ("RUST_LOG", "warn".to_owned()),
-                (
-                    "UPLOAD_DIR",
-                    std::env::temp_dir().join(prefix).display().to_string(),
-                ),
-            ])
-            .envs(settings.iter().map(|(k, v)| (*k, *v)))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("the api exited at once")?;
-        child_api::wait_ready(Some(&mut child), &format!("http://{addr}")).await?;
-        Ok(Self {
-            child,
-            pid,
-            addr,
-            log,
-        })
-    }
-
-    fn rss_mib(&self) -> anyhow::Result<f64> {
-        Ok(procfs::kib_to_mib(procfs::status_kib(self.pid, "VmRSS:")?))
-    }
-
-    fn open_files(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, Iterator::count)
-    }
-
-    async fn stop(self) {
-        child_api::stop(self.child).await;
-        std::fs::remove_file(&self.log).ok();
-    }
-}
-
 async fn run(options: &Options, admin: &str, database: &str, prefix: &str) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this bench is a debug build; run it with --release");
@@ -193,19 +130,21 @@ async fn run(options: &Options, admin: &str, database: &str, prefix: &str) -> an
 
     // 1. Slow clients, the hardened api and the baseline side by side.
     // Every slow send is one of the user's sends: the send limit would refuse most.
-    let hardened = Api::start(
+    let hardened = ApiProcess::start(
         &bin,
         url.clone(),
         prefix,
         &secret,
+        (RETRY_TIERS, DELIVERY_LIMIT),
         &[("RATE_LIMIT_SENDS", "none")],
     )
     .await?;
-    let baseline = Api::start(
+    let baseline = ApiProcess::start(
         &bin,
         url.clone(),
         prefix,
         &secret,
+        (RETRY_TIERS, DELIVERY_LIMIT),
         &[
             ("RATE_LIMIT_SENDS", "none"),
             ("HTTP_HEADER_TIMEOUT_SECS", "86400"),
@@ -268,7 +207,15 @@ async fn run(options: &Options, admin: &str, database: &str, prefix: &str) -> an
             vec![("WS_MAX_MESSAGE_BYTES", limit.as_str())],
         ),
     ] {
-        let api = Api::start(&bin, url.clone(), prefix, &secret, &settings).await?;
+        let api = ApiProcess::start(
+            &bin,
+            url.clone(),
+            prefix,
+            &secret,
+            (RETRY_TIERS, DELIVERY_LIMIT),
+            &settings,
+        )
+        .await?;
         let (growth, closed) = ws_attack(&api, attackers, options.message_mib, &token).await?;
         println!(
             "  {label:<52} {attackers:>4} connections: peak RSS +{growth:>7.1} MiB ({:.2} MiB a connection), {closed} cut off",
@@ -280,7 +227,15 @@ async fn run(options: &Options, admin: &str, database: &str, prefix: &str) -> an
     // 3. The database goes away.
     println!("\ndatabase outage (the api's connection to PostgreSQL cut by a proxy)");
     let proxy = TcpProxy::start("127.0.0.1:5432".parse()?).await;
-    let api = Api::start(&bin, proxy.database_url(database), prefix, &secret, &[]).await?;
+    let api = ApiProcess::start(
+        &bin,
+        proxy.database_url(database),
+        prefix,
+        &secret,
+        (RETRY_TIERS, DELIVERY_LIMIT),
+        &[],
+    )
+    .await?;
     outage(&api, &proxy, &staff).await?;
     api.stop().await;
     Ok(())
@@ -328,7 +283,7 @@ async fn still_open(held: &mut [TcpStream]) -> usize {
 /// `attackers` connections (one user each) send one unfinished message of `mib` MiB;
 /// the api's peak RSS growth over its RSS with them connected, and how many were cut off.
 async fn ws_attack(
-    api: &Api,
+    api: &ApiProcess,
     attackers: usize,
     mib: usize,
     token: &impl Fn(&str, Role) -> anyhow::Result<String>,
@@ -390,7 +345,7 @@ async fn ws_attack(
 
 /// Polls a request that needs the database and `/readyz` every 50 ms, cuts the
 /// database, and reports when each first answered 503 and how slow answers were.
-async fn outage(api: &Api, proxy: &TcpProxy, staff: &str) -> anyhow::Result<()> {
+async fn outage(api: &ApiProcess, proxy: &TcpProxy, staff: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()?;

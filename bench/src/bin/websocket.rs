@@ -15,6 +15,10 @@
 // A reporting tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+// Memory is read in KiB through `procfs` here; the RSS-in-MiB reader goes unused.
+#[allow(dead_code)]
+#[path = "../api_process.rs"]
+mod api_process;
 #[path = "../child_api.rs"]
 mod child_api;
 // Memory only; the CPU-time reader goes unused here.
@@ -23,7 +27,6 @@ mod child_api;
 mod procfs;
 
 use std::{
-    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -33,9 +36,11 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use lapin::{BasicProperties, options::BasicPublishOptions};
-use tokio::{io::AsyncWriteExt, process::Command, sync::Semaphore};
+use tokio::{io::AsyncWriteExt, sync::Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
+
+use api_process::ApiProcess;
 
 use commcenter_shared::{
     auth::{self, Claims},
@@ -88,61 +93,30 @@ async fn main() -> anyhow::Result<()> {
     outcome
 }
 
-/// An api child process on `database` and `prefix`; its pid, address and log.
-struct Api {
-    child: tokio::process::Child,
-    pid: u32,
-    addr: std::net::SocketAddr,
-    log: std::path::PathBuf,
-}
-
+/// An api of its own for one measurement: fan-out, not the rate limits, is measured,
+/// and the baseline holds idle keep-alive connections.
 async fn start_api(
     api_bin: &std::path::Path,
     admin: &str,
     database: &str,
     prefix: &str,
     secret: &str,
-) -> anyhow::Result<Api> {
-    let addr = child_api::free_port()?;
-    let log = std::env::temp_dir().join(format!("{prefix}-{}.log", addr.port()));
-    let log_file = std::fs::File::create(&log)?;
-    let mut child = Command::new(api_bin)
-        .env_clear()
-        .envs([
-            ("DATABASE_URL", child_api::replace_database(admin, database)),
-            ("DATABASE_MAX_CONNECTIONS", "16".to_owned()),
-            ("AMQP_URL", commcenter_tests::broker_url()),
-            ("QUEUE_PREFIX", prefix.to_owned()),
-            ("API_ADDR", addr.to_string()),
-            ("JWT_SECRET", secret.to_owned()),
-            ("RETRY_TIERS", RETRY_TIERS.to_owned()),
-            ("DELIVERY_LIMIT", DELIVERY_LIMIT.to_string()),
-            ("WS_MAX_PER_USER", "1000000".to_owned()),
-            // The bench measures fan-out, not the send rate limit, and holds idle
-            // keep-alive connections for its baseline.
-            ("RATE_LIMIT_SENDS", "none".to_owned()),
-            ("HTTP_MAX_CONNECTIONS", "100000".to_owned()),
-            ("HTTP_HEADER_TIMEOUT_SECS", "3600".to_owned()),
-            ("RUST_LOG", "warn".to_owned()),
-            (
-                "UPLOAD_DIR",
-                std::env::temp_dir().join(prefix).display().to_string(),
-            ),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", api_bin.display()))?;
-    let pid = child.id().context("the api exited at once")?;
-    child_api::wait_ready(Some(&mut child), &format!("http://{addr}")).await?;
-    Ok(Api {
-        child,
-        pid,
-        addr,
-        log,
-    })
+) -> anyhow::Result<ApiProcess> {
+    ApiProcess::start(
+        api_bin,
+        child_api::replace_database(admin, database),
+        prefix,
+        secret,
+        (RETRY_TIERS, DELIVERY_LIMIT),
+        &[
+            ("DATABASE_MAX_CONNECTIONS", "16"),
+            ("WS_MAX_PER_USER", "1000000"),
+            ("RATE_LIMIT_SENDS", "none"),
+            ("HTTP_MAX_CONNECTIONS", "100000"),
+            ("HTTP_HEADER_TIMEOUT_SECS", "3600"),
+        ],
+    )
+    .await
 }
 
 async fn run(options: &Options, admin: &str, database: &str, prefix: &str) -> anyhow::Result<()> {
@@ -176,8 +150,7 @@ async fn run(options: &Options, admin: &str, database: &str, prefix: &str) -> an
     settle().await;
     let with_keepalive = procfs::status_kib(api.pid, "VmRSS:")?;
     drop(keepalive);
-    child_api::stop(api.child).await;
-    std::fs::remove_file(&api.log).ok();
+    api.stop().await;
 
     let api = start_api(&api_bin, admin, database, prefix, &secret).await?;
     let (pid, addr, log) = (api.pid, api.addr, api.log.clone());
