@@ -10,7 +10,7 @@ COPY . .
 # copied out of the cached target/ within the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p commcenter-api -p commcenter-workers \
+    cargo build --release --locked -p commcenter-api -p commcenter-ctl -p commcenter-workers \
  && mkdir -p /out \
  && cp target/release/commcenter-api target/release/commcenter-workers target/release/commcenterctl /out/
 

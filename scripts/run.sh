@@ -63,7 +63,7 @@ case $profile in
     debug) build_flags=() ;;
     *) log "RUN_PROFILE must be release or debug, not '$profile'"; exit 1 ;;
 esac
-packages=(-p commcenter-api -p commcenter-workers)
+packages=(-p commcenter-api -p commcenter-ctl -p commcenter-workers)
 # Without provider credentials (no .env, nothing exported), the fake RingCentral and
 # Gmail are run too, so SMS and email work out of the box; real credentials switch
 # them off (or FAKE_PROVIDERS=0).

@@ -22,12 +22,10 @@
 //! - [`deadline`]: a request body must arrive within a total time.
 //! - [`health`]: whether PostgreSQL is reachable, checked in the background; 503 at
 //!   once while it is not.
-//! - [`ctl`]: `commcenterctl`, the operators' command line, a client of `/api/ops/`.
 
 pub mod accept;
 pub mod auth;
 pub mod body;
-pub mod ctl;
 pub mod deadline;
 pub mod error;
 pub mod health;

@@ -2,7 +2,7 @@
 //! the test's own stdout and stderr, so what an operator reads and the exit code a
 //! script gets are both checked.
 
-use commcenter_api::ctl::{self, Exit, Io};
+use commcenter_ctl::{self as ctl, Exit, Io};
 use commcenter_shared::domain::Role;
 use commcenter_tests::{TestApp, TestOptions, spawn_app_with};
 use serde_json::Value;

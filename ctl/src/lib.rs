@@ -1,5 +1,5 @@
 //! `commcenterctl`, the operators' command line, as a library: the binary
-//! (`src/bin/commcenterctl.rs`) calls [`run`] with the process's arguments and streams,
+//! (`src/main.rs`) calls [`run`] with the process's arguments and streams,
 //! tests call it with their own.
 //!
 //! Everything but `migrate` and `token` goes through the operators' HTTP API

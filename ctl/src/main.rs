@@ -1,5 +1,5 @@
 //! `commcenterctl`: the operators' command line. Everything lives in
-//! [`commcenter_api::ctl`]; `commcenterctl --help` lists the commands and exit codes.
+//! [`commcenter_ctl`]; `commcenterctl --help` lists the commands and exit codes.
 
 use std::io::IsTerminal;
 
@@ -8,9 +8,9 @@ async fn main() -> std::process::ExitCode {
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     let err_is_terminal = stderr.is_terminal();
-    let exit = commcenter_api::ctl::run(
+    let exit = commcenter_ctl::run(
         std::env::args_os(),
-        commcenter_api::ctl::Io {
+        commcenter_ctl::Io {
             out: &mut stdout,
             err: &mut stderr,
             err_is_terminal,
