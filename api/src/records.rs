@@ -6,15 +6,18 @@
 
 use serde_json::{Value, json};
 
-use commcenter_shared::{domain::CommunicationType, store::Communication};
+use commcenter_shared::{
+    domain::{CommunicationStatus, CommunicationType, Direction},
+    store::Communication,
+};
 
 pub fn communication_json(c: &Communication) -> Value {
     let mut record = serde_json::to_value(c).unwrap_or_else(|_| json!({}));
     let Value::Object(fields) = &mut record else {
         return record;
     };
-    let channel = CommunicationType::parse(&c.communication_type).ok();
-    let outbound = c.direction == "outbound";
+    let channel = c.communication_type;
+    let outbound = c.direction == Direction::Outbound;
     let deleted = c.deleted_at.is_some();
     // The original's names for what we already have.
     fields.insert("user_id".into(), json!(c.sender_id));
@@ -24,18 +27,15 @@ pub fn communication_json(c: &Communication) -> Value {
     );
     fields.insert(
         "read".into(),
-        json!(c.read_at.is_some() || c.status == "read"),
+        json!(c.read_at.is_some() || c.status == CommunicationStatus::Read),
     );
     fields.insert("read_by".into(), json!(c.read_by));
-    fields.insert(
-        "integration".into(),
-        json!(channel.and_then(CommunicationType::integration)),
-    );
+    fields.insert("integration".into(), json!(channel.integration()));
     fields.insert("external_id".into(), json!(c.provider_message_id));
     // `to` is the recipient of an SMS or email: the other party of what we sent, our
     // own number or mailbox of what came in. A call's other party is its `phone`.
     let (to, phone) = match channel {
-        Some(CommunicationType::Sms | CommunicationType::Email) => {
+        CommunicationType::Sms | CommunicationType::Email => {
             let to = if outbound {
                 &c.remote_address
             } else {
@@ -43,11 +43,11 @@ pub fn communication_json(c: &Communication) -> Value {
             };
             (to.clone(), None)
         }
-        Some(CommunicationType::Phone) => (None, c.remote_address.clone()),
-        _ => (None, None),
+        CommunicationType::Phone => (None, c.remote_address.clone()),
+        CommunicationType::InApp => (None, None),
     };
     fields.insert("to".into(), json!(to));
-    if channel == Some(CommunicationType::Phone) {
+    if channel == CommunicationType::Phone {
         fields.insert("phone".into(), json!(phone));
     }
     fields.insert("deleted".into(), json!(deleted));

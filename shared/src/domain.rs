@@ -62,6 +62,57 @@ macro_rules! id_type {
 id_type!(CustomerId, "customer_id");
 id_type!(UserId, "user_id");
 
+/// Stores an enum as the `TEXT` its `as_str` gives, and reads it back through its
+/// `parse`: a stored value the code does not know is a decode error naming it, never a
+/// silent default. `Display` shows the same text.
+macro_rules! text_column {
+    ($name:ident) => {
+        $crate::domain::text_column!($name, |raw| $name::parse(raw));
+    };
+    ($name:ident, $parse:expr) => {
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let raw = <&str as sqlx::Decode<'r, sqlx::Postgres>>::decode(value)?;
+                let parse: fn(&str) -> Result<Self, _> = $parse;
+                Ok(parse(raw)?)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+    };
+}
+
+pub(crate) use text_column;
+
+text_column!(CommunicationType);
+text_column!(Direction);
+text_column!(CommunicationStatus);
+text_column!(ConversationStatus);
+
 /// Who a caller is, which decides what they may see and do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,7 +13,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
-    domain::{CommunicationStatus, ConversationStatus, CustomerId, Role},
+    domain::{
+        CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction, Role,
+    },
     store::Communication,
 };
 
@@ -41,8 +43,8 @@ pub enum EventBody {
     #[serde(rename = "message.new")]
     MessageNew {
         communication_id: Uuid,
-        communication_type: String,
-        direction: String,
+        communication_type: CommunicationType,
+        direction: Direction,
         sender_id: String,
         sender_role: String,
         user_id: String,
@@ -121,8 +123,8 @@ impl EventBody {
     pub fn message_new(c: &Communication, status: CommunicationStatus) -> Self {
         Self::MessageNew {
             communication_id: c.id,
-            communication_type: c.communication_type.clone(),
-            direction: c.direction.clone(),
+            communication_type: c.communication_type,
+            direction: c.direction,
             sender_id: c.sender_id.clone(),
             sender_role: c.sender_role.clone(),
             user_id: c.sender_id.clone(),

@@ -262,6 +262,10 @@ pub enum JobState {
     Cancelled,
 }
 
+crate::domain::text_column!(JobState, |raw| {
+    JobState::parse(raw).ok_or_else(|| crate::domain::Invalid(format!("unknown job state {raw:?}")))
+});
+
 impl JobState {
     pub fn parse(raw: &str) -> Option<Self> {
         Some(match raw {
@@ -342,7 +346,7 @@ pub struct JobRow {
     pub id: Uuid,
     pub kind: String,
     pub payload: Value,
-    pub state: String,
+    pub state: JobState,
     pub attempts: i32,
     pub max_attempts: i32,
     pub communication_id: Option<Uuid>,
@@ -352,12 +356,6 @@ pub struct JobRow {
     pub attempt_base: i32,
     /// Replays so far; a message of an earlier generation is a stale copy.
     pub generation: i32,
-}
-
-impl JobRow {
-    pub fn state(&self) -> JobState {
-        JobState::parse(&self.state).unwrap_or(JobState::Dead)
-    }
 }
 
 /// Takes the job's row lock for the rest of the transaction. A second delivery of the

@@ -17,13 +17,13 @@ pub struct Communication {
     pub customer_id: String,
     #[serde(rename = "type")]
     #[sqlx(rename = "type")]
-    pub communication_type: String,
-    pub direction: String,
+    pub communication_type: CommunicationType,
+    pub direction: Direction,
     pub sender_id: String,
     pub sender_role: String,
     pub subject: Option<String>,
     pub message: String,
-    pub status: String,
+    pub status: CommunicationStatus,
     pub failure_reason: Option<String>,
     pub attachments: Value,
     pub metadata: Value,
@@ -65,12 +65,6 @@ pub struct Communication {
     /// Rendered from this template, at this version.
     pub template_id: Option<Uuid>,
     pub template_version: Option<i32>,
-}
-
-impl Communication {
-    pub fn status(&self) -> CommunicationStatus {
-        CommunicationStatus::parse(&self.status).unwrap_or(CommunicationStatus::Failed)
-    }
 }
 
 pub const COMMUNICATION_COLUMNS: &str = "id, customer_id, type, direction, sender_id, sender_role, subject, message,
@@ -252,7 +246,7 @@ pub async fn list_communications(
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Conversation {
     pub customer_id: String,
-    pub status: String,
+    pub status: ConversationStatus,
     pub updated_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

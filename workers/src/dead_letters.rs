@@ -69,7 +69,7 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
         None => None,
     };
     match row {
-        Some(row) if row.state().is_final() => {
+        Some(row) if row.state.is_final() => {
             tracing::info!(job_id = %row.id, state = %row.state, reason, "broker dead-lettered a finished job; nothing to do");
         }
         Some(row) if generation_of(&delivery.properties) < row.generation => {

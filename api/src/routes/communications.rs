@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    domain::{CommunicationType, CustomerId, MessageText, Receipt, Role, is_blank},
+    domain::{CommunicationType, CustomerId, Direction, MessageText, Receipt, Role, is_blank},
     events::{self, Event, EventBody},
     jobs::{self, NewJob, payloads},
     store::{self, Change, Communication, CommunicationFilter},
@@ -185,7 +185,7 @@ async fn post_receipt(
     let communication = visible_communication(&state, &caller, &id).await?;
     // Receipts come from the receiving party: the customer for what staff sent, staff
     // for what the customer sent.
-    let receiver_is_customer = communication.direction == "outbound";
+    let receiver_is_customer = communication.direction == Direction::Outbound;
     let caller_is_customer = caller.role() == Role::Customer;
     if receiver_is_customer != caller_is_customer {
         return Err(ApiError::Forbidden(
@@ -227,11 +227,11 @@ pub struct EditMessage {
 /// Only in-app messages change after they are sent: an SMS or email has already left
 /// for the customer's phone or mailbox, and a call happened.
 fn ensure_changeable(c: &Communication, what: &str) -> ApiResult<()> {
-    let why = match CommunicationType::parse(&c.communication_type) {
-        Ok(CommunicationType::InApp) => None,
-        Ok(CommunicationType::Sms) => Some("an SMS has already gone to the customer's phone"),
-        Ok(CommunicationType::Email) => Some("an email has already gone to the customer's mailbox"),
-        Ok(CommunicationType::Phone) | Err(_) => Some("a call log records what happened"),
+    let why = match c.communication_type {
+        CommunicationType::InApp => None,
+        CommunicationType::Sms => Some("an SMS has already gone to the customer's phone"),
+        CommunicationType::Email => Some("an email has already gone to the customer's mailbox"),
+        CommunicationType::Phone => Some("a call log records what happened"),
     };
     if let Some(why) = why {
         return Err(ApiError::Conflict(format!(
@@ -285,7 +285,7 @@ async fn change(
     };
     if change == Change::Delete
         && before.deleted_at.is_some()
-        && before.communication_type == CommunicationType::InApp.as_str()
+        && before.communication_type == CommunicationType::InApp
     {
         // Deleting again changes nothing: the same tombstone.
         return Ok(Json(records::communication_json(&before)));

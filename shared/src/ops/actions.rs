@@ -109,7 +109,7 @@ pub async fn act_on_job(
     let Some(row) = jobs::lock(conn, job_id).await? else {
         return Ok(Acted::NotFound);
     };
-    let state = row.state();
+    let state = row.state;
     if let Some(reason) = action.refusal(state) {
         return Ok(Acted::Refused { state, reason });
     }

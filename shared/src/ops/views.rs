@@ -9,6 +9,8 @@ use serde_json::Value;
 use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
+use crate::domain::{CommunicationStatus, CommunicationType, Direction};
+
 use super::{
     audit::{AUDIT_COLUMNS, AuditEntry},
     filter::JobFilter,
@@ -142,9 +144,9 @@ pub struct CommunicationView {
     pub customer_id: String,
     #[serde(rename = "type")]
     #[sqlx(rename = "type")]
-    pub communication_type: String,
-    pub direction: String,
-    pub status: String,
+    pub communication_type: CommunicationType,
+    pub direction: Direction,
+    pub status: CommunicationStatus,
     pub failure_reason: Option<String>,
     pub provider_message_id: Option<String>,
     pub provider_status: Option<String>,

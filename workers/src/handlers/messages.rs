@@ -36,7 +36,7 @@ impl Handler<payloads::DeliverMessage> for DeliverMessageHandler {
                 payload.communication_id
             )));
         };
-        if communication.status != "queued" {
+        if communication.status != CommunicationStatus::Queued {
             return Ok(()); // Sent before (or failed): a redelivery; no second effect.
         }
         attachments_ready(conn, &communication).await?;

@@ -45,7 +45,11 @@ impl Handler<payloads::ApplyReceipt> for ApplyReceiptHandler {
         )
         .await?
         else {
-            tracing::debug!(current = %communication.status, wanted = status.as_str(), "receipt would not move the status forward");
+            tracing::debug!(
+                current = communication.status.as_str(),
+                wanted = status.as_str(),
+                "receipt would not move the status forward"
+            );
             return Ok(());
         };
         let event = Event::now(

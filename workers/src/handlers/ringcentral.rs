@@ -263,7 +263,7 @@ async fn customer_for(
 async fn announce(conn: &mut PgConnection, c: &Communication) -> Result<(), JobError> {
     let event = Event::now(
         customer_of(&c.customer_id)?,
-        EventBody::message_new(c, c.status()),
+        EventBody::message_new(c, c.status),
     );
     events::record(conn, &event).await?;
     Ok(())

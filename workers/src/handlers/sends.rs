@@ -105,7 +105,7 @@ pub async fn call<C: Channel>(
             "communication {communication_id} does not exist"
         )));
     };
-    if communication.status != CommunicationStatus::Queued.as_str() {
+    if communication.status != CommunicationStatus::Queued {
         return Ok(()); // Sent before, or failed: a redelivery; no second effect.
     }
 
@@ -217,7 +217,7 @@ pub async fn record(
             "communication {communication_id} does not exist"
         )));
     };
-    if communication.status != CommunicationStatus::Queued.as_str() {
+    if communication.status != CommunicationStatus::Queued {
         return Ok(());
     }
     // Only `accepted` counts here; how old a `sending` is does not matter.
@@ -317,7 +317,7 @@ async fn claimed_elsewhere(
         "SELECT EXISTS (SELECT 1 FROM communications
                         WHERE type = $1 AND provider_message_id = $2 AND id <> $3)",
     )
-    .bind(&communication.communication_type)
+    .bind(communication.communication_type)
     .bind(&accepted.id)
     .bind(communication.id)
     .fetch_one(conn)

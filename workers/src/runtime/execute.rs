@@ -264,7 +264,7 @@ impl Runtime {
             .await?;
             return Ok(Ran::Nothing(Outcome::Dead));
         };
-        if row.state().is_final() {
+        if row.state.is_final() {
             tracing::debug!(state = %row.state, "job already finished; redelivery ignored");
             return Ok(Ran::Nothing(Outcome::Skipped));
         }
