@@ -32,7 +32,8 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     contact::{self, ContactKind, Mailbox, PhoneNumber},
-    domain::{CommunicationType, CustomerId, Direction},
+    crews,
+    domain::{CommunicationType, CustomerId, Direction, Role, Visibility},
     jobs::{NewJob, payloads},
     store::{self, FileRecord},
     templates::{self, RenderError},
@@ -148,10 +149,37 @@ impl Channel<'_> {
 #[derive(Debug, Clone)]
 pub struct NewCommunication<'a> {
     pub customer_id: &'a CustomerId,
+    /// Checked by [`Acceptance::project`].
+    pub project_id: Option<Uuid>,
+    /// Internal: in-app only, never from a customer ([`internal_note_refusal`]).
+    pub visibility: Visibility,
     pub direction: Direction,
     pub composed: &'a Composed,
     pub attachments: &'a [FileRecord],
     pub channel: Channel<'a>,
+}
+
+/// Why this caller may not send with `visibility` on `channel`, if they may not: an
+/// internal note is in-app, and written by staff or a crew, never by the customer.
+pub fn internal_note_refusal(
+    caller: &Caller,
+    visibility: Visibility,
+    channel: CommunicationType,
+) -> Option<ApiError> {
+    if visibility == Visibility::Public {
+        return None;
+    }
+    if caller.role() == Role::Customer {
+        return Some(ApiError::Forbidden(
+            "visibility: customers cannot write internal notes".into(),
+        ));
+    }
+    (channel != CommunicationType::InApp).then(|| {
+        ApiError::Invalid(format!(
+            "visibility: internal notes are in-app messages; a {} reaches the customer",
+            channel.as_str()
+        ))
+    })
 }
 
 /// Why a template did not render, as the API says it: 422 naming every missing
@@ -217,6 +245,43 @@ impl Acceptance {
             None => self.pool.begin().await?,
         };
         Ok(&mut **self.tx.insert(tx))
+    }
+
+    /// The project a send names, checked: it exists and is `customer`'s, and a crew
+    /// member may name only a project assigned to their crew (and must name one: it is
+    /// all of a customer they may write to).
+    pub async fn project(
+        &mut self,
+        caller: &Caller,
+        customer: &CustomerId,
+        project_id: Option<Uuid>,
+    ) -> ApiResult<Option<Uuid>> {
+        let crew_member = caller.role() == Role::Crew;
+        let Some(id) = project_id else {
+            if crew_member {
+                return Err(ApiError::Forbidden(
+                    "crew members write on a project of their crew: project_id is required"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let conn = self.conn().await?;
+        let project = crews::find_project(conn, id, false)
+            .await?
+            .filter(|p| p.customer_id == customer.as_str())
+            .ok_or_else(|| {
+                ApiError::Invalid(format!("project_id: customer {customer} has no project {id}"))
+            })?;
+        if crew_member {
+            let crew = crews::crew_of(conn, caller.user_id()).await?;
+            if crew.is_none() || project.crew_id != crew {
+                return Err(ApiError::Forbidden(format!(
+                    "project_id: project {id} is not assigned to your crew"
+                )));
+            }
+        }
+        Ok(Some(id))
     }
 
     /// The attachments named by id: the customer's own, none failed, none twice.
@@ -373,6 +438,8 @@ impl Acceptance {
                 occurred_at: call.map(|(_, at)| at),
                 template_id: c.composed.template.map(|(id, _)| id),
                 template_version: c.composed.template.map(|(_, version)| version),
+                project_id: c.project_id,
+                visibility: c.visibility,
             },
             job,
             state.settings.jobs.max_attempts,

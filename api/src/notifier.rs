@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
     broker::{self, Topology},
-    domain::{CustomerId, Role, UserId},
-    events::{Event, EventBody},
+    domain::{CustomerId, UserId},
+    events::{Event, EventBody, Viewer},
     settings::BrokerSettings,
 };
 
@@ -49,8 +49,7 @@ pub struct Hub {
 
 struct Subscriber {
     user_id: UserId,
-    role: Role,
-    customer_id: Option<CustomerId>,
+    viewer: Viewer,
     frames: mpsc::Sender<Frame>,
     /// Cancelled when the buffer overflows: the connection closes itself.
     too_slow: CancellationToken,
@@ -73,19 +72,13 @@ impl Hub {
         }
     }
 
-    pub fn subscribe(
-        &self,
-        user_id: UserId,
-        role: Role,
-        customer_id: Option<CustomerId>,
-    ) -> Subscription {
+    pub fn subscribe(&self, user_id: UserId, viewer: Viewer) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.buffer);
         let too_slow = CancellationToken::new();
         let subscriber = Subscriber {
             user_id,
-            role,
-            customer_id,
+            viewer,
             frames: tx,
             too_slow: too_slow.clone(),
         };
@@ -117,7 +110,7 @@ impl Hub {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (id, subscriber) in connections.iter() {
-            if !event.visible_to(subscriber.role, subscriber.customer_id.as_ref())
+            if !event.visible_to(&subscriber.viewer)
                 || typist == Some(subscriber.user_id.as_str())
             {
                 continue;

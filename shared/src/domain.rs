@@ -112,6 +112,8 @@ text_column!(CommunicationType);
 text_column!(Direction);
 text_column!(CommunicationStatus);
 text_column!(ConversationStatus);
+text_column!(Visibility);
+text_column!(ProjectStatus);
 
 /// Who a caller is, which decides what they may see and do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -414,5 +416,115 @@ mod tests {
             assert_eq!(serde_json::to_value(parsed).unwrap(), wire);
         }
         assert!(CommunicationType::parse("fax").is_err());
+    }
+}
+
+/// Who may see a message: everyone in the conversation, or (`internal`) staff and the
+/// project's crew only, never the customer, and never through SMS or email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    #[default]
+    Public,
+    Internal,
+}
+
+impl Visibility {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "public" => Ok(Self::Public),
+            "internal" => Ok(Self::Internal),
+            other => Err(Invalid(format!(
+                "visibility must be public or internal, not {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// Where a project (a job at a customer's site) is. It moves forward only:
+/// scheduled → dispatched → on_site → done; `cancelled` from any state but `done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectStatus {
+    Scheduled,
+    Dispatched,
+    OnSite,
+    Done,
+    Cancelled,
+}
+
+impl ProjectStatus {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "scheduled" => Ok(Self::Scheduled),
+            "dispatched" => Ok(Self::Dispatched),
+            "on_site" => Ok(Self::OnSite),
+            "done" => Ok(Self::Done),
+            "cancelled" => Ok(Self::Cancelled),
+            other => Err(Invalid(format!(
+                "status must be scheduled, dispatched, on_site, done or cancelled, not {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Dispatched => "dispatched",
+            Self::OnSite => "on_site",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Cancelled)
+    }
+
+    /// Why `self` may not move to `next`, if it may not.
+    pub fn refusal(self, next: Self) -> Option<String> {
+        let rank = |s: Self| match s {
+            Self::Scheduled => 0,
+            Self::Dispatched => 1,
+            Self::OnSite => 2,
+            Self::Done => 3,
+            Self::Cancelled => 4,
+        };
+        let allowed = match next {
+            _ if self.is_final() => false,
+            Self::Cancelled => true,
+            _ => rank(next) > rank(self),
+        };
+        (!allowed).then(|| {
+            format!(
+                "a project that is {} cannot become {}: statuses move forward only \
+                 (scheduled, dispatched, on_site, done; or cancelled before done)",
+                self.as_str(),
+                next.as_str()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod project_status_tests {
+    use super::ProjectStatus::*;
+
+    #[test]
+    fn project_statuses_move_forward_only() {
+        assert_eq!(Scheduled.refusal(Dispatched), None);
+        assert_eq!(Scheduled.refusal(OnSite), None);
+        assert_eq!(Dispatched.refusal(Cancelled), None);
+        assert!(OnSite.refusal(Dispatched).is_some());
+        assert!(Dispatched.refusal(Dispatched).is_some());
+        assert!(Done.refusal(Cancelled).is_some());
+        assert!(Cancelled.refusal(Scheduled).is_some());
     }
 }

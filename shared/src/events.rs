@@ -29,6 +29,15 @@ pub struct Event {
     /// presence, which staff see whole and customers see of staff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<CustomerId>,
+    /// The project it concerns: its crew's members see it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<Uuid>,
+    /// The crew whose members may see it (the project's crew when it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crew_id: Option<Uuid>,
+    /// Staff and the crew only, never the customer (an internal note, a dispatch).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
     pub at: DateTime<Utc>,
     #[serde(flatten)]
     pub body: EventBody,
@@ -101,6 +110,32 @@ pub enum EventBody {
         role: Role,
         status: PresenceStatus,
     },
+    /// A crew was sent to a project (to the crew's members and staff).
+    #[serde(rename = "dispatch.new")]
+    DispatchNew {
+        dispatch_id: Uuid,
+        title: String,
+        address: String,
+        lat: f64,
+        lng: f64,
+        note: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eta: Option<DateTime<Utc>>,
+        dispatched_by: String,
+    },
+    /// A crew member acknowledged a dispatch (to staff and the crew).
+    #[serde(rename = "dispatch.acknowledged")]
+    DispatchAcknowledged {
+        dispatch_id: Uuid,
+        user_id: String,
+    },
+    /// The dispatched crew reached the site: the project is `on_site`.
+    #[serde(rename = "project.arrived")]
+    ProjectArrived {
+        dispatch_id: Uuid,
+        user_id: String,
+        distance_m: f64,
+    },
     /// Someone is typing in the conversation (or stopped: `state: "stop"`). Clients
     /// treat it as expired after 6 s.
     #[serde(rename = "typing")]
@@ -159,8 +194,21 @@ impl Event {
         Self {
             seq: None,
             customer_id: Some(customer_id),
+            project_id: None,
+            crew_id: None,
+            internal: false,
             at: Utc::now(),
             body,
+        }
+    }
+
+    /// An event of a project, for staff and the project's crew only.
+    pub fn of_project(customer_id: CustomerId, project: Uuid, crew: Uuid, body: EventBody) -> Self {
+        Self {
+            project_id: Some(project),
+            crew_id: Some(crew),
+            internal: true,
+            ..Self::now(customer_id, body)
         }
     }
 
@@ -169,6 +217,9 @@ impl Event {
         Self {
             seq: None,
             customer_id: None,
+            project_id: None,
+            crew_id: None,
+            internal: false,
             at: Utc::now(),
             body: EventBody::Presence {
                 user_id: user_id.to_owned(),
@@ -178,28 +229,72 @@ impl Event {
         }
     }
 
-    /// May someone with `role` (and, for a customer, `own` conversation) see it?
-    /// Staff and operators see everything; a customer their own conversation's events
-    /// and staff's presence; crews nothing yet.
-    pub fn visible_to(&self, role: Role, own: Option<&CustomerId>) -> bool {
-        match role {
+    /// May `viewer` see it? Staff and operators see everything; a customer their own
+    /// conversation's events, except internal ones, and staff's presence; a crew member
+    /// the events of their crew's projects.
+    pub fn visible_to(&self, viewer: &Viewer) -> bool {
+        match viewer.role {
             Role::Staff | Role::Operator => true,
-            Role::Crew => false,
+            Role::Crew => viewer.crew.is_some() && self.crew_id == viewer.crew,
+            Role::Customer if self.internal => false,
             Role::Customer => match (&self.body, &self.customer_id) {
                 (EventBody::Presence { role, .. }, _) => role.sees_every_customer(),
-                (_, Some(customer)) => own == Some(customer),
+                (_, Some(customer)) => viewer.customer.as_ref() == Some(customer),
                 (_, None) => false,
             },
         }
     }
 }
 
-/// Writes the event to the outbox, in the caller's transaction.
+/// Who is looking: a WebSocket connection's role, and the conversation (a customer) or
+/// the crew (a crew member) they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    pub role: Role,
+    pub customer: Option<CustomerId>,
+    pub crew: Option<Uuid>,
+}
+
+impl EventBody {
+    /// The communication the event is about, if any.
+    fn communication_id(&self) -> Option<Uuid> {
+        match self {
+            Self::MessageNew {
+                communication_id, ..
+            }
+            | Self::CommunicationStatus {
+                communication_id, ..
+            }
+            | Self::MessageUpdated {
+                communication_id, ..
+            }
+            | Self::MessageDeleted {
+                communication_id, ..
+            } => Some(*communication_id),
+            _ => None,
+        }
+    }
+}
+
+/// Writes the event to the outbox, in the caller's transaction. An event about a
+/// communication takes who may see it from the communication itself, in the same
+/// statement: its project, that project's crew now, and whether it is internal. So no
+/// caller can announce an internal note to its customer, or forget the crew.
 pub async fn record(conn: &mut PgConnection, event: &Event) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO event_outbox (payload) VALUES ($1)")
-        .bind(sqlx::types::Json(event))
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO event_outbox (payload)
+         SELECT $1::jsonb || coalesce(
+             (SELECT jsonb_strip_nulls(jsonb_build_object(
+                         'project_id', c.project_id, 'crew_id', p.crew_id,
+                         'internal', CASE WHEN c.visibility = 'internal' THEN true END))
+              FROM communications c LEFT JOIN projects p ON p.id = c.project_id
+              WHERE c.id = $2),
+             '{}'::jsonb)",
+    )
+    .bind(sqlx::types::Json(event))
+    .bind(event.body.communication_id())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -225,8 +320,7 @@ pub const EVENT_LOG_LOCK: i64 = 0x636f_6d6d_6576_6e74; // "commevnt"
 pub async fn replay(
     conn: &mut PgConnection,
     since: Option<i64>,
-    role: Role,
-    own: Option<&CustomerId>,
+    viewer: &Viewer,
     limit: i64,
 ) -> sqlx::Result<Replay> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -262,27 +356,45 @@ pub async fn replay(
             recovered: false,
         });
     }
-    let (all, customer) = match role {
-        Role::Staff | Role::Operator => (true, None),
-        _ => (false, own.map(CustomerId::as_str)),
-    };
-    let events: Vec<(i64, serde_json::Value)> = if role == Role::Crew {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT seq, payload FROM event_log
-             WHERE seq > $1
-               AND ($2 OR customer_id = $3
-                    OR (customer_id IS NULL AND payload ->> 'type' = 'presence'
-                        AND payload ->> 'role' IN ('staff', 'operator')))
-             ORDER BY seq LIMIT $4",
-        )
-        .bind(since)
-        .bind(all)
-        .bind(customer)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?
+    // The same rule as `Event::visible_to`, in SQL.
+    let events: Vec<(i64, serde_json::Value)> = match viewer.role {
+        Role::Staff | Role::Operator => {
+            sqlx::query_as("SELECT seq, payload FROM event_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+        }
+        Role::Crew => match viewer.crew {
+            None => Vec::new(),
+            Some(crew) => {
+                sqlx::query_as(
+                    "SELECT seq, payload FROM event_log
+                     WHERE seq > $1 AND payload ->> 'crew_id' = $2::text
+                     ORDER BY seq LIMIT $3",
+                )
+                .bind(since)
+                .bind(crew)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        },
+        Role::Customer => {
+            sqlx::query_as(
+                "SELECT seq, payload FROM event_log
+                 WHERE seq > $1
+                   AND ((customer_id = $2 AND NOT coalesce((payload ->> 'internal')::boolean, false))
+                        OR (customer_id IS NULL AND payload ->> 'type' = 'presence'
+                            AND payload ->> 'role' IN ('staff', 'operator')))
+                 ORDER BY seq LIMIT $3",
+            )
+            .bind(since)
+            .bind(viewer.customer.as_ref().map(CustomerId::as_str))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?
+        }
     };
     tx.commit().await?;
     // More missed than one replay sends: the client refetches.

@@ -9,6 +9,8 @@
 //! - [`auth`]: the HS256 bearer tokens the api accepts and `commcenterctl token` prints.
 //! - [`db`]: the PostgreSQL pool and the migrations (the one source of the schema).
 //! - [`store`]: small repository functions over the tables, each taking an executor.
+//! - [`crews`]: field crews and members, projects at customers' sites, dispatches,
+//!   crews' positions (and the distance between two of them).
 //! - [`jobs`]: the job ledger: enqueueing a job in the caller's transaction (the outbox),
 //!   and the envelope that carries a job over RabbitMQ.
 //! - [`ops`]: the operators' view of the ledger: filters, counts, one job in full,
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod blob;
 pub mod broker;
 pub mod contact;
+pub mod crews;
 pub mod db;
 pub mod domain;
 pub mod events;

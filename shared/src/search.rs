@@ -28,6 +28,8 @@ pub struct SearchQuery<'a> {
     /// Created before.
     pub until: Option<DateTime<Utc>>,
     pub has_attachments: Option<bool>,
+    /// Leave out internal notes (a customer's search).
+    pub public_only: bool,
     /// Strictly after this (rank, created_at, id) in the ranked order: the cursor.
     pub after: Option<(f32, DateTime<Utc>, Uuid)>,
     pub limit: i64,
@@ -74,6 +76,7 @@ pub async fn search(conn: &mut PgConnection, q: &SearchQuery<'_>) -> sqlx::Resul
                AND ($6::timestamptz IS NULL OR c.created_at >= $6)
                AND ($7::timestamptz IS NULL OR c.created_at < $7)
                AND ($8::boolean IS NULL OR (jsonb_array_length(c.attachments) > 0) = $8)
+               AND (NOT $14 OR c.visibility = 'public')
              ORDER BY c.created_at DESC, c.id DESC
              LIMIT $13
          ),
@@ -115,6 +118,7 @@ pub async fn search(conn: &mut PgConnection, q: &SearchQuery<'_>) -> sqlx::Resul
         .bind(q.after.map(|a| a.2))
         .bind(q.limit)
         .bind(RANKED_MATCHES)
+        .bind(q.public_only)
         .fetch_all(conn)
         .await
 }

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
-    CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction,
+    CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction, Visibility,
 };
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -65,13 +65,18 @@ pub struct Communication {
     /// Rendered from this template, at this version.
     pub template_id: Option<Uuid>,
     pub template_version: Option<i32>,
+    /// The project (a job at the customer's site) it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<Uuid>,
+    /// `internal`: staff and the project's crew only.
+    pub visibility: Visibility,
 }
 
 pub const COMMUNICATION_COLUMNS: &str = "id, customer_id, type, direction, sender_id, sender_role, subject, message,
     status, failure_reason, attachments, metadata, created_at, updated_at, sent_at, delivered_at, read_at,
     remote_address, local_address, provider_message_id, provider_status, provider_thread_id,
     rfc822_message_id, in_reply_to, \"references\", duration_seconds, occurred_at, read_by, edited_at,
-    deleted_at, deleted_by, template_id, template_version";
+    deleted_at, deleted_by, template_id, template_version, project_id, visibility";
 
 /// A communication as the api accepts it: every column a send can set.
 #[derive(Debug, Clone)]
@@ -99,6 +104,8 @@ pub struct NewCommunication<'a> {
     pub occurred_at: Option<DateTime<Utc>>,
     pub template_id: Option<Uuid>,
     pub template_version: Option<i32>,
+    pub project_id: Option<Uuid>,
+    pub visibility: Visibility,
 }
 
 /// Inserts the communication and the job that carries it out, in one statement (one
@@ -115,10 +122,11 @@ pub async fn insert_communication(
            INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject,
                message, attachments, metadata, remote_address, local_address, rfc822_message_id,
                provider_thread_id, in_reply_to, "references", duration_seconds, occurred_at,
-               template_id, template_version)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+               template_id, template_version, project_id, visibility)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                   $21, $22)
            RETURNING {COMMUNICATION_COLUMNS}"#,
-        crate::jobs::insert_statement(21)
+        crate::jobs::insert_statement(23)
     ))
     .bind(c.id)
     .bind(c.customer_id.as_str())
@@ -140,6 +148,8 @@ pub async fn insert_communication(
     .bind(c.occurred_at)
     .bind(c.template_id)
     .bind(c.template_version)
+    .bind(c.project_id)
+    .bind(c.visibility)
     .bind(job_id)
     .bind(job.kind)
     .bind(&job.payload)
@@ -216,6 +226,9 @@ pub async fn advance_status_by(
 pub struct CommunicationFilter {
     pub customer_id: Option<CustomerId>,
     pub communication_type: Option<CommunicationType>,
+    pub project_id: Option<Uuid>,
+    /// Leave out internal notes (a customer's listing).
+    pub public_only: bool,
     /// Strictly older than this (created_at, id): the cursor of the previous page.
     pub before: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,
@@ -231,6 +244,8 @@ pub async fn list_communications(
          WHERE ($1::text IS NULL OR customer_id = $1)
            AND ($2::text IS NULL OR type = $2)
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+           AND ($6::uuid IS NULL OR project_id = $6)
+           AND (NOT $7 OR visibility = 'public')
          ORDER BY created_at DESC, id DESC
          LIMIT $5"
     ))
@@ -239,6 +254,8 @@ pub async fn list_communications(
     .bind(f.before.map(|b| b.0))
     .bind(f.before.map(|b| b.1).unwrap_or_default())
     .bind(f.limit)
+    .bind(f.project_id)
+    .bind(f.public_only)
     .fetch_all(pool)
     .await
 }
@@ -602,6 +619,7 @@ pub async fn list_conversations(
                 m.created_at AS last_created_at, m.deleted_at IS NOT NULL AS last_deleted,
                 (SELECT count(*) FROM communications u
                  WHERE u.customer_id = c.customer_id AND u.direction = $3
+                   AND u.visibility = 'public'
                    AND u.read_at IS NULL AND u.deleted_at IS NULL AND u.type <> 'phone') AS unread_count
          FROM conversations c
          LEFT JOIN communications m ON m.id = c.last_communication_id

@@ -18,10 +18,15 @@ use axum::{
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    domain::{CommunicationType, CustomerId, Direction, MessageText, Receipt, Role, is_blank},
+    crews,
+    domain::{
+        CommunicationType, CustomerId, Direction, MessageText, Receipt, Role, Visibility,
+        is_blank,
+    },
     events::{self, Event, EventBody},
     jobs::{self, NewJob, payloads},
     store::{self, Change, Communication, CommunicationFilter},
@@ -45,6 +50,7 @@ pub struct ListQuery {
     customer_id: Option<String>,
     #[serde(rename = "type")]
     communication_type: Option<String>,
+    project_id: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -54,7 +60,31 @@ pub async fn list(
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let customer_id = visible_customer(&caller, query.customer_id.as_deref())?;
+    let project_id = query
+        .project_id
+        .as_deref()
+        .map(|raw| parse_uuid(raw, "project_id"))
+        .transpose()?;
+    // A crew member lists a project of their crew, and sees all of it; others see the
+    // project's messages within what they may see anyway.
+    let customer_id = match (caller.role(), project_id) {
+        (Role::Crew, None) => {
+            return Err(ApiError::Forbidden(
+                "crew members list the messages of a project of their crew: project_id is required"
+                    .into(),
+            ));
+        }
+        (Role::Crew, Some(project)) => {
+            let mut conn = state.pool.acquire().await?;
+            if !crews::member_sees_project(&mut conn, caller.user_id(), project).await? {
+                return Err(ApiError::NotFound(format!(
+                    "no project {project} assigned to your crew"
+                )));
+            }
+            None
+        }
+        _ => visible_customer(&caller, query.customer_id.as_deref())?,
+    };
     let communication_type = query
         .communication_type
         .as_deref()
@@ -66,6 +96,8 @@ pub async fn list(
     let filter = CommunicationFilter {
         customer_id,
         communication_type,
+        project_id,
+        public_only: caller.role() == Role::Customer,
         before,
         limit: limit + 1,
     };
@@ -123,21 +155,35 @@ async fn visible_communication(
 ) -> ApiResult<Communication> {
     let id = parse_uuid(raw_id, "id")?;
     let mut conn = state.pool.acquire().await?;
-    visible(caller, id, store::find_communication(&mut conn, id).await?)
+    let found = store::find_communication(&mut conn, id).await?;
+    visible(&mut conn, caller, id, found).await
 }
 
 /// The communication if the caller may see it: another customer's is as unknown as
 /// one that does not exist (a 404, so ids cannot be probed).
-fn visible(caller: &Caller, id: Uuid, found: Option<Communication>) -> ApiResult<Communication> {
+/// A customer never sees an internal note; a crew member sees the messages of their
+/// crew's projects.
+async fn visible(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    id: Uuid,
+    found: Option<Communication>,
+) -> ApiResult<Communication> {
     let not_found = || ApiError::NotFound(format!("no communication {id}"));
     let communication = found.ok_or_else(not_found)?;
-    caller
-        .ensure_sees(&communication.customer_id)
-        .map_err(|e| match e {
-            ApiError::NotFound(_) => not_found(),
-            other => other,
-        })?;
-    Ok(communication)
+    let sees = match (caller.role(), communication.project_id) {
+        (Role::Crew, Some(project)) => {
+            crews::member_sees_project(conn, caller.user_id(), project).await?
+        }
+        (Role::Crew, None) => false,
+        (Role::Customer, _) if communication.visibility == Visibility::Internal => false,
+        _ => caller.ensure_sees(&communication.customer_id).is_ok(),
+    };
+    if sees {
+        Ok(communication)
+    } else {
+        Err(not_found())
+    }
 }
 
 pub async fn status(
@@ -278,7 +324,8 @@ async fn change(
 ) -> ApiResult<Json<Value>> {
     let id = parse_uuid(raw_id, "id")?;
     let mut tx = state.pool.begin().await?;
-    let before = visible(caller, id, store::lock_communication(&mut tx, id).await?)?;
+    let found = store::lock_communication(&mut tx, id).await?;
+    let before = visible(&mut tx, caller, id, found).await?;
     let (verb, staff_may) = match change {
         Change::Edit { .. } => ("edited", false),
         Change::Delete => ("deleted", true),

@@ -9,11 +9,14 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use commcenter_shared::domain::{
-    CommunicationType, CustomerId, Direction, MessageText, Role, is_blank,
+    CommunicationType, CustomerId, Direction, MessageText, Role, Visibility, is_blank,
 };
 
 use crate::{
-    accept::{Acceptance, AcceptedResponse, Begun, Channel, NewCommunication, TemplateChoice},
+    accept::{
+        Acceptance, AcceptedResponse, Begun, Channel, NewCommunication, TemplateChoice,
+        internal_note_refusal,
+    },
     auth::Caller,
     body::JsonBody,
     error::{ApiError, ApiResult},
@@ -24,6 +27,9 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct SendMessageRequest {
     pub customer_id: CustomerId,
+    /// The project (a job at the customer\'s site) it belongs to.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
     /// The text (the original's records called it `content` too). May be left out or
     /// empty when files are attached, or when a template is chosen.
     #[serde(default, alias = "content")]
@@ -35,6 +41,9 @@ pub struct SendMessageRequest {
     pub template_id: Option<Uuid>,
     #[serde(default)]
     pub variables: Option<BTreeMap<String, Value>>,
+    /// `internal`: a note for staff and the project's crew, never shown to the customer.
+    #[serde(default)]
+    pub visibility: Visibility,
 }
 
 /// At most this many attachments on one message.
@@ -46,7 +55,15 @@ pub async fn send(
     headers: HeaderMap,
     JsonBody(request): JsonBody<SendMessageRequest>,
 ) -> ApiResult<AcceptedResponse> {
-    caller.ensure_sees(request.customer_id.as_str())?;
+    // A crew member writes only on a project of their crew: `Acceptance::project`.
+    if caller.role() != Role::Crew {
+        caller.ensure_sees(request.customer_id.as_str())?;
+    }
+    if let Some(refusal) =
+        internal_note_refusal(&caller, request.visibility, CommunicationType::InApp)
+    {
+        return Err(refusal);
+    }
     if request.attachments.len() > MAX_ATTACHMENTS {
         return Err(ApiError::Invalid(format!(
             "attachments: at most {MAX_ATTACHMENTS} files per message"
@@ -64,6 +81,9 @@ pub async fn send(
         Begun::Repeat(answer) => return Ok(answer),
         Begun::New(acceptance) => acceptance,
     };
+    let project_id = acceptance
+        .project(&caller, &request.customer_id, request.project_id)
+        .await?;
     let has_files = !request.attachments.is_empty();
     let mut composed = acceptance
         .compose(
@@ -100,6 +120,8 @@ pub async fn send(
             &caller,
             NewCommunication {
                 customer_id: &request.customer_id,
+                project_id,
+                visibility: request.visibility,
                 direction,
                 composed: &composed,
                 attachments: &files,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    domain::{CommunicationStatus, CommunicationType, Direction},
+    domain::{CommunicationStatus, CommunicationType, Direction, Role},
     search::{self, SearchQuery},
 };
 
@@ -137,6 +137,7 @@ pub async fn search(
             from,
             until,
             has_attachments: request.has_attachments,
+            public_only: caller.role() == Role::Customer,
             after,
             limit: limit + 1,
         },

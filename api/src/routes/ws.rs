@@ -22,8 +22,9 @@ use serde_json::{Value, json};
 
 use commcenter_shared::{
     auth::Claims,
+    crews,
     domain::{CustomerId, Role, UserId},
-    events::{self, Event, EventBody, TypingState},
+    events::{self, Event, EventBody, TypingState, Viewer},
 };
 
 use crate::{auth, error::ApiError, presence::Refused, state::AppState};
@@ -133,14 +134,38 @@ async fn send_json(sink: &mut Sink, value: &Value) -> bool {
         .is_ok()
 }
 
+/// Who the connection is, for what it may see: a crew member's crew is read once, as
+/// the socket opens (a member moved to another crew reconnects to follow it).
+async fn viewer_of(state: &AppState, claims: &Claims) -> Viewer {
+    let crew = if claims.role == Role::Crew {
+        let found = async {
+            let mut conn = state.pool.acquire().await?;
+            crews::crew_of(&mut conn, claims.sub.as_str()).await
+        }
+        .await;
+        found.unwrap_or_else(|error| {
+            tracing::warn!(%error, "could not read a crew member's crew; they see no crew events");
+            None
+        })
+    } else {
+        None
+    };
+    Viewer {
+        role: claims.role,
+        customer: claims.customer_id.clone(),
+        crew,
+    }
+}
+
 async fn serve(state: &AppState, claims: Claims, since: Option<i64>, socket: WebSocket) {
     let hub = state.hub.clone();
-    let mut subscription =
-        hub.subscribe(claims.sub.clone(), claims.role, claims.customer_id.clone());
+    let viewer = viewer_of(state, &claims).await;
+    let mut subscription = hub.subscribe(claims.sub.clone(), viewer.clone());
     let (mut sink, mut stream) = socket.split();
     let close = run(
         state,
         &claims,
+        &viewer,
         since,
         &mut subscription,
         &mut sink,
@@ -166,6 +191,7 @@ async fn serve(state: &AppState, claims: Claims, since: Option<i64>, socket: Web
 async fn run(
     state: &AppState,
     claims: &Claims,
+    viewer: &Viewer,
     since: Option<i64>,
     subscription: &mut crate::notifier::Subscription,
     sink: &mut Sink,
@@ -174,13 +200,7 @@ async fn run(
     // Where the client is: the log's head now, or, resuming, what it missed.
     let replay = async {
         let mut conn = state.pool.acquire().await?;
-        events::replay(
-            &mut conn,
-            since,
-            claims.role,
-            claims.customer_id.as_ref(),
-            REPLAY_LIMIT,
-        )
+        events::replay(&mut conn, since, viewer, REPLAY_LIMIT)
         .await
     }
     .await;

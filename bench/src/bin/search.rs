@@ -380,6 +380,7 @@ async fn run_search(conn: &mut PgConnection, query: &str) -> anyhow::Result<usiz
             from: None,
             until: None,
             has_attachments: None,
+            public_only: false,
             after: None,
             limit: 21,
         },

@@ -6,9 +6,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
 
+use uuid::Uuid;
+
 use commcenter_shared::{
     contact::PhoneNumber,
-    domain::{CustomerId, Direction, MessageText},
+    domain::{CustomerId, Direction, MessageText, Visibility},
 };
 
 use super::{Answer, invalid, ringcentral_ready};
@@ -30,6 +32,9 @@ pub enum CallDirection {
 #[serde(deny_unknown_fields)]
 pub struct LogCallRequest {
     pub customer_id: CustomerId,
+    /// The project (a job at the customer\'s site) it belongs to.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
     pub phone: String,
     pub direction: CallDirection,
     /// Seconds.
@@ -96,7 +101,7 @@ pub async fn log(
             at
         }
     };
-    let acceptance = match Acceptance::begin(
+    let mut acceptance = match Acceptance::begin(
         &state,
         &caller,
         &headers,
@@ -108,6 +113,9 @@ pub async fn log(
         Begun::Repeat(answer) => return Ok(answer),
         Begun::New(acceptance) => acceptance,
     };
+    let project_id = acceptance
+        .project(&caller, &request.customer_id, request.project_id)
+        .await?;
     let direction = match request.direction {
         CallDirection::Inbound => Direction::Inbound,
         CallDirection::Outbound => Direction::Outbound,
@@ -122,6 +130,8 @@ pub async fn log(
             &caller,
             NewCommunication {
                 customer_id: &request.customer_id,
+                project_id,
+                visibility: Visibility::Public,
                 direction,
                 composed: &composed,
                 attachments: &[],

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     contact::Mailbox,
-    domain::{CommunicationType, CustomerId, Direction, Invalid},
+    domain::{CommunicationType, CustomerId, Direction, Invalid, Visibility},
 };
 
 use super::{Answer, Refusal, invalid};
@@ -27,6 +27,9 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct SendEmailRequest {
     pub customer_id: CustomerId,
+    /// The project (a job at the customer\'s site) it belongs to.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
     /// One address or a list of them (checked in the handler, so the error names `to`).
     pub to: Value,
     /// Required, except on a reply, which keeps the subject of what it answers.
@@ -119,6 +122,9 @@ pub async fn send(
         Begun::Repeat(answer) => return Ok(answer),
         Begun::New(acceptance) => acceptance,
     };
+    let project_id = acceptance
+        .project(&caller, &request.customer_id, request.project_id)
+        .await?;
     let mut composed = acceptance
         .compose(
             CommunicationType::Email,
@@ -210,6 +216,8 @@ pub async fn send(
             &caller,
             NewCommunication {
                 customer_id: &request.customer_id,
+                project_id,
+                visibility: Visibility::Public,
                 direction: Direction::Outbound,
                 composed: &composed,
                 attachments: &files,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     contact::PhoneNumber,
-    domain::{CommunicationType, CustomerId, Direction, is_blank},
+    domain::{CommunicationType, CustomerId, Direction, Visibility, is_blank},
     store::FileRecord,
 };
 
@@ -26,6 +26,9 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct SendSmsRequest {
     pub customer_id: CustomerId,
+    /// The project (a job at the customer\'s site) it belongs to.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
     pub to: String,
     /// May be left out for an MMS of files alone, or when a template is chosen.
     #[serde(default, alias = "content")]
@@ -96,6 +99,9 @@ pub async fn send(
         Begun::Repeat(answer) => return Ok(answer),
         Begun::New(acceptance) => acceptance,
     };
+    let project_id = acceptance
+        .project(&caller, &request.customer_id, request.project_id)
+        .await?;
     let has_files = !request.attachments.is_empty();
     let composed = acceptance
         .compose(
@@ -118,6 +124,8 @@ pub async fn send(
             &caller,
             NewCommunication {
                 customer_id: &request.customer_id,
+                project_id,
+                visibility: Visibility::Public,
                 direction: Direction::Outbound,
                 composed: &composed,
                 attachments: &files,
