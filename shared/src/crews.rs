@@ -7,7 +7,12 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{CustomerId, ProjectStatus};
+use crate::{
+    domain::{CommunicationType, CustomerId, Direction, ProjectStatus, Role, Visibility},
+    jobs::{NewJob, payloads},
+    store::{self, Communication},
+    templates,
+};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Member {
@@ -343,6 +348,139 @@ pub async fn members_to_text(
     .bind(presence_ttl_secs)
     .fetch_all(conn)
     .await
+}
+
+/// Who a message about a crew's work comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub id: &'a str,
+    pub role: Role,
+}
+
+/// An in-app message to the project's customer about their crew ("on the way", "has
+/// arrived"), with its delivery job: from the active in-app template named `template`
+/// when there is one (its variables: `title`, `address`, `crew`, `eta`), else
+/// `fallback`. A template that does not render with those falls back too.
+pub async fn notify_customer(
+    conn: &mut PgConnection,
+    project: &Project,
+    sender: Sender<'_>,
+    template: &str,
+    variables: &std::collections::BTreeMap<String, serde_json::Value>,
+    fallback: String,
+    max_attempts: i32,
+) -> sqlx::Result<Communication> {
+    let found: Option<(Uuid, i32, String)> = sqlx::query_as(
+        "SELECT id, version, content FROM message_templates
+         WHERE lower(name) = lower($1) AND type = 'inapp' AND active",
+    )
+    .bind(template)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (text, template) = match found {
+        Some((id, version, content)) => match templates::render(&content, variables) {
+            Ok(text) if templates::placeholders([content.as_str()])
+                .is_ok_and(|names| names.iter().all(|n| variables.contains_key(n))) =>
+            {
+                (text, Some((id, version)))
+            }
+            _ => {
+                tracing::warn!(template = %id, "the crew template does not render with title, address, crew and eta; sending the default text");
+                (fallback, None)
+            }
+        },
+        None => (fallback, None),
+    };
+    let customer = CustomerId::parse(&project.customer_id)
+        .map_err(|e| sqlx::Error::Decode(e.0.into()))?;
+    let id = Uuid::now_v7();
+    let (communication, _) = store::insert_communication(
+        conn,
+        &store::NewCommunication {
+            id,
+            customer_id: &customer,
+            communication_type: CommunicationType::InApp,
+            direction: Direction::Outbound,
+            sender_id: sender.id,
+            sender_role: sender.role.as_str(),
+            subject: None,
+            message: &text,
+            attachments: serde_json::json!([]),
+            metadata: serde_json::json!({}),
+            remote_address: None,
+            local_address: None,
+            rfc822_message_id: None,
+            provider_thread_id: None,
+            in_reply_to: None,
+            references: None,
+            duration_seconds: None,
+            occurred_at: None,
+            template_id: template.map(|(id, _)| id),
+            template_version: template.map(|(_, version)| version),
+            project_id: Some(project.id),
+            visibility: Visibility::Public,
+        },
+        NewJob::of(&payloads::DeliverMessage {
+            communication_id: id,
+        })
+        .for_communication(id)
+        .for_customer(&customer),
+        max_attempts,
+    )
+    .await?;
+    Ok(communication)
+}
+
+/// An SMS to a crew member about a project, with its `sms.send` job: an internal
+/// message of the project (staff and the crew see it, the customer never does), so it
+/// has the never-twice sending, retries and dead-lettering of every SMS, and staff can
+/// see that it went. The member's number is not remembered as the customer's.
+pub async fn text_member(
+    conn: &mut PgConnection,
+    project: &Project,
+    member: &Member,
+    from_number: &str,
+    text: &str,
+    max_attempts: i32,
+) -> sqlx::Result<Communication> {
+    let customer = CustomerId::parse(&project.customer_id)
+        .map_err(|e| sqlx::Error::Decode(e.0.into()))?;
+    let id = Uuid::now_v7();
+    let (communication, _) = store::insert_communication(
+        conn,
+        &store::NewCommunication {
+            id,
+            customer_id: &customer,
+            communication_type: CommunicationType::Sms,
+            direction: Direction::Outbound,
+            sender_id: "dispatch",
+            sender_role: "system",
+            subject: None,
+            message: text,
+            attachments: serde_json::json!([]),
+            metadata: serde_json::json!({ "crew_member": member.user_id }),
+            remote_address: Some(&member.phone),
+            local_address: Some(from_number),
+            rfc822_message_id: None,
+            provider_thread_id: None,
+            in_reply_to: None,
+            references: None,
+            duration_seconds: None,
+            occurred_at: None,
+            template_id: None,
+            template_version: None,
+            project_id: Some(project.id),
+            visibility: Visibility::Internal,
+        },
+        NewJob::of(&payloads::SendSms {
+            communication_id: id,
+        })
+        .for_communication(id)
+        .for_customer(&customer),
+        max_attempts,
+    )
+    .await?;
+    Ok(communication)
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

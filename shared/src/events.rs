@@ -136,6 +136,15 @@ pub enum EventBody {
         user_id: String,
         distance_m: f64,
     },
+    /// Staff's message to the crews near a place (see `POST /api/crews/broadcast`).
+    #[serde(rename = "crew.broadcast")]
+    CrewBroadcast {
+        broadcast_id: Uuid,
+        message: String,
+        from: String,
+        /// How far the crew's latest position was from the place named.
+        distance_m: f64,
+    },
     /// Someone is typing in the conversation (or stopped: `state: "stop"`). Clients
     /// treat it as expired after 6 s.
     #[serde(rename = "typing")]
@@ -209,6 +218,19 @@ impl Event {
             crew_id: Some(crew),
             internal: true,
             ..Self::now(customer_id, body)
+        }
+    }
+
+    /// An event for one crew (and staff), of no customer's conversation.
+    pub fn of_crew(crew: Uuid, body: EventBody) -> Self {
+        Self {
+            seq: None,
+            customer_id: None,
+            project_id: None,
+            crew_id: Some(crew),
+            internal: true,
+            at: Utc::now(),
+            body,
         }
     }
 

@@ -40,6 +40,11 @@ pub mod kinds {
     /// One batch of an operator's bulk replay or discard (`ops::run_bulk_batch`).
     pub const OPS_BULK: &str = "ops.bulk";
 
+    /// Tell a dispatched crew: `dispatch.new` to its members, an SMS to those offline.
+    pub const DISPATCH_NOTIFY: &str = "dispatch.notify";
+    /// Text the members who were connected but have not acknowledged in time.
+    pub const DISPATCH_REMIND: &str = "dispatch.remind";
+
     pub const ALL: &[&str] = &[
         MESSAGE_DELIVER,
         RECEIPT_APPLY,
@@ -52,6 +57,8 @@ pub mod kinds {
         RINGCENTRAL_EVENT,
         CALL_LOG_IMPORT,
         OPS_BULK,
+        DISPATCH_NOTIFY,
+        DISPATCH_REMIND,
     ];
 }
 
@@ -136,6 +143,27 @@ pub mod payloads {
     }
     impl Job for ApplyReceipt {
         const KIND: &'static str = kinds::RECEIPT_APPLY;
+    }
+    /// `dispatch.notify`: the dispatch is in `dispatches`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NotifyDispatch {
+        pub dispatch_id: Uuid,
+    }
+
+    /// `dispatch.remind`: enqueued once per dispatch by the workers' sweep, when
+    /// `DISPATCH_ACK_SECS` have passed.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RemindDispatch {
+        pub dispatch_id: Uuid,
+    }
+
+    impl Job for NotifyDispatch {
+        const KIND: &'static str = kinds::DISPATCH_NOTIFY;
+    }
+    impl Job for RemindDispatch {
+        const KIND: &'static str = kinds::DISPATCH_REMIND;
     }
     impl Job for SetConversationStatus {
         const KIND: &'static str = kinds::CONVERSATION_STATUS;

@@ -40,6 +40,21 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub ringcentral: RingCentralSettings,
     pub gmail: GmailSettings,
+    pub crews: CrewSettings,
+}
+
+/// Field crews: dispatch reminders, arrival, the positions kept.
+#[derive(Debug, Clone)]
+pub struct CrewSettings {
+    /// `DISPATCH_ACK_SECS` (default 120): a member connected when dispatched who has not
+    /// acknowledged within this long is sent an SMS.
+    pub dispatch_ack: Duration,
+    /// `ARRIVAL_RADIUS_M` (default 150): a dispatched crew reported within this many
+    /// metres of the site has arrived.
+    pub arrival_radius_m: f64,
+    /// `LOCATION_RETENTION_HOURS` (default 72): crews' reported positions are pruned
+    /// this long after they came in (the latest of each crew is always kept).
+    pub location_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -513,6 +528,14 @@ impl Settings {
             storage: StorageSettings::from_env()?,
             ringcentral: RingCentralSettings::from_env()?,
             gmail: GmailSettings::from_env()?,
+            crews: CrewSettings {
+                dispatch_ack: Duration::from_secs(positive(
+                    parse("DISPATCH_ACK_SECS", "120")?,
+                    "DISPATCH_ACK_SECS",
+                )?),
+                arrival_radius_m: positive(parse("ARRIVAL_RADIUS_M", "150")?, "ARRIVAL_RADIUS_M")?,
+                location_retention: hours("LOCATION_RETENTION_HOURS", "72")?,
+            },
         })
     }
 }

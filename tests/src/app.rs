@@ -98,6 +98,8 @@ pub struct TestOptions {
     pub presence_heartbeat: Duration,
     pub presence_ttl: Duration,
     pub ws_max_per_user: i64,
+    /// `DISPATCH_ACK_SECS`: how long before unacknowledged crew members are texted.
+    pub dispatch_ack: Duration,
 }
 
 impl TestOptions {
@@ -143,6 +145,7 @@ impl Default for TestOptions {
             job_timeout: Duration::from_secs(10),
             ws_buffer: 64,
             ws_ping: Duration::from_secs(30),
+            dispatch_ack: Duration::from_secs(120),
             max_body_bytes: 64 * 1024,
             providers_configured: true,
             ringcentral: RingCentralConfig::default(),
@@ -223,6 +226,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     settings.http.addr = "127.0.0.1:0".parse().expect("addr");
     settings.http.ws_buffer = options.ws_buffer;
     settings.http.ws_ping = options.ws_ping;
+    settings.crews.dispatch_ack = options.dispatch_ack;
     settings.http.presence_heartbeat = options.presence_heartbeat;
     settings.http.presence_ttl = options.presence_ttl;
     settings.http.ws_max_per_user = options.ws_max_per_user;
@@ -438,7 +442,17 @@ impl TestApp {
             return;
         }
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(self.runtime().run(shutdown.clone()));
+        let runtime = self.runtime();
+        tokio::spawn(
+            commcenter_workers::schedule::DispatchReminders {
+                pool: runtime.pool.clone(),
+                ack_after: self.settings.crews.dispatch_ack,
+                max_attempts: self.settings.jobs.max_attempts,
+                outbox: runtime.outbox.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        let handle = tokio::spawn(runtime.run(shutdown.clone()));
         self.workers = Some((shutdown, handle));
     }
 

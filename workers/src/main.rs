@@ -7,7 +7,9 @@ use commcenter_shared::{
     blob::BlobStore, broker::Topology, db, retry::RetryPolicy, settings::Settings, telemetry,
 };
 use commcenter_workers::{
-    Runtime, handlers, metrics, retention::Retention, schedule::CallLogImports,
+    Runtime, handlers, metrics,
+    retention::{Keep, Retention},
+    schedule::{CallLogImports, DispatchReminders},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -67,9 +69,21 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(
         Retention {
             pool: runtime.pool.clone(),
-            jobs: settings.jobs.retention,
-            idempotency_keys: settings.jobs.idempotency_retention,
-            events: settings.jobs.event_retention,
+            keep: Keep {
+                jobs: settings.jobs.retention,
+                idempotency_keys: settings.jobs.idempotency_retention,
+                events: settings.jobs.event_retention,
+                locations: settings.crews.location_retention,
+            },
+        }
+        .run(shutdown.clone()),
+    );
+    tokio::spawn(
+        DispatchReminders {
+            pool: runtime.pool.clone(),
+            ack_after: settings.crews.dispatch_ack,
+            max_attempts: settings.jobs.max_attempts,
+            outbox: runtime.outbox.clone(),
         }
         .run(shutdown.clone()),
     );

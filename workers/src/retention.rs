@@ -1,6 +1,7 @@
 //! Retention: every so often, prune finished jobs (their attempts go with them) past
 //! `JOB_RETENTION_HOURS`, idempotency keys and webhook receipts past
-//! `IDEMPOTENCY_RETENTION_HOURS` and the event log past `EVENT_RETENTION_HOURS`.
+//! `IDEMPOTENCY_RETENTION_HOURS`, the event log past `EVENT_RETENTION_HOURS`, and
+//! crews' positions past `LOCATION_RETENTION_HOURS` (each crew's latest stays).
 //! Dead jobs are kept until an operator replays or discards them. Several worker
 //! processes may prune at once: each deletes in small batches and skips locked rows.
 
@@ -16,30 +17,33 @@ const BATCH: i64 = 1000;
 
 pub struct Retention {
     pub pool: PgPool,
+    pub keep: Keep,
+}
+
+/// How long each kind of row is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// Succeeded and cancelled jobs, after they finished.
     pub jobs: Duration,
+    /// Idempotency keys and webhook receipts.
     pub idempotency_keys: Duration,
     pub events: Duration,
+    /// Crews' reported positions, after they came in.
+    pub locations: Duration,
 }
 
 impl Retention {
     /// Prunes now, then every [`INTERVAL`], until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            match prune(
-                &self.pool,
-                self.jobs,
-                self.idempotency_keys,
-                self.events,
-                BATCH,
-            )
-            .await
-            {
+            match prune(&self.pool, &self.keep, BATCH).await {
                 Ok(pruned) if pruned != Pruned::default() => {
                     tracing::info!(
                         jobs = pruned.jobs,
                         idempotency_keys = pruned.idempotency_keys,
                         webhook_receipts = pruned.webhook_receipts,
                         events = pruned.events,
+                        locations = pruned.locations,
                         "pruned"
                     );
                 }
@@ -62,19 +66,14 @@ pub struct Pruned {
     pub webhook_receipts: u64,
     /// Events older than `EVENT_RETENTION_HOURS`, past recovery.
     pub events: u64,
+    pub locations: u64,
 }
 
-/// Deletes succeeded and cancelled jobs (their attempts go with them) finished more
-/// than `job_retention` ago, and idempotency keys and webhook receipts (RingCentral's
-/// redelivery window is minutes) older than `key_retention`, in batches of `batch`
-/// rows so no transaction grows large. Dead jobs stay until an operator acts.
-pub async fn prune(
-    pool: &PgPool,
-    job_retention: Duration,
-    key_retention: Duration,
-    event_retention: Duration,
-    batch: i64,
-) -> sqlx::Result<Pruned> {
+/// Deletes succeeded and cancelled jobs (their attempts go with them), idempotency keys
+/// and webhook receipts (RingCentral's redelivery window is minutes), events and
+/// crews' positions older than `keep` says, in batches of `batch` rows so no
+/// transaction grows large. Dead jobs stay until an operator acts.
+pub async fn prune(pool: &PgPool, keep: &Keep, batch: i64) -> sqlx::Result<Pruned> {
     Ok(Pruned {
         jobs: delete_in_batches(
             pool,
@@ -83,7 +82,7 @@ pub async fn prune(
                  WHERE state IN ('succeeded', 'cancelled')
                    AND finished_at < now() - make_interval(secs => $1)
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            job_retention,
+            keep.jobs,
             batch,
         )
         .await?,
@@ -93,7 +92,7 @@ pub async fn prune(
                  SELECT ctid FROM idempotency_keys
                  WHERE created_at < now() - make_interval(secs => $1)
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            key_retention,
+            keep.idempotency_keys,
             batch,
         )
         .await?,
@@ -103,7 +102,7 @@ pub async fn prune(
                  SELECT ctid FROM webhook_receipts
                  WHERE received_at < now() - make_interval(secs => $1)
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            key_retention,
+            keep.idempotency_keys,
             batch,
         )
         .await?,
@@ -113,7 +112,20 @@ pub async fn prune(
                  SELECT seq FROM event_log
                  WHERE at < now() - make_interval(secs => $1)
                  ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            event_retention,
+            keep.events,
+            batch,
+        )
+        .await?,
+        locations: delete_in_batches(
+            pool,
+            "DELETE FROM crew_locations WHERE id IN (
+                 SELECT l.id FROM crew_locations l
+                 WHERE l.received_at < now() - make_interval(secs => $1)
+                   AND l.id <> (SELECT newest.id FROM crew_locations newest
+                                WHERE newest.crew_id = l.crew_id
+                                ORDER BY newest.at DESC, newest.id DESC LIMIT 1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            keep.locations,
             batch,
         )
         .await?,

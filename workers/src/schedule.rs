@@ -1,8 +1,11 @@
-//! Jobs that run on a clock: the RingCentral call-log import.
+//! Jobs that run on a clock: the RingCentral call-log import, and the reminders of
+//! dispatches nobody acknowledged.
 //!
-//! Each worker process ticks, but a job is enqueued only when none of its kind is open
-//! (pending, queued, running or retrying), checked under a transaction-scoped advisory
-//! lock, so several workers never stack imports.
+//! Each worker process ticks. An import is enqueued only when none is open (pending,
+//! queued, running or retrying), checked under a transaction-scoped advisory lock, so
+//! several workers never stack imports. A dispatch's reminder is enqueued once: the
+//! sweep marks the dispatch taken (`ack_checked_at`) in the transaction that enqueues
+//! it, skipping rows another worker holds.
 
 use std::{sync::Arc, time::Duration};
 
@@ -69,4 +72,71 @@ pub async fn enqueue_unless_open<J: Job>(
     jobs::enqueue(&mut tx, NewJob::of(job), max_attempts).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Enqueues `dispatch.remind` for each dispatch older than `DISPATCH_ACK_SECS` whose
+/// crew has not arrived, once per dispatch.
+pub struct DispatchReminders {
+    pub pool: PgPool,
+    pub ack_after: Duration,
+    pub max_attempts: i32,
+    pub outbox: Arc<Notify>,
+}
+
+impl DispatchReminders {
+    /// How often to look: often enough that a reminder is at most a quarter of the
+    /// wait late.
+    pub fn every(&self) -> Duration {
+        (self.ack_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.every());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match enqueue_due_reminders(&self.pool, self.ack_after, self.max_attempts).await {
+                Ok(0) => {}
+                Ok(_) => self.outbox.notify_one(),
+                Err(error) => tracing::warn!(%error, "could not schedule dispatch reminders"),
+            }
+        }
+    }
+}
+
+/// One sweep; answers how many reminders it enqueued.
+pub async fn enqueue_due_reminders(
+    pool: &PgPool,
+    ack_after: Duration,
+    max_attempts: i32,
+) -> sqlx::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let due: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "UPDATE dispatches SET ack_checked_at = now()
+         WHERE id IN (SELECT id FROM dispatches
+                      WHERE ack_checked_at IS NULL AND arrived_at IS NULL
+                        AND created_at < now() - make_interval(secs => $1)
+                      ORDER BY created_at
+                      LIMIT 100
+                      FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(ack_after.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    for dispatch_id in &due {
+        jobs::enqueue(
+            &mut tx,
+            NewJob::of(&payloads::RemindDispatch {
+                dispatch_id: *dispatch_id,
+            }),
+            max_attempts,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(due.len())
 }

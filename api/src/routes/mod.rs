@@ -3,6 +3,7 @@
 pub mod communications;
 pub mod console;
 pub mod conversations;
+pub mod crews;
 pub mod files;
 pub mod health;
 pub mod integrations;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod presence;
+pub mod projects;
 pub mod search;
 pub mod templates;
 pub mod ws;
@@ -94,6 +96,23 @@ pub fn router() -> Router<AppState> {
             "/api/communications/user/{user_id}/status",
             get(presence::user_status),
         )
+        .route("/api/crews", post(crews::create).get(crews::list))
+        .route("/api/crews/locations", get(crews::locations))
+        .route("/api/crews/broadcast", post(crews::broadcast))
+        .route(
+            "/api/crews/{id}",
+            get(crews::get_one)
+                .patch(crews::update)
+                .delete(crews::delete),
+        )
+        .route("/api/crews/{id}/location", post(crews::report_location))
+        .route("/api/projects", post(projects::create).get(projects::list))
+        .route(
+            "/api/projects/{id}",
+            get(projects::get_one).patch(projects::update),
+        )
+        .route("/api/projects/{id}/dispatch", post(projects::dispatch))
+        .route("/api/dispatches/{id}/ack", post(projects::acknowledge))
         .route("/api/ws/{user_id}", get(ws::connect))
         .merge(integrations::router())
         .merge(ops::router())

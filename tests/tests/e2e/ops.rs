@@ -775,9 +775,12 @@ async fn retention_prunes_finished_jobs_and_keeps_dead_ones() {
 
     let pruned = commcenter_workers::retention::prune(
         &app.pool,
-        Duration::from_secs(168 * 3600),
-        Duration::from_secs(24 * 3600),
-        Duration::from_secs(24 * 3600),
+        &commcenter_workers::retention::Keep {
+            jobs: Duration::from_secs(168 * 3600),
+            idempotency_keys: Duration::from_secs(24 * 3600),
+            events: Duration::from_secs(24 * 3600),
+            locations: Duration::from_secs(72 * 3600),
+        },
         1,
     )
     .await

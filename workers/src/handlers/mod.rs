@@ -2,6 +2,7 @@
 
 pub mod attachments;
 pub mod conversations;
+pub mod dispatches;
 pub mod email;
 pub mod files;
 pub mod messages;
@@ -37,6 +38,15 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
         .configured()
         .then(|| Gmail::new(&settings.gmail))
         .transpose()?;
+    let texting = dispatches::Texting {
+        from_number: if settings.ringcentral.configured() {
+            settings.ringcentral.from_number.clone()
+        } else {
+            String::new()
+        },
+        max_attempts: settings.jobs.max_attempts,
+        presence_ttl: settings.http.presence_ttl,
+    };
     let sends = PgPoolOptions::new()
         .max_connections(SEND_EVIDENCE_CONNECTIONS)
         .connect_lazy(settings.database.url.expose())?;
@@ -73,6 +83,8 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
             sends,
             under_way_for: sends::under_way_at_most(settings.gmail.timeout),
         })
+        .with(dispatches::NotifyDispatchHandler(texting.clone()))
+        .with(dispatches::RemindDispatchHandler(texting))
         .with(ringcentral::LogCallHandler)
         .with(ringcentral::RingCentralEventHandler {
             ringcentral: ringcentral.clone(),
