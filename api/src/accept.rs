@@ -260,8 +260,7 @@ impl Acceptance {
         let Some(id) = project_id else {
             if crew_member {
                 return Err(ApiError::Forbidden(
-                    "crew members write on a project of their crew: project_id is required"
-                        .into(),
+                    "crew members write on a project of their crew: project_id is required".into(),
                 ));
             }
             return Ok(None);
@@ -271,7 +270,9 @@ impl Acceptance {
             .await?
             .filter(|p| p.customer_id == customer.as_str())
             .ok_or_else(|| {
-                ApiError::Invalid(format!("project_id: customer {customer} has no project {id}"))
+                ApiError::Invalid(format!(
+                    "project_id: customer {customer} has no project {id}"
+                ))
             })?;
         if crew_member {
             let crew = crews::crew_of(conn, caller.user_id()).await?;

@@ -110,8 +110,7 @@ impl Hub {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (id, subscriber) in connections.iter() {
-            if !event.visible_to(&subscriber.viewer)
-                || typist == Some(subscriber.user_id.as_str())
+            if !event.visible_to(&subscriber.viewer) || typist == Some(subscriber.user_id.as_str())
             {
                 continue;
             }

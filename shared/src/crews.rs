@@ -379,8 +379,9 @@ pub async fn notify_customer(
     .await?;
     let (text, template) = match found {
         Some((id, version, content)) => match templates::render(&content, variables) {
-            Ok(text) if templates::placeholders([content.as_str()])
-                .is_ok_and(|names| names.iter().all(|n| variables.contains_key(n))) =>
+            Ok(text)
+                if templates::placeholders([content.as_str()])
+                    .is_ok_and(|names| names.iter().all(|n| variables.contains_key(n))) =>
             {
                 (text, Some((id, version)))
             }
@@ -391,8 +392,8 @@ pub async fn notify_customer(
         },
         None => (fallback, None),
     };
-    let customer = CustomerId::parse(&project.customer_id)
-        .map_err(|e| sqlx::Error::Decode(e.0.into()))?;
+    let customer =
+        CustomerId::parse(&project.customer_id).map_err(|e| sqlx::Error::Decode(e.0.into()))?;
     let id = Uuid::now_v7();
     let (communication, _) = store::insert_communication(
         conn,
@@ -443,8 +444,8 @@ pub async fn text_member(
     text: &str,
     max_attempts: i32,
 ) -> sqlx::Result<Communication> {
-    let customer = CustomerId::parse(&project.customer_id)
-        .map_err(|e| sqlx::Error::Decode(e.0.into()))?;
+    let customer =
+        CustomerId::parse(&project.customer_id).map_err(|e| sqlx::Error::Decode(e.0.into()))?;
     let id = Uuid::now_v7();
     let (communication, _) = store::insert_communication(
         conn,

@@ -125,10 +125,7 @@ pub enum EventBody {
     },
     /// A crew member acknowledged a dispatch (to staff and the crew).
     #[serde(rename = "dispatch.acknowledged")]
-    DispatchAcknowledged {
-        dispatch_id: Uuid,
-        user_id: String,
-    },
+    DispatchAcknowledged { dispatch_id: Uuid, user_id: String },
     /// The dispatched crew reached the site: the project is `on_site`.
     #[serde(rename = "project.arrived")]
     ProjectArrived {

@@ -509,6 +509,16 @@ impl TestApp {
             .expect("GET")
     }
 
+    /// `get`, owning its arguments (for closures that build requests).
+    pub async fn get_owned(&self, path: String, token: String) -> reqwest::Response {
+        self.get(&path, &token).await
+    }
+
+    /// `post_json`, owning its arguments (for closures that build requests).
+    pub async fn post_owned(&self, path: String, token: String, body: Value) -> reqwest::Response {
+        self.post_json(&path, &token, &body).await
+    }
+
     pub async fn patch_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
         self.client
             .patch(self.url(path))

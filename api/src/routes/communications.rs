@@ -24,8 +24,7 @@ use uuid::Uuid;
 use commcenter_shared::{
     crews,
     domain::{
-        CommunicationType, CustomerId, Direction, MessageText, Receipt, Role, Visibility,
-        is_blank,
+        CommunicationType, CustomerId, Direction, MessageText, Receipt, Role, Visibility, is_blank,
     },
     events::{self, Event, EventBody},
     jobs::{self, NewJob, payloads},

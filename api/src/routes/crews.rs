@@ -180,7 +180,10 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     let crews = match caller.role() {
         Role::Staff | Role::Operator => crews::list_crews(&mut conn).await?,
         Role::Crew => match crews::crew_of(&mut conn, caller.user_id()).await? {
-            Some(own) => crews::find_crew(&mut conn, own).await?.into_iter().collect(),
+            Some(own) => crews::find_crew(&mut conn, own)
+                .await?
+                .into_iter()
+                .collect(),
             None => Vec::new(),
         },
         Role::Customer => {
@@ -290,7 +293,10 @@ pub async fn delete(
 /// Degrees, finite and in range.
 pub(crate) fn coordinates(lat: f64, lng: f64) -> ApiResult<(f64, f64)> {
     if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
-        return Err(invalid("lat", format!("must be between -90 and 90, not {lat}")));
+        return Err(invalid(
+            "lat",
+            format!("must be between -90 and 90, not {lat}"),
+        ));
     }
     if !lng.is_finite() || !(-180.0..=180.0).contains(&lng) {
         return Err(invalid(

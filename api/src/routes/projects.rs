@@ -170,7 +170,10 @@ pub async fn list(
         crew_id: query
             .crew_id
             .as_deref()
-            .map(|raw| Uuid::parse_str(raw).map_err(|_| bad(format!("crew_id must be a UUID, not {raw:?}"))))
+            .map(|raw| {
+                Uuid::parse_str(raw)
+                    .map_err(|_| bad(format!("crew_id must be a UUID, not {raw:?}")))
+            })
             .transpose()?,
         status: query
             .status
@@ -472,7 +475,10 @@ pub async fn dispatch(
             .map(|eta| eta.format("%H:%M UTC").to_string())
             .unwrap_or_default();
         let fallback = if eta.is_empty() {
-            format!("Your crew ({crew_name}) is on the way to {}.", project.address)
+            format!(
+                "Your crew ({crew_name}) is on the way to {}.",
+                project.address
+            )
         } else {
             format!(
                 "Your crew ({crew_name}) is on the way to {}, arriving about {eta}.",
@@ -635,8 +641,7 @@ pub(crate) async fn arrive(
             .bind(project_id)
             .execute(&mut *conn)
             .await?;
-        let customer =
-            CustomerId::parse(&project.customer_id).map_err(|e| anyhow::anyhow!(e))?;
+        let customer = CustomerId::parse(&project.customer_id).map_err(|e| anyhow::anyhow!(e))?;
         let event = Event::of_project(
             customer,
             project_id,
@@ -659,7 +664,10 @@ pub(crate) async fn arrive(
                 },
                 ARRIVED_TEMPLATE,
                 &variables(&project, &crew_name, ""),
-                format!("Your crew ({crew_name}) has arrived at {}.", project.address),
+                format!(
+                    "Your crew ({crew_name}) has arrived at {}.",
+                    project.address
+                ),
                 state.settings.jobs.max_attempts,
             )
             .await?;

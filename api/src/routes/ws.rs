@@ -200,8 +200,7 @@ async fn run(
     // Where the client is: the log's head now, or, resuming, what it missed.
     let replay = async {
         let mut conn = state.pool.acquire().await?;
-        events::replay(&mut conn, since, viewer, REPLAY_LIMIT)
-        .await
+        events::replay(&mut conn, since, viewer, REPLAY_LIMIT).await
     }
     .await;
     let replay = match replay {

@@ -10,6 +10,7 @@ mod batches;
 mod cli;
 mod console;
 mod conversations;
+mod crews;
 mod edits;
 mod email;
 mod files;

@@ -132,7 +132,12 @@ impl Handler<payloads::NotifyDispatch> for NotifyDispatchHandler {
         .await?;
         let texted = self
             .0
-            .text(conn, &project, &offline, &dispatch_text(&dispatch, &project))
+            .text(
+                conn,
+                &project,
+                &offline,
+                &dispatch_text(&dispatch, &project),
+            )
             .await?;
         tracing::info!(dispatch = %dispatch.id, texted, "crew notified");
         Ok(())
