@@ -60,9 +60,10 @@ async fn a_sender_edits_their_message_everyone_hears_and_the_old_text_is_kept() 
     answer(app.edit_message(&customer, &id, "hacked").await, 403).await;
     let other_staff = app.token("staff-2", Role::Staff, None);
     answer(app.edit_message(&other_staff, &id, "hmm").await, 403).await;
+    // A crew member sees only their crew's projects: to them this message is unknown.
     let crew = app.token("crew-1", Role::Crew, None);
-    answer(app.edit_message(&crew, &id, "hmm").await, 403).await;
-    answer(app.delete_message(&crew, &id).await, 403).await;
+    answer(app.edit_message(&crew, &id, "hmm").await, 404).await;
+    answer(app.delete_message(&crew, &id).await, 404).await;
     let refused = answer(app.edit_message(&staff, &id, "\u{200B}").await, 422).await;
     assert!(
         refused["error"]["message"]
