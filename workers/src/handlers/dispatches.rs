@@ -88,6 +88,9 @@ fn dispatch_text(dispatch: &Dispatch, project: &Project) -> String {
     if !dispatch.note.is_empty() {
         text.push(' ');
         text.push_str(&dispatch.note);
+        if !dispatch.note.ends_with(['.', '!', '?']) {
+            text.push('.');
+        }
     }
     text.push_str(" Acknowledge in the crew app.");
     text
