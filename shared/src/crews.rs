@@ -357,60 +357,135 @@ pub struct Sender<'a> {
     pub role: Role,
 }
 
-/// An in-app message to the project's customer about their crew ("on the way", "has
-/// arrived"), with its delivery job: from the active in-app template named `template`
-/// when there is one (its variables: `title`, `address`, `crew`, `eta`), else
-/// `fallback`. A template that does not render with those falls back too.
+/// A message to a customer about their crew: which template, and what to say without it.
+pub struct Notice<'a> {
+    /// The active template of this name and of the channel's type is used when there
+    /// is one; its variables: `title`, `address`, `crew`, `eta`.
+    pub template: &'a str,
+    pub variables: &'a std::collections::BTreeMap<String, serde_json::Value>,
+    /// The text (and, by email, the subject) when no template renders.
+    pub fallback: String,
+    pub subject: &'a str,
+}
+
+/// Where this system can send from: RingCentral's number and Gmail's mailbox, when
+/// they are configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Senders<'a> {
+    pub sms_from: Option<&'a str>,
+    pub email_from: Option<&'a str>,
+}
+
+/// The channel a customer is reached on: the one they last wrote on (in-app, SMS or
+/// email), when we can send on it; in-app otherwise.
+async fn customer_channel(
+    conn: &mut PgConnection,
+    customer: &CustomerId,
+    senders: Senders<'_>,
+) -> sqlx::Result<(CommunicationType, Option<String>)> {
+    let last: Option<(CommunicationType, Option<String>)> = sqlx::query_as(
+        "SELECT type, remote_address FROM communications
+         WHERE customer_id = $1 AND direction = 'inbound' AND visibility = 'public'
+           AND type IN ('inapp', 'sms', 'email')
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(customer.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(match last {
+        Some((CommunicationType::Sms, Some(number))) if senders.sms_from.is_some() => {
+            (CommunicationType::Sms, Some(number))
+        }
+        Some((CommunicationType::Email, Some(address))) if senders.email_from.is_some() => {
+            (CommunicationType::Email, Some(address))
+        }
+        _ => (CommunicationType::InApp, None),
+    })
+}
+
+/// A message to the project's customer about their crew ("on the way", "has arrived"),
+/// with the job that carries it out, on the customer's channel ([`customer_channel`]):
+/// from the active template of that channel named in `notice` when one renders, else
+/// its fallback text.
 pub async fn notify_customer(
     conn: &mut PgConnection,
     project: &Project,
     sender: Sender<'_>,
-    template: &str,
-    variables: &std::collections::BTreeMap<String, serde_json::Value>,
-    fallback: String,
+    notice: &Notice<'_>,
+    senders: Senders<'_>,
     max_attempts: i32,
 ) -> sqlx::Result<Communication> {
-    let found: Option<(Uuid, i32, String)> = sqlx::query_as(
-        "SELECT id, version, content FROM message_templates
-         WHERE lower(name) = lower($1) AND type = 'inapp' AND active",
-    )
-    .bind(template)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let (text, template) = match found {
-        Some((id, version, content)) => match templates::render(&content, variables) {
-            Ok(text)
-                if templates::placeholders([content.as_str()])
-                    .is_ok_and(|names| names.iter().all(|n| variables.contains_key(n))) =>
-            {
-                (text, Some((id, version)))
-            }
-            _ => {
-                tracing::warn!(template = %id, "the crew template does not render with title, address, crew and eta; sending the default text");
-                (fallback, None)
-            }
-        },
-        None => (fallback, None),
-    };
     let customer =
         CustomerId::parse(&project.customer_id).map_err(|e| sqlx::Error::Decode(e.0.into()))?;
+    let (channel, address) = customer_channel(conn, &customer, senders).await?;
+    let found: Option<(Uuid, i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, version, content, subject FROM message_templates
+         WHERE lower(name) = lower($1) AND type = $2 AND active",
+    )
+    .bind(notice.template)
+    .bind(channel)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let rendered = found.and_then(|(id, version, content, subject)| {
+        match templates::render_template(&content, subject.as_deref(), notice.variables) {
+            Ok(rendered) => Some((rendered, (id, version))),
+            Err(error) => {
+                tracing::warn!(template = %id, %error, "the crew template does not render with title, address, crew and eta; sending the default text");
+                None
+            }
+        }
+    });
+    let (text, subject, template) = match rendered {
+        Some((rendered, template)) => (rendered.message, rendered.subject, Some(template)),
+        None => (notice.fallback.clone(), None, None),
+    };
     let id = Uuid::now_v7();
+    let (local, job, subject, message_id) = match channel {
+        CommunicationType::Sms => (
+            senders.sms_from,
+            NewJob::of(&payloads::SendSms {
+                communication_id: id,
+            }),
+            None,
+            None,
+        ),
+        CommunicationType::Email => {
+            let from = senders.email_from.unwrap_or_default();
+            let domain = from.rsplit_once('@').map_or(from, |(_, domain)| domain);
+            (
+                senders.email_from,
+                NewJob::of(&payloads::SendEmail {
+                    communication_id: id,
+                }),
+                Some(subject.unwrap_or_else(|| notice.subject.to_owned())),
+                Some(format!("<{id}@{domain}>")),
+            )
+        }
+        _ => (
+            None,
+            NewJob::of(&payloads::DeliverMessage {
+                communication_id: id,
+            }),
+            None,
+            None,
+        ),
+    };
     let (communication, _) = store::insert_communication(
         conn,
         &store::NewCommunication {
             id,
             customer_id: &customer,
-            communication_type: CommunicationType::InApp,
+            communication_type: channel,
             direction: Direction::Outbound,
             sender_id: sender.id,
             sender_role: sender.role.as_str(),
-            subject: None,
+            subject: subject.as_deref(),
             message: &text,
             attachments: serde_json::json!([]),
             metadata: serde_json::json!({}),
-            remote_address: None,
-            local_address: None,
-            rfc822_message_id: None,
+            remote_address: address.as_deref(),
+            local_address: local,
+            rfc822_message_id: message_id.as_deref(),
             provider_thread_id: None,
             in_reply_to: None,
             references: None,
@@ -421,11 +496,7 @@ pub async fn notify_customer(
             project_id: Some(project.id),
             visibility: Visibility::Public,
         },
-        NewJob::of(&payloads::DeliverMessage {
-            communication_id: id,
-        })
-        .for_communication(id)
-        .for_customer(&customer),
+        job.for_communication(id).for_customer(&customer),
         max_attempts,
     )
     .await?;

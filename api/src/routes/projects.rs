@@ -5,7 +5,8 @@
 //!   Status moves forward only (`ProjectStatus::refusal`).
 //! - `POST /api/projects/{id}/dispatch`: staff send a crew; recorded with its
 //!   `dispatch.notify` job (the crew's `dispatch.new`, SMS to members offline) and,
-//!   with `notify_customer`, an in-app "on the way" message, in one transaction.
+//!   with `notify_customer`, an "on the way" message on the customer's channel (the
+//!   one they last wrote on), in one transaction.
 //! - `POST /api/dispatches/{id}/ack`: a member of the dispatched crew acknowledges;
 //!   staff and the crew get `dispatch.acknowledged`.
 //! - Arrival ([`arrive`]): a position reported within `ARRIVAL_RADIUS_M` of a
@@ -25,7 +26,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    crews::{self, DISPATCH_COLUMNS, Dispatch, Project, ProjectFilter, Sender},
+    crews::{self, DISPATCH_COLUMNS, Dispatch, Notice, Project, ProjectFilter, Sender, Senders},
     domain::{CustomerId, ProjectStatus, Role},
     events::{self, Event, EventBody},
     jobs::{self, NewJob, payloads},
@@ -492,9 +493,13 @@ pub async fn dispatch(
                 id: caller.user_id(),
                 role: caller.role(),
             },
-            ON_THE_WAY_TEMPLATE,
-            &variables(&project, &crew_name, &eta),
-            fallback,
+            &Notice {
+                template: ON_THE_WAY_TEMPLATE,
+                variables: &variables(&project, &crew_name, &eta),
+                fallback,
+                subject: "Your crew is on the way",
+            },
+            senders(&state),
             max_attempts,
         )
         .await?;
@@ -513,6 +518,18 @@ pub async fn dispatch(
             "customer_message_id": customer_message,
         })),
     ))
+}
+
+/// What this api can send a customer's notice from.
+fn senders(state: &AppState) -> Senders<'_> {
+    let ringcentral = &state.settings.ringcentral;
+    let gmail = &state.settings.gmail;
+    Senders {
+        sms_from: (ringcentral.configured() && !ringcentral.from_number.is_empty())
+            .then_some(ringcentral.from_number.as_str()),
+        email_from: (gmail.configured() && !gmail.sender.is_empty())
+            .then_some(gmail.sender.as_str()),
+    }
 }
 
 async fn crew_name(conn: &mut PgConnection, crew: Uuid) -> sqlx::Result<String> {
@@ -662,12 +679,16 @@ pub(crate) async fn arrive(
                     id: &dispatch.dispatched_by,
                     role: Role::Staff,
                 },
-                ARRIVED_TEMPLATE,
-                &variables(&project, &crew_name, ""),
-                format!(
-                    "Your crew ({crew_name}) has arrived at {}.",
-                    project.address
-                ),
+                &Notice {
+                    template: ARRIVED_TEMPLATE,
+                    variables: &variables(&project, &crew_name, ""),
+                    fallback: format!(
+                        "Your crew ({crew_name}) has arrived at {}.",
+                        project.address
+                    ),
+                    subject: "Your crew has arrived",
+                },
+                senders(state),
                 state.settings.jobs.max_attempts,
             )
             .await?;

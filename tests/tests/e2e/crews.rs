@@ -970,3 +970,66 @@ async fn positions_are_checked_read_by_staff_and_broadcasts_reach_crews_nearby()
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_customer_is_told_on_the_channel_they_last_wrote_on() {
+    let app = spawn_app().await;
+    let staff = app.staff_token();
+    // cust-9 last wrote by SMS (filed as an inbound SMS is).
+    sqlx::query(
+        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
+                                     message, status, remote_address, local_address)
+         VALUES (gen_random_uuid(), 'cust-9', 'sms', 'inbound', '+14155550188', 'customer',
+                 'When do you come?', 'delivered', '+14155550188', '+16505550100')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let template = json_of(
+        app.create_template(
+            &staff,
+            &json!({ "name": "crew_on_the_way", "type": "sms",
+                     "content": "{{crew}} is on the way to {{address}}, ETA {{eta}}" }),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let alpha = crew(&app, "Alpha", &["crew-a1"]).await;
+    let project_id = project(&app, "cust-9", Some(&alpha)).await;
+    let body = json_of(
+        app.post_json(
+            &format!("/api/projects/{project_id}/dispatch"),
+            &staff,
+            &json!({ "eta": "2026-12-10T09:30:00Z", "notify_customer": true }),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let message_id = body["customer_message_id"].as_str().unwrap().to_owned();
+    app.wait_for_status(&message_id, "sent").await;
+    let to_customer: Vec<Value> = app
+        .ringcentral
+        .sent()
+        .into_iter()
+        .filter(|s| s["to"][0]["phoneNumber"] == "+14155550188")
+        .collect();
+    assert_eq!(to_customer.len(), 1, "{to_customer:?}");
+    assert_eq!(
+        to_customer[0]["subject"],
+        "Alpha is on the way to 1 Main St, ETA 09:30 UTC"
+    );
+    let row: (String, String, Option<uuid::Uuid>, Option<uuid::Uuid>) = sqlx::query_as(
+        "SELECT type, visibility, template_id, project_id FROM communications WHERE id = $1::uuid",
+    )
+    .bind(&message_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.0, "sms");
+    assert_eq!(row.1, "public");
+    assert_eq!(row.2.unwrap().to_string(), template["id"].as_str().unwrap());
+    assert_eq!(row.3.unwrap().to_string(), project_id);
+    app.assert_no_jobs_left().await;
+}
