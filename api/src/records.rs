@@ -51,6 +51,12 @@ pub fn communication_json(c: &Communication) -> Value {
         fields.insert("phone".into(), json!(phone));
     }
     fields.insert("deleted".into(), json!(deleted));
+    if let (Some(id), Some(channel)) = (c.fallback_id, &c.fallback_channel) {
+        fields.insert(
+            "fallback".into(),
+            json!({ "channel": channel, "communication_id": id }),
+        );
+    }
     if deleted {
         // A tombstone: that there was a message, by whom and when; nothing of what it said.
         for field in ["message", "subject"] {

@@ -15,6 +15,8 @@
 //!   and the envelope that carries a job over RabbitMQ.
 //! - [`ops`]: the operators' view of the ledger: filters, counts, one job in full,
 //!   replays and discards (bulk ones in batches), their audit, retention.
+//! - [`reach`]: a customer's own addresses and preferences, and the fallback of unread
+//!   in-app messages to SMS or email.
 //! - [`search`]: full-text search over communications, ranked and highlighted.
 //! - [`templates`]: message templates: placeholders found, rendered, stored in versions.
 //! - [`filetype`]: what an upload is, by its first bytes; safe display and stored names.
@@ -44,6 +46,7 @@ pub mod http_server;
 pub mod jobs;
 pub mod metrics;
 pub mod ops;
+pub mod reach;
 pub mod relay;
 pub mod retry;
 pub mod search;

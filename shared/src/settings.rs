@@ -41,6 +41,17 @@ pub struct Settings {
     pub ringcentral: RingCentralSettings,
     pub gmail: GmailSettings,
     pub crews: CrewSettings,
+    pub reach: ReachSettings,
+}
+
+/// Reaching customers who are not in the portal.
+#[derive(Debug, Clone)]
+pub struct ReachSettings {
+    /// `FALLBACK_AFTER_SECS` (default 300): how long an in-app message may stay unread
+    /// before it goes on by the customer's fallback channel (they may set their own).
+    pub fallback_after: Duration,
+    /// `PORTAL_URL` (default none): the portal's address, linked from fallbacks.
+    pub portal_url: Option<String>,
 }
 
 /// Field crews: dispatch reminders, arrival, the positions kept.
@@ -528,6 +539,16 @@ impl Settings {
             storage: StorageSettings::from_env()?,
             ringcentral: RingCentralSettings::from_env()?,
             gmail: GmailSettings::from_env()?,
+            reach: ReachSettings {
+                fallback_after: Duration::from_secs(positive(
+                    parse("FALLBACK_AFTER_SECS", "300")?,
+                    "FALLBACK_AFTER_SECS",
+                )?),
+                portal_url: Some(var("PORTAL_URL", ""))
+                    .filter(|url| !url.trim().is_empty())
+                    .map(|_| base_url("PORTAL_URL", ""))
+                    .transpose()?,
+            },
             crews: CrewSettings {
                 dispatch_ack: Duration::from_secs(positive(
                     parse("DISPATCH_ACK_SECS", "120")?,

@@ -70,13 +70,19 @@ pub struct Communication {
     pub project_id: Option<Uuid>,
     /// `internal`: staff and the project's crew only.
     pub visibility: Visibility,
+    /// The SMS or email this unread in-app message went on in (shown as `fallback`).
+    #[serde(skip)]
+    pub fallback_id: Option<Uuid>,
+    #[serde(skip)]
+    pub fallback_channel: Option<String>,
 }
 
 pub const COMMUNICATION_COLUMNS: &str = "id, customer_id, type, direction, sender_id, sender_role, subject, message,
     status, failure_reason, attachments, metadata, created_at, updated_at, sent_at, delivered_at, read_at,
     remote_address, local_address, provider_message_id, provider_status, provider_thread_id,
     rfc822_message_id, in_reply_to, \"references\", duration_seconds, occurred_at, read_by, edited_at,
-    deleted_at, deleted_by, template_id, template_version, project_id, visibility";
+    deleted_at, deleted_by, template_id, template_version, project_id, visibility, fallback_id,
+    fallback_channel";
 
 /// A communication as the api accepts it: every column a send can set.
 #[derive(Debug, Clone)]

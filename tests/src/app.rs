@@ -452,6 +452,14 @@ impl TestApp {
             }
             .run(shutdown.clone()),
         );
+        tokio::spawn(
+            commcenter_workers::schedule::Fallbacks {
+                pool: runtime.pool.clone(),
+                settings: commcenter_workers::schedule::fallback_settings(&self.settings),
+                outbox: runtime.outbox.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         let handle = tokio::spawn(runtime.run(shutdown.clone()));
         self.workers = Some((shutdown, handle));
     }

@@ -9,7 +9,7 @@ use commcenter_shared::{
 use commcenter_workers::{
     Runtime, handlers, metrics,
     retention::{Keep, Retention},
-    schedule::{CallLogImports, DispatchReminders},
+    schedule::{self, CallLogImports, DispatchReminders, Fallbacks},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +75,14 @@ async fn main() -> anyhow::Result<()> {
                 events: settings.jobs.event_retention,
                 locations: settings.crews.location_retention,
             },
+        }
+        .run(shutdown.clone()),
+    );
+    tokio::spawn(
+        Fallbacks {
+            pool: runtime.pool.clone(),
+            settings: schedule::fallback_settings(&settings),
+            outbox: runtime.outbox.clone(),
         }
         .run(shutdown.clone()),
     );

@@ -1,5 +1,6 @@
-//! Jobs that run on a clock: the RingCentral call-log import, and the reminders of
-//! dispatches nobody acknowledged.
+//! Jobs that run on a clock: the RingCentral call-log import, the reminders of
+//! dispatches nobody acknowledged, and the fallback of unread in-app messages
+//! (`reach::send_due_fallbacks`).
 //!
 //! Each worker process ticks. An import is enqueued only when none is open (pending,
 //! queued, running or retrying), checked under a transaction-scoped advisory lock, so
@@ -139,4 +140,57 @@ pub async fn enqueue_due_reminders(
     }
     tx.commit().await?;
     Ok(due.len())
+}
+
+/// Sends unread in-app messages on by each customer's fallback channel, every
+/// [`Fallbacks::every`].
+pub struct Fallbacks {
+    pub pool: PgPool,
+    pub settings: commcenter_shared::reach::FallbackSettings,
+    pub outbox: Arc<Notify>,
+}
+
+impl Fallbacks {
+    /// Often enough that a fallback is at most a tenth of the delay late.
+    pub fn every(&self) -> Duration {
+        (self.settings.default_after / 10).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.every());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match commcenter_shared::reach::send_due_fallbacks(
+                &self.pool,
+                chrono::Utc::now(),
+                &self.settings,
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(_) => self.outbox.notify_one(),
+                Err(error) => tracing::warn!(%error, "could not send unread messages' fallbacks"),
+            }
+        }
+    }
+}
+
+/// What the fallback sweep needs, from the settings.
+pub fn fallback_settings(
+    settings: &commcenter_shared::settings::Settings,
+) -> commcenter_shared::reach::FallbackSettings {
+    let ringcentral = &settings.ringcentral;
+    let gmail = &settings.gmail;
+    commcenter_shared::reach::FallbackSettings {
+        default_after: settings.reach.fallback_after,
+        portal_url: settings.reach.portal_url.clone(),
+        sms_from: (ringcentral.configured() && !ringcentral.from_number.is_empty())
+            .then(|| ringcentral.from_number.clone()),
+        email_from: (gmail.configured() && !gmail.sender.is_empty()).then(|| gmail.sender.clone()),
+        max_attempts: settings.jobs.max_attempts,
+    }
 }

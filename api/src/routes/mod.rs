@@ -4,6 +4,7 @@ pub mod communications;
 pub mod console;
 pub mod conversations;
 pub mod crews;
+pub mod customers;
 pub mod files;
 pub mod health;
 pub mod integrations;
@@ -95,6 +96,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/communications/user/{user_id}/status",
             get(presence::user_status),
+        )
+        .route(
+            "/api/customers/{customer_id}/contact",
+            get(customers::get).put(customers::put),
         )
         .route("/api/crews", post(crews::create).get(crews::list))
         .route("/api/crews/locations", get(crews::locations))

@@ -24,6 +24,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod parity;
+mod reach;
 mod realtime;
 mod receipts;
 mod reliability;

@@ -36,6 +36,7 @@ use commcenter_shared::{
     domain::CommunicationStatus,
     events::{self, Event, EventBody},
     jobs::ProviderReport,
+    reach,
     store::{self, Communication},
 };
 
@@ -153,6 +154,11 @@ pub async fn call<C: Channel>(
 
     attachments_ready(&mut conn, &communication).await?;
     let prepared = channel.prepare(&mut conn, &communication).await?;
+    // A fallback of unread in-app messages goes only if one of them is still unread.
+    if !reach::still_unread(&mut conn, &communication.metadata).await? {
+        cancel_fallback(&mut conn, &communication).await?;
+        return Ok(());
+    }
     drop(conn);
     let Some(send_id) = begin(sends, communication.id, job, C::PROVIDER).await? else {
         return Err(JobError::Busy {
@@ -203,6 +209,29 @@ pub async fn call<C: Channel>(
             Err(job_error)
         }
     }
+}
+
+/// A fallback whose messages were all read meanwhile: not sent, failed with the
+/// reason, and announced, in one transaction.
+async fn cancel_fallback(
+    conn: &mut PgConnection,
+    communication: &Communication,
+) -> Result<(), JobError> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    reach::cancel_fallback(&mut tx, communication.id).await?;
+    let event = Event::now(
+        customer_of(&communication.customer_id)?,
+        EventBody::CommunicationStatus {
+            communication_id: communication.id,
+            status: CommunicationStatus::Failed,
+            previous: CommunicationStatus::Queued,
+            reason: Some("not sent: every message it carried was read first".into()),
+        },
+    );
+    events::record(&mut tx, &event).await?;
+    tx.commit().await?;
+    tracing::info!(communication = %communication.id, "fallback not sent: its messages were read first");
+    Ok(())
 }
 
 /// The inside phase, in the job's transaction: the communication is `sent` once a send
