@@ -40,6 +40,10 @@ async fn every_documented_path_is_served() {
                     .client
                     .patch(app.url(&concrete))
                     .json(&serde_json::json!({})),
+                "put" => app
+                    .client
+                    .put(app.url(&concrete))
+                    .json(&serde_json::json!({})),
                 "delete" => app.client.delete(app.url(&concrete)),
                 other => panic!("unexpected method {other}"),
             };
