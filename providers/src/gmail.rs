@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use base64::{
     Engine,
-    engine::general_purpose::{STANDARD, URL_SAFE},
+    engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD},
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
@@ -202,6 +202,149 @@ impl Gmail {
         answer.json(what).map(Some)
     }
 
+    /// The mailbox's current history position (`users.getProfile`): where incremental
+    /// reading starts the first time.
+    pub async fn history_now(&self) -> Result<u64, ProviderError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Profile {
+            history_id: String,
+        }
+        let what = "Gmail profile";
+        let url = format!("{}/gmail/v1/users/me/profile", self.inner.api_url);
+        let profile: Profile = self
+            .call(what, || self.inner.http.get(&url))
+            .await?
+            .json(what)?;
+        history_position(what, &profile.history_id)
+    }
+
+    /// The messages added to the mailbox after position `start`, oldest first, every
+    /// page of `users.history.list` (`historyTypes=messageAdded`), and the position to
+    /// start from next time. A start Google no longer keeps is an error with
+    /// `http_status` 404: read [`Gmail::received_after`] instead.
+    pub async fn added_since(&self, start: u64) -> Result<(Vec<Added>, u64), ProviderError> {
+        #[derive(Deserialize)]
+        struct AddedMessage {
+            message: Added,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Record {
+            #[serde(default)]
+            messages_added: Vec<AddedMessage>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Page {
+            #[serde(default)]
+            history: Vec<Record>,
+            history_id: String,
+            next_page_token: Option<String>,
+        }
+        let what = "Gmail history";
+        let url = format!("{}/gmail/v1/users/me/history", self.inner.api_url);
+        let mut added = Vec::new();
+        let mut page_token: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("startHistoryId", start.to_string()),
+                ("historyTypes", "messageAdded".to_owned()),
+                ("maxResults", "500".to_owned()),
+            ];
+            if let Some(token) = &page_token {
+                query.push(("pageToken", token.clone()));
+            }
+            let page: Page = self
+                .call(what, || self.inner.http.get(&url).query(&query))
+                .await?
+                .json(what)?;
+            added.extend(
+                page.history
+                    .into_iter()
+                    .flat_map(|record| record.messages_added)
+                    .map(|m| m.message),
+            );
+            match page.next_page_token {
+                Some(token) => page_token = Some(token),
+                None => return Ok((added, history_position(what, &page.history_id)?)),
+            }
+        }
+    }
+
+    /// The ids of the messages received after `after` (epoch seconds), every page of
+    /// `messages.list` with `q=after:`: the fallback when the history is too old.
+    pub async fn received_after(&self, after: i64) -> Result<Vec<String>, ProviderError> {
+        #[derive(Deserialize)]
+        struct Listed {
+            id: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct List {
+            #[serde(default)]
+            messages: Vec<Listed>,
+            next_page_token: Option<String>,
+        }
+        let what = "Gmail message listing";
+        let url = format!("{}/gmail/v1/users/me/messages", self.inner.api_url);
+        let mut ids = Vec::new();
+        let mut page_token: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("q", format!("after:{after}")),
+                ("maxResults", "500".into()),
+            ];
+            if let Some(token) = &page_token {
+                query.push(("pageToken", token.clone()));
+            }
+            let list: List = self
+                .call(what, || self.inner.http.get(&url).query(&query))
+                .await?
+                .json(what)?;
+            ids.extend(list.messages.into_iter().map(|m| m.id));
+            match list.next_page_token {
+                Some(token) => page_token = Some(token),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    /// One message as it was received (`messages.get`, `format=raw`).
+    pub async fn raw_message(&self, id: &str) -> Result<RawMessage, ProviderError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Raw {
+            id: String,
+            thread_id: String,
+            #[serde(default)]
+            label_ids: Vec<String>,
+            raw: String,
+        }
+        let what = "Gmail message";
+        let url = format!("{}/gmail/v1/users/me/messages/{id}", self.inner.api_url);
+        let message: Raw = self
+            .call(what, || {
+                self.inner.http.get(&url).query(&[("format", "raw")])
+            })
+            .await?
+            .json(what)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(message.raw.trim_end_matches('='))
+            .map_err(|e| {
+                ProviderError::permanent(
+                    "unreadable_answer",
+                    format!("{what}: raw is not base64url: {e}"),
+                )
+            })?;
+        Ok(RawMessage {
+            id: message.id,
+            thread_id: message.thread_id,
+            label_ids: message.label_ids,
+            raw: bytes,
+        })
+    }
+
     /// One authorized call; on a 401 the token is refreshed once and the call sent again.
     async fn call(
         &self,
@@ -229,6 +372,35 @@ impl Gmail {
             return Ok(answer);
         }
     }
+}
+
+/// A message `history.list` says was added.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Added {
+    pub id: String,
+    pub thread_id: String,
+    #[serde(default)]
+    pub label_ids: Vec<String>,
+}
+
+/// A message as `messages.get` with `format=raw` gives it.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub id: String,
+    pub thread_id: String,
+    pub label_ids: Vec<String>,
+    /// The RFC 5322 bytes.
+    pub raw: Vec<u8>,
+}
+
+fn history_position(what: &str, raw: &str) -> Result<u64, ProviderError> {
+    raw.parse().map_err(|_| {
+        ProviderError::permanent(
+            "unreadable_answer",
+            format!("{what}: historyId {raw:?} is not a number"),
+        )
+    })
 }
 
 /// Reads a Gmail answer: `Ok` for 2xx, otherwise what the failure means, by Google's

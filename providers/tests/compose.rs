@@ -20,6 +20,7 @@ fn gmail() -> Gmail {
         refresh_token: Secret::new("refresh"),
         sender: "team@example.com".into(),
         timeout: Duration::from_secs(5),
+        poll_every: None,
     })
     .expect("client")
 }

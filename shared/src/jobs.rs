@@ -40,6 +40,11 @@ pub mod kinds {
     /// One batch of an operator's bulk replay or discard (`ops::run_bulk_batch`).
     pub const OPS_BULK: &str = "ops.bulk";
 
+    /// Read what came into the Gmail mailbox since the last sync; one `email.file` each.
+    pub const EMAIL_SYNC: &str = "email.sync";
+    /// File one inbound email: match it to a customer, record it, announce it.
+    pub const EMAIL_FILE: &str = "email.file";
+
     /// Tell a dispatched crew: `dispatch.new` to its members, an SMS to those offline.
     pub const DISPATCH_NOTIFY: &str = "dispatch.notify";
     /// Text the members who were connected but have not acknowledged in time.
@@ -59,6 +64,8 @@ pub mod kinds {
         OPS_BULK,
         DISPATCH_NOTIFY,
         DISPATCH_REMIND,
+        EMAIL_SYNC,
+        EMAIL_FILE,
     ];
 }
 
@@ -144,6 +151,25 @@ pub mod payloads {
     impl Job for ApplyReceipt {
         const KIND: &'static str = kinds::RECEIPT_APPLY;
     }
+    /// `email.sync`: from where the last sync stopped (kept in `gmail_sync`).
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SyncMailbox {}
+
+    /// `email.file`: one message of the mailbox, by its Gmail id.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FileEmail {
+        pub gmail_id: String,
+    }
+
+    impl Job for SyncMailbox {
+        const KIND: &'static str = kinds::EMAIL_SYNC;
+    }
+    impl Job for FileEmail {
+        const KIND: &'static str = kinds::EMAIL_FILE;
+    }
+
     /// `dispatch.notify`: the dispatch is in `dispatches`.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

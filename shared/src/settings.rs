@@ -295,6 +295,8 @@ pub struct GmailSettings {
     pub sender: String,
     /// `GMAIL_TIMEOUT_MS`: one HTTP call's limit (connect to last byte).
     pub timeout: Duration,
+    /// `GMAIL_POLL_SECS` (default 30): how often workers read new mail (0: never).
+    pub poll_every: Option<Duration>,
 }
 
 impl GmailSettings {
@@ -316,6 +318,8 @@ impl GmailSettings {
                 parse("GMAIL_TIMEOUT_MS", "30000")?,
                 "GMAIL_TIMEOUT_MS",
             )?),
+            poll_every: Some(Duration::from_secs(parse("GMAIL_POLL_SECS", "30")?))
+                .filter(|every| !every.is_zero()),
         })
     }
 }

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use commcenter_shared::{
-    blob::BlobStore, broker::Topology, db, retry::RetryPolicy, settings::Settings, telemetry,
+    blob::BlobStore, broker::Topology, db, jobs::payloads, retry::RetryPolicy, settings::Settings,
+    telemetry,
 };
 use commcenter_workers::{
     Runtime, handlers, metrics,
     retention::{Keep, Retention},
-    schedule::{self, CallLogImports, DispatchReminders, Fallbacks},
+    schedule::{self, DispatchReminders, Fallbacks, Periodic},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -100,11 +101,24 @@ async fn main() -> anyhow::Result<()> {
         settings.ringcentral.call_log_import_every,
     ) {
         tokio::spawn(
-            CallLogImports {
+            Periodic {
                 pool: runtime.pool.clone(),
                 every,
                 max_attempts: settings.jobs.max_attempts,
                 outbox: runtime.outbox.clone(),
+                job: payloads::ImportCallLog::default(),
+            }
+            .run(shutdown.clone()),
+        );
+    }
+    if let (true, Some(every)) = (settings.gmail.configured(), settings.gmail.poll_every) {
+        tokio::spawn(
+            Periodic {
+                pool: runtime.pool.clone(),
+                every,
+                max_attempts: settings.jobs.max_attempts,
+                outbox: runtime.outbox.clone(),
+                job: payloads::SyncMailbox::default(),
             }
             .run(shutdown.clone()),
         );

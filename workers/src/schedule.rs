@@ -1,8 +1,8 @@
-//! Jobs that run on a clock: the RingCentral call-log import, the reminders of
-//! dispatches nobody acknowledged, and the fallback of unread in-app messages
+//! Jobs that run on a clock: the RingCentral call-log import, the Gmail mailbox sync,
+//! the reminders of dispatches nobody acknowledged, and the fallback of unread in-app messages
 //! (`reach::send_due_fallbacks`).
 //!
-//! Each worker process ticks. An import is enqueued only when none is open (pending,
+//! Each worker process ticks. An import or a sync is enqueued only when none is open (pending,
 //! queued, running or retrying), checked under a transaction-scoped advisory lock, so
 //! several workers never stack imports. A dispatch's reminder is enqueued once: the
 //! sweep marks the dispatch taken (`ack_checked_at`) in the transaction that enqueues
@@ -16,15 +16,18 @@ use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::jobs::{self, Job, NewJob, payloads};
 
-pub struct CallLogImports {
+/// A job of kind `J` every `every`, unless one is still open: the call-log import
+/// (`CALL_LOG_IMPORT_SECS`) and the mailbox sync (`GMAIL_POLL_SECS`).
+pub struct Periodic<J> {
     pub pool: PgPool,
     pub every: Duration,
     pub max_attempts: i32,
     /// The process's relay, woken when a job was enqueued.
     pub outbox: Arc<Notify>,
+    pub job: J,
 }
 
-impl CallLogImports {
+impl<J: Job> Periodic<J> {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(self.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -33,16 +36,12 @@ impl CallLogImports {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            match enqueue_unless_open(
-                &self.pool,
-                &payloads::ImportCallLog::default(),
-                self.max_attempts,
-            )
-            .await
-            {
+            match enqueue_unless_open(&self.pool, &self.job, self.max_attempts).await {
                 Ok(true) => self.outbox.notify_one(),
                 Ok(false) => {}
-                Err(error) => tracing::warn!(%error, "could not schedule the call-log import"),
+                Err(error) => {
+                    tracing::warn!(%error, kind = J::KIND, "could not schedule a periodic job")
+                }
             }
         }
     }

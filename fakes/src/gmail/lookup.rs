@@ -1,4 +1,5 @@
-//! `messages.list` (only the `rfc822msgid:` query Commcenter uses, or none) and
+//! `messages.list` (only the `rfc822msgid:` and `after:` queries Commcenter uses, or
+//! none) and
 //! `messages.get` (`format` minimal, metadata, full or raw).
 
 use std::collections::HashMap;
@@ -32,20 +33,25 @@ pub(super) async fn list(
 ) -> Response {
     let work = async {
         let query: HashMap<String, String> = query_pairs(query.as_deref()).into_iter().collect();
+        let mut after: Option<i64> = None;
         let wanted = match query.get("q").map(|q| q.trim()) {
             None | Some("") => None,
-            Some(q) => match q.strip_prefix("rfc822msgid:") {
-                Some(id) => Some(
+            Some(q) => match (q.strip_prefix("rfc822msgid:"), q.strip_prefix("after:")) {
+                (Some(id), _) => Some(
                     id.trim()
                         .trim_start_matches('<')
                         .trim_end_matches('>')
                         .to_owned(),
                 ),
-                None => {
+                (None, Some(seconds)) if seconds.trim().parse::<i64>().is_ok() => {
+                    after = seconds.trim().parse().ok();
+                    None
+                }
+                _ => {
                     return error(
                         StatusCode::BAD_REQUEST,
                         "invalidArgument",
-                        "This fake only searches rfc822msgid:",
+                        "This fake only searches rfc822msgid: and after:<epoch seconds>",
                     );
                 }
             },
@@ -58,6 +64,7 @@ pub(super) async fn list(
                 wanted
                     .as_ref()
                     .is_none_or(|id| stored.mail.message_id == *id)
+                    && after.is_none_or(|after| stored.internal_date / 1000 > after)
             })
             .map(|stored| json!({ "id": stored.mail.id, "threadId": stored.mail.thread_id }))
             .collect();
@@ -127,10 +134,10 @@ fn render(stored: &Stored, format: &str, wanted_headers: &[&str]) -> Option<Valu
     let mut message = json!({
         "id": mail.id,
         "threadId": mail.thread_id,
-        "labelIds": ["SENT"],
+        "labelIds": [stored.label],
         "sizeEstimate": mail.raw.len(),
         "internalDate": stored.internal_date.to_string(),
-        "historyId": "1",
+        "historyId": stored.history_id.to_string(),
     });
     match format {
         "minimal" => {}

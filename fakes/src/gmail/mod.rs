@@ -3,10 +3,12 @@
 //! lookup) and `messages.get`, with per-minute quota units and scripted faults.
 //!
 //! Layout: `auth` (token endpoint, bearer check), `send` (the three ways to send and the
-//! checks on the message), `lookup` (list and get), `control` (the `/_fake/` API).
+//! checks on the message), `inbox` (mail coming in, `getProfile`, `history.list`),
+//! `lookup` (list and get), `control` (the `/_fake/` API).
 
 mod auth;
 mod control;
+mod inbox;
 mod lookup;
 mod send;
 
@@ -123,6 +125,7 @@ impl FakeGmail {
             quota: Mutex::new((Instant::now(), 0)),
             daily_limit_exceeded: Mutex::new(false),
             mailbox: Mutex::default(),
+            history: Mutex::new((FIRST_HISTORY_ID, 0)),
         });
         let server = Server::start(listener, router(state.clone()), observer)?;
         Ok(Self { state, server })
@@ -178,8 +181,22 @@ impl FakeGmail {
     pub fn sent(&self) -> Vec<SentMail> {
         lock(&self.state.mailbox)
             .iter()
+            .filter(|stored| stored.label == "SENT")
             .map(|stored| stored.mail.clone())
             .collect()
+    }
+
+    /// `raw` (an RFC 5322 message) arrives in the inbox, threaded with the message it
+    /// answers; its Gmail id, or `None` if it does not parse.
+    pub fn receive(&self, raw: &[u8]) -> Option<String> {
+        self.state.receive(raw)
+    }
+
+    /// Every history position given so far becomes too old: `history.list` from any of
+    /// them answers 404 (Google keeps about a week).
+    pub fn expire_history(&self) {
+        let mut history = lock(&self.state.history);
+        history.1 = history.0 + 1;
     }
 
     /// From now on (`true`) sends answer 403 `dailyLimitExceeded`, until set back.
@@ -209,9 +226,29 @@ struct Gmail {
     quota_answer: Mutex<QuotaAnswer>,
     daily_limit_exceeded: Mutex<bool>,
     mailbox: Mutex<Vec<send::Stored>>,
+    /// The mailbox's history: the last position given, and the oldest start position
+    /// `history.list` still answers (older: 404, as Google's after about a week).
+    history: Mutex<(u64, u64)>,
 }
 
+/// Where a new mailbox's history starts.
+const FIRST_HISTORY_ID: u64 = 1000;
+
 impl Gmail {
+    fn next_history_id(&self) -> u64 {
+        let mut history = lock(&self.history);
+        history.0 += 1;
+        history.0
+    }
+
+    fn current_history_id(&self) -> u64 {
+        lock(&self.history).0
+    }
+
+    fn oldest_history_id(&self) -> u64 {
+        lock(&self.history).1
+    }
+
     /// Everything around an endpoint's own work: a scripted fault may replace the answer,
     /// the bearer token is checked (API calls), the call's quota units are charged, and
     /// `Stall` holds the answer and `AcceptThenDrop` drops the
@@ -299,6 +336,8 @@ fn router(state: Arc<Gmail>) -> Router {
             "/upload/gmail/v1/users/{user_id}/messages/send",
             post(send::upload),
         )
+        .route("/gmail/v1/users/{user_id}/profile", get(inbox::profile))
+        .route("/gmail/v1/users/{user_id}/history", get(inbox::history))
         .route("/gmail/v1/users/{user_id}/messages", get(lookup::list))
         .route("/gmail/v1/users/{user_id}/messages/{id}", get(lookup::get))
         .merge(control::router())

@@ -28,6 +28,10 @@ const SEND_UNITS: u32 = 100;
 pub(super) struct Stored {
     pub(super) mail: SentMail,
     pub(super) internal_date: i64,
+    /// The mailbox's history position this message was added at.
+    pub(super) history_id: u64,
+    /// `INBOX` for mail that came in, `SENT` for mail sent.
+    pub(super) label: &'static str,
 }
 
 pub(super) async fn simple(
@@ -156,14 +160,14 @@ fn decode_base64url(raw: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-fn bare(id: &str) -> String {
+pub(super) fn bare(id: &str) -> String {
     id.trim()
         .trim_start_matches('<')
         .trim_end_matches('>')
         .to_owned()
 }
 
-fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
+pub(super) fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
     address
         .into_iter()
         .flat_map(Address::iter)
@@ -172,12 +176,16 @@ fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
         .collect()
 }
 
-fn ids(value: &HeaderValue<'_>) -> Vec<String> {
+pub(super) fn ids(value: &HeaderValue<'_>) -> Vec<String> {
     match value {
         HeaderValue::Text(id) => vec![bare(id)],
         HeaderValue::TextList(ids) => ids.iter().map(|id| bare(id)).collect(),
         _ => Vec::new(),
     }
+}
+
+pub(super) fn new_id() -> String {
+    format!("{:016x}", rand_id())
 }
 
 /// Checks the message, threads it and keeps it.
@@ -239,7 +247,7 @@ fn accept(gmail: &Gmail, raw: Bytes, thread_id: Option<&str>) -> Response {
             thread
         }
     };
-    let id = format!("{:016x}", rand_id());
+    let id = new_id();
     let mail = SentMail {
         thread_id: thread_id.unwrap_or_else(|| id.clone()),
         id,
@@ -256,6 +264,8 @@ fn accept(gmail: &Gmail, raw: Bytes, thread_id: Option<&str>) -> Response {
     mailbox.push(Stored {
         mail,
         internal_date: chrono::Utc::now().timestamp_millis(),
+        history_id: gmail.next_history_id(),
+        label: "SENT",
     });
     Json(reply).into_response()
 }

@@ -56,6 +56,7 @@ pub fn gmail_settings(base: &str, timeout: Duration) -> GmailSettings {
         refresh_token: Secret::new("mailbox-refresh"),
         sender: "team@example.com".into(),
         timeout,
+        poll_every: None,
     }
 }
 

@@ -15,6 +15,7 @@ mod edits;
 mod email;
 mod files;
 mod health;
+mod inbound_email;
 mod inbox;
 mod integrations;
 mod limits;

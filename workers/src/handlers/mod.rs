@@ -5,6 +5,7 @@ pub mod conversations;
 pub mod dispatches;
 pub mod email;
 pub mod files;
+pub mod inbound_email;
 pub mod messages;
 pub mod operations;
 pub mod receipts;
@@ -75,6 +76,15 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
             blobs: blobs.clone(),
             sends: sends.clone(),
             under_way_for: sends::under_way_at_most(settings.ringcentral.timeout),
+        })
+        .with(inbound_email::SyncMailboxHandler {
+            gmail: gmail.clone(),
+            mailbox: settings.gmail.sender.clone(),
+            max_attempts: settings.jobs.max_attempts,
+        })
+        .with(inbound_email::FileEmailHandler {
+            gmail: gmail.clone(),
+            mailbox: settings.gmail.sender.clone(),
         })
         .with(email::SendEmailHandler {
             gmail,

@@ -422,7 +422,7 @@ fn client(ringcentral: &Option<RingCentral>) -> Result<&RingCentral, JobError> {
 }
 
 /// Reads and imports repeat safely, so an unknown outcome is just another retry.
-fn provider_error(error: ProviderError) -> JobError {
+pub(crate) fn provider_error(error: ProviderError) -> JobError {
     use commcenter_providers::error::Failure;
     match error.failure {
         Failure::Permanent => JobError::permanent(error.to_string()),

@@ -1,0 +1,259 @@
+//! Mail coming into the Gmail mailbox: read incrementally (`history.list` from the
+//! remembered `historyId`), matched to customers, filed once, unmatched kept.
+
+use commcenter_fakes::{Endpoint, Fault};
+use commcenter_shared::jobs::payloads::SyncMailbox;
+use commcenter_tests::{TestApp, spawn_app};
+use serde_json::{Value, json};
+
+use crate::WAIT;
+
+/// One `email.sync`, and every job it leads to, to the end.
+async fn sync(app: &TestApp) {
+    let enqueued = commcenter_workers::schedule::enqueue_unless_open(&app.pool, &SyncMailbox {}, 8)
+        .await
+        .unwrap();
+    assert!(enqueued, "no sync was open");
+    app.assert_no_jobs_left().await;
+}
+
+fn mail(
+    from: &str,
+    subject: &str,
+    message_id: &str,
+    in_reply_to: Option<&str>,
+    body: &str,
+) -> Vec<u8> {
+    let mut headers = format!(
+        "From: {from}\r\nTo: office@example.com\r\nSubject: {subject}\r\nMessage-ID: <{message_id}>\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+    );
+    if let Some(id) = in_reply_to {
+        headers.push_str(&format!("In-Reply-To: <{id}>\r\nReferences: <{id}>\r\n"));
+    }
+    format!("{headers}{body}").into_bytes()
+}
+
+fn plain(text: &str) -> String {
+    format!("Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n")
+}
+
+async fn inbound(app: &TestApp, customer: &str) -> Vec<Value> {
+    sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
+        "SELECT to_jsonb(c) FROM communications c
+         WHERE customer_id = $1 AND type = 'email' AND direction = 'inbound' ORDER BY created_at",
+    )
+    .bind(customer)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|j| j.0)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_are_filed_by_thread_reply_headers_or_address_and_strangers_kept_aside() {
+    let app = spawn_app().await;
+    let staff = app.staff_token();
+    // The first sync only remembers where the mailbox stands: older mail is not imported.
+    app.gmail.receive(&mail(
+        "old@example.net",
+        "Old",
+        "old@x",
+        None,
+        &plain("old"),
+    ));
+    sync(&app).await;
+    let position: i64 = sqlx::query_scalar("SELECT history_id FROM gmail_sync")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(position > 0);
+
+    // Staff write to cust-1; Jane answers from another address, in the thread.
+    let sent = app
+        .post_json(
+            "/api/integrations/gmail/send",
+            &staff,
+            &json!({ "customer_id": "cust-1", "to": "jane@example.org", "subject": "Quote", "message": "Here it is." }),
+        )
+        .await;
+    assert_eq!(sent.status(), 202);
+    let sent: Value = sent.json().await.unwrap();
+    app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
+        .await;
+    let ours = app.gmail.sent()[0].message_id.clone();
+    app.gmail.receive(&mail(
+        "Jane <jane.doe@work.example>",
+        "Re: Quote",
+        "reply-1@work.example",
+        Some(&ours),
+        &plain("Looks good, go ahead."),
+    ));
+    // Bob set his address; he writes fresh, in HTML only.
+    let put = app
+        .client
+        .put(app.url("/api/customers/cust-2/contact"))
+        .bearer_auth(&staff)
+        .json(&json!({ "email": "bob@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    app.gmail.receive(&mail(
+        "Bob <Bob@Example.ORG>",
+        "Gutters",
+        "bob-1@example.org",
+        None,
+        "Content-Type: text/html; charset=utf-8\r\n\r\n<p>Can you look at the <b>gutters</b> &amp; roof?</p><script>alert(1)</script>\r\n",
+    ));
+    // A stranger.
+    app.gmail.receive(&mail(
+        "who@example.net",
+        "Hello?",
+        "who-1@example.net",
+        None,
+        &plain("Anyone there?"),
+    ));
+    let mut staff_ws = app.ws("staff-1", &staff).await;
+    sync(&app).await;
+
+    let jane = inbound(&app, "cust-1").await;
+    assert_eq!(jane.len(), 1, "{jane:?}");
+    assert_eq!(jane[0]["message"], "Looks good, go ahead.");
+    assert_eq!(jane[0]["subject"], "Re: Quote");
+    assert_eq!(jane[0]["remote_address"], "jane.doe@work.example");
+    assert_eq!(jane[0]["status"], "delivered");
+    let bob = inbound(&app, "cust-2").await;
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    let text = bob[0]["message"].as_str().unwrap();
+    assert!(
+        text.contains("gutters") && text.contains("& roof"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('<') && !text.contains("alert"),
+        "HTML reduced to text: {text}"
+    );
+    let frame = staff_ws
+        .next_of_type("message.new", WAIT)
+        .await
+        .expect("staff hear");
+    assert_eq!(frame["communication_type"], "email");
+    assert_eq!(frame["direction"], "inbound");
+    let unmatched: Vec<String> = sqlx::query_scalar("SELECT sender FROM unmatched_emails")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(unmatched, vec!["who@example.net"]);
+    let old: i64 = sqlx::query_scalar("SELECT count(*) FROM communications WHERE message = 'old'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(old, 0, "mail from before the first sync is not imported");
+
+    // Filed once: a sync with nothing new files nothing; the same message listed again
+    // (our position set back) or arriving again (a new Gmail id, the same Message-ID)
+    // is not filed again.
+    sync(&app).await;
+    sqlx::query("UPDATE gmail_sync SET history_id = $1")
+        .bind(position)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.gmail.receive(&mail(
+        "Jane <jane.doe@work.example>",
+        "Re: Quote",
+        "reply-1@work.example",
+        Some(&ours),
+        &plain("Looks good, go ahead."),
+    ));
+    sync(&app).await;
+    assert_eq!(inbound(&app, "cust-1").await.len(), 1);
+    assert_eq!(inbound(&app, "cust-2").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_history_falls_back_to_what_came_since_the_last_filed_message() {
+    let app = spawn_app().await;
+    let put = app
+        .client
+        .put(app.url("/api/customers/cust-3/contact"))
+        .bearer_auth(app.staff_token())
+        .json(&json!({ "email": "ann@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    sync(&app).await;
+    app.gmail.receive(&mail(
+        "ann@example.org",
+        "One",
+        "ann-1@example.org",
+        None,
+        &plain("first"),
+    ));
+    sync(&app).await;
+    app.gmail.expire_history();
+    app.gmail.receive(&mail(
+        "ann@example.org",
+        "Two",
+        "ann-2@example.org",
+        None,
+        &plain("second"),
+    ));
+    sync(&app).await;
+    let filed: Vec<String> = inbound(&app, "cust-3")
+        .await
+        .iter()
+        .map(|c| c["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(filed, vec!["first", "second"]);
+    // And incremental reading resumes from the new position.
+    app.gmail.receive(&mail(
+        "ann@example.org",
+        "Three",
+        "ann-3@example.org",
+        None,
+        &plain("third"),
+    ));
+    sync(&app).await;
+    assert_eq!(inbound(&app, "cust-3").await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gmail_failures_are_retried_and_nothing_is_lost() {
+    let app = spawn_app().await;
+    let put = app
+        .client
+        .put(app.url("/api/customers/cust-4/contact"))
+        .bearer_auth(app.staff_token())
+        .json(&json!({ "email": "max@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    sync(&app).await;
+    app.gmail.receive(&mail(
+        "max@example.org",
+        "Hi",
+        "max-1@example.org",
+        None,
+        &plain("hello"),
+    ));
+    // history.list and messages.get each fail once (503, then an expired token).
+    app.gmail
+        .fail_next(Endpoint::Search, Fault::ServerError(503), 1);
+    app.gmail.expire_tokens();
+    sync(&app).await;
+    let filed = inbound(&app, "cust-4").await;
+    assert_eq!(filed.len(), 1, "{filed:?}");
+    let retried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+         WHERE j.kind = 'email.sync' AND a.outcome = 'transient'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(retried, 1, "the 503 was one transient attempt");
+}

@@ -1,0 +1,373 @@
+//! Mail that comes into the Gmail mailbox, read incrementally as Google documents it.
+//!
+//! `email.sync` (one open at a time, every `GMAIL_POLL_SECS`): the first time it
+//! remembers the mailbox's `historyId` (`users.getProfile`), so older mail is not
+//! imported; then it reads `users.history.list` from there and enqueues one
+//! `email.file` per message added. A start Google no longer keeps (404) falls back to
+//! listing what arrived since the last filed message. Each Gmail id is enqueued once
+//! (`gmail_seen`, written with the job), however often Gmail lists it.
+//!
+//! `email.file` fetches the message (`format=raw`) and files it:
+//! - mail we sent is skipped;
+//! - a message already filed (by Gmail id or by `Message-ID`) is skipped;
+//! - it is matched to a customer by the thread of a mail we sent, then by
+//!   `In-Reply-To`/`References`, then by the sender's address in the contacts;
+//! - it is recorded as an inbound `email` communication with `message.new`, or, when
+//!   nothing matches, kept in `unmatched_emails` for staff to assign.
+//!
+//! The text is the text part, or the HTML part reduced to text (mail-parser's
+//! conversion: tags dropped, entities decoded, never interpreted).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use commcenter_providers::gmail::Gmail;
+use commcenter_shared::{
+    contact::EmailAddress,
+    domain::CommunicationStatus,
+    events::{self, Event, EventBody},
+    jobs::{self, NewJob, payloads},
+    store::{self, Communication},
+};
+
+use super::{messages::customer_of, ringcentral::provider_error};
+use crate::job::{Handler, JobContext, JobError};
+
+fn client(gmail: &Option<Gmail>) -> Result<&Gmail, JobError> {
+    gmail.as_ref().ok_or_else(|| {
+        JobError::permanent(
+            "Gmail is not configured on this worker (GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, \
+             GMAIL_REFRESH_TOKEN)",
+        )
+    })
+}
+
+pub struct SyncMailboxHandler {
+    pub gmail: Option<Gmail>,
+    /// `GMAIL_SENDER`: the mailbox read.
+    pub mailbox: String,
+    pub max_attempts: i32,
+}
+
+#[async_trait]
+impl Handler<payloads::SyncMailbox> for SyncMailboxHandler {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        _payload: &payloads::SyncMailbox,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
+        let gmail = client(&self.gmail)?;
+        let cursor: Option<i64> =
+            sqlx::query_scalar("SELECT history_id FROM gmail_sync WHERE mailbox = $1 FOR UPDATE")
+                .bind(&self.mailbox)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some(start) = cursor else {
+            let now = gmail.history_now().await.map_err(provider_error)?;
+            save_position(conn, &self.mailbox, now).await?;
+            tracing::info!(mailbox = %self.mailbox, history_id = now, "inbound email starts from now");
+            return Ok(());
+        };
+        let (ids, next) = match gmail.added_since(start as u64).await {
+            Ok((added, next)) => (added.into_iter().map(|m| m.id).collect::<Vec<_>>(), next),
+            Err(error) if error.http_status == Some(404) => {
+                // Too old: list what arrived since the last filed message (a minute of
+                // slack for clocks), and start the history afresh from now.
+                let since: Option<DateTime<Utc>> = sqlx::query_scalar(
+                    "SELECT max(coalesce(occurred_at, created_at)) FROM communications
+                     WHERE type = 'email' AND direction = 'inbound'",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                let since = since.unwrap_or_else(Utc::now) - chrono::Duration::minutes(1);
+                tracing::warn!(mailbox = %self.mailbox, start, %since, "the mailbox's history no longer reaches our position; listing mail since the last filed");
+                let ids = gmail
+                    .received_after(since.timestamp())
+                    .await
+                    .map_err(provider_error)?;
+                let now = gmail.history_now().await.map_err(provider_error)?;
+                (ids, now)
+            }
+            Err(error) => return Err(provider_error(error)),
+        };
+        let enqueued = enqueue_new(conn, &ids, self.max_attempts).await?;
+        save_position(conn, &self.mailbox, next).await?;
+        if enqueued > 0 {
+            tracing::info!(mailbox = %self.mailbox, enqueued, "new mail to file");
+        }
+        Ok(())
+    }
+}
+
+async fn save_position(conn: &mut PgConnection, mailbox: &str, position: u64) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO gmail_sync (mailbox, history_id) VALUES ($1, $2)
+         ON CONFLICT (mailbox) DO UPDATE SET history_id = EXCLUDED.history_id, updated_at = now()",
+    )
+    .bind(mailbox)
+    .bind(position as i64)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// One `email.file` per Gmail id not seen before; answers how many.
+async fn enqueue_new(
+    conn: &mut PgConnection,
+    ids: &[String],
+    max_attempts: i32,
+) -> sqlx::Result<usize> {
+    let new: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO gmail_seen (gmail_id) SELECT DISTINCT unnest($1::text[])
+         ON CONFLICT DO NOTHING RETURNING gmail_id",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for gmail_id in &new {
+        jobs::enqueue(
+            conn,
+            NewJob::of(&payloads::FileEmail {
+                gmail_id: gmail_id.clone(),
+            }),
+            max_attempts,
+        )
+        .await?;
+    }
+    Ok(new.len())
+}
+
+pub struct FileEmailHandler {
+    pub gmail: Option<Gmail>,
+    pub mailbox: String,
+}
+
+/// A parsed inbound message: what is kept of it.
+struct Inbound {
+    gmail_id: String,
+    thread_id: String,
+    message_id: Option<String>,
+    sender: String,
+    subject: String,
+    text: String,
+    in_reply_to: Option<String>,
+    references: Vec<String>,
+    attachments: Vec<String>,
+    at: DateTime<Utc>,
+}
+
+#[async_trait]
+impl Handler<payloads::FileEmail> for FileEmailHandler {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &payloads::FileEmail,
+        _job: &JobContext,
+    ) -> Result<(), JobError> {
+        let gmail = client(&self.gmail)?;
+        let message = gmail
+            .raw_message(&payload.gmail_id)
+            .await
+            .map_err(provider_error)?;
+        let ours = message.label_ids.iter().any(|l| l == "SENT")
+            && !message.label_ids.iter().any(|l| l == "INBOX");
+        if ours {
+            return Ok(());
+        }
+        let Some(inbound) = parse(&message.id, &message.thread_id, &message.raw) else {
+            return Err(JobError::permanent(format!(
+                "Gmail message {} is not an RFC 5322 message we can read",
+                payload.gmail_id
+            )));
+        };
+        if inbound.sender.eq_ignore_ascii_case(&self.mailbox) {
+            return Ok(()); // Our own, copied to the inbox.
+        }
+        if already_filed(conn, &inbound).await? {
+            return Ok(());
+        }
+        match match_customer(conn, &inbound).await? {
+            Some(customer) => {
+                if let Some(c) = record(conn, &inbound, &customer, &self.mailbox).await? {
+                    let event = Event::now(
+                        customer_of(&c.customer_id)?,
+                        EventBody::message_new(&c, CommunicationStatus::Delivered),
+                    );
+                    events::record(conn, &event).await?;
+                }
+            }
+            None => keep_unmatched(conn, &inbound).await?,
+        }
+        Ok(())
+    }
+}
+
+fn bracketed(id: &str) -> String {
+    format!(
+        "<{}>",
+        id.trim().trim_start_matches('<').trim_end_matches('>')
+    )
+}
+
+fn ids(value: &HeaderValue<'_>) -> Vec<String> {
+    match value {
+        HeaderValue::Text(id) => vec![bracketed(id)],
+        HeaderValue::TextList(ids) => ids.iter().map(|id| bracketed(id)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn sender(address: Option<&Address<'_>>) -> Option<String> {
+    address
+        .into_iter()
+        .flat_map(Address::iter)
+        .find_map(|a| a.address())
+        .map(|a| EmailAddress::parse(a).map_or_else(|_| a.to_owned(), |e| e.as_str().to_owned()))
+}
+
+fn parse(gmail_id: &str, thread_id: &str, raw: &[u8]) -> Option<Inbound> {
+    let message = MessageParser::default().parse(raw)?;
+    Some(Inbound {
+        gmail_id: gmail_id.to_owned(),
+        thread_id: thread_id.to_owned(),
+        message_id: message.message_id().map(bracketed),
+        sender: sender(message.from())?,
+        subject: message.subject().unwrap_or_default().to_owned(),
+        text: message
+            .body_text(0)
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_default(),
+        in_reply_to: ids(message.in_reply_to()).into_iter().next(),
+        references: ids(message.references()),
+        attachments: message
+            .attachments()
+            .map(|part| part.attachment_name().unwrap_or("attachment").to_owned())
+            .collect(),
+        at: message
+            .date()
+            .and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0))
+            .unwrap_or_else(Utc::now),
+    })
+}
+
+async fn already_filed(conn: &mut PgConnection, inbound: &Inbound) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM communications
+                        WHERE type = 'email' AND direction = 'inbound'
+                          AND (provider_message_id = $1 OR rfc822_message_id = $2))
+             OR EXISTS (SELECT 1 FROM unmatched_emails WHERE gmail_id = $1 OR message_id = $2)",
+    )
+    .bind(&inbound.gmail_id)
+    .bind(&inbound.message_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// The thread of a mail we sent, then the messages it answers, then the sender's
+/// address among the contacts.
+async fn match_customer(
+    conn: &mut PgConnection,
+    inbound: &Inbound,
+) -> sqlx::Result<Option<String>> {
+    let by_thread: Option<String> = sqlx::query_scalar(
+        "SELECT customer_id FROM communications
+         WHERE type = 'email' AND provider_thread_id = $1
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(&inbound.thread_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if by_thread.is_some() {
+        return Ok(by_thread);
+    }
+    let answered: Vec<String> = inbound
+        .in_reply_to
+        .iter()
+        .chain(&inbound.references)
+        .cloned()
+        .collect();
+    let by_reply: Option<String> = sqlx::query_scalar(
+        "SELECT customer_id FROM communications
+         WHERE type = 'email' AND rfc822_message_id = ANY($1)
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(&answered)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if by_reply.is_some() {
+        return Ok(by_reply);
+    }
+    sqlx::query_scalar(
+        "SELECT customer_id FROM customer_contacts WHERE kind = 'email' AND lower(address) = lower($1)",
+    )
+    .bind(&inbound.sender)
+    .fetch_optional(conn)
+    .await
+}
+
+async fn record(
+    conn: &mut PgConnection,
+    inbound: &Inbound,
+    customer: &str,
+    mailbox: &str,
+) -> sqlx::Result<Option<Communication>> {
+    let metadata = if inbound.attachments.is_empty() {
+        json!({})
+    } else {
+        // Not stored yet (see docs/reaching.md): named, so staff know to look in Gmail.
+        json!({ "unfiled_attachments": inbound.attachments })
+    };
+    sqlx::query_as(&format!(
+        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
+             subject, message, status, metadata, remote_address, local_address,
+             provider_message_id, provider_thread_id, rfc822_message_id, in_reply_to,
+             \"references\", occurred_at, sent_at, delivered_at)
+         VALUES ($1, $2, 'email', 'inbound', $3, 'customer', $4, $5, 'delivered', $6, $3, $7,
+                 $8, $9, $10, $11, $12, $13, $13, now())
+         ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
+         RETURNING {}",
+        store::COMMUNICATION_COLUMNS
+    ))
+    .bind(Uuid::now_v7())
+    .bind(customer)
+    .bind(&inbound.sender)
+    .bind(&inbound.subject)
+    .bind(&inbound.text)
+    .bind(metadata)
+    .bind(mailbox)
+    .bind(&inbound.gmail_id)
+    .bind(&inbound.thread_id)
+    .bind(&inbound.message_id)
+    .bind(&inbound.in_reply_to)
+    .bind((!inbound.references.is_empty()).then(|| inbound.references.join(" ")))
+    .bind(inbound.at)
+    .fetch_optional(conn)
+    .await
+}
+
+async fn keep_unmatched(conn: &mut PgConnection, inbound: &Inbound) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO unmatched_emails (id, gmail_id, thread_id, message_id, sender, subject,
+                                       message, in_reply_to, \"references\", received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (gmail_id) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&inbound.gmail_id)
+    .bind(&inbound.thread_id)
+    .bind(&inbound.message_id)
+    .bind(&inbound.sender)
+    .bind(&inbound.subject)
+    .bind(&inbound.text)
+    .bind(&inbound.in_reply_to)
+    .bind((!inbound.references.is_empty()).then(|| inbound.references.join(" ")))
+    .bind(inbound.at)
+    .execute(conn)
+    .await
+    .map(drop)
+}
