@@ -167,6 +167,65 @@ pub async fn insert_communication(
     Ok((communication, job_id))
 }
 
+/// An email that came into the mailbox, as it is filed in a customer's conversation.
+#[derive(Debug, Clone)]
+pub struct InboundEmail<'a> {
+    pub customer_id: &'a str,
+    pub gmail_id: &'a str,
+    pub thread_id: &'a str,
+    /// With angle brackets, as `rfc822_message_id` keeps them.
+    pub message_id: Option<&'a str>,
+    pub sender: &'a str,
+    pub subject: &'a str,
+    pub text: &'a str,
+    pub in_reply_to: Option<&'a str>,
+    /// Space-separated.
+    pub references: Option<&'a str>,
+    pub received_at: DateTime<Utc>,
+    /// Our mailbox: the local address.
+    pub mailbox: &'a str,
+    /// Attachment names not stored (see docs/reaching.md).
+    pub unfiled_attachments: &'a [String],
+}
+
+/// Files an inbound email (`delivered`: it is here); `None` if this Gmail message was
+/// filed before.
+pub async fn insert_inbound_email(
+    conn: &mut PgConnection,
+    e: &InboundEmail<'_>,
+) -> sqlx::Result<Option<Communication>> {
+    let metadata = if e.unfiled_attachments.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "unfiled_attachments": e.unfiled_attachments })
+    };
+    sqlx::query_as(&format!(
+        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
+             subject, message, status, metadata, remote_address, local_address,
+             provider_message_id, provider_thread_id, rfc822_message_id, in_reply_to,
+             \"references\", occurred_at, sent_at, delivered_at)
+         VALUES ($1, $2, 'email', 'inbound', $3, 'customer', $4, $5, 'delivered', $6, $3, $7,
+                 $8, $9, $10, $11, $12, $13, $13, now())
+         ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
+         RETURNING {COMMUNICATION_COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(e.customer_id)
+    .bind(e.sender)
+    .bind(e.subject)
+    .bind(e.text)
+    .bind(metadata)
+    .bind(e.mailbox)
+    .bind(e.gmail_id)
+    .bind(e.thread_id)
+    .bind(e.message_id)
+    .bind(e.in_reply_to)
+    .bind(e.references)
+    .bind(e.received_at)
+    .fetch_optional(conn)
+    .await
+}
+
 pub async fn find_communication(
     conn: &mut PgConnection,
     id: Uuid,

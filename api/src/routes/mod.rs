@@ -5,6 +5,7 @@ pub mod console;
 pub mod conversations;
 pub mod crews;
 pub mod customers;
+pub mod emails;
 pub mod files;
 pub mod health;
 pub mod integrations;
@@ -101,6 +102,8 @@ pub fn router() -> Router<AppState> {
             "/api/customers/{customer_id}/contact",
             get(customers::get).put(customers::put),
         )
+        .route("/api/emails/unmatched", get(emails::unmatched))
+        .route("/api/emails/unmatched/{id}/assign", post(emails::assign))
         .route("/api/crews", post(crews::create).get(crews::list))
         .route("/api/crews/locations", get(crews::locations))
         .route("/api/crews/broadcast", post(crews::broadcast))

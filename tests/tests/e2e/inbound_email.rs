@@ -257,3 +257,90 @@ async fn gmail_failures_are_retried_and_nothing_is_lost() {
     .unwrap();
     assert_eq!(retried, 1, "the 503 was one transient attempt");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staff_assign_an_unmatched_email_and_the_senders_next_mail_matches() {
+    let app = spawn_app().await;
+    let staff = app.staff_token();
+    sync(&app).await;
+    app.gmail.receive(&mail(
+        "new@example.net",
+        "Quote?",
+        "new-1@example.net",
+        None,
+        &plain("How much for a roof?"),
+    ));
+    sync(&app).await;
+    let listing = app.get("/api/emails/unmatched", &staff).await;
+    assert_eq!(listing.status(), 200);
+    let listing: Value = listing.json().await.unwrap();
+    let emails = listing["emails"].as_array().unwrap();
+    assert_eq!(emails.len(), 1);
+    assert_eq!(emails[0]["message"], "How much for a roof?");
+    let id = emails[0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/emails/unmatched/{id}/assign");
+
+    // Roles and bad input.
+    let customer = app.customer_token("cust-5");
+    assert_eq!(
+        app.get("/api/emails/unmatched", &customer).await.status(),
+        403
+    );
+    assert_eq!(
+        app.post_json(&path, &customer, &json!({ "customer_id": "cust-5" }))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.post_json(&path, &staff, &json!({ "customer_id": "bad id!" }))
+            .await
+            .status(),
+        422
+    );
+    let unknown = format!("/api/emails/unmatched/{}/assign", uuid::Uuid::now_v7());
+    assert_eq!(
+        app.post_json(&unknown, &staff, &json!({ "customer_id": "cust-5" }))
+            .await
+            .status(),
+        404
+    );
+
+    let mut customer_ws = app.ws("user-of-cust-5", &customer).await;
+    let assigned = app
+        .post_json(&path, &staff, &json!({ "customer_id": "cust-5" }))
+        .await;
+    assert_eq!(assigned.status(), 201);
+    let assigned: Value = assigned.json().await.unwrap();
+    assert_eq!(assigned["customer_id"], "cust-5");
+    assert_eq!(assigned["direction"], "inbound");
+    let frame = customer_ws
+        .next_of_type("message.new", WAIT)
+        .await
+        .expect("the customer sees it");
+    assert_eq!(frame["message"], "How much for a roof?");
+    assert_eq!(
+        app.post_json(&path, &staff, &json!({ "customer_id": "cust-6" }))
+            .await
+            .status(),
+        409
+    );
+    let listing: Value = app
+        .get("/api/emails/unmatched", &staff)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(listing["emails"].as_array().unwrap().is_empty());
+
+    // The sender is now cust-5's: their next mail matches by itself.
+    app.gmail.receive(&mail(
+        "new@example.net",
+        "Also",
+        "new-2@example.net",
+        None,
+        &plain("And gutters?"),
+    ));
+    sync(&app).await;
+    assert_eq!(inbound(&app, "cust-5").await.len(), 2);
+}

@@ -21,7 +21,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
-use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -316,37 +315,24 @@ async fn record(
     customer: &str,
     mailbox: &str,
 ) -> sqlx::Result<Option<Communication>> {
-    let metadata = if inbound.attachments.is_empty() {
-        json!({})
-    } else {
-        // Not stored yet (see docs/reaching.md): named, so staff know to look in Gmail.
-        json!({ "unfiled_attachments": inbound.attachments })
-    };
-    sqlx::query_as(&format!(
-        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
-             subject, message, status, metadata, remote_address, local_address,
-             provider_message_id, provider_thread_id, rfc822_message_id, in_reply_to,
-             \"references\", occurred_at, sent_at, delivered_at)
-         VALUES ($1, $2, 'email', 'inbound', $3, 'customer', $4, $5, 'delivered', $6, $3, $7,
-                 $8, $9, $10, $11, $12, $13, $13, now())
-         ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
-         RETURNING {}",
-        store::COMMUNICATION_COLUMNS
-    ))
-    .bind(Uuid::now_v7())
-    .bind(customer)
-    .bind(&inbound.sender)
-    .bind(&inbound.subject)
-    .bind(&inbound.text)
-    .bind(metadata)
-    .bind(mailbox)
-    .bind(&inbound.gmail_id)
-    .bind(&inbound.thread_id)
-    .bind(&inbound.message_id)
-    .bind(&inbound.in_reply_to)
-    .bind((!inbound.references.is_empty()).then(|| inbound.references.join(" ")))
-    .bind(inbound.at)
-    .fetch_optional(conn)
+    let references = (!inbound.references.is_empty()).then(|| inbound.references.join(" "));
+    store::insert_inbound_email(
+        conn,
+        &store::InboundEmail {
+            customer_id: customer,
+            gmail_id: &inbound.gmail_id,
+            thread_id: &inbound.thread_id,
+            message_id: inbound.message_id.as_deref(),
+            sender: &inbound.sender,
+            subject: &inbound.subject,
+            text: &inbound.text,
+            in_reply_to: inbound.in_reply_to.as_deref(),
+            references: references.as_deref(),
+            received_at: inbound.at,
+            mailbox,
+            unfiled_attachments: &inbound.attachments,
+        },
+    )
     .await
 }
 
