@@ -872,6 +872,16 @@ fn is_invisible_format(c: char) -> bool {
         | '\u{FFF9}'..='\u{FFFB}')
 }
 
+/// Where a stored file is downloaded.
+pub fn file_url(stored_name: &str) -> String {
+    format!("/api/communications/file/{stored_name}")
+}
+
+/// Where its thumbnail is downloaded (images only).
+pub fn thumbnail_url(stored_name: &str) -> String {
+    format!("/api/communications/file/thumbnails/{stored_name}")
+}
+
 /// The name an upload is stored under: `yyyymmddthhmmssz-<32 random hex>.<extension>`,
 /// all lower case (object keys are).
 /// Made of the clock and a random id, never of user input; `extension` is expected to

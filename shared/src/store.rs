@@ -184,8 +184,6 @@ pub struct InboundEmail<'a> {
     pub received_at: DateTime<Utc>,
     /// Our mailbox: the local address.
     pub mailbox: &'a str,
-    /// Attachment names not stored (see docs/reaching.md).
-    pub unfiled_attachments: &'a [String],
 }
 
 /// Files an inbound email (`delivered`: it is here); `None` if this Gmail message was
@@ -194,18 +192,13 @@ pub async fn insert_inbound_email(
     conn: &mut PgConnection,
     e: &InboundEmail<'_>,
 ) -> sqlx::Result<Option<Communication>> {
-    let metadata = if e.unfiled_attachments.is_empty() {
-        serde_json::json!({})
-    } else {
-        serde_json::json!({ "unfiled_attachments": e.unfiled_attachments })
-    };
     sqlx::query_as(&format!(
         "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
-             subject, message, status, metadata, remote_address, local_address,
+             subject, message, status, remote_address, local_address,
              provider_message_id, provider_thread_id, rfc822_message_id, in_reply_to,
              \"references\", occurred_at, sent_at, delivered_at)
-         VALUES ($1, $2, 'email', 'inbound', $3, 'customer', $4, $5, 'delivered', $6, $3, $7,
-                 $8, $9, $10, $11, $12, $13, $13, now())
+         VALUES ($1, $2, 'email', 'inbound', $3, 'customer', $4, $5, 'delivered', $3, $6,
+                 $7, $8, $9, $10, $11, $12, $12, now())
          ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
          RETURNING {COMMUNICATION_COLUMNS}"
     ))
@@ -214,7 +207,6 @@ pub async fn insert_inbound_email(
     .bind(e.sender)
     .bind(e.subject)
     .bind(e.text)
-    .bind(metadata)
     .bind(e.mailbox)
     .bind(e.gmail_id)
     .bind(e.thread_id)

@@ -115,7 +115,6 @@ pub async fn assign(
             references: email.references.as_deref(),
             received_at: email.received_at,
             mailbox: &state.settings.gmail.sender,
-            unfiled_attachments: &[],
         },
     )
     .await?

@@ -333,13 +333,7 @@ async fn record(
     Ok(files)
 }
 
-pub fn file_url(stored_name: &str) -> String {
-    format!("/api/communications/file/{stored_name}")
-}
-
-pub fn thumbnail_url(stored_name: &str) -> String {
-    format!("/api/communications/file/thumbnails/{stored_name}")
-}
+pub use commcenter_shared::filetype::{file_url, thumbnail_url};
 
 /// A file record as the API shows it.
 pub fn file_json(file: &FileRecord) -> Value {

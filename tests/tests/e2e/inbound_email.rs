@@ -344,3 +344,70 @@ async fn staff_assign_an_unmatched_email_and_the_senders_next_mail_matches() {
     sync(&app).await;
     assert_eq!(inbound(&app, "cust-5").await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attachments_of_a_reply_are_stored_as_files_and_a_refused_one_is_named() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    let put = app
+        .client
+        .put(app.url("/api/customers/cust-7/contact"))
+        .bearer_auth(app.staff_token())
+        .json(&json!({ "email": "lee@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    sync(&app).await;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8, y as u8, 90]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let body = format!(
+        "Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/plain\r\n\r\nPhoto of the leak attached.\r\n\
+         --b1\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"leak.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n\
+         --b1\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"setup.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n\
+         --b1--\r\n",
+        b64(png.get_ref()),
+        b64(b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00 this program cannot be run in DOS mode"),
+    );
+    app.gmail.receive(&mail(
+        "lee@example.org",
+        "Leak",
+        "lee-1@example.org",
+        None,
+        &body,
+    ));
+    sync(&app).await;
+    let filed = inbound(&app, "cust-7").await;
+    assert_eq!(filed.len(), 1, "{filed:?}");
+    assert_eq!(filed[0]["message"], "Photo of the leak attached.");
+    let attachments = filed[0]["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 1, "{attachments:?}");
+    assert_eq!(attachments[0]["filename"], "leak.png");
+    assert_eq!(attachments[0]["file_type"], "image/png");
+    let refused = &filed[0]["metadata"]["refused_attachments"];
+    assert_eq!(refused[0]["filename"], "setup.exe", "{refused}");
+    // The file went through processing like an upload: ready, with a thumbnail.
+    let file_id = attachments[0]["file_id"].as_str().unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM file_attachments WHERE id = $1::uuid")
+            .bind(file_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "ready");
+    let download = app
+        .get(
+            attachments[0]["url"].as_str().unwrap(),
+            &app.customer_token("cust-7"),
+        )
+        .await;
+    assert_eq!(download.status(), 200);
+    assert_eq!(
+        download.bytes().await.unwrap().as_ref(),
+        png.get_ref().as_slice()
+    );
+}

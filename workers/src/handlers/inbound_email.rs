@@ -18,17 +18,23 @@
 //! The text is the text part, or the HTML part reduced to text (mail-parser's
 //! conversion: tags dropped, entities decoded, never interpreted).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_providers::gmail::Gmail;
 use commcenter_shared::{
+    blob::{BlobStore, ObjectKey},
     contact::EmailAddress,
     domain::CommunicationStatus,
     events::{self, Event, EventBody},
+    filetype,
     jobs::{self, NewJob, payloads},
     store::{self, Communication},
 };
@@ -144,6 +150,10 @@ async fn enqueue_new(
 pub struct FileEmailHandler {
     pub gmail: Option<Gmail>,
     pub mailbox: String,
+    pub blobs: Arc<BlobStore>,
+    /// `MAX_FILE_SIZE`: an attachment over it is refused, as an upload would be.
+    pub max_file_size: u64,
+    pub max_attempts: i32,
 }
 
 /// A parsed inbound message: what is kept of it.
@@ -156,7 +166,8 @@ struct Inbound {
     text: String,
     in_reply_to: Option<String>,
     references: Vec<String>,
-    attachments: Vec<String>,
+    /// Each attached file: its name and bytes.
+    attachments: Vec<(String, Vec<u8>)>,
     at: DateTime<Utc>,
 }
 
@@ -192,7 +203,8 @@ impl Handler<payloads::FileEmail> for FileEmailHandler {
         }
         match match_customer(conn, &inbound).await? {
             Some(customer) => {
-                if let Some(c) = record(conn, &inbound, &customer, &self.mailbox).await? {
+                if let Some(mut c) = record(conn, &inbound, &customer, &self.mailbox).await? {
+                    self.store_attachments(conn, &inbound, &mut c).await?;
                     let event = Event::now(
                         customer_of(&c.customer_id)?,
                         EventBody::message_new(&c, CommunicationStatus::Delivered),
@@ -202,6 +214,92 @@ impl Handler<payloads::FileEmail> for FileEmailHandler {
             }
             None => keep_unmatched(conn, &inbound).await?,
         }
+        Ok(())
+    }
+}
+
+impl FileEmailHandler {
+    /// The attachments, stored as uploads are (sniffed by content, the size limit,
+    /// `file.process` for hashing and thumbnails) and listed on the communication. A
+    /// refused one is named in `metadata.refused_attachments` with the reason. (Bytes
+    /// stored by an attempt whose transaction then fails are left unreferenced.)
+    async fn store_attachments(
+        &self,
+        conn: &mut PgConnection,
+        inbound: &Inbound,
+        c: &mut Communication,
+    ) -> Result<(), JobError> {
+        if inbound.attachments.is_empty() {
+            return Ok(());
+        }
+        let customer = customer_of(&c.customer_id)?;
+        let mut listed = Vec::new();
+        let mut refused = Vec::new();
+        for (name, bytes) in &inbound.attachments {
+            let size = bytes.len() as u64;
+            if size > self.max_file_size {
+                refused.push(json!({ "filename": name, "reason": format!("larger than the limit of {} bytes", self.max_file_size) }));
+                continue;
+            }
+            let sniffed = match filetype::sniff(bytes, name) {
+                Ok(sniffed) => sniffed,
+                Err(refusal) => {
+                    refused.push(json!({ "filename": name, "reason": refusal.to_string() }));
+                    continue;
+                }
+            };
+            let stored_name = filetype::stored_name(sniffed.extension);
+            let key = ObjectKey::parse(&format!("objects/{stored_name}"))
+                .map_err(|e| JobError::permanent(e.to_string()))?;
+            let body =
+                futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(bytes.clone()))]);
+            self.blobs
+                .put(&key, body, self.max_file_size)
+                .await
+                .map_err(|e| JobError::transient(format!("storing attachment {name}: {e}")))?;
+            let id = Uuid::now_v7();
+            store::insert_file(
+                conn,
+                &store::NewFile {
+                    id,
+                    customer_id: &customer,
+                    communication_id: Some(c.id),
+                    uploaded_by: &inbound.sender,
+                    original_name: name,
+                    stored_name: &stored_name,
+                    file_size: size as i64,
+                    file_type: sniffed.mime,
+                    file_category: sniffed.category.as_str(),
+                    staging_key: key.as_str(),
+                },
+            )
+            .await?;
+            jobs::enqueue(
+                conn,
+                NewJob::of(&payloads::ProcessFile { file_id: id }).for_customer(&customer),
+                self.max_attempts,
+            )
+            .await?;
+            listed.push(json!({
+                "file_id": id,
+                "filename": name,
+                "url": filetype::file_url(&stored_name),
+                "thumbnail_url": (sniffed.category == filetype::Category::Images)
+                    .then(|| filetype::thumbnail_url(&stored_name)),
+                "file_type": sniffed.mime,
+                "file_size": size,
+            }));
+        }
+        c.attachments = json!(listed);
+        if !refused.is_empty() {
+            c.metadata = json!({ "refused_attachments": refused });
+        }
+        sqlx::query("UPDATE communications SET attachments = $2, metadata = $3 WHERE id = $1")
+            .bind(c.id)
+            .bind(&c.attachments)
+            .bind(&c.metadata)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }
@@ -245,7 +343,12 @@ fn parse(gmail_id: &str, thread_id: &str, raw: &[u8]) -> Option<Inbound> {
         references: ids(message.references()),
         attachments: message
             .attachments()
-            .map(|part| part.attachment_name().unwrap_or("attachment").to_owned())
+            .map(|part| {
+                (
+                    part.attachment_name().unwrap_or("attachment").to_owned(),
+                    part.contents().to_vec(),
+                )
+            })
             .collect(),
         at: message
             .date()
@@ -330,7 +433,6 @@ async fn record(
             references: references.as_deref(),
             received_at: inbound.at,
             mailbox,
-            unfiled_attachments: &inbound.attachments,
         },
     )
     .await

@@ -85,6 +85,9 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
         .with(inbound_email::FileEmailHandler {
             gmail: gmail.clone(),
             mailbox: settings.gmail.sender.clone(),
+            blobs: blobs.clone(),
+            max_file_size: settings.storage.max_file_size,
+            max_attempts: settings.jobs.max_attempts,
         })
         .with(email::SendEmailHandler {
             gmail,
