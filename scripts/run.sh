@@ -118,9 +118,14 @@ if [[ -n $fakes ]]; then
     : "${GMAIL_API_URL:=http://$FAKE_GMAIL_ADDR}"
     : "${GMAIL_REFRESH_TOKEN:=fake-gmail-refresh-token}"
     : "${GMAIL_SENDER:=office@example.com}"
+    # With fakes, things happen in a person's time: new mail is read every 5 s, and an
+    # in-app message unread for 10 s falls back (customers may set their own delay).
+    : "${GMAIL_POLL_SECS:=5}"
+    : "${FALLBACK_AFTER_SECS:=10}"
     export RINGCENTRAL_SERVER_URL RINGCENTRAL_CLIENT_ID RINGCENTRAL_CLIENT_SECRET RINGCENTRAL_JWT \
         RINGCENTRAL_FROM_NUMBER RINGCENTRAL_WEBHOOK_TOKEN GOOGLE_CLIENT_ID GOOGLE_CLIENT_SECRET \
-        GOOGLE_TOKEN_URL GMAIL_API_URL GMAIL_REFRESH_TOKEN GMAIL_SENDER
+        GOOGLE_TOKEN_URL GMAIL_API_URL GMAIL_REFRESH_TOKEN GMAIL_SENDER GMAIL_POLL_SECS \
+        FALLBACK_AFTER_SECS
 fi
 api_addr=${API_ADDR:-127.0.0.1:8001}
 if port_taken "${api_addr##*:}"; then

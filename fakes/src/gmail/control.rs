@@ -1,5 +1,7 @@
 //! The fake Gmail's `/_fake/` control API: `GET sent`, `GET requests`, `POST faults`,
-//! `POST daily-limit` (`{"exceeded": bool}`), `POST expire-tokens`, `POST revoke`.
+//! `POST daily-limit` (`{"exceeded": bool}`), `POST expire-tokens`, `POST revoke`,
+//! `POST inbox` (an RFC 5322 message as the body arrives in the inbox: `{"id"}`),
+//! `POST expire-history`.
 
 use std::sync::Arc;
 
@@ -28,11 +30,33 @@ pub(super) fn router() -> Router<Arc<Gmail>> {
         .route("/_fake/daily-limit", post(daily_limit))
         .route("/_fake/expire-tokens", post(expire_tokens))
         .route("/_fake/revoke", post(revoke))
+        .route("/_fake/inbox", post(receive))
+        .route(
+            "/_fake/expire-history",
+            post(|State(gmail): State<Arc<Gmail>>| async move {
+                gmail.expire_history();
+                StatusCode::NO_CONTENT
+            }),
+        )
+}
+
+async fn receive(
+    State(gmail): State<Arc<Gmail>>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, (StatusCode, &'static str)> {
+    gmail
+        .receive(&body)
+        .map(|id| Json(json!({ "id": id })))
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "the body is not an RFC 5322 message",
+        ))
 }
 
 async fn sent(State(gmail): State<Arc<Gmail>>) -> Json<Value> {
     let sent: Vec<Value> = lock(&gmail.mailbox)
         .iter()
+        .filter(|stored| stored.label == "SENT")
         .map(|stored| {
             let mail = &stored.mail;
             json!({

@@ -195,8 +195,7 @@ impl FakeGmail {
     /// Every history position given so far becomes too old: `history.list` from any of
     /// them answers 404 (Google keeps about a week).
     pub fn expire_history(&self) {
-        let mut history = lock(&self.state.history);
-        history.1 = history.0 + 1;
+        self.state.expire_history();
     }
 
     /// From now on (`true`) sends answer 403 `dailyLimitExceeded`, until set back.
@@ -247,6 +246,11 @@ impl Gmail {
 
     fn oldest_history_id(&self) -> u64 {
         lock(&self.history).1
+    }
+
+    fn expire_history(&self) {
+        let mut history = lock(&self.history);
+        history.1 = history.0 + 1;
     }
 
     /// Everything around an endpoint's own work: a scripted fault may replace the answer,
