@@ -202,6 +202,7 @@ pub async fn status(
         "read_by": c.read_by,
         "read": c.read_at.is_some(),
         "updated_at": c.updated_at,
+        "fallback": c.fallback_id.map(|id| json!({ "channel": c.fallback_channel, "communication_id": id })),
     })))
 }
 

@@ -411,3 +411,36 @@ async fn attachments_of_a_reply_are_stored_as_files_and_a_refused_one_is_named()
         png.get_ref().as_slice()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_outside_our_thread_is_matched_by_the_message_it_answers() {
+    let app = spawn_app().await;
+    sync(&app).await;
+    let sent = app
+        .post_json(
+            "/api/integrations/gmail/send",
+            &app.staff_token(),
+            &json!({ "customer_id": "cust-8", "to": "kim@example.org", "subject": "Invoice", "message": "Attached." }),
+        )
+        .await;
+    let sent: Value = sent.json().await.unwrap();
+    let id = sent["id"].as_str().unwrap().to_owned();
+    app.wait_for_status(&id, "sent").await;
+    let ours = app.gmail.sent()[0].message_id.clone();
+    // The reply comes in another thread (a client that starts one), from an address we
+    // do not know: only its References name our message.
+    sqlx::query("UPDATE communications SET provider_thread_id = 'elsewhere' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let raw = format!(
+        "From: accounts@kim-corp.example\r\nTo: office@example.com\r\nSubject: Invoice paid\r\nMessage-ID: <paid-1@kim-corp.example>\r\nReferences: <older@x> <{ours}>\r\n\r\nPaid today.\r\n"
+    );
+    app.gmail.receive(raw.as_bytes());
+    sync(&app).await;
+    let filed = inbound(&app, "cust-8").await;
+    assert_eq!(filed.len(), 1, "{filed:?}");
+    assert_eq!(filed[0]["message"], "Paid today.");
+    assert_eq!(filed[0]["references"], format!("<older@x> <{ours}>"));
+}
