@@ -376,13 +376,29 @@ pub struct Senders<'a> {
     pub email_from: Option<&'a str>,
 }
 
-/// The channel a customer is reached on: the one they last wrote on (in-app, SMS or
-/// email), when we can send on it; in-app otherwise.
+/// The channel a customer is reached on, when we can send on it: the one they chose
+/// (their contact preferences' fallback channel), else the one they last wrote on (in-app,
+/// SMS or email); in-app otherwise.
 async fn customer_channel(
     conn: &mut PgConnection,
     customer: &CustomerId,
     senders: Senders<'_>,
 ) -> sqlx::Result<(CommunicationType, Option<String>)> {
+    let chosen: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT fallback, phone, email FROM customer_preferences WHERE customer_id = $1",
+    )
+    .bind(customer.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    match chosen {
+        Some((channel, Some(phone), _)) if channel == "sms" && senders.sms_from.is_some() => {
+            return Ok((CommunicationType::Sms, Some(phone)));
+        }
+        Some((channel, _, Some(email))) if channel == "email" && senders.email_from.is_some() => {
+            return Ok((CommunicationType::Email, Some(email)));
+        }
+        _ => {}
+    }
     let last: Option<(CommunicationType, Option<String>)> = sqlx::query_as(
         "SELECT type, remote_address FROM communications
          WHERE customer_id = $1 AND direction = 'inbound' AND visibility = 'public'
@@ -503,20 +519,33 @@ pub async fn notify_customer(
     Ok(communication)
 }
 
-/// An SMS to a crew member about a project, with its `sms.send` job: an internal
-/// message of the project (staff and the crew see it, the customer never does), so it
+/// What a text to a crew member is filed under.
+#[derive(Debug, Clone, Copy)]
+pub enum TextAbout<'a> {
+    /// A project's dispatch: an internal message of the project (its crew and staff see
+    /// it, its customer never does).
+    Project(&'a Project),
+    /// A broadcast to the crew: filed in the crew's own conversation, `crew:<id>`, which
+    /// only staff see (internal, no customer's).
+    Crew(Uuid),
+}
+
+/// An SMS to a crew member, with its `sms.send` job: a communication like any SMS, so it
 /// has the never-twice sending, retries and dead-lettering of every SMS, and staff can
-/// see that it went. The member's number is not remembered as the customer's.
+/// see that it went. The member's number is not remembered as a customer's.
 pub async fn text_member(
     conn: &mut PgConnection,
-    project: &Project,
+    about: TextAbout<'_>,
     member: &Member,
     from_number: &str,
     text: &str,
     max_attempts: i32,
 ) -> sqlx::Result<Communication> {
-    let customer =
-        CustomerId::parse(&project.customer_id).map_err(|e| sqlx::Error::Decode(e.0.into()))?;
+    let (customer, project_id) = match about {
+        TextAbout::Project(project) => (project.customer_id.clone(), Some(project.id)),
+        TextAbout::Crew(crew) => (format!("crew:{crew}"), None),
+    };
+    let customer = CustomerId::parse(&customer).map_err(|e| sqlx::Error::Decode(e.0.into()))?;
     let id = Uuid::now_v7();
     let (communication, _) = store::insert_communication(
         conn,
@@ -541,7 +570,7 @@ pub async fn text_member(
             occurred_at: None,
             template_id: None,
             template_version: None,
-            project_id: Some(project.id),
+            project_id,
             visibility: Visibility::Internal,
         },
         NewJob::of(&payloads::SendSms {

@@ -8,7 +8,8 @@
 //!   ([`super::projects::arrive`]).
 //! - `GET /api/crews/locations`: staff read each crew's latest position.
 //! - `POST /api/crews/broadcast`: staff send a message to every crew whose latest
-//!   position is within a radius (a `crew.broadcast` event to their members).
+//!   position is within a radius (a `crew.broadcast` event to their members; an SMS to
+//!   those not connected).
 
 use std::collections::BTreeSet;
 
@@ -24,7 +25,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     contact::PhoneNumber,
-    crews::{self, Crew, Member},
+    crews::{self, Crew, Member, TextAbout},
     domain::{MessageText, Role, UserId},
     events::{self, Event, EventBody},
 };
@@ -399,7 +400,8 @@ pub struct BroadcastRequest {
 
 /// A message to every crew whose latest position is within the radius: a
 /// `crew.broadcast` event to their members (and staff), recorded like every event, so
-/// a member who reconnects with `since` gets it.
+/// a member who reconnects with `since` gets it, and an SMS to each member with no
+/// WebSocket open (filed in the crew's own conversation, `crew:<id>`).
 pub async fn broadcast(
     State(state): State<AppState>,
     caller: Caller,
@@ -439,7 +441,35 @@ pub async fn broadcast(
             },
         );
         events::record(&mut tx, &event).await?;
-        reached.push(json!({ "crew_id": position.crew_id, "distance_m": distance_m.round() }));
+        // Members with no WebSocket open are texted.
+        let offline = crews::members_to_text(
+            &mut tx,
+            position.crew_id,
+            false,
+            None,
+            state.settings.http.presence_ttl.as_secs_f64(),
+        )
+        .await?;
+        let mut texted = 0;
+        if let Some(from) = projects::senders(&state).sms_from {
+            for member in &offline {
+                crews::text_member(
+                    &mut tx,
+                    TextAbout::Crew(position.crew_id),
+                    member,
+                    from,
+                    &format!("From dispatch: {}", message.as_str()),
+                    state.settings.jobs.max_attempts,
+                )
+                .await?;
+                texted += 1;
+            }
+        }
+        reached.push(json!({
+            "crew_id": position.crew_id,
+            "distance_m": distance_m.round(),
+            "texted": texted,
+        }));
     }
     tx.commit().await?;
     state.outbox.notify_one();

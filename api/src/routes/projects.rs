@@ -521,7 +521,7 @@ pub async fn dispatch(
 }
 
 /// What this api can send a customer's notice from.
-fn senders(state: &AppState) -> Senders<'_> {
+pub(crate) fn senders(state: &AppState) -> Senders<'_> {
     let ringcentral = &state.settings.ringcentral;
     let gmail = &state.settings.gmail;
     Senders {

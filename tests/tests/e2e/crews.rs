@@ -823,7 +823,8 @@ async fn a_dispatch_texts_offline_members_reminds_the_silent_and_ends_on_arrival
 async fn positions_are_checked_read_by_staff_and_broadcasts_reach_crews_nearby() {
     let app = spawn_app().await;
     let staff = app.staff_token();
-    let alpha = crew(&app, "Alpha", &["crew-a1"]).await;
+    // crew-a2 never connects: the broadcast texts them.
+    let alpha = crew(&app, "Alpha", &["crew-a1", "crew-a2"]).await;
     let beta = crew(&app, "Beta", &["crew-b1"]).await;
     let a1 = crew_token(&app, "crew-a1");
     let b1 = crew_token(&app, "crew-b1");
@@ -923,6 +924,35 @@ async fn positions_are_checked_read_by_staff_and_broadcasts_reach_crews_nearby()
         .await
         .expect("Alpha hears");
     assert_eq!(frame["message"], "Storm warning: secure ladders");
+    assert_eq!(body["crews"][0]["texted"], 1, "{body}");
+    let members: Value = json_of(app.get(&format!("/api/crews/{alpha}"), &staff).await, 200).await;
+    let a2_phone = members["members"][1]["phone"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let texts = loop {
+        let texts: Vec<Value> = app
+            .ringcentral
+            .sent()
+            .into_iter()
+            .filter(|s| s["to"][0]["phoneNumber"] == a2_phone.as_str())
+            .collect();
+        if !texts.is_empty() || tokio::time::Instant::now() > deadline {
+            break texts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(texts.len(), 1, "the offline member is texted once");
+    assert_eq!(
+        texts[0]["subject"],
+        "From dispatch: Storm warning: secure ladders"
+    );
+    assert!(
+        app.ringcentral
+            .sent()
+            .iter()
+            .all(|s| s["to"][0]["phoneNumber"] == a2_phone.as_str()),
+        "the connected member is not texted"
+    );
+    app.assert_no_jobs_left().await;
     let frames = b1_ws.drain(Duration::from_millis(500)).await;
     assert!(
         frames.iter().all(|f| f["type"] != "crew.broadcast"),
@@ -972,7 +1002,7 @@ async fn positions_are_checked_read_by_staff_and_broadcasts_reach_crews_nearby()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_customer_is_told_on_the_channel_they_last_wrote_on() {
+async fn the_customer_is_told_on_the_channel_they_chose_or_last_wrote_on() {
     let app = spawn_app().await;
     let staff = app.staff_token();
     // cust-9 last wrote by SMS (filed as an inbound SMS is).
@@ -1032,4 +1062,31 @@ async fn the_customer_is_told_on_the_channel_they_last_wrote_on() {
     assert_eq!(row.2.unwrap().to_string(), template["id"].as_str().unwrap());
     assert_eq!(row.3.unwrap().to_string(), project_id);
     app.assert_no_jobs_left().await;
+
+    // A channel the customer chose wins over the one they last wrote on.
+    let put = app
+        .client
+        .put(app.url("/api/customers/cust-9/contact"))
+        .bearer_auth(&staff)
+        .json(&json!({ "email": "nine@example.org", "fallback": "email" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let body = json_of(
+        app.post_json(
+            &format!("/api/projects/{project_id}/dispatch"),
+            &staff,
+            &json!({ "notify_customer": true }),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let message_id = body["customer_message_id"].as_str().unwrap().to_owned();
+    app.wait_for_status(&message_id, "sent").await;
+    let mails = app.gmail.sent();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].to, vec!["nine@example.org"]);
+    assert_eq!(mails[0].subject, "Your crew is on the way");
 }

@@ -55,7 +55,7 @@ impl Texting {
         for member in members {
             crews::text_member(
                 conn,
-                project,
+                crews::TextAbout::Project(project),
                 member,
                 &self.from_number,
                 text,
