@@ -205,6 +205,11 @@ async fn a_stale_copy_beside_its_replay_in_one_batch_does_not_swallow_the_replay
     })
     .unwrap();
     let (connection, channel) = app.broker_channel().await;
+    // Confirmed, so both copies are on the queue before the connection closes.
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for properties in [job_properties(job), job_properties_at(job, 1)] {
         channel
             .basic_publish(
