@@ -122,8 +122,8 @@ pub async fn refuse_while_database_down(
     next: Next,
 ) -> Response {
     if !state.health.database_up() && needs_database(request.uri().path()) {
-        return ApiError::Unavailable("the database is unreachable; try again shortly".to_owned())
-            .into_response();
+        // The same answer as a request that finds the outage itself (Retry-After: 5).
+        return ApiError::DatabaseDown.into_response();
     }
     let response = next.run(request).await;
     if response.extensions().get::<DatabaseFailed>().is_some() {
