@@ -196,18 +196,19 @@ pub async fn list_crews(conn: &mut PgConnection) -> sqlx::Result<Vec<Crew>> {
     )
     .fetch_all(conn)
     .await?;
+    let mut by_crew: std::collections::HashMap<Uuid, Vec<Member>> =
+        std::collections::HashMap::new();
+    for (crew, user_id, name, phone) in members {
+        by_crew.entry(crew).or_default().push(Member {
+            user_id,
+            name,
+            phone,
+        });
+    }
     Ok(rows
         .into_iter()
         .map(|row| {
-            let own = members
-                .iter()
-                .filter(|m| m.0 == row.id)
-                .map(|(_, user_id, name, phone)| Member {
-                    user_id: user_id.clone(),
-                    name: name.clone(),
-                    phone: phone.clone(),
-                })
-                .collect();
+            let own = by_crew.remove(&row.id).unwrap_or_default();
             with_members(row, own)
         })
         .collect())
@@ -374,6 +375,15 @@ pub struct Notice<'a> {
 pub struct Senders<'a> {
     pub sms_from: Option<&'a str>,
     pub email_from: Option<&'a str>,
+}
+
+impl<'a> Senders<'a> {
+    pub fn of(settings: &'a crate::settings::Settings) -> Self {
+        Self {
+            sms_from: settings.ringcentral.sms_from(),
+            email_from: settings.gmail.email_from(),
+        }
+    }
 }
 
 /// The channel a customer is reached on, when we can send on it: the one they chose

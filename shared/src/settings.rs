@@ -258,6 +258,11 @@ impl RingCentralSettings {
             && !self.jwt.expose().is_empty()
     }
 
+    /// The number SMS can go from, when RingCentral is configured and one is set.
+    pub fn sms_from(&self) -> Option<&str> {
+        (self.configured() && !self.from_number.is_empty()).then_some(self.from_number.as_str())
+    }
+
     fn from_env() -> anyhow::Result<Self> {
         let every: u64 = parse("CALL_LOG_IMPORT_SECS", "300")?;
         Ok(Self {
@@ -304,6 +309,11 @@ impl GmailSettings {
         !self.client_id.is_empty()
             && !self.client_secret.expose().is_empty()
             && !self.refresh_token.expose().is_empty()
+    }
+
+    /// The mailbox email can go from, when Gmail is configured and one is set.
+    pub fn email_from(&self) -> Option<&str> {
+        (self.configured() && !self.sender.is_empty()).then_some(self.sender.as_str())
     }
 
     fn from_env() -> anyhow::Result<Self> {

@@ -527,6 +527,16 @@ impl TestApp {
         self.post_json(&path, &token, &body).await
     }
 
+    pub async fn put_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("PUT")
+    }
+
     pub async fn patch_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
         self.client
             .patch(self.url(path))

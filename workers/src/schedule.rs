@@ -16,6 +16,34 @@ use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::jobs::{self, Job, NewJob, payloads};
 
+/// Runs `step` every `every` until `shutdown`, waking the relay when a step enqueued
+/// something (`Ok(n)` with n > 0); a failed step is logged as `what` and tried again
+/// next tick.
+async fn every<F, Fut>(
+    every: Duration,
+    outbox: &Notify,
+    shutdown: CancellationToken,
+    what: &str,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<usize>>,
+{
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match step().await {
+            Ok(0) => {}
+            Ok(_) => outbox.notify_one(),
+            Err(error) => tracing::warn!(%error, "{what} failed; trying again next tick"),
+        }
+    }
+}
+
 /// A job of kind `J` every `every`, unless one is still open: the call-log import
 /// (`CALL_LOG_IMPORT_SECS`) and the mailbox sync (`GMAIL_POLL_SECS`).
 pub struct Periodic<J> {
@@ -29,21 +57,12 @@ pub struct Periodic<J> {
 
 impl<J: Job> Periodic<J> {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            match enqueue_unless_open(&self.pool, &self.job, self.max_attempts).await {
-                Ok(true) => self.outbox.notify_one(),
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::warn!(%error, kind = J::KIND, "could not schedule a periodic job")
-                }
-            }
-        }
+        every(self.every, &self.outbox, shutdown, J::KIND, || async {
+            enqueue_unless_open(&self.pool, &self.job, self.max_attempts)
+                .await
+                .map(usize::from)
+        })
+        .await;
     }
 }
 
@@ -91,19 +110,14 @@ impl DispatchReminders {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.every());
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            match enqueue_due_reminders(&self.pool, self.ack_after, self.max_attempts).await {
-                Ok(0) => {}
-                Ok(_) => self.outbox.notify_one(),
-                Err(error) => tracing::warn!(%error, "could not schedule dispatch reminders"),
-            }
-        }
+        every(
+            self.every(),
+            &self.outbox,
+            shutdown,
+            "dispatch reminders",
+            || enqueue_due_reminders(&self.pool, self.ack_after, self.max_attempts),
+        )
+        .await;
     }
 }
 
@@ -156,25 +170,20 @@ impl Fallbacks {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.every());
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            match commcenter_shared::reach::send_due_fallbacks(
-                &self.pool,
-                chrono::Utc::now(),
-                &self.settings,
-            )
-            .await
-            {
-                Ok(0) => {}
-                Ok(_) => self.outbox.notify_one(),
-                Err(error) => tracing::warn!(%error, "could not send unread messages' fallbacks"),
-            }
-        }
+        every(
+            self.every(),
+            &self.outbox,
+            shutdown,
+            "the fallback sweep",
+            || {
+                commcenter_shared::reach::send_due_fallbacks(
+                    &self.pool,
+                    chrono::Utc::now(),
+                    &self.settings,
+                )
+            },
+        )
+        .await;
     }
 }
 
@@ -182,14 +191,11 @@ impl Fallbacks {
 pub fn fallback_settings(
     settings: &commcenter_shared::settings::Settings,
 ) -> commcenter_shared::reach::FallbackSettings {
-    let ringcentral = &settings.ringcentral;
-    let gmail = &settings.gmail;
     commcenter_shared::reach::FallbackSettings {
         default_after: settings.reach.fallback_after,
         portal_url: settings.reach.portal_url.clone(),
-        sms_from: (ringcentral.configured() && !ringcentral.from_number.is_empty())
-            .then(|| ringcentral.from_number.clone()),
-        email_from: (gmail.configured() && !gmail.sender.is_empty()).then(|| gmail.sender.clone()),
+        sms_from: settings.ringcentral.sms_from().map(str::to_owned),
+        email_from: settings.gmail.email_from().map(str::to_owned),
         max_attempts: settings.jobs.max_attempts,
     }
 }

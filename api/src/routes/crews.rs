@@ -451,7 +451,7 @@ pub async fn broadcast(
         )
         .await?;
         let mut texted = 0;
-        if let Some(from) = projects::senders(&state).sms_from {
+        if let Some(from) = state.settings.ringcentral.sms_from() {
             for member in &offline {
                 crews::text_member(
                     &mut tx,

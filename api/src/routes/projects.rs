@@ -499,7 +499,7 @@ pub async fn dispatch(
                 fallback,
                 subject: "Your crew is on the way",
             },
-            senders(&state),
+            Senders::of(&state.settings),
             max_attempts,
         )
         .await?;
@@ -518,18 +518,6 @@ pub async fn dispatch(
             "customer_message_id": customer_message,
         })),
     ))
-}
-
-/// What this api can send a customer's notice from.
-pub(crate) fn senders(state: &AppState) -> Senders<'_> {
-    let ringcentral = &state.settings.ringcentral;
-    let gmail = &state.settings.gmail;
-    Senders {
-        sms_from: (ringcentral.configured() && !ringcentral.from_number.is_empty())
-            .then_some(ringcentral.from_number.as_str()),
-        email_from: (gmail.configured() && !gmail.sender.is_empty())
-            .then_some(gmail.sender.as_str()),
-    }
 }
 
 async fn crew_name(conn: &mut PgConnection, crew: Uuid) -> sqlx::Result<String> {
@@ -688,7 +676,7 @@ pub(crate) async fn arrive(
                     ),
                     subject: "Your crew has arrived",
                 },
-                senders(state),
+                Senders::of(&state.settings),
                 state.settings.jobs.max_attempts,
             )
             .await?;

@@ -1065,13 +1065,12 @@ async fn the_customer_is_told_on_the_channel_they_chose_or_last_wrote_on() {
 
     // A channel the customer chose wins over the one they last wrote on.
     let put = app
-        .client
-        .put(app.url("/api/customers/cust-9/contact"))
-        .bearer_auth(&staff)
-        .json(&json!({ "email": "nine@example.org", "fallback": "email" }))
-        .send()
-        .await
-        .unwrap();
+        .put_json(
+            "/api/customers/cust-9/contact",
+            &staff,
+            &json!({ "email": "nine@example.org", "fallback": "email" }),
+        )
+        .await;
     assert_eq!(put.status(), 200);
     let body = json_of(
         app.post_json(

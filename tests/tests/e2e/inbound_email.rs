@@ -33,6 +33,15 @@ fn mail(
     format!("{headers}{body}").into_bytes()
 }
 
+/// Staff record `email` as `customer`'s address.
+async fn knows(app: &TestApp, customer: &str, email: &str) {
+    let path = format!("/api/customers/{customer}/contact");
+    let put = app
+        .put_json(&path, &app.staff_token(), &json!({ "email": email }))
+        .await;
+    assert_eq!(put.status(), 200);
+}
+
 fn plain(text: &str) -> String {
     format!("Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n")
 }
@@ -91,15 +100,7 @@ async fn replies_are_filed_by_thread_reply_headers_or_address_and_strangers_kept
         &plain("Looks good, go ahead."),
     ));
     // Bob set his address; he writes fresh, in HTML only.
-    let put = app
-        .client
-        .put(app.url("/api/customers/cust-2/contact"))
-        .bearer_auth(&staff)
-        .json(&json!({ "email": "bob@example.org" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200);
+    knows(&app, "cust-2", "bob@example.org").await;
     app.gmail.receive(&mail(
         "Bob <Bob@Example.ORG>",
         "Gutters",
@@ -176,15 +177,7 @@ async fn replies_are_filed_by_thread_reply_headers_or_address_and_strangers_kept
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_history_falls_back_to_what_came_since_the_last_filed_message() {
     let app = spawn_app().await;
-    let put = app
-        .client
-        .put(app.url("/api/customers/cust-3/contact"))
-        .bearer_auth(app.staff_token())
-        .json(&json!({ "email": "ann@example.org" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200);
+    knows(&app, "cust-3", "ann@example.org").await;
     sync(&app).await;
     app.gmail.receive(&mail(
         "ann@example.org",
@@ -224,15 +217,7 @@ async fn an_expired_history_falls_back_to_what_came_since_the_last_filed_message
 #[tokio::test(flavor = "multi_thread")]
 async fn gmail_failures_are_retried_and_nothing_is_lost() {
     let app = spawn_app().await;
-    let put = app
-        .client
-        .put(app.url("/api/customers/cust-4/contact"))
-        .bearer_auth(app.staff_token())
-        .json(&json!({ "email": "max@example.org" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200);
+    knows(&app, "cust-4", "max@example.org").await;
     sync(&app).await;
     app.gmail.receive(&mail(
         "max@example.org",
@@ -349,15 +334,7 @@ async fn staff_assign_an_unmatched_email_and_the_senders_next_mail_matches() {
 async fn attachments_of_a_reply_are_stored_as_files_and_a_refused_one_is_named() {
     use base64::Engine;
     let app = spawn_app().await;
-    let put = app
-        .client
-        .put(app.url("/api/customers/cust-7/contact"))
-        .bearer_auth(app.staff_token())
-        .json(&json!({ "email": "lee@example.org" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200);
+    knows(&app, "cust-7", "lee@example.org").await;
     sync(&app).await;
     let mut png = std::io::Cursor::new(Vec::new());
     image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8, y as u8, 90]))

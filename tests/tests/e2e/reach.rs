@@ -30,13 +30,12 @@ async fn sweep(app: &TestApp, now: DateTime<Utc>) -> usize {
 
 async fn set_contact(app: &TestApp, customer: &str, body: Value) -> Value {
     answer(
-        app.client
-            .put(app.url(&format!("/api/customers/{customer}/contact")))
-            .bearer_auth(app.staff_token())
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
+        app.put_json(
+            &format!("/api/customers/{customer}/contact"),
+            &app.staff_token(),
+            &body,
+        )
+        .await,
         200,
     )
     .await

@@ -25,8 +25,8 @@ use crate::job::{Handler, JobContext, JobError};
 /// What both handlers need to text members.
 #[derive(Debug, Clone)]
 pub struct Texting {
-    /// `RINGCENTRAL_FROM_NUMBER`; empty: RingCentral is not configured, no texts.
-    pub from_number: String,
+    /// `RINGCENTRAL_FROM_NUMBER`; none: RingCentral is not configured, no texts.
+    pub from_number: Option<String>,
     pub max_attempts: i32,
     /// A member is connected when an api instance heartbeating within this long holds
     /// their WebSocket.
@@ -45,19 +45,19 @@ impl Texting {
         if members.is_empty() {
             return Ok(0);
         }
-        if self.from_number.is_empty() {
+        let Some(from_number) = &self.from_number else {
             tracing::warn!(
                 members = members.len(),
                 "RingCentral is not configured (RINGCENTRAL_FROM_NUMBER): crew members are not texted"
             );
             return Ok(0);
-        }
+        };
         for member in members {
             crews::text_member(
                 conn,
                 crews::TextAbout::Project(project),
                 member,
-                &self.from_number,
+                from_number,
                 text,
                 self.max_attempts,
             )

@@ -40,11 +40,7 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
         .then(|| Gmail::new(&settings.gmail))
         .transpose()?;
     let texting = dispatches::Texting {
-        from_number: if settings.ringcentral.configured() {
-            settings.ringcentral.from_number.clone()
-        } else {
-            String::new()
-        },
+        from_number: settings.ringcentral.sms_from().map(str::to_owned),
         max_attempts: settings.jobs.max_attempts,
         presence_ttl: settings.http.presence_ttl,
     };
