@@ -173,6 +173,8 @@ pub enum CommunicationType {
 }
 
 impl CommunicationType {
+    pub const ALL: [Self; 4] = [Self::InApp, Self::Sms, Self::Email, Self::Phone];
+
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         match raw {
             "inapp" | "in_app" => Ok(Self::InApp),

@@ -17,6 +17,9 @@
 //!   replays and discards (bulk ones in batches), their audit, retention.
 //! - [`reach`]: a customer's own addresses and preferences, and the fallback of unread
 //!   in-app messages to SMS or email.
+//! - [`analytics`]: message volume, response times, conversations opened and closed,
+//!   read rates, over a range of time, from facts the database keeps as messages are
+//!   written.
 //! - [`search`]: full-text search over communications, ranked and highlighted.
 //! - [`templates`]: message templates: placeholders found, rendered, stored in versions.
 //! - [`filetype`]: what an upload is, by its first bytes; safe display and stored names.
@@ -33,6 +36,7 @@
 //!   backlog gauges (jobs per state, outbox lag, queue depths) read on scrape.
 //! - [`telemetry`]: tracing, initialised once per process.
 
+pub mod analytics;
 pub mod auth;
 pub mod blob;
 pub mod broker;

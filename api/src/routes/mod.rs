@@ -1,5 +1,6 @@
 //! The HTTP surface, one module per route group. Paths are the portal's and must not change.
 
+pub mod analytics;
 pub mod communications;
 pub mod console;
 pub mod conversations;
@@ -121,6 +122,12 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/projects/{id}/dispatch", post(projects::dispatch))
         .route("/api/dispatches/{id}/ack", post(projects::acknowledge))
+        .route("/api/analytics/summary", get(analytics::summary))
+        .route("/api/analytics/volume", get(analytics::volume))
+        .route(
+            "/api/analytics/response-times",
+            get(analytics::response_times),
+        )
         .route("/api/ws/{user_id}", get(ws::connect))
         .merge(integrations::router())
         .merge(ops::router())
