@@ -87,6 +87,11 @@ BEGIN
         IF was IN ('closed', 'archived') THEN
             UPDATE conversations SET status = 'open', updated_by = NEW.sender_id, updated_at = now()
             WHERE customer_id = NEW.customer_id;
+            -- Announced as staff changing it is (events::EventBody::ConversationStatus),
+            -- in the same transaction, through the event outbox.
+            INSERT INTO event_outbox (payload) VALUES (jsonb_build_object(
+                'type', 'conversation.status', 'customer_id', NEW.customer_id, 'at', now(),
+                'status', 'open', 'updated_by', NEW.sender_id));
         END IF;
     END IF;
     INSERT INTO conversations (customer_id, updated_by, last_communication_id, last_message_at, created_at)

@@ -387,7 +387,15 @@ async fn messages_sent_through_the_api_are_answered_and_reopened_as_they_happen(
 
     // Closed, then the customer writes: open again, and a new first response waits.
     set_status(&app, "cust-9", "closed").await;
+    let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
     app.send_ok(&customer, "cust-9", "One more thing").await;
+    let frame = staff_ws
+        .next_of_type("conversation.status", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(frame["customer_id"], "cust-9");
+    assert_eq!(frame["status"], "open");
+    assert_eq!(frame["updated_by"], "user-of-cust-9");
     let status = get_ok(&app, "/api/communications/conversation/cust-9/status").await;
     assert_eq!(status["status"], "open");
     let reopened: Value = get_ok(&app, "/api/analytics/summary").await;
