@@ -2,6 +2,8 @@
 // The token lives in this tab's sessionStorage and travels only in the Authorization
 // header. Every value from the API reaches the page through textContent, never as HTML.
 
+import { lineChart } from '/ops/charts.js';
+
 const TOKEN_KEY = 'commcenter.ops.token';
 const SETTLED = ['succeeded', 'dead', 'cancelled'];
 const ELIGIBLE = {
@@ -185,8 +187,33 @@ const refreshHealth = guarded(async () => {
       cell(row, queue.consumers, 'num');
     }
   }
+  await refreshActivity();
   $('#health-updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
 });
+
+// ---- the last hour, as pictures -----------------------------------------------------
+
+/** Jobs per minute and queue depths over the last hour, as the workers recorded them. */
+async function refreshActivity() {
+  const activity = await api('GET', '/api/ops/activity?minutes=60');
+  const labels = activity.minutes.map((m) => new Date(m.at).toISOString().slice(11, 16));
+  lineChart($('#jobs-chart'), 'Jobs per minute', {
+    labels,
+    series: ['succeeded', 'retried', 'dead'].map((name) => ({
+      name,
+      values: activity.minutes.map((m) => m[name]),
+    })),
+  });
+  // The deepest queues first: a chart of every queue would be unreadable.
+  const deepest = activity.queues
+    .map((q) => ({ ...q, peak: Math.max(0, ...q.depths.filter((d) => d !== null)) }))
+    .sort((a, b) => b.peak - a.peak)
+    .slice(0, 4);
+  lineChart($('#depths-chart'), 'Queue depth (deepest in each minute)', {
+    labels,
+    series: deepest.map((q) => ({ name: q.queue.split('.').slice(1).join('.'), values: q.depths })),
+  });
+}
 
 // ---- the job list -------------------------------------------------------------------
 

@@ -166,12 +166,35 @@ pub struct ReadRate {
     pub rate: Option<f64>,
 }
 
+/// The first-response distribution's bands: answered in under each bound (seconds),
+/// the last open-ended.
+pub const BANDS: [Option<i64>; 7] = [
+    Some(60),
+    Some(300),
+    Some(900),
+    Some(3600),
+    Some(4 * 3600),
+    Some(24 * 3600),
+    None,
+];
+
+/// First responses answered within one band: at least the previous band's bound, under
+/// `under_seconds` (none: the rest).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Band {
+    pub under_seconds: Option<i64>,
+    pub answered: i64,
+}
+
 /// One channel's figures, or all channels'.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figures {
     pub inbound: i64,
     pub outbound: i64,
     pub first_response_seconds: Waits,
+    /// How first responses spread over [`BANDS`] (unanswered ones are in
+    /// `first_response_seconds.unanswered`).
+    pub first_response_distribution: Vec<Band>,
     pub response_seconds: Waits,
     pub read_rate: ReadRate,
 }
@@ -200,8 +223,45 @@ pub struct Summary {
     pub channels: BTreeMap<&'static str, Figures>,
 }
 
-/// The columns the figures are read from; `{where}` is the range (and channel) filter.
-/// Every column is in `communications_analytics`, so this scan reads the index only.
+/// The aggregates the figures are read from, over [`MESSAGES`]. Every column they read
+/// is in `communications_analytics`, so the scan reads the index only.
+fn figures_sql() -> String {
+    let mut lower = 0;
+    let bands: Vec<String> = BANDS
+        .iter()
+        .enumerate()
+        .map(|(i, upper)| {
+            let below = upper.map_or(String::new(), |u| format!(" AND wait < {u}"));
+            let column = format!(
+                "count(*) FILTER (WHERE awaits AND opens_conversation AND wait >= {lower}{below}) AS band_{i}"
+            );
+            lower = upper.unwrap_or(lower);
+            column
+        })
+        .collect();
+    format!("{FIGURES}, {}", bands.join(", "))
+}
+
+impl Default for Figures {
+    /// Nothing in the range: zeros, every band present.
+    fn default() -> Self {
+        Self {
+            inbound: 0,
+            outbound: 0,
+            first_response_seconds: Waits::default(),
+            first_response_distribution: BANDS
+                .iter()
+                .map(|under_seconds| Band {
+                    under_seconds: *under_seconds,
+                    answered: 0,
+                })
+                .collect(),
+            response_seconds: Waits::default(),
+            read_rate: ReadRate::default(),
+        }
+    }
+}
+
 const FIGURES: &str = "
     count(*) FILTER (WHERE direction = 'inbound') AS inbound,
     count(*) FILTER (WHERE direction = 'outbound') AS outbound,
@@ -231,6 +291,16 @@ fn figures(row: &PgRow) -> sqlx::Result<Figures> {
     Ok(Figures {
         inbound: row.try_get("inbound")?,
         outbound,
+        first_response_distribution: BANDS
+            .iter()
+            .enumerate()
+            .map(|(i, under_seconds)| {
+                Ok(Band {
+                    under_seconds: *under_seconds,
+                    answered: row.try_get(format!("band_{i}").as_str())?,
+                })
+            })
+            .collect::<sqlx::Result<_>>()?,
         first_response_seconds: Waits {
             answered: row.try_get("first_answered")?,
             median: row.try_get("first_median")?,
@@ -258,8 +328,9 @@ pub async fn summary(
 ) -> sqlx::Result<Summary> {
     // One scan: a row per channel, and (the grouping set `()`) one for them all.
     let rows = sqlx::query(&format!(
-        "SELECT type, GROUPING(type) = 1 AS total, {FIGURES}
-         FROM ({MESSAGES}) m GROUP BY GROUPING SETS ((type), ())"
+        "SELECT type, GROUPING(type) = 1 AS total, {}
+         FROM ({MESSAGES}) m GROUP BY GROUPING SETS ((type), ())",
+        figures_sql()
     ))
     .bind(range.from)
     .bind(range.to)
@@ -437,10 +508,11 @@ pub async fn response_times(
 ) -> sqlx::Result<Vec<Group>> {
     let key = group_by.column();
     let rows = sqlx::query(&format!(
-        "SELECT {key}::text AS key, count(*) AS messages, {FIGURES}
+        "SELECT {key}::text AS key, count(*) AS messages, {}
          FROM ({MESSAGES}) m
          WHERE awaits AND {key} IS NOT NULL
-         GROUP BY {key} ORDER BY count(*) DESC, {key} LIMIT $4"
+         GROUP BY {key} ORDER BY count(*) DESC, {key} LIMIT $4",
+        figures_sql()
     ))
     .bind(range.from)
     .bind(range.to)

@@ -292,3 +292,45 @@ pub async fn connect_with_backoff(
         wait = (wait * 2).min(settings.reconnect_max);
     }
 }
+
+/// A queue's depth and consumers, as the broker tells them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueLook {
+    pub queue: String,
+    /// False for a queue not declared yet (no process has run its kind).
+    pub exists: bool,
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// Looks at one queue by a passive declare. Each look has a channel of its own: the
+/// broker closes the channel that asks after a queue it does not have.
+pub async fn look(connection: &Connection, queue: &str) -> anyhow::Result<QueueLook> {
+    let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    Ok(
+        match channel
+            .queue_declare(queue.into(), passive, Default::default())
+            .await
+        {
+            Ok(found) => {
+                channel.close(200, "done".into()).await.ok();
+                QueueLook {
+                    queue: queue.to_owned(),
+                    exists: true,
+                    messages: found.message_count(),
+                    consumers: found.consumer_count(),
+                }
+            }
+            Err(_) => QueueLook {
+                queue: queue.to_owned(),
+                exists: false,
+                messages: 0,
+                consumers: 0,
+            },
+        },
+    )
+}

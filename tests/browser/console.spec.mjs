@@ -115,6 +115,29 @@ try {
     throw new Error('Replay is still enabled on a succeeded job');
   }
 
+  step = 'the last hour shows the jobs that died and the one that succeeded, minute by minute';
+  const counted = async (series) => {
+    const values = await page.locator(`#jobs-chart .point[data-series="${series}"]`)
+      .evaluateAll((points) => points.map((p) => Number(p.dataset.value)));
+    return values;
+  };
+  for (let tries = 0; ; tries += 1) {
+    await page.getByRole('button', { name: 'Refresh' }).click();
+    await page.locator('#health-updated').filter({ hasText: 'updated' }).waitFor();
+    const dead = await counted('dead');
+    const succeeded = await counted('succeeded');
+    if (dead.length !== 60 || succeeded.length !== 60) {
+      throw new Error(`the chart has ${dead.length} dead and ${succeeded.length} succeeded points, not 60`);
+    }
+    const sum = (values) => values.reduce((a, b) => a + b, 0);
+    if (sum(dead) >= 2 && sum(succeeded) >= 1) break;
+    if (tries > 40) throw new Error(`the chart shows ${sum(dead)} dead, ${sum(succeeded)} succeeded`);
+    await page.waitForTimeout(250);
+  }
+  if (process.env.SCREENSHOTS) {
+    await page.locator('#activity').screenshot({ path: `${process.env.SCREENSHOTS}/ops-console.png` });
+  }
+
   step = 'discard another customer\'s dead jobs in bulk and follow the progress';
   await page.getByLabel('Customer', { exact: true }).fill(otherCustomer);
   await page.getByRole('button', { name: 'Apply filters' }).click();

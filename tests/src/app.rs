@@ -460,6 +460,16 @@ impl TestApp {
             }
             .run(shutdown.clone()),
         );
+        tokio::spawn(
+            commcenter_workers::activity::Recorder {
+                pool: runtime.pool.clone(),
+                broker: runtime.broker.clone(),
+                topology: runtime.topology.clone(),
+                metrics: runtime.metrics.clone(),
+                every: Duration::from_millis(200),
+            }
+            .run(shutdown.clone()),
+        );
         let handle = tokio::spawn(runtime.run(shutdown.clone()));
         self.workers = Some((shutdown, handle));
     }

@@ -13,10 +13,13 @@
 //! - [`crash`]: abort points for the tests that kill a worker mid-send.
 //! - [`metrics`]: jobs by kind and outcome, attempts, durations, in flight; served at
 //!   `/metrics` on `METRICS_ADDR`.
+//! - [`activity`]: jobs finished per minute and queue depths, written for the
+//!   operators' live chart.
 //! - [`retention`]: finished jobs and old idempotency keys pruned on a schedule.
 //! - [`media`]: what an upload is (sniffed from its bytes), its SHA-256 and its
 //!   thumbnail; called by the `file.process` handler (and by the api, to sniff).
 
+pub mod activity;
 pub mod crash;
 pub mod dead_letters;
 pub mod handlers;

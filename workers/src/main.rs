@@ -8,7 +8,7 @@ use commcenter_shared::{
     telemetry,
 };
 use commcenter_workers::{
-    Runtime, handlers, metrics,
+    Runtime, activity, handlers, metrics,
     retention::{Keep, Retention},
     schedule::{self, DispatchReminders, Fallbacks, Periodic},
 };
@@ -67,6 +67,16 @@ async fn main() -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
+    tokio::spawn(
+        activity::Recorder {
+            pool: runtime.pool.clone(),
+            broker: runtime.broker.clone(),
+            topology: runtime.topology.clone(),
+            metrics: runtime.metrics.clone(),
+            every: activity::EVERY,
+        }
+        .run(shutdown.clone()),
+    );
     tokio::spawn(
         Retention {
             pool: runtime.pool.clone(),

@@ -5,7 +5,10 @@
 //! The runtime records into the [`JobMetrics`] it holds (`Runtime::metrics`), so two
 //! runtimes in one process (as in the tests) count apart.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use axum::{
     Router,
@@ -26,6 +29,7 @@ use commcenter_shared::{
     http_server::{self, ConnectionLimits},
     jobs::ErrorClass,
     metrics::{self, PREFIX, Registry},
+    ops::{self, JobCounts},
     settings::Secret,
 };
 
@@ -72,6 +76,9 @@ struct KindLabel {
 
 pub struct JobMetrics {
     registry: Registry,
+    /// Jobs finished by minute and kind, not yet added to `job_activity`
+    /// ([`crate::activity`] takes them every few seconds).
+    activity: Mutex<HashMap<(DateTime<Utc>, String), JobCounts>>,
     jobs: Family<JobLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     durations: Family<KindLabel, Histogram>,
@@ -109,6 +116,7 @@ impl Default for JobMetrics {
         );
         Self {
             registry,
+            activity: Mutex::default(),
             jobs,
             attempts,
             durations,
@@ -161,12 +169,46 @@ impl JobMetrics {
     }
 
     pub fn job_finished(&self, kind: &str, outcome: Outcome) {
+        let add = |counts: &mut JobCounts| match outcome {
+            Outcome::Succeeded => counts.succeeded += 1,
+            Outcome::Retrying => counts.retried += 1,
+            Outcome::Dead => counts.dead += 1,
+            Outcome::Skipped => {}
+        };
+        if outcome != Outcome::Skipped {
+            let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+            add(activity
+                .entry((ops::minute_of(Utc::now()), kind.to_owned()))
+                .or_default());
+        }
         self.jobs
             .get_or_create(&JobLabels {
                 kind: kind.to_owned(),
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+}
+
+impl JobMetrics {
+    /// The jobs counted since the last take, by minute and kind.
+    pub fn take_activity(&self) -> Vec<(DateTime<Utc>, String, JobCounts)> {
+        let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        activity
+            .drain()
+            .map(|((minute, kind), counts)| (minute, kind, counts))
+            .collect()
+    }
+
+    /// Puts back counts that could not be written, to go with the next take.
+    pub fn restore_activity(&self, taken: Vec<(DateTime<Utc>, String, JobCounts)>) {
+        let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        for (minute, kind, c) in taken {
+            let counts = activity.entry((minute, kind)).or_default();
+            counts.succeeded += c.succeeded;
+            counts.retried += c.retried;
+            counts.dead += c.dead;
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Retention: every so often, prune finished jobs (their attempts go with them) past
 //! `JOB_RETENTION_HOURS`, idempotency keys and webhook receipts past
 //! `IDEMPOTENCY_RETENTION_HOURS`, the event log past `EVENT_RETENTION_HOURS`, and
-//! crews' positions past `LOCATION_RETENTION_HOURS` (each crew's latest stays).
+//! crews' positions past `LOCATION_RETENTION_HOURS` (each crew's latest stays), and the
+//! live chart's minutes past a week.
 //! Dead jobs are kept until an operator replays or discards them. Several worker
 //! processes may prune at once: each deletes in small batches and skips locked rows.
 
@@ -12,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often a worker process prunes.
 pub const INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// How long the live chart's counts and queue depths are kept.
+pub const ACTIVITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Rows deleted per statement.
 const BATCH: i64 = 1000;
 
@@ -44,6 +47,7 @@ impl Retention {
                         webhook_receipts = pruned.webhook_receipts,
                         events = pruned.events,
                         locations = pruned.locations,
+                        activity = pruned.activity,
                         "pruned"
                     );
                 }
@@ -67,6 +71,8 @@ pub struct Pruned {
     /// Events older than `EVENT_RETENTION_HOURS`, past recovery.
     pub events: u64,
     pub locations: u64,
+    /// Minutes of job counts and queue depths older than [`ACTIVITY`].
+    pub activity: u64,
 }
 
 /// Deletes succeeded and cancelled jobs (their attempts go with them), idempotency keys
@@ -129,6 +135,24 @@ pub async fn prune(pool: &PgPool, keep: &Keep, batch: i64) -> sqlx::Result<Prune
             batch,
         )
         .await?,
+        activity: delete_in_batches(
+            pool,
+            "DELETE FROM job_activity WHERE ctid IN (
+                 SELECT ctid FROM job_activity WHERE minute < now() - make_interval(secs => $1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            ACTIVITY,
+            batch,
+        )
+        .await?
+            + delete_in_batches(
+                pool,
+                "DELETE FROM queue_depths WHERE ctid IN (
+                     SELECT ctid FROM queue_depths WHERE minute < now() - make_interval(secs => $1)
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                ACTIVITY,
+                batch,
+            )
+            .await?,
     })
 }
 

@@ -1,7 +1,8 @@
-//! The operators' console at `/ops`: one HTML page, one script and one stylesheet,
-//! compiled into the binary (no build chain). The page calls `/api/ops/` with the
-//! operator's token, which it keeps in the tab's `sessionStorage` and sends only in the
-//! `Authorization` header, never in a URL.
+//! The operators' console at `/ops` and the analytics page at `/ops/analytics`: two HTML
+//! pages, their scripts, the SVG chart module they share and one stylesheet, compiled
+//! into the binary (no build chain). The pages call `/api/ops/` and `/api/analytics/`
+//! with the caller's token, which they keep in the tab's `sessionStorage` and send only
+//! in the `Authorization` header, never in a URL.
 //!
 //! The assets are public (they hold no data); every answer carries a strict
 //! Content-Security-Policy: scripts and styles only from this origin (no inline code),
@@ -19,6 +20,9 @@ use crate::state::AppState;
 const PAGE: &str = include_str!("../../console/index.html");
 const SCRIPT: &str = include_str!("../../console/app.js");
 const STYLE: &str = include_str!("../../console/app.css");
+const CHARTS: &str = include_str!("../../console/charts.js");
+const ANALYTICS_PAGE: &str = include_str!("../../console/analytics.html");
+const ANALYTICS_SCRIPT: &str = include_str!("../../console/analytics.js");
 
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
@@ -37,6 +41,18 @@ pub fn router() -> Router<AppState> {
         .route(
             "/ops/app.css",
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/ops/charts.js",
+            get(|| async { asset(CHARTS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/ops/analytics",
+            get(|| async { asset(ANALYTICS_PAGE, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/ops/analytics.js",
+            get(|| async { asset(ANALYTICS_SCRIPT, "text/javascript; charset=utf-8") }),
         )
 }
 

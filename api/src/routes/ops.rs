@@ -12,6 +12,8 @@
 //!   `action_id`.
 //! - `GET /api/ops/queues`: queue depths and consumers from the broker, the outbox lag
 //!   and jobs per state from the ledger (which still answers when the broker does not).
+//! - `GET /api/ops/activity?minutes=60`: jobs succeeded, retried and dead per minute,
+//!   and each queue's depth per minute, as the workers recorded them.
 
 use std::time::Duration;
 
@@ -23,7 +25,6 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -61,6 +62,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/ops/actions/{id}", get(show_action))
         .route("/api/ops/audit", get(list_audit))
         .route("/api/ops/queues", get(queues))
+        .route("/api/ops/activity", get(activity))
 }
 
 fn invalid_query(field: &str, message: impl std::fmt::Display) -> ApiError {
@@ -417,6 +419,34 @@ async fn list_audit(
     ))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivityQuery {
+    minutes: Option<String>,
+}
+
+async fn activity(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ActivityQuery>,
+) -> ApiResult<Json<ops::Activity>> {
+    caller.ensure_operator()?;
+    let minutes = match query.minutes.as_deref() {
+        None => 60,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=ops::MAX_MINUTES).contains(n))
+            .ok_or_else(|| {
+                invalid_query(
+                    "minutes",
+                    format!("must be 1 to {}, not {raw:?}", ops::MAX_MINUTES),
+                )
+            })?,
+    };
+    Ok(Json(ops::activity(&state.pool, minutes, Utc::now()).await?))
+}
+
 fn uuid_param(name: &str, raw: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(raw).map_err(|_| invalid_query(name, format!("must be a UUID, not {raw:?}")))
 }
@@ -446,44 +476,17 @@ async fn broker_queues(state: &AppState, topology: &Topology) -> anyhow::Result<
     let connection = broker::connect(&state.settings.broker, "commcenter-api-ops").await?;
     let mut work = Vec::new();
     for kind in kinds::ALL {
-        let mut queue = inspect(&connection, &topology.work_queue(kind)).await?;
+        let mut queue = json!(broker::look(&connection, &topology.work_queue(kind)).await?);
         queue["kind"] = json!(kind);
         work.push(queue);
     }
     let mut delay = Vec::new();
     for tier in &topology.tiers {
-        let mut queue = inspect(&connection, &topology.delay_queue(*tier)).await?;
+        let mut queue = json!(broker::look(&connection, &topology.delay_queue(*tier)).await?);
         queue["tier"] = json!(tier_label(*tier));
         delay.push(queue);
     }
-    let dead = inspect(&connection, &topology.dead_queue()).await?;
+    let dead = json!(broker::look(&connection, &topology.dead_queue()).await?);
     connection.close(200, "done".into()).await.ok();
     Ok(json!({ "work": work, "delay": delay, "dead": dead }))
-}
-
-/// One queue's depth and consumers; a queue not declared yet says so (its channel is
-/// closed by the broker's 404, so each look has a channel of its own).
-async fn inspect(connection: &lapin::Connection, name: &str) -> anyhow::Result<Value> {
-    let channel = connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    Ok(
-        match channel
-            .queue_declare(name.into(), passive, Default::default())
-            .await
-        {
-            Ok(queue) => {
-                channel.close(200, "done".into()).await.ok();
-                json!({
-                    "queue": name,
-                    "exists": true,
-                    "messages": queue.message_count(),
-                    "consumers": queue.consumer_count(),
-                })
-            }
-            Err(_) => json!({ "queue": name, "exists": false, "messages": 0, "consumers": 0 }),
-        },
-    )
 }

@@ -15,13 +15,15 @@
 //! - [`actions`]: replay and discard (one job, or a bulk action's batch);
 //! - [`bulk`]: bulk actions and their progress;
 //! - [`audit`]: the trail of what operators did;
-//! - [`health`]: queue health from the ledger's side.
+//! - [`health`]: queue health from the ledger's side;
+//! - [`activity`]: jobs run per minute and queue depths over time, for the live chart.
 
 mod actions;
+mod activity;
 mod audit;
 mod bulk;
 mod filter;
 mod health;
 mod views;
 
-pub use self::{actions::*, audit::*, bulk::*, filter::*, health::*, views::*};
+pub use self::{actions::*, activity::*, audit::*, bulk::*, filter::*, health::*, views::*};

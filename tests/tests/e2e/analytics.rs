@@ -202,6 +202,24 @@ async fn figures_match_a_day_worked_out_by_hand() {
         summary["first_response_seconds"],
         waits(3, Some(300.0), Some(780.0), 1)
     );
+    let bands: Vec<(Value, i64)> = summary["first_response_distribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["under_seconds"].clone(), b["answered"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        bands,
+        [
+            (json!(60), 0),
+            (json!(300), 1),
+            (json!(900), 1),
+            (json!(3600), 1),
+            (json!(14400), 0),
+            (json!(86400), 0),
+            (Value::Null, 0)
+        ]
+    );
     assert_eq!(
         summary["conversations"],
         json!({ "opened": 4, "closed": 1, "archived": 0, "reopened": 1 })
@@ -508,4 +526,59 @@ async fn bad_ranges_and_parameters_are_refused_by_name() {
         )
         .await;
     assert_eq!(longest.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staff_read_the_charts_in_the_browser_and_the_range_picker_redraws_them() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let chromium = crate::console::browser_prerequisites(&dir);
+    let app = spawn_app().await;
+    let first_day = (Utc::now() - Duration::days(6))
+        .duration_trunc(Duration::days(1))
+        .unwrap();
+    // Inbound per day over five days, each answered ten minutes later: staff-1 the
+    // first four, staff-2 the other two.
+    let inbound = [2, 0, 3, 1, 0];
+    let mut n = 0;
+    for (day, count) in inbound.iter().enumerate() {
+        for i in 0..*count {
+            let at = first_day + Duration::days(day as i64) + Duration::hours(10 + i);
+            let customer = format!("cust-{n}");
+            insert(&app, from_customer(&customer, "sms", at)).await;
+            let staff = if n < 4 { "staff-1" } else { "staff-2" };
+            let reply = answer(&customer, "sms", staff, "staff", at + Duration::minutes(10));
+            insert(&app, reply).await;
+            n += 1;
+        }
+    }
+    let day = |d: i64| {
+        (first_day + Duration::days(d))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let mut run = tokio::process::Command::new("node");
+    run.arg(dir.join("analytics.spec.mjs"))
+        .current_dir(&dir)
+        .env("CONSOLE_URL", &app.base_url)
+        .env("STAFF_TOKEN", app.staff_token())
+        .env("FROM", day(0))
+        .env("TO", day(4))
+        .env("SHORT_TO", day(2))
+        .env("INBOUND", inbound.map(|n| n.to_string()).join(","))
+        .env("STAFF", "staff-1,staff-2")
+        .env("CHROMIUM", chromium)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), run.output())
+        .await
+        .expect("the browser test finishes within 2 minutes")
+        .expect("node starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser test failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("5 days drawn, then 3"), "{stdout}");
 }

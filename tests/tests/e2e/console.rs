@@ -178,7 +178,7 @@ async fn other_paths_under_ops_are_not_found_and_the_page_holds_no_data() {
 }
 
 /// Fails (never skips) when the browser test cannot run here, saying how to fix it.
-fn browser_prerequisites(dir: &Path) -> String {
+pub fn browser_prerequisites(dir: &Path) -> String {
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(
         node.is_ok_and(|o| o.status.success()),
