@@ -27,6 +27,10 @@ ALTER TABLE communications
     ADD COLUMN answer_id           UUID,
     ADD COLUMN answered_at         TIMESTAMPTZ,
     ADD COLUMN answered_by         TEXT,
+    -- A customer's message still waiting when staff closed or archived its conversation:
+    -- it waits no more (a closing "thanks!" is not left unanswered for ever), and a later
+    -- answer is not counted as its answer.
+    ADD COLUMN wait_closed_at      TIMESTAMPTZ,
     -- A customer's message that began its conversation or reopened a closed one: where
     -- first-response time starts.
     ADD COLUMN opens_conversation  BOOLEAN NOT NULL DEFAULT false;
@@ -34,13 +38,14 @@ ALTER TABLE communications
 -- Customer messages still waiting: what a new answer looks for. Small (answered
 -- messages leave it).
 CREATE INDEX communications_awaiting_answer ON communications (customer_id, created_at)
-    WHERE answer_id IS NULL AND deleted_at IS NULL AND direction = 'inbound';
+    WHERE answer_id IS NULL AND wait_closed_at IS NULL AND deleted_at IS NULL
+      AND awaits_answer(type, direction, sender_role);
 
 -- The analytics scan: every public message in a time range, read from the index alone
 -- (all it needs is included), so a month of a busy business is one index range.
 CREATE INDEX communications_analytics ON communications (created_at)
     INCLUDE (type, direction, sender_role, customer_id, deleted_at, read_at,
-             answered_at, answered_by, opens_conversation)
+             answered_at, answered_by, wait_closed_at, opens_conversation)
     WHERE visibility = 'public';
 
 -- Every change of a conversation's status, the beginning included (from_status NULL):
@@ -61,6 +66,11 @@ BEGIN
     INSERT INTO conversation_transitions (customer_id, from_status, to_status, by_user, at)
     VALUES (NEW.customer_id, CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status,
             NEW.updated_by, CASE WHEN TG_OP = 'INSERT' THEN NEW.created_at ELSE now() END);
+    IF TG_OP = 'UPDATE' AND NEW.status IN ('closed', 'archived') THEN
+        UPDATE communications SET wait_closed_at = now()
+        WHERE customer_id = NEW.customer_id AND answer_id IS NULL AND wait_closed_at IS NULL
+          AND deleted_at IS NULL AND awaits_answer(type, direction, sender_role);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -107,8 +117,8 @@ BEGIN
     IF is_answer(NEW.direction, NEW.sender_role, NEW.visibility, NEW.deleted_at) THEN
         UPDATE communications
         SET answer_id = NEW.id, answered_at = NEW.created_at, answered_by = NEW.sender_id
-        WHERE customer_id = NEW.customer_id AND answer_id IS NULL AND deleted_at IS NULL
-          AND direction = 'inbound' AND created_at <= NEW.created_at
+        WHERE customer_id = NEW.customer_id AND answer_id IS NULL AND wait_closed_at IS NULL
+          AND deleted_at IS NULL AND created_at <= NEW.created_at
           AND awaits_answer(type, direction, sender_role);
     END IF;
     RETURN NULL;

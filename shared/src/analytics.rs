@@ -15,6 +15,8 @@
 //! - *response time*: from a customer message to its first answer; *first response*:
 //!   the same, for the messages that opened or reopened a conversation;
 //! - medians and 90th percentiles interpolate (`percentile_cont`);
+//! - a message still waiting when staff close its conversation waits no more: it is
+//!   `closed_unanswered`, not `unanswered`;
 //! - deleted messages and internal notes count nowhere.
 
 use std::collections::BTreeMap;
@@ -148,13 +150,15 @@ pub async fn resolve_range(
 }
 
 /// How long customers waited: answered messages' median and 90th percentile, in
-/// seconds (none when nothing was answered), and how many still wait.
+/// seconds (none when nothing was answered), how many still wait, and how many staff
+/// closed the conversation on without an answer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Waits {
     pub answered: i64,
     pub median: Option<f64>,
     pub p90: Option<f64>,
     pub unanswered: i64,
+    pub closed_unanswered: i64,
 }
 
 /// Outbound messages and how many were read.
@@ -268,17 +272,20 @@ const FIGURES: &str = "
     count(answered_at) FILTER (WHERE awaits AND opens_conversation) AS first_answered,
     percentile_cont(0.5) WITHIN GROUP (ORDER BY wait) FILTER (WHERE awaits AND opens_conversation) AS first_median,
     percentile_cont(0.9) WITHIN GROUP (ORDER BY wait) FILTER (WHERE awaits AND opens_conversation) AS first_p90,
-    count(*) FILTER (WHERE awaits AND opens_conversation AND answered_at IS NULL) AS first_unanswered,
+    count(*) FILTER (WHERE awaits AND opens_conversation AND answered_at IS NULL AND wait_closed_at IS NULL) AS first_unanswered,
+    count(wait_closed_at) FILTER (WHERE awaits AND opens_conversation AND answered_at IS NULL) AS first_closed_unanswered,
     count(answered_at) FILTER (WHERE awaits) AS answered,
     percentile_cont(0.5) WITHIN GROUP (ORDER BY wait) FILTER (WHERE awaits) AS median,
     percentile_cont(0.9) WITHIN GROUP (ORDER BY wait) FILTER (WHERE awaits) AS p90,
-    count(*) FILTER (WHERE awaits AND answered_at IS NULL) AS unanswered,
+    count(*) FILTER (WHERE awaits AND answered_at IS NULL AND wait_closed_at IS NULL) AS unanswered,
+    count(wait_closed_at) FILTER (WHERE awaits AND answered_at IS NULL) AS closed_unanswered,
     count(read_at) FILTER (WHERE direction = 'outbound') AS read";
 
 /// The public, undeleted messages of a range (`$1`, `$2`) and channel (`$3`, or all),
 /// with whether each awaits an answer and how long it waited.
 const MESSAGES: &str = "
-    SELECT type, direction, customer_id, read_at, answered_at, answered_by, opens_conversation,
+    SELECT type, direction, customer_id, read_at, answered_at, answered_by, wait_closed_at,
+           opens_conversation,
            awaits_answer(type, direction, sender_role) AS awaits,
            extract(epoch FROM answered_at - created_at)::float8 AS wait
     FROM communications
@@ -306,12 +313,14 @@ fn figures(row: &PgRow) -> sqlx::Result<Figures> {
             median: row.try_get("first_median")?,
             p90: row.try_get("first_p90")?,
             unanswered: row.try_get("first_unanswered")?,
+            closed_unanswered: row.try_get("first_closed_unanswered")?,
         },
         response_seconds: Waits {
             answered: row.try_get("answered")?,
             median: row.try_get("median")?,
             p90: row.try_get("p90")?,
             unanswered: row.try_get("unanswered")?,
+            closed_unanswered: row.try_get("closed_unanswered")?,
         },
         read_rate: ReadRate {
             outbound,

@@ -296,12 +296,17 @@ type Figures = (
 );
 
 /// Every figure from the raw rows: each customer message's answer by a subquery, its
-/// opening by whether an earlier customer message exists (the load reopens nothing).
+/// opening by whether an earlier customer message exists (the load reopens nothing),
+/// whether it was left unanswered by a close from the conversation's transitions (the
+/// load closes conversations after their last message).
 async fn straight_summary(pool: &PgPool, range: &Range) -> sqlx::Result<Figures> {
     let row = sqlx::query(
         "WITH m AS (
              SELECT c.direction, c.read_at, awaits_answer(c.type, c.direction, c.sender_role) AS awaits,
                     extract(epoch FROM a.created_at - c.created_at)::float8 AS wait,
+                    EXISTS (SELECT FROM conversation_transitions t
+                            WHERE t.customer_id = c.customer_id AND t.at >= c.created_at
+                              AND t.to_status IN ('closed', 'archived')) AS closed,
                     NOT EXISTS (SELECT FROM communications e
                                 WHERE e.customer_id = c.customer_id AND e.created_at < c.created_at
                                   AND awaits_answer(e.type, e.direction, e.sender_role)) AS opens
@@ -318,7 +323,7 @@ async fn straight_summary(pool: &PgPool, range: &Range) -> sqlx::Result<Figures>
                 count(wait) FILTER (WHERE awaits),
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY wait) FILTER (WHERE awaits),
                 percentile_cont(0.9) WITHIN GROUP (ORDER BY wait) FILTER (WHERE awaits),
-                count(*) FILTER (WHERE awaits AND wait IS NULL),
+                count(*) FILTER (WHERE awaits AND wait IS NULL AND NOT closed),
                 count(wait) FILTER (WHERE awaits AND opens),
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY wait) FILTER (WHERE awaits AND opens),
                 count(read_at) FILTER (WHERE direction = 'outbound')

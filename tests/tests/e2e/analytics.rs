@@ -107,7 +107,10 @@ async fn set_status(app: &TestApp, customer: &str, status: &str) {
 
 /// Waits median and p90 as JSON numbers, or null.
 fn waits(answered: i64, median: Option<f64>, p90: Option<f64>, unanswered: i64) -> Value {
-    json!({ "answered": answered, "median": median, "p90": p90, "unanswered": unanswered })
+    json!({
+        "answered": answered, "median": median, "p90": p90, "unanswered": unanswered,
+        "closed_unanswered": 0,
+    })
 }
 
 /// The day: `t` is 09:00 UTC a week ago. Returns the id of staff-1's answer to A
@@ -403,8 +406,18 @@ async fn messages_sent_through_the_api_are_answered_and_reopened_as_they_happen(
         .unwrap();
     assert_eq!(staff["groups"][0]["key"], "staff-1");
 
-    // Closed, then the customer writes: open again, and a new first response waits.
+    // The customer's "thanks" waits until staff close the conversation; then it waits
+    // no more, and a later answer is not its answer.
+    app.send_ok(&customer, "cust-9", "Thanks!").await;
+    let thanked = get_ok(&app, "/api/analytics/summary").await;
+    assert_eq!(thanked["response_seconds"]["unanswered"], 1, "{thanked}");
     set_status(&app, "cust-9", "closed").await;
+    let closed = get_ok(&app, "/api/analytics/summary").await;
+    assert_eq!(closed["response_seconds"]["unanswered"], 0, "{closed}");
+    assert_eq!(closed["response_seconds"]["closed_unanswered"], 1);
+    assert_eq!(closed["response_seconds"]["answered"], 1);
+
+    // Closed, then the customer writes: open again, and a new first response waits.
     let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
     app.send_ok(&customer, "cust-9", "One more thing").await;
     let frame = staff_ws
@@ -581,4 +594,81 @@ async fn staff_read_the_charts_in_the_browser_and_the_range_picker_redraws_them(
         output.status
     );
     assert!(stdout.contains("5 days drawn, then 3"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operators_last_hour_counts_what_the_ledger_finished_and_samples_the_queues() {
+    let app = spawn_app().await;
+    let operator = app.token("ops-1", Role::Operator, None);
+    for i in 0..3 {
+        app.send_ok(&app.staff_token(), "cust-1", &format!("hello {i}"))
+            .await;
+    }
+    crate::console::dead_sms(&app, "cust-2", 1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let activity = loop {
+        let response = app.get("/api/ops/activity?minutes=5", &operator).await;
+        assert_eq!(response.status(), 200);
+        let activity: Value = response.json().await.unwrap();
+        let sum = |field: &str| {
+            activity["minutes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m[field].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        let ledger: (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'dead')
+             FROM jobs",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        let has_depths = !activity["queues"].as_array().unwrap().is_empty();
+        if (sum("succeeded"), sum("dead")) == ledger && ledger.0 >= 3 && ledger.1 == 1 && has_depths
+        {
+            break activity;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{activity} vs the ledger {ledger:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let minutes = activity["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 5);
+    let last: DateTime<Utc> = minutes[4]["at"].as_str().unwrap().parse().unwrap();
+    assert!(Utc::now() - last < Duration::seconds(61), "{last}");
+    for queue in activity["queues"].as_array().unwrap() {
+        assert_eq!(queue["depths"].as_array().unwrap().len(), 5, "{queue}");
+    }
+    let names: Vec<&str> = activity["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with(".jobs.sms.send")),
+        "{names:?}"
+    );
+
+    // Operators only; the window is bounded.
+    let staff = app.get("/api/ops/activity", &app.staff_token()).await;
+    assert_eq!(staff.status(), 403);
+    for bad in ["0", "1441", "an-hour"] {
+        let response = app
+            .get(&format!("/api/ops/activity?minutes={bad}"), &operator)
+            .await;
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("minutes: must be 1 to 1440"),
+            "{body}"
+        );
+    }
 }
