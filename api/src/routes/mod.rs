@@ -14,6 +14,7 @@ pub mod messages;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod portal;
 pub mod presence;
 pub mod projects;
 pub mod search;
@@ -132,6 +133,7 @@ pub fn router() -> Router<AppState> {
         .merge(integrations::router())
         .merge(ops::router())
         .merge(console::router())
+        .merge(portal::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 

@@ -26,6 +26,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod parity;
+mod portal;
 mod reach;
 mod realtime;
 mod receipts;

@@ -1,0 +1,905 @@
+// The reference Communication Center client: a customer's or a staff member's view of
+// conversations over in-app messages, SMS, email and calls, live over the WebSocket.
+// No framework, no build step. The token lives in this tab's sessionStorage and travels
+// in the Authorization header (and, as browsers allow nothing else, in the WebSocket's
+// query). Every value from the API reaches the page as text, never as HTML.
+
+const TOKEN_KEY = 'commcenter.portal.token';
+const PAGE = 30;
+const TYPING_EXPIRES_MS = 6000;
+const TYPING_EVERY_MS = 2000;
+const CHANNELS = ['inapp', 'sms', 'email', 'phone'];
+
+const $ = (selector) => document.querySelector(selector);
+
+// ---- the API ------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+/** The API's error in words: its message, and the wait when it asks for one. */
+async function failure(response) {
+  const data = await response.json().catch(() => null);
+  let message = data?.error?.message ?? `the server answered ${response.status}`;
+  const wait = response.headers.get('Retry-After');
+  if (response.status === 429) message = `Too many requests: try again in ${wait ?? 'a few'} s (${message})`;
+  else if (response.status === 503) message = `The service is busy or down: try again in ${wait ?? 'a few'} s (${message})`;
+  return new ApiError(response.status, message);
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${token()}` };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let response;
+  try {
+    response = await fetch(path, {
+      method, headers, cache: 'no-store',
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, `Cannot reach the server (${e.message}).`);
+  }
+  if (!response.ok) throw await failure(response);
+  return response.status === 204 ? null : response.json();
+}
+
+/** A file the API serves (thumbnails, downloads), as a blob URL: they need the token. */
+async function fileUrl(path) {
+  for (let tries = 0; tries < 20; tries += 1) {
+    const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+    if (response.status === 409) {
+      // Still processing: wait as told.
+      const wait = Number(response.headers.get('Retry-After') ?? 1);
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      continue;
+    }
+    if (!response.ok) throw await failure(response);
+    return URL.createObjectURL(await response.blob());
+  }
+  throw new ApiError(409, 'the file is still being processed');
+}
+
+// ---- errors ---------------------------------------------------------------------------
+
+function showError(error) {
+  $('#error-text').textContent = error.message ?? String(error);
+  $('#error').hidden = false;
+  if (error.status === 401) signOut('Your token was refused (expired or wrong): sign in again.');
+}
+
+function guarded(action) {
+  return async (...args) => {
+    try {
+      await action(...args);
+    } catch (e) {
+      showError(e);
+    }
+  };
+}
+
+// ---- who is signed in -----------------------------------------------------------------
+
+/** The token's claims (sub, role, customer_id), read from its payload. */
+function claimsOf(raw) {
+  const part = raw.split('.')[1];
+  if (!part) throw new ApiError(0, 'That is not a token (it should have three parts separated by dots).');
+  try {
+    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/'));
+    return JSON.parse(json);
+  } catch {
+    throw new ApiError(0, 'That is not a token (its payload cannot be read).');
+  }
+}
+
+const state = {
+  me: null, // { sub, role, customer_id }
+  customer: null, // the open conversation
+  channel: 'inapp',
+  cursor: null, // older messages of the open conversation and channel
+  loadingOlder: false,
+  shown: new Map(), // communication id → its <li>
+  online: new Map(), // user id → role, everyone the server told us is online
+  customerUsers: new Map(), // customer id → user ids seen writing in it
+  typingTimer: null,
+  lastTyping: 0,
+  pending: [], // files chosen, not yet sent
+  templates: [],
+  socket: null,
+  seq: null,
+  retry: 500,
+  resuming: false,
+  listCursor: null,
+};
+
+const isStaff = () => state.me && state.me.role !== 'customer';
+
+// ---- the conversation list (staff) ----------------------------------------------------
+
+function conversationRow(c) {
+  const li = document.createElement('li');
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.dataset.testid = 'conversation';
+  button.dataset.customer = c.customer_id;
+  button.className = 'conversation-row';
+  if (c.customer_id === state.customer) button.setAttribute('aria-current', 'true');
+  const name = document.createElement('strong');
+  name.textContent = c.customer_id;
+  const status = document.createElement('span');
+  status.className = `status status-${c.status}`;
+  status.textContent = c.status;
+  const unread = document.createElement('span');
+  unread.className = 'unread';
+  unread.dataset.testid = 'unread';
+  unread.textContent = c.unread_count > 0 ? String(c.unread_count) : '';
+  unread.hidden = !(c.unread_count > 0);
+  const last = document.createElement('span');
+  last.className = 'last';
+  last.textContent = c.last_message ? `${c.last_message.type}: ${c.last_message.message || '(files)'}` : '';
+  button.append(name, status, unread, last);
+  button.addEventListener('click', () => openConversation(c.customer_id));
+  li.append(button);
+  return li;
+}
+
+const loadConversations = guarded(async (more = false) => {
+  const params = new URLSearchParams({ limit: '50' });
+  const status = $('#status-filter').value;
+  if (status) params.set('status', status);
+  if (more && state.listCursor) params.set('cursor', state.listCursor);
+  const page = await api('GET', `/api/communications/conversations?${params}`);
+  const list = $('#conversations');
+  if (!more) list.replaceChildren();
+  for (const c of page.conversations) list.append(conversationRow(c));
+  state.listCursor = page.next_cursor;
+  $('#more-conversations').hidden = !page.next_cursor;
+});
+
+/** A search highlight (HTML-escaped text with <mark>s) as DOM nodes, never as HTML. */
+function highlighted(html) {
+  const decode = (text) => text
+    .replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"')
+    .replace(/&#39;/g, "'").replace(/&#x27;/g, "'").replace(/&amp;/g, '&');
+  const nodes = [];
+  html.split(/(<mark>|<\/mark>)/).reduce((inMark, piece) => {
+    if (piece === '<mark>') return true;
+    if (piece === '</mark>') return false;
+    if (piece) {
+      if (inMark) {
+        const mark = document.createElement('mark');
+        mark.textContent = decode(piece);
+        nodes.push(mark);
+      } else nodes.push(document.createTextNode(decode(piece)));
+    }
+    return inMark;
+  }, false);
+  return nodes;
+}
+
+const search = guarded(async () => {
+  const query = $('#search').value.trim();
+  const results = $('#results');
+  if (!query) {
+    results.hidden = true;
+    $('#conversations').hidden = false;
+    return;
+  }
+  const body = { query, limit: 20 };
+  if (!isStaff()) body.customer_id = state.me.customer_id;
+  const found = await api('POST', '/api/communications/search', body);
+  results.replaceChildren();
+  for (const c of found.communications) {
+    const li = document.createElement('li');
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'result';
+    button.dataset.testid = 'search-result';
+    const where = document.createElement('strong');
+    where.textContent = `${c.customer_id} · ${c.type} · ${new Date(c.created_at).toLocaleString()}`;
+    const text = document.createElement('span');
+    text.append(...highlighted(c.highlight ?? ''));
+    button.append(where, text);
+    button.addEventListener('click', () => openConversation(c.customer_id, c.type));
+    li.append(button);
+    results.append(li);
+  }
+  if (!found.communications.length) {
+    const li = document.createElement('li');
+    li.textContent = 'Nothing found.';
+    results.append(li);
+  }
+  results.hidden = false;
+  $('#conversations').hidden = true;
+});
+
+// ---- one conversation -----------------------------------------------------------------
+
+function icon(category) {
+  return { image: '🖼', video: '🎬', audio: '🎵', document: '📄' }[category] ?? '📎';
+}
+
+function thumbnail(path, filename) {
+  const img = document.createElement('img');
+  img.alt = filename;
+  img.dataset.testid = 'thumbnail';
+  fileUrl(path).then((url) => { img.src = url; }).catch(showError);
+  return img;
+}
+
+function attachmentNode(file) {
+  const item = document.createElement('span');
+  item.className = 'attachment';
+  item.dataset.fileId = file.file_id;
+  const category = file.file_category ?? (String(file.file_type).startsWith('image/') ? 'image' : 'document');
+  if (file.thumbnail_url && category === 'image') {
+    item.append(thumbnail(file.thumbnail_url, file.filename));
+  } else {
+    // An image still being processed gets its thumbnail when `file.status` says so.
+    const mark = document.createElement('span');
+    mark.className = 'file-icon';
+    mark.setAttribute('aria-hidden', 'true');
+    mark.textContent = icon(category);
+    item.append(mark);
+  }
+  const link = document.createElement('a');
+  link.href = '#';
+  link.textContent = `${file.filename} (${Math.ceil((file.file_size ?? 0) / 1024)} KB)`;
+  link.dataset.testid = 'download';
+  link.addEventListener('click', guarded(async (event) => {
+    event.preventDefault();
+    const url = await fileUrl(file.url);
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = file.filename;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }));
+  item.append(link);
+  return item;
+}
+
+/** Is this message one I wrote (or my side sent)? Receipts show on those. */
+function mine(record) {
+  return isStaff() ? record.direction === 'outbound' : record.direction === 'inbound';
+}
+
+function receiptText(status) {
+  if (status === 'read') return '✓✓';
+  if (status === 'failed') return '!';
+  if (status === 'queued') return '…';
+  return '✓';
+}
+
+/** A message record (listing or event) in the shape the list needs. */
+function normalise(record) {
+  return {
+    id: record.id ?? record.communication_id,
+    customer_id: record.customer_id,
+    type: record.type ?? record.communication_type,
+    direction: record.direction,
+    sender_id: record.sender_id,
+    sender_role: record.sender_role,
+    message: record.message ?? '',
+    subject: record.subject,
+    attachments: record.attachments ?? [],
+    status: record.status,
+    created_at: record.created_at,
+    edited_at: record.edited_at,
+    deleted: record.deleted ?? false,
+  };
+}
+
+function renderMessage(m) {
+  const li = document.createElement('li');
+  li.dataset.testid = 'message';
+  li.dataset.id = m.id;
+  li.className = `message ${mine(m) ? 'mine' : 'theirs'}`;
+  const meta = document.createElement('span');
+  meta.className = 'meta';
+  meta.textContent = `${m.sender_role === 'customer' ? 'Customer' : m.sender_id} · ${new Date(m.created_at).toLocaleTimeString()}`;
+  li.append(meta);
+  if (m.subject) {
+    const subject = document.createElement('strong');
+    subject.className = 'subject';
+    subject.textContent = m.subject;
+    li.append(subject);
+  }
+  const text = document.createElement('p');
+  text.className = 'text';
+  text.dataset.testid = 'message-text';
+  li.append(text);
+  const files = document.createElement('div');
+  files.className = 'attachments';
+  li.append(files);
+  const receipt = document.createElement('span');
+  receipt.className = 'receipt';
+  receipt.dataset.testid = 'receipt';
+  li.append(receipt);
+  updateMessage(li, m);
+  return li;
+}
+
+function updateMessage(li, m) {
+  const text = li.querySelector('.text');
+  if (m.deleted) {
+    text.textContent = 'This message was deleted.';
+    li.classList.add('deleted');
+    li.querySelector('.attachments').replaceChildren();
+  } else {
+    text.textContent = m.message;
+    if (m.edited_at) {
+      const edited = document.createElement('small');
+      edited.textContent = ' (edited)';
+      text.append(edited);
+    }
+    const files = li.querySelector('.attachments');
+    if (!files.childElementCount && m.attachments.length) files.append(...m.attachments.map(attachmentNode));
+  }
+  const receipt = li.querySelector('.receipt');
+  receipt.hidden = !mine(m);
+  receipt.textContent = receiptText(m.status);
+  receipt.title = m.status;
+  li.dataset.status = m.status;
+  li.dataset.direction = m.direction;
+}
+
+function nearBottom(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+}
+
+/** Adds a message where it belongs (by time), or updates it if shown. */
+function place(m, { scroll = false } = {}) {
+  const list = $('#messages');
+  const existing = state.shown.get(m.id);
+  if (existing) {
+    updateMessage(existing, m);
+    return;
+  }
+  const wasNear = nearBottom(list);
+  const li = renderMessage(m);
+  li.dataset.at = m.created_at;
+  const after = [...list.children].find((other) => other.dataset.at > m.created_at);
+  list.insertBefore(li, after ?? null);
+  state.shown.set(m.id, li);
+  if (scroll || wasNear) list.scrollTop = list.scrollHeight;
+  markReadIfSeen();
+}
+
+const loadMessages = guarded(async (older = false) => {
+  if (older && (!state.cursor || state.loadingOlder)) return;
+  state.loadingOlder = true;
+  try {
+    const params = new URLSearchParams({ customer_id: state.customer, type: state.channel, limit: String(PAGE) });
+    if (older) params.set('cursor', state.cursor);
+    const page = await api('GET', `/api/communications?${params}`);
+    const list = $('#messages');
+    const before = list.scrollHeight;
+    for (const record of page.communications) {
+      noteWriter(record);
+      place(normalise(record));
+    }
+    state.cursor = page.next_cursor;
+    if (older) list.scrollTop += list.scrollHeight - before; // Stay on what was read.
+    else list.scrollTop = list.scrollHeight;
+  } finally {
+    state.loadingOlder = false;
+  }
+  showPresence();
+});
+
+function noteWriter(record) {
+  if (record.sender_role !== 'customer' || !record.sender_id) return;
+  const users = state.customerUsers.get(record.customer_id) ?? new Set();
+  users.add(record.sender_id);
+  state.customerUsers.set(record.customer_id, users);
+}
+
+/** Messages from the other side, in-app, on screen and not read: mark them read. */
+const markReadIfSeen = () => {
+  if (document.visibilityState !== 'visible' || state.channel !== 'inapp') return;
+  for (const li of state.shown.values()) {
+    if (li.classList.contains('theirs') && !['read', 'failed'].includes(li.dataset.status) && !li.dataset.marking) {
+      li.dataset.marking = 'yes';
+      api('POST', `/api/communications/${li.dataset.id}/mark-read`, {}).catch(() => { delete li.dataset.marking; });
+    }
+  }
+};
+
+function showPresence() {
+  const presence = $('#presence');
+  let online;
+  if (isStaff()) {
+    const users = state.customerUsers.get(state.customer) ?? new Set();
+    online = [...users].some((user) => state.online.has(user));
+  } else {
+    online = [...state.online.values()].some((role) => role === 'staff' || role === 'operator');
+  }
+  presence.textContent = online ? 'online' : 'offline';
+  presence.className = `presence ${online ? 'on' : 'off'}`;
+  presence.title = isStaff() ? 'the customer' : 'support';
+}
+
+function showChannelFields() {
+  const staff = isStaff();
+  const writable = staff || state.channel === 'inapp';
+  $('#compose').hidden = !writable;
+  $('#read-only').hidden = writable;
+  $('#read-only').textContent = writable ? '' : `Your ${state.channel} history with us. Write to us here in the In-app tab.`;
+  for (const field of document.querySelectorAll('#channel-fields .field')) {
+    const forChannel = field.dataset.for.split(' ').includes(state.channel);
+    field.hidden = !forChannel || (field.hasAttribute('data-staff') && !staff);
+  }
+  $('#composer').placeholder = state.channel === 'phone'
+    ? 'Notes on the call (Enter logs it)'
+    : 'Write a message (Enter sends, Shift+Enter for a new line)';
+  fillTemplates();
+}
+
+const selectChannel = guarded(async (channel) => {
+  state.channel = channel;
+  for (const tab of document.querySelectorAll('[role="tab"]')) {
+    tab.setAttribute('aria-selected', String(tab.dataset.channel === channel));
+    tab.tabIndex = tab.dataset.channel === channel ? 0 : -1;
+  }
+  state.shown.clear();
+  state.cursor = null;
+  $('#messages').replaceChildren();
+  showChannelFields();
+  await loadMessages();
+});
+
+const openConversation = guarded(async (customer, channel = 'inapp') => {
+  state.customer = customer;
+  $('#conversation-title').textContent = isStaff() ? customer : 'Your conversation';
+  $('#conversation').hidden = false;
+  document.body.classList.add('reading');
+  for (const row of document.querySelectorAll('[data-testid="conversation"]')) {
+    row.toggleAttribute('aria-current', row.dataset.customer === customer);
+  }
+  clearTyping();
+  await selectChannel(channel);
+  $('#composer').focus();
+});
+
+// ---- templates (staff) ------------------------------------------------------------------
+
+async function loadTemplates() {
+  if (!isStaff()) return;
+  const found = await api('GET', '/api/communications/templates');
+  state.templates = found.templates ?? [];
+  fillTemplates();
+}
+
+function fillTemplates() {
+  const select = $('#template');
+  const options = state.templates
+    .filter((t) => t.type === state.channel)
+    .map((t) => {
+      const option = new Option(t.name, t.id);
+      option.dataset.variables = JSON.stringify(t.variables ?? []);
+      return option;
+    });
+  select.replaceChildren(new Option('none', ''), ...options);
+  showVariables();
+}
+
+function showVariables() {
+  const box = $('#variables');
+  box.replaceChildren();
+  const chosen = $('#template').selectedOptions[0];
+  const variables = chosen?.value ? JSON.parse(chosen.dataset.variables) : [];
+  for (const name of variables) {
+    const field = document.createElement('div');
+    field.className = 'field';
+    const label = document.createElement('label');
+    label.htmlFor = `var-${name}`;
+    label.textContent = name;
+    const input = document.createElement('input');
+    input.id = `var-${name}`;
+    input.dataset.variable = name;
+    field.append(label, input);
+    box.append(field);
+  }
+  $('#composer').disabled = Boolean(chosen?.value);
+}
+
+// ---- attachments ------------------------------------------------------------------------
+
+function addFiles(files) {
+  for (const file of files) {
+    const entry = { file, preview: file.type.startsWith('image/') ? URL.createObjectURL(file) : null };
+    state.pending.push(entry);
+  }
+  showPending();
+}
+
+function showPending() {
+  const list = $('#pending');
+  list.replaceChildren();
+  state.pending.forEach((entry, index) => {
+    const li = document.createElement('li');
+    li.dataset.testid = 'pending-file';
+    if (entry.preview) {
+      const img = document.createElement('img');
+      img.src = entry.preview;
+      img.alt = `preview of ${entry.file.name}`;
+      li.append(img);
+    } else {
+      const mark = document.createElement('span');
+      mark.className = 'file-icon';
+      mark.textContent = icon('document');
+      li.append(mark);
+    }
+    const name = document.createElement('span');
+    name.textContent = `${entry.file.name} (${Math.ceil(entry.file.size / 1024)} KB)`;
+    const remove = document.createElement('button');
+    remove.type = 'button';
+    remove.textContent = '×';
+    remove.setAttribute('aria-label', `Remove ${entry.file.name}`);
+    remove.addEventListener('click', () => {
+      if (entry.preview) URL.revokeObjectURL(entry.preview);
+      state.pending.splice(index, 1);
+      showPending();
+    });
+    li.append(name, remove);
+    list.append(li);
+  });
+}
+
+/** Uploads the chosen files with a progress bar; returns the ids of those accepted. */
+function upload() {
+  return new Promise((resolve, reject) => {
+    const form = new FormData();
+    form.append('customer_id', state.customer);
+    for (const { file } of state.pending) form.append('file', file, file.name);
+    const request = new XMLHttpRequest();
+    request.open('POST', '/api/communications/upload');
+    request.setRequestHeader('Authorization', `Bearer ${token()}`);
+    const bar = $('#upload-progress');
+    $('#upload').hidden = false;
+    bar.value = 0;
+    request.upload.addEventListener('progress', (event) => {
+      if (event.lengthComputable) {
+        bar.value = event.loaded / event.total;
+        $('#upload-text').textContent = `Uploading ${Math.round(bar.value * 100)} %`;
+      }
+    });
+    request.addEventListener('load', () => {
+      let data = null;
+      try { data = JSON.parse(request.responseText); } catch { /* not JSON */ }
+      bar.value = 1;
+      $('#upload-text').textContent = 'Uploaded';
+      if (request.status >= 400) {
+        const refused = (data?.failed ?? []).map((f) => `${f.filename}: ${f.error}`).join('; ');
+        const message = refused || data?.error?.message || `the upload failed (${request.status})`;
+        reject(new ApiError(request.status, `Not sent: ${message}`));
+        return;
+      }
+      const refused = data.failed ?? [];
+      if (refused.length) showError(new Error(`Not attached: ${refused.map((f) => `${f.filename}: ${f.error}`).join('; ')}`));
+      resolve(data.files.map((f) => f.file_id));
+    });
+    request.addEventListener('error', () => reject(new ApiError(0, 'The upload could not reach the server.')));
+    request.send(form);
+  });
+}
+
+// ---- sending ----------------------------------------------------------------------------
+
+function variablesGiven() {
+  const variables = {};
+  // A field left empty is not given, so the API names it as missing.
+  for (const input of document.querySelectorAll('#variables input')) {
+    if (input.value.trim()) variables[input.dataset.variable] = input.value;
+  }
+  return variables;
+}
+
+const send = guarded(async () => {
+  const text = $('#composer').value;
+  const template = $('#template').value;
+  if (!text.trim() && !state.pending.length && !template && state.channel !== 'phone') return;
+  $('#send').disabled = true;
+  try {
+    const attachments = state.pending.length ? await upload() : [];
+    const body = { customer_id: state.customer };
+    if (template) Object.assign(body, { template_id: template, variables: variablesGiven() });
+    else if (state.channel !== 'phone') body.message = text;
+    if (attachments.length) body.attachments = attachments;
+    let path = '/api/messages/send';
+    if (state.channel === 'sms') {
+      path = '/api/integrations/ringcentral/sms';
+      body.to = $('#to').value;
+    } else if (state.channel === 'email') {
+      path = '/api/integrations/gmail/send';
+      Object.assign(body, { to: $('#to').value, subject: $('#subject').value });
+    } else if (state.channel === 'phone') {
+      path = '/api/integrations/ringcentral/call-log';
+      Object.assign(body, {
+        phone: $('#call-phone').value,
+        direction: $('#call-direction').value,
+        duration: Number($('#call-duration').value),
+        notes: text || undefined,
+      });
+    }
+    const sent = await api('POST', path, body);
+    place(normalise({ ...sent, type: sent.type ?? state.channel }), { scroll: true });
+    $('#composer').value = '';
+    if (template) {
+      $('#template').value = '';
+      showVariables();
+    }
+    for (const entry of state.pending) if (entry.preview) URL.revokeObjectURL(entry.preview);
+    state.pending = [];
+    showPending();
+    $('#upload').hidden = true;
+    stopTyping();
+    $('#error').hidden = true;
+  } finally {
+    $('#send').disabled = false;
+    $('#composer').focus();
+  }
+});
+
+// ---- typing -----------------------------------------------------------------------------
+
+function sendFrame(frame) {
+  if (state.socket?.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
+}
+
+function typed() {
+  const now = Date.now();
+  if (state.channel !== 'inapp' || now - state.lastTyping < TYPING_EVERY_MS) return;
+  state.lastTyping = now;
+  sendFrame({ type: 'typing', customer_id: state.customer });
+}
+
+function stopTyping() {
+  if (!state.lastTyping) return;
+  state.lastTyping = 0;
+  sendFrame({ type: 'typing', customer_id: state.customer, state: 'stop' });
+}
+
+function clearTyping() {
+  clearTimeout(state.typingTimer);
+  $('#typing').hidden = true;
+  $('#typing').textContent = '';
+}
+
+function showTyping(frame) {
+  if (frame.customer_id !== state.customer) return;
+  if (frame.state === 'stop') {
+    clearTyping();
+    return;
+  }
+  const who = frame.role === 'customer' ? 'The customer' : isStaff() ? frame.user_id : 'Support';
+  $('#typing').textContent = `${who} is typing…`;
+  $('#typing').hidden = false;
+  clearTimeout(state.typingTimer);
+  state.typingTimer = setTimeout(clearTyping, TYPING_EXPIRES_MS);
+}
+
+// ---- the live connection ---------------------------------------------------------------
+
+function setConnection(text) {
+  const line = $('#connection');
+  line.hidden = false;
+  line.textContent = text;
+  line.dataset.state = text === 'live' ? 'live' : 'down';
+}
+
+function connect() {
+  const since = state.seq === null ? '' : `&since=${state.seq}`;
+  state.resuming = since !== '';
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const socket = new WebSocket(
+    `${scheme}://${location.host}/api/ws/${encodeURIComponent(state.me.sub)}?token=${encodeURIComponent(token())}${since}`,
+  );
+  state.socket = socket;
+  socket.addEventListener('message', ({ data }) => {
+    let frame;
+    try { frame = JSON.parse(data); } catch { return; }
+    handle(frame);
+  });
+  socket.addEventListener('open', () => { state.retry = 500; });
+  socket.addEventListener('close', () => {
+    if (state.socket !== socket) return; // Signed out, or replaced.
+    setConnection('reconnecting…');
+    state.retry = Math.min(state.retry * 2, 15000);
+    setTimeout(() => { if (state.socket === socket) connect(); }, state.retry);
+  });
+}
+
+const refetch = guarded(async () => {
+  if (isStaff()) await loadConversations();
+  if (state.customer) {
+    state.shown.clear();
+    $('#messages').replaceChildren();
+    state.cursor = null;
+    await loadMessages();
+  }
+  await loadPresence();
+});
+
+function handle(frame) {
+  if (typeof frame.seq === 'number' && frame.type !== 'connected') state.seq = Math.max(state.seq ?? 0, frame.seq);
+  switch (frame.type) {
+    case 'connected':
+      if (state.seq === null) state.seq = frame.seq;
+      // A resumed connection is live once the replay is over (`recovered`).
+      if (!state.resuming) setConnection('live');
+      loadPresence();
+      break;
+    case 'recovered':
+      if (!frame.recovered) refetch();
+      setConnection('live');
+      break;
+    case 'message.new': {
+      noteWriter(frame);
+      if (frame.customer_id === state.customer && frame.communication_type === state.channel) place(normalise(frame));
+      if (isStaff()) loadConversations();
+      if (frame.customer_id === state.customer && frame.sender_id !== state.me.sub) clearTyping();
+      showPresence();
+      break;
+    }
+    case 'message.updated':
+    case 'message.deleted':
+    case 'communication.status': {
+      const li = state.shown.get(frame.communication_id);
+      if (!li) break;
+      if (frame.type === 'communication.status') {
+        li.dataset.status = frame.status;
+        const receipt = li.querySelector('.receipt');
+        receipt.textContent = receiptText(frame.status);
+        receipt.title = frame.reason ? `${frame.status}: ${frame.reason}` : frame.status;
+      } else if (frame.type === 'message.updated') {
+        const text = li.querySelector('.text');
+        text.textContent = frame.message;
+        const edited = document.createElement('small');
+        edited.textContent = ' (edited)';
+        text.append(edited);
+      } else {
+        li.classList.add('deleted');
+        li.querySelector('.text').textContent = 'This message was deleted.';
+        li.querySelector('.attachments').replaceChildren();
+      }
+      break;
+    }
+    case 'file.status':
+      if (frame.status === 'ready' && frame.thumbnail_url) {
+        for (const item of document.querySelectorAll(`.attachment[data-file-id="${CSS.escape(frame.file_id)}"]`)) {
+          const mark = item.querySelector('.file-icon');
+          if (mark) mark.replaceWith(thumbnail(frame.thumbnail_url, frame.filename));
+        }
+      } else if (frame.status === 'failed') {
+        showError(new Error(`${frame.filename} could not be processed: ${frame.reason}`));
+      }
+      break;
+    case 'conversation.status':
+      if (isStaff()) loadConversations();
+      break;
+    case 'presence':
+      if (frame.status === 'online') state.online.set(frame.user_id, frame.role);
+      else state.online.delete(frame.user_id);
+      showPresence();
+      break;
+    case 'typing':
+      showTyping(frame);
+      break;
+    case 'error':
+      showError(new Error(`The live connection refused a message: ${frame.message}`));
+      break;
+    default:
+      break;
+  }
+}
+
+async function loadPresence() {
+  if (state.me.role === 'crew') return;
+  const found = await api('GET', '/api/communications/online-users').catch(() => null);
+  if (!found) return;
+  state.online = new Map(found.online_users.map((u) => [u.user_id, u.role]));
+  showPresence();
+}
+
+// ---- sign in and out ---------------------------------------------------------------------
+
+const signIn = guarded(async (raw) => {
+  const claims = claimsOf(raw);
+  sessionStorage.setItem(TOKEN_KEY, raw);
+  state.me = claims;
+  // One call proves the token before anything else is shown.
+  await api('GET', '/api/communications/conversations?limit=1');
+  $('#login').hidden = true;
+  $('#app').hidden = false;
+  $('#sign-out').hidden = false;
+  $('#error').hidden = true;
+  $('#who').textContent = `${claims.sub} (${claims.role}${claims.customer_id ? `, ${claims.customer_id}` : ''})`;
+  document.body.dataset.role = claims.role;
+  setConnection('connecting…');
+  connect();
+  if (isStaff()) {
+    $('#inbox').hidden = false;
+    $('#back').hidden = false;
+    await Promise.all([loadConversations(), loadTemplates().catch(showError)]);
+  } else {
+    await openConversation(claims.customer_id);
+  }
+});
+
+function signOut(note) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  const socket = state.socket;
+  state.socket = null;
+  socket?.close();
+  Object.assign(state, { me: null, customer: null, seq: null });
+  $('#app').hidden = true;
+  $('#inbox').hidden = true;
+  $('#conversation').hidden = true;
+  $('#sign-out').hidden = true;
+  $('#connection').hidden = true;
+  $('#login').hidden = false;
+  $('#token').value = '';
+  $('#who').textContent = note ?? '';
+}
+
+// ---- wiring --------------------------------------------------------------------------
+
+$('#login-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  signIn($('#token').value.trim());
+});
+$('#sign-out').addEventListener('click', () => signOut());
+$('#error-dismiss').addEventListener('click', () => { $('#error').hidden = true; });
+$('#search-form').addEventListener('submit', (event) => { event.preventDefault(); search(); });
+$('#search').addEventListener('search', () => search());
+$('#status-filter').addEventListener('change', () => loadConversations());
+$('#more-conversations').addEventListener('click', () => loadConversations(true));
+$('#back').addEventListener('click', () => document.body.classList.remove('reading'));
+$('#template').addEventListener('change', showVariables);
+for (const tab of document.querySelectorAll('[role="tab"]')) {
+  tab.addEventListener('click', () => selectChannel(tab.dataset.channel));
+  tab.addEventListener('keydown', (event) => {
+    const i = CHANNELS.indexOf(tab.dataset.channel);
+    const next = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+    if (next === undefined) return;
+    const channel = CHANNELS[(i + next + CHANNELS.length) % CHANNELS.length];
+    selectChannel(channel);
+    document.querySelector(`[data-channel="${channel}"]`).focus();
+  });
+}
+$('#compose').addEventListener('submit', (event) => { event.preventDefault(); send(); });
+$('#composer').addEventListener('keydown', (event) => {
+  if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    send();
+  }
+});
+$('#composer').addEventListener('input', typed);
+$('#composer').addEventListener('blur', stopTyping);
+$('#attach').addEventListener('change', (event) => {
+  addFiles(event.target.files);
+  event.target.value = '';
+});
+const drop = $('#drop');
+drop.addEventListener('dragover', (event) => { event.preventDefault(); drop.classList.add('over'); });
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (event) => {
+  event.preventDefault();
+  drop.classList.remove('over');
+  addFiles(event.dataTransfer.files);
+});
+$('#messages').addEventListener('scroll', () => {
+  if ($('#messages').scrollTop < 40) loadMessages(true);
+});
+document.addEventListener('visibilitychange', markReadIfSeen);
+
+if (token()) signIn(token());

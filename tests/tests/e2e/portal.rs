@@ -1,0 +1,178 @@
+//! The reference client at `/portal`: how it is served, and a customer and a staff
+//! member using it at once in real headless Chromium (`tests/browser/portal.spec.mjs`),
+//! each on a different api instance.
+
+use std::{io::Cursor, path::Path, process::Stdio, time::Duration};
+
+use serde_json::Value;
+
+use commcenter_tests::spawn_app;
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_is_served_with_a_strict_policy_and_no_inline_code() {
+    let app = spawn_app().await;
+    for (path, content_type) in [
+        ("/portal", "text/html; charset=utf-8"),
+        ("/portal/app.js", "text/javascript; charset=utf-8"),
+        ("/portal/app.css", "text/css; charset=utf-8"),
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(header(&response, "content-type"), content_type);
+        let csp = header(&response, "content-security-policy").to_owned();
+        assert!(csp.contains("default-src 'none'"), "{csp}");
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert!(csp.contains("img-src 'self' blob:"), "{csp}");
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert_eq!(header(&response, "x-content-type-options"), "nosniff");
+    }
+    let page = app
+        .client
+        .get(app.url("/portal"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.matches("<script").count(),
+        page.matches("<script type=\"module\" src=").count()
+    );
+    for inline in ["<style", " style=", " onclick=", "javascript:"] {
+        assert!(!page.contains(inline), "the page has {inline}");
+    }
+    for testid in [
+        "token", "sign-in", "composer", "send", "attach", "typing", "presence",
+    ] {
+        assert!(
+            page.contains(&format!("data-testid=\"{testid}\"")),
+            "{testid}"
+        );
+    }
+    let script = app
+        .client
+        .get(app.url("/portal/app.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!script.contains("innerHTML"), "API values go in as text");
+    assert!(script.contains("Authorization: `Bearer ${token()}`"));
+    let missing = app
+        .client
+        .get(app.url("/portal/index.html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+/// A 1200×900 photo-like PNG: big enough that the upload reports progress.
+fn photo(dir: &Path) -> std::path::PathBuf {
+    let image = image::RgbImage::from_fn(1200, 900, |x, y| {
+        let noise = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) % 64;
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, (noise * 4) as u8])
+    });
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    let path = dir.join("gutter.png");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let chromium = crate::console::browser_prerequisites(&dir);
+    let app = spawn_app().await;
+    let other = app.spawn_instance().await;
+    let customer = app.customer_token("cust-42");
+    let first = "Hello from the portal";
+    app.send_ok(&customer, "cust-42", first).await;
+    let template = app
+        .create_template(
+            &app.staff_token(),
+            &serde_json::json!({
+                "name": "arrival", "type": "inapp",
+                "content": "Hi {{name}}, your crew arrives at {{time}}",
+            }),
+        )
+        .await;
+    assert_eq!(template.status(), 201);
+    let files = std::env::temp_dir().join(format!("cc-portal-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&files).unwrap();
+    let photo = photo(&files);
+
+    let mut run = tokio::process::Command::new("node");
+    run.arg(dir.join("portal.spec.mjs"))
+        .current_dir(&dir)
+        .env("CUSTOMER_URL", &app.base_url)
+        .env("STAFF_URL", other.url(""))
+        .env("CUSTOMER_TOKEN", &customer)
+        .env("STAFF_TOKEN", app.staff_token())
+        .env("CUSTOMER_ID", "cust-42")
+        .env("FIRST_MESSAGE", first)
+        .env("PHOTO", &photo)
+        .env("CHROMIUM", chromium)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(150), run.output())
+        .await
+        .expect("the browser test finishes within 150 s")
+        .expect("node starts");
+    std::fs::remove_dir_all(&files).ok();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser test failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+
+    // What the pages showed is what was recorded: each message once, the photo attached
+    // and processed, the answer read by the customer.
+    let listing: Value = app
+        .get(
+            "/api/communications?customer_id=cust-42&type=inapp",
+            &app.staff_token(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let texts: Vec<&str> = listing["communications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "Hi Ann, your crew arrives at 3pm",
+            "Sent while you were away",
+            "The gutter, photographed",
+            "Yes, at 2pm",
+            "Is the crew\nstill coming today?",
+            first
+        ]
+    );
+    let with_photo = &listing["communications"][2];
+    assert_eq!(with_photo["attachments"].as_array().unwrap().len(), 1);
+    assert_eq!(with_photo["attachments"][0]["filename"], "gutter.png");
+    assert_eq!(listing["communications"][3]["status"], "read");
+}
