@@ -230,7 +230,13 @@ function thumbnail(path, filename) {
   const img = document.createElement('img');
   img.alt = filename;
   img.dataset.testid = 'thumbnail';
-  fileUrl(path).then((url) => { img.src = url; }).catch(showError);
+  fileUrl(path).then((url) => {
+    // The picture makes the list taller: a reader at the bottom stays there.
+    const list = $('#messages');
+    const stick = nearBottom(list);
+    img.addEventListener('load', () => { if (stick) list.scrollTop = list.scrollHeight; }, { once: true });
+    img.src = url;
+  }).catch(showError);
   return img;
 }
 
@@ -392,6 +398,9 @@ const loadMessages = guarded(async (older = false) => {
   } finally {
     state.loadingOlder = false;
   }
+  // A page too short to scroll could never ask for the older ones: ask now.
+  const list = $('#messages');
+  if (state.cursor && list.scrollHeight <= list.clientHeight) await loadMessages(true);
   showPresence();
 });
 
@@ -640,7 +649,8 @@ const send = guarded(async () => {
     for (const entry of state.pending) if (entry.preview) URL.revokeObjectURL(entry.preview);
     state.pending = [];
     showPending();
-    $('#upload').hidden = true;
+    // The finished bar stays a moment, so the sender sees the files went.
+    setTimeout(() => { $('#upload').hidden = true; }, 3000);
     stopTyping();
     $('#error').hidden = true;
   } finally {

@@ -10,6 +10,7 @@
 //   CUSTOMER_TOKEN, STAFF_TOKEN  bearer tokens
 //   CUSTOMER_ID                  the customer's conversation
 //   FIRST_MESSAGE                a message the customer sent before the test
+//   OLDER_MESSAGES               how many staff sent before it ("Earlier note N ")
 //   PHOTO                        a PNG file to upload
 //   (an in-app template "arrival", "Hi {{name}}, your crew arrives at {{time}}", exists)
 //   CHROMIUM                     the browser (default /usr/bin/chromium)
@@ -96,6 +97,16 @@ try {
   });
   await signIn(customer.page, customerUrl, customerToken);
   await message(customer.page, firstMessage).waitFor();
+
+  step = 'the newest page first; scrolling up brings the older ones';
+  const older = Number(need('OLDER_MESSAGES'));
+  let count = await customer.page.getByTestId('message').count();
+  if (count !== 30) throw new Error(`the first page shows ${count} messages, not 30`);
+  await customer.page.locator('#messages').evaluate((list) => { list.scrollTop = 0; });
+  await customer.page.getByTestId('message-text').getByText('Earlier note 1', { exact: true }).waitFor();
+  count = await customer.page.getByTestId('message').count();
+  if (count !== older + 1) throw new Error(`after scrolling up ${count} messages, not ${older + 1}`);
+  await customer.page.locator('#messages').evaluate((list) => { list.scrollTop = list.scrollHeight; });
   await customer.page.getByTestId('presence').filter({ hasText: 'offline' }).waitFor();
 
   step = 'staff sign in on the other instance and open the conversation from the list';
@@ -165,6 +176,21 @@ try {
   await customer.page.getByTestId('connection').filter({ hasText: 'live' }).waitFor();
   await message(customer.page, 'Sent while you were away').waitFor();
 
+  step = 'an edit and a deletion show on the other side';
+  const edit = async (text, method, body) => {
+    const id = await message(staff.page, text).getAttribute('data-id');
+    const response = await fetch(`${staffUrl}/api/communications/${id}`, {
+      method,
+      headers: { Authorization: `Bearer ${staffToken}`, 'Content-Type': 'application/json' },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    if (!response.ok) throw new Error(`${method} answered ${response.status}`);
+  };
+  await edit('Yes, at 2pm', 'PATCH', { message: 'Yes, at 3pm' });
+  await message(customer.page, 'Yes, at 3pm (edited)').waitFor();
+  await edit('Sent while you were away', 'DELETE');
+  await customer.page.getByTestId('message').filter({ hasText: 'This message was deleted.' }).waitFor();
+
   step = 'staff answer from a template; a missing variable is named in words';
   await staff.page.getByLabel('Template').selectOption({ label: 'arrival' });
   await staff.page.getByLabel('name', { exact: true }).fill('Ann');
@@ -188,9 +214,9 @@ try {
   step = 'the channels have their own tabs';
   await staff.page.getByTestId('tab-sms').click();
   await staff.page.getByLabel('To', { exact: true }).waitFor();
-  if (await message(staff.page, 'Yes, at 2pm').count()) throw new Error('the SMS tab shows in-app messages');
+  if (await message(staff.page, 'Yes, at 3pm').count()) throw new Error('the SMS tab shows in-app messages');
   await staff.page.getByTestId('tab-inapp').click();
-  await message(staff.page, 'Yes, at 2pm').waitFor();
+  await message(staff.page, 'Yes, at 3pm').waitFor();
 
   if (process.env.SCREENSHOTS) {
     await customer.page.screenshot({ path: `${process.env.SCREENSHOTS}/portal-customer.png` });

@@ -101,6 +101,12 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
     let app = spawn_app().await;
     let other = app.spawn_instance().await;
     let customer = app.customer_token("cust-42");
+    // More than a page (30) of history: the page loads the rest on scrolling up.
+    let older = 35;
+    for n in 1..=older {
+        let text = format!("Earlier note {n} ");
+        app.send_ok(&app.staff_token(), "cust-42", &text).await;
+    }
     let first = "Hello from the portal";
     app.send_ok(&customer, "cust-42", first).await;
     let template = app
@@ -126,6 +132,7 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
         .env("STAFF_TOKEN", app.staff_token())
         .env("CUSTOMER_ID", "cust-42")
         .env("FIRST_MESSAGE", first)
+        .env("OLDER_MESSAGES", older.to_string())
         .env("PHOTO", &photo)
         .env("CHROMIUM", chromium)
         .stdin(Stdio::null())
@@ -143,8 +150,8 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
         output.status
     );
 
-    // What the pages showed is what was recorded: each message once, the photo attached
-    // and processed, the answer read by the customer.
+    // What the pages showed is what was recorded: each message once (the deleted one a
+    // tombstone), the photo attached, the edited answer read by the customer.
     let listing: Value = app
         .get(
             "/api/communications?customer_id=cust-42&type=inapp",
@@ -158,17 +165,22 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["message"].as_str().unwrap())
+        .take(7)
+        .map(|c| match c["deleted"].as_bool().unwrap() {
+            true => "(deleted)",
+            false => c["message"].as_str().unwrap(),
+        })
         .collect();
     assert_eq!(
         texts,
         [
             "Hi Ann, your crew arrives at 3pm",
-            "Sent while you were away",
+            "(deleted)",
             "The gutter, photographed",
-            "Yes, at 2pm",
+            "Yes, at 3pm",
             "Is the crew\nstill coming today?",
-            first
+            first,
+            "Earlier note 35 ",
         ]
     );
     let with_photo = &listing["communications"][2];
