@@ -200,6 +200,8 @@ mkdir -p "$(dirname "$run_env")"
     printf '\n  Commcenter is running (Ctrl-C stops it)\n\n'
     printf '  api       http://%s   (WebSocket ws://%s/api/ws/{user_id}?token=...)\n' "$api_addr" "$api_addr"
     printf '  console   http://%s/ops   (paste $OPERATOR)\n' "$api_addr"
+    printf '  analytics http://%s/ops/analytics   (paste $STAFF)\n' "$api_addr"
+    printf '  portal    http://%s/portal   (paste $ALICE, or $STAFF in another browser)\n' "$api_addr"
     if [[ -n $fakes ]]; then
         printf '  fakes     RingCentral http://%s, Gmail http://%s\n' "$FAKE_RINGCENTRAL_ADDR" "$FAKE_GMAIL_ADDR"
     fi

@@ -71,11 +71,20 @@ async function open(url, viewport, label) {
   return { context, page };
 }
 
-async function signIn(page, url, token) {
+/** Signs in; `keyboard`: from the keyboard alone (Tab to the field, type, Enter). */
+async function signIn(page, url, token, { keyboard = false } = {}) {
   const response = await page.goto(`${url}/portal`);
   if (!response.ok()) throw new Error(`GET /portal answered ${response.status()}`);
-  await page.getByTestId('token').fill(token);
-  await page.getByTestId('sign-in').click();
+  if (keyboard) {
+    for (let i = 0; i < 10 && !(await page.getByTestId('token').evaluate((el) => el === document.activeElement)); i += 1) {
+      await page.keyboard.press('Tab');
+    }
+    await page.keyboard.type(token);
+    await page.keyboard.press('Enter');
+  } else {
+    await page.getByTestId('token').fill(token);
+    await page.getByTestId('sign-in').click();
+  }
   await page.getByTestId('connection').filter({ hasText: 'live' }).waitFor();
 }
 
@@ -95,7 +104,7 @@ try {
     ws.connectToServer();
     sockets.push(ws);
   });
-  await signIn(customer.page, customerUrl, customerToken);
+  await signIn(customer.page, customerUrl, customerToken, { keyboard: true });
   await message(customer.page, firstMessage).waitFor();
 
   step = 'the newest page first; scrolling up brings the older ones';
@@ -121,9 +130,11 @@ try {
   await staff.page.getByTestId('presence').filter({ hasText: /^online$/ }).waitFor();
   await customer.page.getByTestId('presence').filter({ hasText: /^online$/ }).waitFor();
 
-  step = 'the customer types, and staff see it';
+  step = 'the customer types (the composer has the focus), and staff see it';
   const composer = customer.page.getByTestId('composer');
-  await composer.focus();
+  if (!(await composer.evaluate((el) => el === document.activeElement))) {
+    throw new Error('the composer does not have the focus after signing in');
+  }
   await customer.page.keyboard.type('Is the crew');
   await staff.page.getByTestId('typing').filter({ hasText: 'The customer is typing' }).waitFor();
 
