@@ -563,6 +563,11 @@ function showPending() {
   });
 }
 
+/** Why the API refused a file, in words. */
+function refusal(failed) {
+  return `${failed.filename}: ${failed.error?.message ?? failed.error}`;
+}
+
 /** Uploads the chosen files with a progress bar; returns the ids of those accepted. */
 function upload() {
   return new Promise((resolve, reject) => {
@@ -587,13 +592,13 @@ function upload() {
       bar.value = 1;
       $('#upload-text').textContent = 'Uploaded';
       if (request.status >= 400) {
-        const refused = (data?.failed ?? []).map((f) => `${f.filename}: ${f.error}`).join('; ');
+        const refused = (data?.failed ?? []).map(refusal).join('; ');
         const message = refused || data?.error?.message || `the upload failed (${request.status})`;
         reject(new ApiError(request.status, `Not sent: ${message}`));
         return;
       }
       const refused = data.failed ?? [];
-      if (refused.length) showError(new Error(`Not attached: ${refused.map((f) => `${f.filename}: ${f.error}`).join('; ')}`));
+      if (refused.length) showError(new Error(`Not attached: ${refused.map(refusal).join('; ')}`));
       resolve(data.files.map((f) => f.file_id));
     });
     request.addEventListener('error', () => reject(new ApiError(0, 'The upload could not reach the server.')));

@@ -61,10 +61,11 @@ async function open(url, viewport, label) {
   page.on('response', (response) => {
     const url = response.url();
     // A thumbnail still being made answers 409 with Retry-After: the page waits and asks
-    // again. The missing template variable's 422 is asked for.
+    // again. The missing template variable's 422 and the refused file's are asked for.
     const expected = url.endsWith('/favicon.ico')
       || (response.status() === 409 && url.includes('/file/thumbnails/'))
-      || (response.status() === 422 && url.endsWith('/api/messages/send'));
+      || (response.status() === 422 && url.endsWith('/api/messages/send'))
+      || (response.status() === 422 && url.endsWith('/api/communications/upload'));
     if (response.status() >= 400 && !expected) problems.push(`${label}: ${response.status()} ${url}`);
   });
   pages[label] = page;
@@ -172,6 +173,17 @@ try {
     await thumbnail.elementHandle(),
   );
   await message(staff.page, 'The gutter, photographed').getByTestId('download').waitFor();
+
+  step = 'a refused file is named with the reason, and nothing is sent';
+  const before = await customer.page.getByTestId('message').count();
+  await customer.page.getByTestId('attach').setInputFiles({
+    name: 'invoice.pdf', mimeType: 'application/pdf', buffer: Buffer.from('MZ\x90\x00 not really a PDF'),
+  });
+  await customer.page.getByTestId('send').click();
+  await customer.page.getByRole('alert').filter({ hasText: 'invoice.pdf' }).filter({ hasText: 'executables are not accepted' }).waitFor();
+  if ((await customer.page.getByTestId('message').count()) !== before) throw new Error('a message went with a refused file');
+  await customer.page.getByRole('button', { name: 'Remove invoice.pdf' }).click();
+  await customer.page.getByRole('button', { name: 'Dismiss' }).click();
 
   step = 'the customer\'s connection drops: it says so, and recovers what was sent meanwhile';
   cut = true;
