@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image with every Commcenter binary: commcenter-api, commcenter-workers and
-# commcenterctl. compose.yaml picks the binary per service with `command`.
+# One image with every Commcenter binary: commcenter-api, commcenter-workers,
+# commcenterctl, and commcenter-fakes (the fake providers, for compose's `fakes`
+# profile). compose.yaml picks the binary per service with `command`.
 # Migrations are compiled into the binaries (sqlx::migrate!), so nothing else is copied.
 
 FROM rust:1-bookworm AS build
@@ -10,9 +11,9 @@ COPY . .
 # copied out of the cached target/ within the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p commcenter-api -p commcenter-ctl -p commcenter-workers \
+    cargo build --release --locked -p commcenter-api -p commcenter-ctl -p commcenter-workers -p commcenter-fakes \
  && mkdir -p /out \
- && cp target/release/commcenter-api target/release/commcenter-workers target/release/commcenterctl /out/
+ && cp target/release/commcenter-api target/release/commcenter-workers target/release/commcenterctl target/release/commcenter-fakes /out/
 
 FROM debian:bookworm-slim AS runtime
 # ca-certificates for TLS to providers (later issues); curl for the healthcheck.

@@ -179,6 +179,11 @@ pub struct JobSettings {
     /// `EVENT_RETENTION_HOURS`: how long events are kept for WebSocket clients to
     /// recover (`?since=`); a position older than that answers `recovered: false`.
     pub event_retention: Duration,
+    /// `RESCUE_AFTER_SECS` (default 900): a job `queued` this long, or `retrying` this
+    /// long past its due time, lost its broker message: the rescuer publishes it again.
+    /// Longer than the longest wait a healthy backlog makes (a copy that was only slow
+    /// runs nothing, but is delivered for nothing).
+    pub rescue_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +534,10 @@ impl Settings {
                 retention: hours("JOB_RETENTION_HOURS", "168")?,
                 idempotency_retention: hours("IDEMPOTENCY_RETENTION_HOURS", "24")?,
                 event_retention: hours("EVENT_RETENTION_HOURS", "24")?,
+                rescue_after: Duration::from_secs(positive(
+                    parse("RESCUE_AFTER_SECS", "900")?,
+                    "RESCUE_AFTER_SECS",
+                )?),
             },
             relay: RelaySettings {
                 batch: positive(parse("OUTBOX_BATCH", "500")?, "OUTBOX_BATCH")?,

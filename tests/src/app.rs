@@ -30,7 +30,7 @@ use commcenter_fakes::{FakeGmail, FakeRingCentral, GmailConfig, RingCentralConfi
 use crate::WsClient;
 
 /// Where the shared servers are; CI and developers both have them on loopback.
-fn admin_database_url() -> String {
+pub fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
 }

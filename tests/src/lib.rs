@@ -12,7 +12,8 @@ mod proxy;
 mod ws;
 
 pub use app::{
-    ApiInstance, TestApp, TestOptions, broker_addr, broker_url, spawn_app, spawn_app_with,
+    ApiInstance, TestApp, TestOptions, admin_database_url, broker_addr, broker_url, spawn_app,
+    spawn_app_with,
 };
 pub use proxy::TcpProxy;
 pub use ws::WsClient;

@@ -10,7 +10,7 @@ use commcenter_shared::{
 use commcenter_workers::{
     Runtime, activity, handlers, metrics,
     retention::{Keep, Retention},
-    schedule::{self, DispatchReminders, Fallbacks, Periodic},
+    schedule::{self, DispatchReminders, Fallbacks, Periodic, Rescuer},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +94,15 @@ async fn main() -> anyhow::Result<()> {
             pool: runtime.pool.clone(),
             settings: schedule::fallback_settings(&settings),
             outbox: runtime.outbox.clone(),
+        }
+        .run(shutdown.clone()),
+    );
+    tokio::spawn(
+        Rescuer {
+            pool: runtime.pool.clone(),
+            after: settings.jobs.rescue_after,
+            outbox: runtime.outbox.clone(),
+            metrics: runtime.metrics.clone(),
         }
         .run(shutdown.clone()),
     );

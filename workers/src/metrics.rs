@@ -83,6 +83,7 @@ pub struct JobMetrics {
     attempts: Family<AttemptLabels, Counter>,
     durations: Family<KindLabel, Histogram>,
     in_flight: Family<KindLabel, Gauge>,
+    rescued: Counter,
 }
 
 impl Default for JobMetrics {
@@ -114,8 +115,15 @@ impl Default for JobMetrics {
             "Jobs this worker process is running now, by kind",
             in_flight.clone(),
         );
+        let rescued = Counter::default();
+        registry.register(
+            "jobs_rescued",
+            "Jobs whose broker message was overdue, published again by the rescuer",
+            rescued.clone(),
+        );
         Self {
             registry,
+            rescued,
             activity: Mutex::default(),
             jobs,
             attempts,
@@ -191,6 +199,11 @@ impl JobMetrics {
 }
 
 impl JobMetrics {
+    /// The rescuer published `n` overdue jobs again.
+    pub fn jobs_rescued(&self, n: u64) {
+        self.rescued.inc_by(n);
+    }
+
     /// The jobs counted since the last take, by minute and kind.
     pub fn take_activity(&self) -> Vec<(DateTime<Utc>, String, JobCounts)> {
         let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);

@@ -1,6 +1,7 @@
 //! Jobs that run on a clock: the RingCentral call-log import, the Gmail mailbox sync,
-//! the reminders of dispatches nobody acknowledged, and the fallback of unread in-app messages
-//! (`reach::send_due_fallbacks`).
+//! the reminders of dispatches nobody acknowledged, the fallback of unread in-app messages
+//! (`reach::send_due_fallbacks`), and the rescuer of jobs whose broker message was lost
+//! (`ops::rescue_overdue`).
 //!
 //! Each worker process ticks. An import or a sync is enqueued only when none is open (pending,
 //! queued, running or retrying), checked under a transaction-scoped advisory lock, so
@@ -197,5 +198,49 @@ pub fn fallback_settings(
         sms_from: settings.ringcentral.sms_from().map(str::to_owned),
         email_from: settings.gmail.email_from().map(str::to_owned),
         max_attempts: settings.jobs.max_attempts,
+    }
+}
+
+/// The rescuer (`shared::ops::rescue_overdue`): jobs whose broker message is overdue by
+/// `RESCUE_AFTER_SECS` go back to the outbox, one worker process at a time.
+pub struct Rescuer {
+    pub pool: PgPool,
+    pub after: Duration,
+    pub outbox: Arc<Notify>,
+    /// Where rescues are counted (`commcenter_jobs_rescued_total`).
+    pub metrics: Arc<crate::metrics::JobMetrics>,
+}
+
+/// Jobs rescued per pass at most; the next pass takes the rest.
+const RESCUE_BATCH: i64 = 500;
+
+impl Rescuer {
+    /// A tenth of the margin, between a second and a minute.
+    pub fn every(&self) -> Duration {
+        (self.after / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        every(
+            self.every(),
+            &self.outbox,
+            shutdown,
+            "the rescuer",
+            || async {
+                let rescued =
+                    commcenter_shared::ops::rescue_overdue(&self.pool, self.after, RESCUE_BATCH)
+                        .await?;
+                if !rescued.jobs.is_empty() {
+                    tracing::warn!(
+                        jobs = rescued.jobs.len(),
+                        first = %rescued.jobs[0],
+                        "rescued jobs whose broker message was overdue; published again"
+                    );
+                    self.metrics.jobs_rescued(rescued.jobs.len() as u64);
+                }
+                Ok(rescued.jobs.len())
+            },
+        )
+        .await;
     }
 }

@@ -38,7 +38,7 @@ pub struct AuditFilter {
 }
 
 /// The audit's action names.
-pub const AUDIT_ACTIONS: &[&str] = &["replay", "discard", "bulk_replay", "bulk_discard"];
+pub const AUDIT_ACTIONS: &[&str] = &["replay", "discard", "bulk_replay", "bulk_discard", "rescue"];
 
 /// Newest first, keyset-paginated by id.
 pub async fn list_audit(

@@ -16,7 +16,8 @@
 //! - [`bulk`]: bulk actions and their progress;
 //! - [`audit`]: the trail of what operators did;
 //! - [`health`]: queue health from the ledger's side;
-//! - [`activity`]: jobs run per minute and queue depths over time, for the live chart.
+//! - [`activity`]: jobs run per minute and queue depths over time, for the live chart;
+//! - [`rescue`]: jobs whose broker message is overdue, put back in the outbox.
 
 mod actions;
 mod activity;
@@ -24,6 +25,9 @@ mod audit;
 mod bulk;
 mod filter;
 mod health;
+mod rescue;
 mod views;
 
-pub use self::{actions::*, activity::*, audit::*, bulk::*, filter::*, health::*, views::*};
+pub use self::{
+    actions::*, activity::*, audit::*, bulk::*, filter::*, health::*, rescue::*, views::*,
+};
