@@ -15,6 +15,8 @@
 //!   `/metrics` on `METRICS_ADDR`.
 //! - [`activity`]: jobs finished per minute and queue depths, written for the
 //!   operators' live chart.
+//! - [`process`]: a whole workers process (the runtime and its clocks), as the binary
+//!   runs it.
 //! - [`retention`]: finished jobs and old idempotency keys pruned on a schedule.
 //! - [`media`]: what an upload is (sniffed from its bytes), its SHA-256 and its
 //!   thumbnail; called by the `file.process` handler (and by the api, to sniff).
@@ -26,6 +28,7 @@ pub mod handlers;
 pub mod job;
 pub mod media;
 pub mod metrics;
+pub mod process;
 pub mod retention;
 pub mod runtime;
 pub mod schedule;

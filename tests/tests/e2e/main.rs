@@ -34,6 +34,7 @@ mod receipts;
 mod reliability;
 mod rescue;
 mod retries;
+mod scale;
 mod search;
 mod sms;
 mod templates;
