@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let url = replace_database(&options.admin_url, DATABASE);
     let mut admin = PgConnection::connect(&options.admin_url)
         .await
-        .context("connecting to PostgreSQL")?;
+        .context("connecting to PostgreSQL (TEST_DATABASE_URL)")?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(DATABASE)
