@@ -106,7 +106,7 @@ const state = {
   cursor: null, // older messages of the open conversation and channel
   loadingOlder: false,
   shown: new Map(), // communication id → its <li>
-  online: new Map(), // user id → role, everyone the server told us is online
+  online: new Map(), // user id → { role, customer }, everyone the server told us is online
   customerUsers: new Map(), // customer id → user ids seen writing in it
   typingTimer: null,
   lastTyping: 0,
@@ -426,10 +426,11 @@ function showPresence() {
   const presence = $('#presence');
   let online;
   if (isStaff()) {
+    // A customer's presence names their conversation; users seen writing in it count too.
     const users = state.customerUsers.get(state.customer) ?? new Set();
-    online = [...users].some((user) => state.online.has(user));
+    online = [...state.online].some(([user, who]) => who.customer === state.customer || users.has(user));
   } else {
-    online = [...state.online.values()].some((role) => role === 'staff' || role === 'operator');
+    online = [...state.online.values()].some((who) => who.role === 'staff' || who.role === 'operator');
   }
   presence.textContent = online ? 'online' : 'offline';
   presence.className = `presence ${online ? 'on' : 'off'}`;
@@ -802,7 +803,7 @@ function handle(frame) {
       if (isStaff()) loadConversations();
       break;
     case 'presence':
-      if (frame.status === 'online') state.online.set(frame.user_id, frame.role);
+      if (frame.status === 'online') state.online.set(frame.user_id, { role: frame.role, customer: frame.customer_id });
       else state.online.delete(frame.user_id);
       showPresence();
       break;
@@ -821,7 +822,7 @@ async function loadPresence() {
   if (state.me.role === 'crew') return;
   const found = await api('GET', '/api/communications/online-users').catch(() => null);
   if (!found) return;
-  state.online = new Map(found.online_users.map((u) => [u.user_id, u.role]));
+  state.online = new Map(found.online_users.map((u) => [u.user_id, { role: u.role, customer: u.customer_id }]));
   showPresence();
 }
 

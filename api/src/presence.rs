@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    domain::{Role, UserId},
+    auth::Claims,
+    domain::{CustomerId, Role, UserId},
     events::{self, Event, PresenceStatus},
 };
 
@@ -49,7 +50,8 @@ impl From<sqlx::Error> for Refused {
 }
 
 /// Users with a connection on a live instance, as `(user, role)`.
-const LIVE: &str = "SELECT p.user_id, min(p.role) AS role FROM presence p
+const LIVE: &str =
+    "SELECT p.user_id, min(p.role) AS role, min(p.customer_id) AS customer_id FROM presence p
      JOIN presence_instances i ON i.instance_id = p.instance_id
      WHERE i.heartbeat_at > now() - make_interval(secs => $1)";
 
@@ -109,7 +111,8 @@ impl Presence {
 
     /// A connection of `user` opens here: admitted unless they have `WS_MAX_PER_USER`
     /// open already (on any instance); `online` is announced if it is their first.
-    pub async fn connect(&self, user: &UserId, role: Role) -> Result<(), Refused> {
+    pub async fn connect(&self, who: &Claims) -> Result<(), Refused> {
+        let (user, role, customer) = (&who.sub, who.role, who.customer_id.clone());
         let mut tx = self.pool.begin().await?;
         let elsewhere = self.lock_user(&mut tx, user.as_str()).await?;
         let here: i64 = sqlx::query_scalar(
@@ -131,18 +134,20 @@ impl Presence {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO presence (instance_id, user_id, role, connections) VALUES ($1, $2, $3, 1)
+            "INSERT INTO presence (instance_id, user_id, role, customer_id, connections)
+             VALUES ($1, $2, $3, $4, 1)
              ON CONFLICT (instance_id, user_id) DO UPDATE SET connections = presence.connections + 1",
         )
         .bind(self.instance_id)
         .bind(user.as_str())
         .bind(role.as_str())
+        .bind(customer.as_ref().map(CustomerId::as_str))
         .execute(&mut *tx)
         .await?;
         if elsewhere + here == 0 {
             events::record(
                 &mut tx,
-                &Event::presence(user.as_str(), role, PresenceStatus::Online),
+                &Event::presence(user.as_str(), role, customer, PresenceStatus::Online),
             )
             .await?;
         }
@@ -152,7 +157,8 @@ impl Presence {
     }
 
     /// A connection of `user` closed here; `offline` is announced if it was their last.
-    pub async fn disconnect(&self, user: &UserId, role: Role) -> sqlx::Result<()> {
+    pub async fn disconnect(&self, who: &Claims) -> sqlx::Result<()> {
+        let (user, role, customer) = (&who.sub, who.role, who.customer_id.clone());
         let mut tx = self.pool.begin().await?;
         let elsewhere = self.lock_user(&mut tx, user.as_str()).await?;
         let left: Option<i32> = sqlx::query_scalar(
@@ -175,7 +181,7 @@ impl Presence {
             if removed > 0 && elsewhere == 0 {
                 events::record(
                     &mut tx,
-                    &Event::presence(user.as_str(), role, PresenceStatus::Offline),
+                    &Event::presence(user.as_str(), role, customer, PresenceStatus::Offline),
                 )
                 .await?;
             }
@@ -189,14 +195,14 @@ impl Presence {
     /// they have no connection elsewhere, and removes the instance. Returns how many
     /// users went offline.
     async fn retire(&self, tx: &mut PgConnection, instance: Uuid) -> sqlx::Result<usize> {
-        let users: Vec<(String, String)> = sqlx::query_as(
-            "SELECT user_id, role FROM presence WHERE instance_id = $1 ORDER BY user_id",
+        let users: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT user_id, role, customer_id FROM presence WHERE instance_id = $1 ORDER BY user_id",
         )
         .bind(instance)
         .fetch_all(&mut *tx)
         .await?;
         let mut offline = 0;
-        for (user, role) in users {
+        for (user, role, customer) in users {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('presence:' || $1, 0))")
                 .bind(&user)
                 .execute(&mut *tx)
@@ -214,9 +220,10 @@ impl Presence {
             .await?;
             if !elsewhere {
                 let role = Role::parse(&role).unwrap_or(Role::Customer);
+                let customer = customer.and_then(|c| CustomerId::parse(&c).ok());
                 events::record(
                     &mut *tx,
-                    &Event::presence(&user, role, PresenceStatus::Offline),
+                    &Event::presence(&user, role, customer, PresenceStatus::Offline),
                 )
                 .await?;
                 offline += 1;
@@ -278,8 +285,9 @@ impl Presence {
         self.outbox.notify_one();
     }
 
-    /// Users online on any live instance, by user id.
-    pub async fn online_users(&self) -> sqlx::Result<Vec<(String, String)>> {
+    /// Users online on any live instance, by user id: their role, and a customer's
+    /// conversation.
+    pub async fn online_users(&self) -> sqlx::Result<Vec<(String, String, Option<String>)>> {
         sqlx::query_as(&format!("{LIVE} GROUP BY p.user_id ORDER BY p.user_id"))
             .bind(self.ttl_secs())
             .fetch_all(&self.pool)

@@ -231,11 +231,16 @@ impl Event {
         }
     }
 
-    /// A user came or went.
-    pub fn presence(user_id: &str, role: Role, status: PresenceStatus) -> Self {
+    /// A user came or went; a customer's names their conversation (`customer`).
+    pub fn presence(
+        user_id: &str,
+        role: Role,
+        customer: Option<CustomerId>,
+        status: PresenceStatus,
+    ) -> Self {
         Self {
             seq: None,
-            customer_id: None,
+            customer_id: customer,
             project_id: None,
             crew_id: None,
             internal: false,

@@ -39,9 +39,13 @@ pub async fn online_users(State(state): State<AppState>, caller: Caller) -> ApiR
         .online_users()
         .await?
         .into_iter()
-        .filter_map(|(user, role)| {
+        .filter_map(|(user, role, customer)| {
             let role = Role::parse(&role).ok()?;
-            may_know(&caller, role).then(|| json!({ "user_id": user, "role": role }))
+            may_know(&caller, role).then(|| match customer {
+                // A customer's conversation: staff see who of them is online.
+                Some(customer) => json!({ "user_id": user, "role": role, "customer_id": customer }),
+                None => json!({ "user_id": user, "role": role }),
+            })
         })
         .collect();
     Ok(Json(json!({ "online_users": users })))

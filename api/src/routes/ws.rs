@@ -90,7 +90,7 @@ pub async fn connect(
         .transpose()?;
     // Authentication first: a caller without a valid token learns nothing else.
     let upgrade = upgrade.map_err(|e| ApiError::bad_request("not_a_websocket", e.body_text()))?;
-    match state.presence.connect(&claims.sub, claims.role).await {
+    match state.presence.connect(&claims).await {
         Ok(()) => {}
         Err(Refused::TooMany(open)) => {
             return Err(ApiError::TooManyRequests(format!(
@@ -100,7 +100,7 @@ pub async fn connect(
         Err(Refused::Database(error)) => return Err(error.into()),
     }
     let limit = state.settings.http.ws_max_message_bytes;
-    let (failed_state, failed_user, failed_role) = (state.clone(), claims.sub.clone(), claims.role);
+    let (failed_state, failed_claims) = (state.clone(), claims.clone());
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -110,19 +110,19 @@ pub async fn connect(
         .on_failed_upgrade(move |_| {
             // Admitted but never connected: count it closed.
             tokio::spawn(async move {
-                disconnected(&failed_state, &failed_user, failed_role).await;
+                disconnected(&failed_state, &failed_claims).await;
             });
         })
         .on_upgrade(move |socket| async move {
-            let (user, role) = (claims.sub.clone(), claims.role);
+            let who = claims.clone();
             serve(&state, claims, since, socket).await;
-            disconnected(&state, &user, role).await;
+            disconnected(&state, &who).await;
         }))
 }
 
-async fn disconnected(state: &AppState, user: &UserId, role: Role) {
-    if let Err(error) = state.presence.disconnect(user, role).await {
-        tracing::warn!(%error, %user, "could not record a closed WebSocket");
+async fn disconnected(state: &AppState, who: &Claims) {
+    if let Err(error) = state.presence.disconnect(who).await {
+        tracing::warn!(%error, user = %who.sub, "could not record a closed WebSocket");
     }
 }
 

@@ -611,3 +611,76 @@ async fn message_new_carries_its_attachments_and_the_originals_fields() {
     );
     assert!(attachment["file_size"].as_i64().unwrap() > 0);
 }
+
+/// The next `presence` frame about `user`, whole.
+async fn next_presence_frame(ws: &mut WsClient, user: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame = ws
+            .next_of_type("presence", left)
+            .await
+            .expect("a presence frame");
+        if frame["user_id"] == user {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customers_presence_names_their_conversation_for_staff() {
+    let app = spawn_app().await;
+    let b = app.spawn_instance().await;
+    let staff = app.staff_token();
+    let mut staff_watch = app.ws("staff-1", &staff).await;
+
+    // Staff learn which conversation an online customer belongs to, from the frame and
+    // from the list, before that customer has written anything.
+    let alice = app.customer_token("cust-1");
+    let alice_ws = b.ws("user-of-cust-1", &alice).await;
+    let online = next_presence_frame(&mut staff_watch, "user-of-cust-1").await;
+    assert_eq!(online["status"], "online");
+    assert_eq!(online["customer_id"], "cust-1");
+    let listed: Value = app
+        .get("/api/communications/online-users", &staff)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let alice_listed = listed["online_users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_id"] == "user-of-cust-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(alice_listed["customer_id"], "cust-1");
+
+    // Staff's own presence names no conversation; a customer sees only staff.
+    let staff_two = b
+        .ws("staff-2", &app.token("staff-2", Role::Staff, None))
+        .await;
+    let staff_online = next_presence_frame(&mut staff_watch, "staff-2").await;
+    assert!(staff_online.get("customer_id").is_none(), "{staff_online}");
+    let seen_by_alice: Value = app
+        .get("/api/communications/online-users", &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        seen_by_alice["online_users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["role"] != "customer" && u.get("customer_id").is_none()),
+        "{seen_by_alice}"
+    );
+
+    // Going offline names it too.
+    drop(alice_ws);
+    let offline = next_presence_frame(&mut staff_watch, "user-of-cust-1").await;
+    assert_eq!(offline["status"], "offline");
+    assert_eq!(offline["customer_id"], "cust-1");
+    drop(staff_two);
+}
