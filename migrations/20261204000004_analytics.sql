@@ -85,15 +85,27 @@ CREATE TRIGGER conversations_note_transition_update AFTER UPDATE OF status ON co
 -- waiting in the conversation.
 CREATE OR REPLACE FUNCTION conversations_note_message() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
+    created BOOLEAN := false;
     was TEXT;
-    opens BOOLEAN := false;
 BEGIN
     IF NEW.visibility = 'internal' THEN
         RETURN NULL;
     END IF;
+    -- The upsert comes first: it takes the conversation's row lock, so of two first
+    -- messages at once exactly one creates (opens) it, and it tells the status before.
+    INSERT INTO conversations (customer_id, updated_by, last_communication_id, last_message_at, created_at)
+    VALUES (NEW.customer_id, NEW.sender_id, NEW.id, NEW.created_at, NEW.created_at)
+    ON CONFLICT (customer_id) DO UPDATE
+        SET last_communication_id = EXCLUDED.last_communication_id,
+            last_message_at = EXCLUDED.last_message_at
+        WHERE conversations.last_message_at IS NULL
+           OR conversations.last_message_at <= EXCLUDED.last_message_at
+    RETURNING xmax = 0, status INTO created, was;
     IF awaits_answer(NEW.type, NEW.direction, NEW.sender_role) THEN
-        SELECT status INTO was FROM conversations WHERE customer_id = NEW.customer_id FOR UPDATE;
-        opens := was IS NULL OR was IN ('closed', 'archived');
+        IF NOT FOUND THEN
+            -- A message older than the latest (filed late): the row was left as it is.
+            SELECT status INTO was FROM conversations WHERE customer_id = NEW.customer_id FOR UPDATE;
+        END IF;
         IF was IN ('closed', 'archived') THEN
             UPDATE conversations SET status = 'open', updated_by = NEW.sender_id, updated_at = now()
             WHERE customer_id = NEW.customer_id;
@@ -103,16 +115,9 @@ BEGIN
                 'type', 'conversation.status', 'customer_id', NEW.customer_id, 'at', now(),
                 'status', 'open', 'updated_by', NEW.sender_id));
         END IF;
-    END IF;
-    INSERT INTO conversations (customer_id, updated_by, last_communication_id, last_message_at, created_at)
-    VALUES (NEW.customer_id, NEW.sender_id, NEW.id, NEW.created_at, NEW.created_at)
-    ON CONFLICT (customer_id) DO UPDATE
-        SET last_communication_id = EXCLUDED.last_communication_id,
-            last_message_at = EXCLUDED.last_message_at
-        WHERE conversations.last_message_at IS NULL
-           OR conversations.last_message_at <= EXCLUDED.last_message_at;
-    IF opens THEN
-        UPDATE communications SET opens_conversation = true WHERE id = NEW.id;
+        IF created OR was IN ('closed', 'archived') THEN
+            UPDATE communications SET opens_conversation = true WHERE id = NEW.id;
+        END IF;
     END IF;
     IF is_answer(NEW.direction, NEW.sender_role, NEW.visibility, NEW.deleted_at) THEN
         UPDATE communications

@@ -62,6 +62,11 @@ impl ApiError {
         }
     }
 
+    /// 400 `invalid_query`, naming the parameter: `{parameter}: {problem}`.
+    pub fn invalid_query(parameter: &str, problem: impl std::fmt::Display) -> Self {
+        Self::bad_request("invalid_query", format!("{parameter}: {problem}"))
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),

@@ -284,8 +284,8 @@ const FIGURES: &str = "
 /// The public, undeleted messages of a range (`$1`, `$2`) and channel (`$3`, or all),
 /// with whether each awaits an answer and how long it waited.
 const MESSAGES: &str = "
-    SELECT type, direction, customer_id, read_at, answered_at, answered_by, wait_closed_at,
-           opens_conversation,
+    SELECT created_at, type, direction, customer_id, read_at, answered_at, answered_by,
+           wait_closed_at, opens_conversation,
            awaits_answer(type, direction, sender_role) AS awaits,
            extract(epoch FROM answered_at - created_at)::float8 AS wait
     FROM communications
@@ -432,16 +432,12 @@ pub async fn volume(
     channel: Option<CommunicationType>,
     direction: Option<Direction>,
 ) -> sqlx::Result<Vec<Point>> {
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "WITH counts AS (
              SELECT date_trunc($5, created_at AT TIME ZONE $4) AS local_start,
                     count(*) FILTER (WHERE direction = 'inbound') AS inbound,
                     count(*) FILTER (WHERE direction = 'outbound') AS outbound
-             FROM (SELECT created_at, direction FROM communications
-                   WHERE visibility = 'public' AND deleted_at IS NULL
-                     AND created_at >= $1 AND created_at < $2
-                     AND ($3::text IS NULL OR type = $3)
-                     AND ($6::text IS NULL OR direction = $6)) d
+             FROM ({MESSAGES}) m WHERE ($6::text IS NULL OR direction = $6)
              GROUP BY 1),
          buckets AS (
              SELECT generate_series(date_trunc($5, $1 AT TIME ZONE $4),
@@ -452,8 +448,8 @@ pub async fn volume(
                 coalesce(c.inbound, 0) AS inbound, coalesce(c.outbound, 0) AS outbound,
                 coalesce(c.inbound + c.outbound, 0) AS total
          FROM buckets b LEFT JOIN counts c USING (local_start)
-         ORDER BY b.local_start",
-    )
+         ORDER BY b.local_start"
+    ))
     .bind(range.from)
     .bind(range.to)
     .bind(channel)

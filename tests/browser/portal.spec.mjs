@@ -17,16 +17,7 @@
 //   SCREENSHOTS                  a directory to save screenshots in (optional)
 // Exits 0 when every step passed, 1 with the failing step if not.
 
-import { chromium } from 'playwright-core';
-
-function need(name) {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`${name} is not set`);
-    process.exit(1);
-  }
-  return value;
-}
+import { launch, need, watch } from './harness.mjs';
 
 const customerUrl = need('CUSTOMER_URL');
 const staffUrl = need('STAFF_URL');
@@ -37,11 +28,7 @@ const firstMessage = need('FIRST_MESSAGE');
 const photo = need('PHOTO');
 const TIMEOUT = 30_000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox'],
-});
+const browser = await launch();
 const problems = [];
 const pages = {};
 let step = 'starting';
@@ -50,24 +37,10 @@ async function open(url, viewport, label) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
-  // Failed loads are judged by their URL below; anything else logged as an error (a CSP
-  // violation, an exception) is a problem.
-  page.on('console', (message) => {
-    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
-      problems.push(`${label}: ${message.text()}`);
-    }
-  });
-  page.on('pageerror', (error) => problems.push(`${label}: ${error.message}`));
-  page.on('response', (response) => {
-    const url = response.url();
-    // A thumbnail still being made answers 409 with Retry-After: the page waits and asks
-    // again. The missing template variable's 422 and the refused file's are asked for.
-    const expected = url.endsWith('/favicon.ico')
-      || (response.status() === 409 && url.includes('/file/thumbnails/'))
-      || (response.status() === 422 && url.endsWith('/api/messages/send'))
-      || (response.status() === 422 && url.endsWith('/api/communications/upload'));
-    if (response.status() >= 400 && !expected) problems.push(`${label}: ${response.status()} ${url}`);
-  });
+  // A thumbnail still being made answers 409 with Retry-After: the page waits and asks
+  // again. The missing template variable's 422 and the refused file's are asked for.
+  watch(page, label, problems, (status, url) => (status === 409 && url.includes('/file/thumbnails/'))
+    || (status === 422 && (url.endsWith('/api/messages/send') || url.endsWith('/api/communications/upload'))));
   pages[label] = page;
   return { context, page };
 }

@@ -24,6 +24,7 @@ use crate::{
     auth::Caller,
     body::QueryParams,
     error::{ApiError, ApiResult},
+    paging,
     state::AppState,
 };
 
@@ -44,10 +45,6 @@ pub struct Query {
     limit: Option<String>,
 }
 
-fn invalid(parameter: &str, problem: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request("invalid_query", format!("{parameter}: {problem}"))
-}
-
 /// Refuses the parameters an endpoint does not take (so a typo is not ignored).
 fn only(query: &Query, endpoint: &str, allowed: &[&str]) -> ApiResult<()> {
     let given = [
@@ -60,7 +57,10 @@ fn only(query: &Query, endpoint: &str, allowed: &[&str]) -> ApiResult<()> {
         .iter()
         .find(|(name, set)| *set && !allowed.contains(name))
     {
-        Some((name, _)) => Err(invalid(name, format!("{endpoint} does not take it"))),
+        Some((name, _)) => Err(ApiError::invalid_query(
+            name,
+            format!("{endpoint} does not take it"),
+        )),
         None => Ok(()),
     }
 }
@@ -68,7 +68,7 @@ fn only(query: &Query, endpoint: &str, allowed: &[&str]) -> ApiResult<()> {
 async fn range(state: &AppState, query: &Query) -> ApiResult<Range> {
     let moment = |name: &str, raw: &Option<String>| {
         raw.as_deref()
-            .map(|raw| Moment::parse(raw).map_err(|e| invalid(name, e.0)))
+            .map(|raw| Moment::parse(raw).map_err(|e| ApiError::invalid_query(name, e.0)))
             .transpose()
     };
     let from = moment("from", &query.from)?;
@@ -77,14 +77,16 @@ async fn range(state: &AppState, query: &Query) -> ApiResult<Range> {
     let mut conn = state.pool.acquire().await?;
     analytics::resolve_range(&mut conn, from, to, tz, Utc::now())
         .await?
-        .map_err(|bad| invalid(bad.parameter, bad.problem))
+        .map_err(|bad| ApiError::invalid_query(bad.parameter, bad.problem))
 }
 
 fn channel(query: &Query) -> ApiResult<Option<CommunicationType>> {
     query
         .channel
         .as_deref()
-        .map(|raw| CommunicationType::parse(raw).map_err(|e| invalid("channel", e.0)))
+        .map(|raw| {
+            CommunicationType::parse(raw).map_err(|e| ApiError::invalid_query("channel", e.0))
+        })
         .transpose()
 }
 
@@ -113,13 +115,13 @@ pub async fn volume(
     let bucket = query
         .bucket
         .as_deref()
-        .map(|raw| Bucket::parse(raw).map_err(|e| invalid("bucket", e.0)))
+        .map(|raw| Bucket::parse(raw).map_err(|e| ApiError::invalid_query("bucket", e.0)))
         .transpose()?
         .unwrap_or(Bucket::Day);
     let direction = query
         .direction
         .as_deref()
-        .map(|raw| Direction::parse(raw).map_err(|e| invalid("direction", e.0)))
+        .map(|raw| Direction::parse(raw).map_err(|e| ApiError::invalid_query("direction", e.0)))
         .transpose()?;
     let range = range(&state, &query).await?;
     let points = analytics::volume(&state.pool, &range, bucket, channel, direction).await?;
@@ -140,17 +142,10 @@ pub async fn response_times(
     let group_by = query
         .group_by
         .as_deref()
-        .map(|raw| GroupBy::parse(raw).map_err(|e| invalid("group_by", e.0)))
+        .map(|raw| GroupBy::parse(raw).map_err(|e| ApiError::invalid_query("group_by", e.0)))
         .transpose()?
         .unwrap_or(GroupBy::Staff);
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_GROUPS,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_GROUPS).contains(n))
-            .ok_or_else(|| invalid("limit", format!("must be 1 to {MAX_GROUPS}, not {raw:?}")))?,
-    };
+    let limit = paging::limit(query.limit.as_deref(), DEFAULT_GROUPS, MAX_GROUPS)?;
     let range = range(&state, &query).await?;
     let groups = analytics::response_times(&state.pool, &range, group_by, channel, limit).await?;
     Ok(Json(json!({

@@ -65,10 +65,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/ops/activity", get(activity))
 }
 
-fn invalid_query(field: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request("invalid_query", format!("{field}: {message}"))
-}
-
 fn filter_error(prefix: &str, e: FilterError) -> ApiError {
     ApiError::bad_request(
         "invalid_filter",
@@ -96,7 +92,7 @@ fn take_page(params: &mut Vec<(String, String)>) -> ApiResult<Page> {
                     .ok()
                     .filter(|l| (1..=MAX_LIMIT).contains(l))
                     .ok_or_else(|| {
-                        invalid_query(
+                        ApiError::invalid_query(
                             "limit",
                             format!("must be a whole number from 1 to {MAX_LIMIT}"),
                         )
@@ -115,7 +111,7 @@ fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
 }
 
 fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, Uuid)> {
-    let invalid = || invalid_query("cursor", "is not one this API issued");
+    let invalid = || ApiError::invalid_query("cursor", "is not one this API issued");
     let text = URL_SAFE_NO_PAD
         .decode(raw)
         .ok()
@@ -350,7 +346,10 @@ async fn list_actions(
     caller.ensure_operator()?;
     let page = take_page(&mut params)?;
     if let Some((name, _)) = params.first() {
-        return Err(invalid_query(name, "unknown parameter (limit, cursor)"));
+        return Err(ApiError::invalid_query(
+            name,
+            "unknown parameter (limit, cursor)",
+        ));
     }
     let before = page.cursor.as_deref().map(decode_cursor).transpose()?;
     let rows = ops::list_actions(&state.pool, before, page.limit + 1).await?;
@@ -389,7 +388,7 @@ async fn list_audit(
                 filter.action = Some(value);
             }
             "action" => {
-                return Err(invalid_query(
+                return Err(ApiError::invalid_query(
                     "action",
                     format!("must be one of {}", ops::AUDIT_ACTIONS.join(", ")),
                 ));
@@ -397,7 +396,7 @@ async fn list_audit(
             "job_id" => filter.job_id = Some(uuid_param("job_id", &value)?),
             "action_id" => filter.action_id = Some(uuid_param("action_id", &value)?),
             other => {
-                return Err(invalid_query(
+                return Err(ApiError::invalid_query(
                     other,
                     "unknown parameter (operator, action, job_id, action_id, limit, cursor)",
                 ));
@@ -409,7 +408,7 @@ async fn list_audit(
         .as_deref()
         .map(|raw| {
             raw.parse::<i64>()
-                .map_err(|_| invalid_query("cursor", "is not one this API issued"))
+                .map_err(|_| ApiError::invalid_query("cursor", "is not one this API issued"))
         })
         .transpose()?;
     let rows = ops::list_audit(&state.pool, &filter, before, page.limit + 1).await?;
@@ -438,7 +437,7 @@ async fn activity(
             .ok()
             .filter(|n| (1..=ops::MAX_MINUTES).contains(n))
             .ok_or_else(|| {
-                invalid_query(
+                ApiError::invalid_query(
                     "minutes",
                     format!("must be 1 to {}, not {raw:?}", ops::MAX_MINUTES),
                 )
@@ -448,7 +447,8 @@ async fn activity(
 }
 
 fn uuid_param(name: &str, raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| invalid_query(name, format!("must be a UUID, not {raw:?}")))
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::invalid_query(name, format!("must be a UUID, not {raw:?}")))
 }
 
 async fn queues(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {

@@ -2,7 +2,7 @@
 //! headless Chromium (`tests/browser/console.spec.mjs`) to find a customer's dead SMS,
 //! read why it failed, replay it and watch it succeed.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use commcenter_fakes::{Endpoint, Fault};
 use commcenter_shared::{domain::Role, jobs::kinds};
@@ -177,30 +177,8 @@ async fn other_paths_under_ops_are_not_found_and_the_page_holds_no_data() {
     assert_eq!(response.status(), 405);
 }
 
-/// Fails (never skips) when the browser test cannot run here, saying how to fix it.
-pub fn browser_prerequisites(dir: &Path) -> String {
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(
-        node.is_ok_and(|o| o.status.success()),
-        "Node.js is needed for the console's browser test: apt-get install -y nodejs npm"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
-    assert!(
-        Path::new(&chromium).exists(),
-        "Chromium is needed for the console's browser test ({chromium} is missing): \
-         apt-get install -y chromium (or set CHROMIUM to the browser's path)"
-    );
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is not installed: npm ci --prefix tests/browser"
-    );
-    chromium
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_replays_a_customers_dead_sms_in_the_browser_and_watches_it_succeed() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    let chromium = browser_prerequisites(&dir);
     let app = spawn_app_with(Default::default()).await;
     // Another customer's dead SMS: not shown under the filter, then discarded in bulk.
     let (other, _) = dead_sms(&app, "cust-other", 1).await;
@@ -208,30 +186,19 @@ async fn an_operator_replays_a_customers_dead_sms_in_the_browser_and_watches_it_
     let token = app.token("ops-console", Role::Operator, None);
     let reason = "SMS enabled on the sending number";
 
-    let run = tokio::process::Command::new("node")
-        .arg(dir.join("console.spec.mjs"))
-        .current_dir(&dir)
-        .env("CONSOLE_URL", &app.base_url)
-        .env("OPERATOR_TOKEN", &token)
-        .env("CUSTOMER_ID", "cust-42")
-        .env("OTHER_CUSTOMER", "cust-other")
-        .env("EXPECT_ERROR", REFUSAL)
-        .env("REASON", reason)
-        .env("CHROMIUM", chromium)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the browser test finishes within 2 minutes")
-        .expect("node starts");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser test failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    let stdout = crate::browser::run_spec(
+        "console.spec.mjs",
+        &[
+            ("CONSOLE_URL", app.base_url.clone()),
+            ("OPERATOR_TOKEN", token.clone()),
+            ("CUSTOMER_ID", "cust-42".to_owned()),
+            ("OTHER_CUSTOMER", "cust-other".to_owned()),
+            ("EXPECT_ERROR", REFUSAL.to_owned()),
+            ("REASON", reason.to_owned()),
+        ],
+        Duration::from_secs(120),
+    )
+    .await;
     assert!(stdout.contains(&format!("replayed job {job}")), "{stdout}");
 
     // The ledger agrees with what the page showed.

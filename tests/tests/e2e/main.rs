@@ -8,6 +8,7 @@ mod analytics;
 mod auth;
 mod bad_input;
 mod batches;
+mod browser;
 mod cli;
 mod console;
 mod conversations;

@@ -2,7 +2,7 @@
 //! member using it at once in real headless Chromium (`tests/browser/portal.spec.mjs`),
 //! each on a different api instance.
 
-use std::{io::Cursor, path::Path, process::Stdio, time::Duration};
+use std::{io::Cursor, path::Path, time::Duration};
 
 use serde_json::Value;
 
@@ -79,6 +79,15 @@ async fn the_client_is_served_with_a_strict_policy_and_no_inline_code() {
     assert_eq!(missing.status(), 404);
 }
 
+/// A directory of the test's own, removed whatever the outcome.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
 /// A 1200×900 photo-like PNG: big enough that the upload reports progress.
 fn photo(dir: &Path) -> std::path::PathBuf {
     let image = image::RgbImage::from_fn(1200, 900, |x, y| {
@@ -96,8 +105,6 @@ fn photo(dir: &Path) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    let chromium = crate::console::browser_prerequisites(&dir);
     let app = spawn_app().await;
     let other = app.spawn_instance().await;
     let customer = app.customer_token("cust-42");
@@ -119,36 +126,25 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
         )
         .await;
     assert_eq!(template.status(), 201);
-    let files = std::env::temp_dir().join(format!("cc-portal-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&files).unwrap();
-    let photo = photo(&files);
+    let files = Scratch(std::env::temp_dir().join(format!("cc-portal-{}", uuid::Uuid::new_v4())));
+    std::fs::create_dir_all(&files.0).unwrap();
+    let photo = photo(&files.0);
 
-    let mut run = tokio::process::Command::new("node");
-    run.arg(dir.join("portal.spec.mjs"))
-        .current_dir(&dir)
-        .env("CUSTOMER_URL", &app.base_url)
-        .env("STAFF_URL", other.url(""))
-        .env("CUSTOMER_TOKEN", &customer)
-        .env("STAFF_TOKEN", app.staff_token())
-        .env("CUSTOMER_ID", "cust-42")
-        .env("FIRST_MESSAGE", first)
-        .env("OLDER_MESSAGES", older.to_string())
-        .env("PHOTO", &photo)
-        .env("CHROMIUM", chromium)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(150), run.output())
-        .await
-        .expect("the browser test finishes within 150 s")
-        .expect("node starts");
-    std::fs::remove_dir_all(&files).ok();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser test failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    crate::browser::run_spec(
+        "portal.spec.mjs",
+        &[
+            ("CUSTOMER_URL", app.base_url.clone()),
+            ("STAFF_URL", other.url("")),
+            ("CUSTOMER_TOKEN", customer.clone()),
+            ("STAFF_TOKEN", app.staff_token()),
+            ("CUSTOMER_ID", "cust-42".to_owned()),
+            ("FIRST_MESSAGE", first.to_owned()),
+            ("OLDER_MESSAGES", older.to_string()),
+            ("PHOTO", photo.display().to_string()),
+        ],
+        Duration::from_secs(150),
+    )
+    .await;
 
     // What the pages showed is what was recorded: each message once (the deleted one a
     // tombstone), the photo attached, the edited answer read by the customer.
