@@ -213,10 +213,13 @@ impl JobMetrics {
             .collect()
     }
 
-    /// Puts back counts that could not be written, to go with the next take.
+    /// Puts back counts that could not be written, to go with the next take. Minutes
+    /// older than the chart can show (a day) are dropped, so a long database outage
+    /// cannot grow them without bound.
     pub fn restore_activity(&self, taken: Vec<(DateTime<Utc>, String, JobCounts)>) {
+        let oldest = Utc::now() - chrono::Duration::minutes(ops::MAX_MINUTES);
         let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
-        for (minute, kind, c) in taken {
+        for (minute, kind, c) in taken.into_iter().filter(|(minute, ..)| *minute >= oldest) {
             let counts = activity.entry((minute, kind)).or_default();
             counts.succeeded += c.succeeded;
             counts.retried += c.retried;
@@ -273,6 +276,33 @@ async fn scrape(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_not_written_come_back_but_never_older_than_the_chart_shows() {
+        let metrics = JobMetrics::default();
+        metrics.job_finished("sms.send", Outcome::Succeeded);
+        metrics.job_finished("sms.send", Outcome::Dead);
+        metrics.job_finished("sms.send", Outcome::Skipped);
+        let mut taken = metrics.take_activity();
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].2.succeeded, taken[0].2.dead), (1, 1));
+        assert!(metrics.take_activity().is_empty(), "taken once");
+        // The write failed: put back, with a minute from two days ago that the chart
+        // can no longer show.
+        let stale = ops::minute_of(Utc::now() - chrono::Duration::days(2));
+        taken.push((
+            stale,
+            "sms.send".to_owned(),
+            JobCounts {
+                succeeded: 5,
+                ..Default::default()
+            },
+        ));
+        metrics.restore_activity(taken);
+        let again = metrics.take_activity();
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_ne!(again[0].0, stale);
+    }
 
     fn line_value(text: &str, series: &str) -> Option<f64> {
         text.lines()
