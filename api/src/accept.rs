@@ -24,17 +24,19 @@ use axum::{
     Json,
     http::{HeaderMap, StatusCode},
 };
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+pub use commcenter_shared::communications::{Channel, Composed, EmailThread};
 use commcenter_shared::{
-    contact::{self, ContactKind, Mailbox, PhoneNumber},
+    communications::{
+        Outbound, Sender,
+        outbound::{self},
+    },
     crews,
-    domain::{CommunicationType, CustomerId, Direction, Role, Visibility},
-    jobs::{NewJob, payloads},
+    domain::{CommunicationType, CustomerId, Direction, FileStatus, Role, Visibility},
     store::{self, FileRecord},
     templates::{self, RenderError},
 };
@@ -68,84 +70,7 @@ impl TemplateChoice {
     }
 }
 
-/// The text of a communication, as given or rendered.
-#[derive(Debug, Clone, Default)]
-pub struct Composed {
-    pub message: String,
-    /// Email: the template's subject, rendered (a given subject wins).
-    pub subject: Option<String>,
-    /// The template and version it was rendered from.
-    pub template: Option<(Uuid, i32)>,
-}
-
-/// Where an email goes in a thread: the Gmail thread and the Message-IDs it answers.
-#[derive(Debug, Clone, Default)]
-pub struct EmailThread<'a> {
-    pub provider_thread_id: Option<&'a str>,
-    pub in_reply_to: Option<&'a str>,
-    pub references: Option<&'a str>,
-}
-
-/// What each channel carries beyond the text, and so which job carries it out.
-#[derive(Debug, Clone)]
-pub enum Channel<'a> {
-    /// Delivered in the app (`message.deliver`).
-    InApp,
-    /// To a phone through RingCentral (`sms.send`), from our number.
-    Sms {
-        to: &'a PhoneNumber,
-        from: &'a PhoneNumber,
-    },
-    /// To mailboxes through Gmail (`email.send`), from our sender.
-    Email {
-        recipients: &'a [Mailbox],
-        from: &'a Mailbox,
-        thread: EmailThread<'a>,
-    },
-    /// A call that happened, logged with RingCentral (`call.log`).
-    Phone {
-        phone: &'a PhoneNumber,
-        /// Our number, when one is set: a call can be logged without it.
-        local: Option<&'a str>,
-        duration_seconds: i32,
-        occurred_at: DateTime<Utc>,
-    },
-}
-
-impl Channel<'_> {
-    fn communication_type(&self) -> CommunicationType {
-        match self {
-            Self::InApp => CommunicationType::InApp,
-            Self::Sms { .. } => CommunicationType::Sms,
-            Self::Email { .. } => CommunicationType::Email,
-            Self::Phone { .. } => CommunicationType::Phone,
-        }
-    }
-
-    fn job(&self, communication_id: Uuid) -> NewJob {
-        match self {
-            Self::InApp => NewJob::of(&payloads::DeliverMessage { communication_id }),
-            Self::Sms { .. } => NewJob::of(&payloads::SendSms { communication_id }),
-            Self::Email { .. } => NewJob::of(&payloads::SendEmail { communication_id }),
-            Self::Phone { .. } => NewJob::of(&payloads::LogCall { communication_id }),
-        }
-    }
-
-    /// The addresses this communication teaches us belong to its customer.
-    fn contacts(&self) -> Vec<(ContactKind, &str)> {
-        match self {
-            Self::InApp => Vec::new(),
-            Self::Sms { to, .. } => vec![(ContactKind::Phone, to.as_str())],
-            Self::Email { recipients, .. } => recipients
-                .iter()
-                .map(|r| (ContactKind::Email, r.address.as_str()))
-                .collect(),
-            Self::Phone { phone, .. } => vec![(ContactKind::Phone, phone.as_str())],
-        }
-    }
-}
-
-/// A communication to accept.
+/// A communication to accept: what the route read from the request.
 #[derive(Debug, Clone)]
 pub struct NewCommunication<'a> {
     pub customer_id: &'a CustomerId,
@@ -268,7 +193,7 @@ impl Acceptance {
         let conn = self.conn().await?;
         let project = crews::find_project(conn, id, false)
             .await?
-            .filter(|p| p.customer_id == customer.as_str())
+            .filter(|p| &p.customer_id == customer)
             .ok_or_else(|| {
                 ApiError::Invalid(format!(
                     "project_id: customer {customer} has no project {id}"
@@ -294,7 +219,35 @@ impl Acceptance {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        crate::routes::files::customer_files(self.conn().await?, customer, ids).await
+        let conn = self.conn().await?;
+        if let Some(twice) = ids
+            .iter()
+            .enumerate()
+            .find_map(|(i, id)| ids[..i].contains(id).then_some(id))
+        {
+            return Err(ApiError::Invalid(format!(
+                "attachments: file {twice} is listed twice"
+            )));
+        }
+        let mut found = store::find_customer_files(conn, customer, ids).await?;
+        ids.iter()
+            .map(|id| {
+                // Another customer's file is as unknown as a file that does not exist.
+                let at = found.iter().position(|f| f.id == *id).ok_or_else(|| {
+                    ApiError::Invalid(format!(
+                        "attachments: file {id} not found for customer {customer}"
+                    ))
+                })?;
+                let file = found.swap_remove(at);
+                if file.status == FileStatus::Failed {
+                    return Err(ApiError::Invalid(format!(
+                        "attachments: file {id} failed processing: {}",
+                        file.failure_reason.as_deref().unwrap_or("unknown reason")
+                    )));
+                }
+                Ok(file)
+            })
+            .collect()
     }
 
     /// The text as given in `message`, or rendered from the chosen template (whose type
@@ -343,14 +296,13 @@ impl Acceptance {
             )));
         }
         let variables = choice.variables.clone().unwrap_or_default();
-        let rendered =
-            templates::render_template(&template.content, template.subject.as_deref(), &variables)
-                .map_err(render_error)?;
-        Ok(Composed {
-            message: rendered.message,
-            subject: rendered.subject,
-            template: Some((template.id, template.version)),
-        })
+        Composed::render(
+            (template.id, template.version),
+            &template.content,
+            template.subject.as_deref(),
+            &variables,
+        )
+        .map_err(render_error)
     }
 
     /// Records the communication, its contacts and its job; stores the answer with the
@@ -362,93 +314,28 @@ impl Acceptance {
         c: NewCommunication<'_>,
         extra: Map<String, Value>,
     ) -> ApiResult<AcceptedResponse> {
-        let id = Uuid::now_v7();
-        let channel = &c.channel;
-        let (remote, local, metadata) = match channel {
-            Channel::InApp => (None, None, json!({})),
-            Channel::Sms { to, from } => {
-                (Some(to.as_str().to_owned()), Some(from.as_str()), json!({}))
-            }
-            // Every address, as the worker reads them for the To header; the names too.
-            Channel::Email {
-                recipients, from, ..
-            } => (
-                Some(
-                    recipients
-                        .iter()
-                        .map(|r| r.address.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ),
-                Some(from.address.as_str()),
-                json!({ "to": recipients }),
-            ),
-            Channel::Phone { phone, local, .. } => {
-                (Some(phone.as_str().to_owned()), *local, json!({}))
-            }
+        let outbound = Outbound {
+            customer_id: c.customer_id,
+            sender: Sender::user(caller.user_id(), caller.role()),
+            direction: c.direction,
+            visibility: c.visibility,
+            project_id: c.project_id,
+            composed: c.composed,
+            attachments: store::attachment_list(c.attachments),
+            metadata: Map::new(),
+            channel: c.channel,
+            customer_addresses: true,
         };
-        // Deterministic, so a send whose outcome is unknown can be looked up in Gmail.
-        let (email, rfc822_message_id) = match channel {
-            Channel::Email { thread, from, .. } => (
-                Some(thread),
-                Some(format!("<{id}@{}>", from.address.domain())),
-            ),
-            _ => (None, None),
-        };
-        let call = match channel {
-            Channel::Phone {
-                duration_seconds,
-                occurred_at,
-                ..
-            } => Some((*duration_seconds, *occurred_at)),
-            _ => None,
-        };
-        let job = channel
-            .job(id)
-            .for_communication(id)
-            .for_customer(c.customer_id);
-        let contacts = channel.contacts();
         // Nothing else to read or write: one statement, committed on its own.
-        let alone = self.tx.is_none() && contacts.is_empty();
+        let alone = self.tx.is_none() && !outbound.teaches_contacts();
         let mut own_conn: Option<sqlx::pool::PoolConnection<Postgres>> = None;
         let conn: &mut PgConnection = if alone {
             own_conn.insert(self.pool.acquire().await?)
         } else {
             self.conn().await?
         };
-        let (communication, job_id) = store::insert_communication(
-            conn,
-            &store::NewCommunication {
-                id,
-                customer_id: c.customer_id,
-                communication_type: channel.communication_type(),
-                direction: c.direction,
-                sender_id: caller.user_id(),
-                sender_role: caller.role().as_str(),
-                subject: c.composed.subject.as_deref(),
-                message: &c.composed.message,
-                attachments: crate::routes::files::attachments_json(c.attachments),
-                metadata,
-                remote_address: remote.as_deref(),
-                local_address: local,
-                rfc822_message_id: rfc822_message_id.as_deref(),
-                provider_thread_id: email.and_then(|e| e.provider_thread_id),
-                in_reply_to: email.and_then(|e| e.in_reply_to),
-                references: email.and_then(|e| e.references),
-                duration_seconds: call.map(|(seconds, _)| seconds),
-                occurred_at: call.map(|(_, at)| at),
-                template_id: c.composed.template.map(|(id, _)| id),
-                template_version: c.composed.template.map(|(_, version)| version),
-                project_id: c.project_id,
-                visibility: c.visibility,
-            },
-            job,
-            state.settings.jobs.max_attempts,
-        )
-        .await?;
-        for (kind, address) in contacts {
-            contact::remember(conn, kind, address, c.customer_id).await?;
-        }
+        let (communication, job_id) =
+            outbound::record(conn, &outbound, state.settings.jobs.max_attempts).await?;
         let mut body = records::communication_json(&communication);
         if let Value::Object(fields) = &mut body {
             fields.insert("job_id".into(), json!(job_id));

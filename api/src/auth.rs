@@ -26,7 +26,7 @@ impl Caller {
 
     /// May this caller see `customer`'s conversation? Wrong tenants get a 404, the same
     /// answer as for a conversation that does not exist, so ids cannot be probed.
-    pub fn ensure_sees(&self, customer: &str) -> Result<(), ApiError> {
+    pub fn ensure_sees(&self, customer: &CustomerId) -> Result<(), ApiError> {
         match self.0.role {
             Role::Staff | Role::Operator => Ok(()),
             Role::Customer
@@ -34,7 +34,7 @@ impl Caller {
                     .0
                     .customer_id
                     .as_ref()
-                    .is_some_and(|own| own.as_str() == customer) =>
+                    .is_some_and(|own| own == customer) =>
             {
                 Ok(())
             }

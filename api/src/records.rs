@@ -7,8 +7,8 @@
 use serde_json::{Value, json};
 
 use commcenter_shared::{
+    communications::Communication,
     domain::{CommunicationStatus, CommunicationType, Direction},
-    store::Communication,
 };
 
 pub fn communication_json(c: &Communication) -> Value {

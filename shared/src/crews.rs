@@ -8,10 +8,12 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
-    domain::{CommunicationType, CustomerId, Direction, ProjectStatus, Role, Visibility},
-    jobs::{NewJob, payloads},
-    store::{self, Communication},
-    templates,
+    communications::{
+        Channel, Communication, Composed, EmailThread, Outbound, Sender,
+        outbound::{self},
+    },
+    contact::Mailbox,
+    domain::{CommunicationType, CustomerId, Direction, ProjectStatus, Visibility},
 };
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -227,7 +229,7 @@ fn with_members(row: CrewRow, members: Vec<Member>) -> Crew {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Project {
     pub id: Uuid,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub title: String,
     pub address: String,
     pub lat: f64,
@@ -351,13 +353,6 @@ pub async fn members_to_text(
     .await
 }
 
-/// Who a message about a crew's work comes from.
-#[derive(Debug, Clone, Copy)]
-pub struct Sender<'a> {
-    pub id: &'a str,
-    pub role: Role,
-}
-
 /// A message to a customer about their crew: which template, and what to say without it.
 pub struct Notice<'a> {
     /// The active template of this name and of the channel's type is used when there
@@ -441,9 +436,7 @@ pub async fn notify_customer(
     senders: Senders<'_>,
     max_attempts: i32,
 ) -> sqlx::Result<Communication> {
-    let customer =
-        CustomerId::parse(&project.customer_id).map_err(|e| sqlx::Error::Decode(e.0.into()))?;
-    let (channel, address) = customer_channel(conn, &customer, senders).await?;
+    let (channel, address) = customer_channel(conn, &project.customer_id, senders).await?;
     let found: Option<(Uuid, i32, String, Option<String>)> = sqlx::query_as(
         "SELECT id, version, content, subject FROM message_templates
          WHERE lower(name) = lower($1) AND type = $2 AND active",
@@ -453,76 +446,68 @@ pub async fn notify_customer(
     .fetch_optional(&mut *conn)
     .await?;
     let rendered = found.and_then(|(id, version, content, subject)| {
-        match templates::render_template(&content, subject.as_deref(), notice.variables) {
-            Ok(rendered) => Some((rendered, (id, version))),
+        match Composed::render((id, version), &content, subject.as_deref(), notice.variables) {
+            Ok(composed) => Some(composed),
             Err(error) => {
                 tracing::warn!(template = %id, %error, "the crew template does not render with title, address, crew and eta; sending the default text");
                 None
             }
         }
     });
-    let (text, subject, template) = match rendered {
-        Some((rendered, template)) => (rendered.message, rendered.subject, Some(template)),
-        None => (notice.fallback.clone(), None, None),
+    let composed = match rendered {
+        Some(composed) => composed,
+        None => Composed::text(notice.fallback.clone()),
     };
-    let id = Uuid::now_v7();
-    let (local, job, subject, message_id) = match channel {
-        CommunicationType::Sms => (
-            senders.sms_from,
-            NewJob::of(&payloads::SendSms {
-                communication_id: id,
-            }),
-            None,
-            None,
-        ),
-        CommunicationType::Email => {
-            let from = senders.email_from.unwrap_or_default();
-            let domain = from.rsplit_once('@').map_or(from, |(_, domain)| domain);
-            (
-                senders.email_from,
-                NewJob::of(&payloads::SendEmail {
-                    communication_id: id,
-                }),
-                Some(subject.unwrap_or_else(|| notice.subject.to_owned())),
-                Some(format!("<{id}@{domain}>")),
-            )
+    let recipient;
+    let channel = match (channel, address.as_deref(), senders) {
+        (
+            CommunicationType::Sms,
+            Some(to),
+            Senders {
+                sms_from: Some(from),
+                ..
+            },
+        ) => Channel::Sms { to, from },
+        (
+            CommunicationType::Email,
+            Some(to),
+            Senders {
+                email_from: Some(from),
+                ..
+            },
+        ) => {
+            recipient = [Mailbox::parse(to).map_err(|e| sqlx::Error::Decode(e.into()))?];
+            Channel::Email {
+                recipients: &recipient,
+                from,
+                thread: EmailThread::default(),
+            }
         }
-        _ => (
-            None,
-            NewJob::of(&payloads::DeliverMessage {
-                communication_id: id,
-            }),
-            None,
-            None,
-        ),
+        _ => Channel::InApp,
     };
-    let (communication, _) = store::insert_communication(
-        conn,
-        &store::NewCommunication {
-            id,
-            customer_id: &customer,
-            communication_type: channel,
-            direction: Direction::Outbound,
-            sender_id: sender.id,
-            sender_role: sender.role.as_str(),
-            subject: subject.as_deref(),
-            message: &text,
-            attachments: serde_json::json!([]),
-            metadata: serde_json::json!({}),
-            remote_address: address.as_deref(),
-            local_address: local,
-            rfc822_message_id: message_id.as_deref(),
-            provider_thread_id: None,
-            in_reply_to: None,
-            references: None,
-            duration_seconds: None,
-            occurred_at: None,
-            template_id: template.map(|(id, _)| id),
-            template_version: template.map(|(_, version)| version),
-            project_id: Some(project.id),
-            visibility: Visibility::Public,
+    // An email needs a subject: the template's, else the notice's own.
+    let composed = match channel {
+        Channel::Email { .. } if composed.subject.is_none() => Composed {
+            subject: Some(notice.subject.to_owned()),
+            ..composed
         },
-        job.for_communication(id).for_customer(&customer),
+        _ => composed,
+    };
+    let (communication, _) = outbound::record(
+        conn,
+        &Outbound {
+            customer_id: &project.customer_id,
+            sender,
+            direction: Direction::Outbound,
+            visibility: Visibility::Public,
+            project_id: Some(project.id),
+            composed: &composed,
+            attachments: serde_json::json!([]),
+            metadata: serde_json::Map::new(),
+            channel,
+            // The customer's own preferences or messages named the address.
+            customer_addresses: false,
+        },
         max_attempts,
     )
     .await?;
@@ -551,43 +536,34 @@ pub async fn text_member(
     text: &str,
     max_attempts: i32,
 ) -> sqlx::Result<Communication> {
+    let crew_conversation;
     let (customer, project_id) = match about {
-        TextAbout::Project(project) => (project.customer_id.clone(), Some(project.id)),
-        TextAbout::Crew(crew) => (format!("crew:{crew}"), None),
+        TextAbout::Project(project) => (&project.customer_id, Some(project.id)),
+        TextAbout::Crew(crew) => {
+            crew_conversation = CustomerId::parse(&format!("crew:{crew}"))
+                .map_err(|e| sqlx::Error::Decode(e.into()))?;
+            (&crew_conversation, None)
+        }
     };
-    let customer = CustomerId::parse(&customer).map_err(|e| sqlx::Error::Decode(e.0.into()))?;
-    let id = Uuid::now_v7();
-    let (communication, _) = store::insert_communication(
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("crew_member".into(), serde_json::json!(member.user_id));
+    let (communication, _) = outbound::record(
         conn,
-        &store::NewCommunication {
-            id,
-            customer_id: &customer,
-            communication_type: CommunicationType::Sms,
+        &Outbound {
+            customer_id: customer,
+            sender: Sender::system("dispatch"),
             direction: Direction::Outbound,
-            sender_id: "dispatch",
-            sender_role: "system",
-            subject: None,
-            message: text,
-            attachments: serde_json::json!([]),
-            metadata: serde_json::json!({ "crew_member": member.user_id }),
-            remote_address: Some(&member.phone),
-            local_address: Some(from_number),
-            rfc822_message_id: None,
-            provider_thread_id: None,
-            in_reply_to: None,
-            references: None,
-            duration_seconds: None,
-            occurred_at: None,
-            template_id: None,
-            template_version: None,
-            project_id,
             visibility: Visibility::Internal,
+            project_id,
+            composed: &Composed::text(text),
+            attachments: serde_json::json!([]),
+            metadata,
+            channel: Channel::Sms {
+                to: &member.phone,
+                from: from_number,
+            },
+            customer_addresses: false,
         },
-        NewJob::of(&payloads::SendSms {
-            communication_id: id,
-        })
-        .for_communication(id)
-        .for_customer(&customer),
         max_attempts,
     )
     .await?;

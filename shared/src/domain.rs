@@ -56,6 +56,35 @@ macro_rules! id_type {
                 Self::parse(&raw).map_err(serde::de::Error::custom)
             }
         }
+
+        // A stored id is read back through `parse`, like every text column: a row
+        // holds an id the code can use, never a string to re-parse.
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let raw = <&str as sqlx::Decode<'r, sqlx::Postgres>>::decode(value)?;
+                Ok(Self::parse(raw)?)
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
     };
 }
 
@@ -114,6 +143,37 @@ text_column!(CommunicationStatus);
 text_column!(ConversationStatus);
 text_column!(Visibility);
 text_column!(ProjectStatus);
+
+/// Where an uploaded file is: being hashed and thumbnailed, ready to use, or refused
+/// by processing (with the reason on the record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileStatus {
+    Processing,
+    Ready,
+    Failed,
+}
+
+impl FileStatus {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "processing" => Ok(Self::Processing),
+            "ready" => Ok(Self::Ready),
+            "failed" => Ok(Self::Failed),
+            other => Err(Invalid(format!("unknown file status {other:?}"))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processing => "processing",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+text_column!(FileStatus);
 
 /// Who a caller is, which decides what they may see and do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -13,10 +13,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
+    communications::Communication,
     domain::{
-        CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction, Role,
+        CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction,
+        FileStatus, Role,
     },
-    store::Communication,
 };
 
 /// One frame on the WebSocket: `{"type": "...", "seq": N, "customer_id": "...", ...}`.
@@ -81,7 +82,7 @@ pub enum EventBody {
     FileStatus {
         file_id: Uuid,
         filename: String,
-        status: String,
+        status: FileStatus,
         #[serde(skip_serializing_if = "Option::is_none", default)]
         reason: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none", default)]

@@ -12,61 +12,64 @@ use uuid::Uuid;
 
 use crate::domain::{ConversationStatus, CustomerId, Receipt, Role, UserId};
 
-/// The job kinds this system runs; each has its own work queue (`{prefix}.jobs.{kind}`).
-pub mod kinds {
+/// The one list of job kinds: each kind's name, its payload type and what it does.
+/// [`kinds`] (a constant per kind, and `kinds::ALL`) and every [`Job`] impl are made
+/// from it, and [`Job`] is sealed to it: a payload type outside the list cannot be
+/// enqueued, so no kind can be left out of `kinds::ALL` (which declares the queues).
+macro_rules! job_kinds {
+    ($( $(#[$doc:meta])* $constant:ident = $name:literal => $payload:ident, )+) => {
+        /// The job kinds this system runs; each has its own work queue
+        /// (`{prefix}.jobs.{kind}`).
+        pub mod kinds {
+            $( $(#[$doc])* pub const $constant: &str = $name; )+
+            /// Every kind, in the registry's order.
+            pub const ALL: &[&str] = &[$($constant),+];
+        }
+        $(
+            impl sealed::Registered for payloads::$payload {}
+            impl Job for payloads::$payload {
+                const KIND: &'static str = kinds::$constant;
+            }
+        )+
+    };
+}
+
+job_kinds! {
     /// Deliver an in-app message to the other party.
-    pub const MESSAGE_DELIVER: &str = "message.deliver";
+    MESSAGE_DELIVER = "message.deliver" => DeliverMessage,
     /// Apply a delivered or read receipt to a communication.
-    pub const RECEIPT_APPLY: &str = "receipt.apply";
+    RECEIPT_APPLY = "receipt.apply" => ApplyReceipt,
     /// Open, close or archive a customer's conversation.
-    pub const CONVERSATION_STATUS: &str = "conversation.status";
-
+    CONVERSATION_STATUS = "conversation.status" => SetConversationStatus,
     /// Hash, sniff, deduplicate and thumbnail an uploaded file.
-    pub const FILE_PROCESS: &str = "file.process";
+    FILE_PROCESS = "file.process" => ProcessFile,
     /// Delete a stored object nothing refers to any more (a deduplicated upload).
-    pub const BLOB_DELETE: &str = "blob.delete";
-
+    BLOB_DELETE = "blob.delete" => DeleteBlob,
     /// Send an SMS or MMS through RingCentral.
-    pub const SMS_SEND: &str = "sms.send";
+    SMS_SEND = "sms.send" => SendSms,
     /// Send an email through Gmail.
-    pub const EMAIL_SEND: &str = "email.send";
+    EMAIL_SEND = "email.send" => SendEmail,
     /// Finish a phone call logged by staff: match it with RingCentral's call log.
-    pub const CALL_LOG: &str = "call.log";
+    CALL_LOG = "call.log" => LogCall,
     /// Act on a notification RingCentral posted to our webhook.
-    pub const RINGCENTRAL_EVENT: &str = "ringcentral.event";
+    RINGCENTRAL_EVENT = "ringcentral.event" => RingCentralEvent,
     /// Pull RingCentral's call log since the last import into phone communications.
-    pub const CALL_LOG_IMPORT: &str = "call_log.import";
-
+    CALL_LOG_IMPORT = "call_log.import" => ImportCallLog,
     /// One batch of an operator's bulk replay or discard (`ops::run_bulk_batch`).
-    pub const OPS_BULK: &str = "ops.bulk";
-
-    /// Read what came into the Gmail mailbox since the last sync; one `email.file` each.
-    pub const EMAIL_SYNC: &str = "email.sync";
-    /// File one inbound email: match it to a customer, record it, announce it.
-    pub const EMAIL_FILE: &str = "email.file";
-
+    OPS_BULK = "ops.bulk" => BulkBatch,
     /// Tell a dispatched crew: `dispatch.new` to its members, an SMS to those offline.
-    pub const DISPATCH_NOTIFY: &str = "dispatch.notify";
+    DISPATCH_NOTIFY = "dispatch.notify" => NotifyDispatch,
     /// Text the members who were connected but have not acknowledged in time.
-    pub const DISPATCH_REMIND: &str = "dispatch.remind";
+    DISPATCH_REMIND = "dispatch.remind" => RemindDispatch,
+    /// Read what came into the Gmail mailbox since the last sync; one `email.file` each.
+    EMAIL_SYNC = "email.sync" => SyncMailbox,
+    /// File one inbound email: match it to a customer, record it, announce it.
+    EMAIL_FILE = "email.file" => FileEmail,
+}
 
-    pub const ALL: &[&str] = &[
-        MESSAGE_DELIVER,
-        RECEIPT_APPLY,
-        CONVERSATION_STATUS,
-        FILE_PROCESS,
-        BLOB_DELETE,
-        SMS_SEND,
-        EMAIL_SEND,
-        CALL_LOG,
-        RINGCENTRAL_EVENT,
-        CALL_LOG_IMPORT,
-        OPS_BULK,
-        DISPATCH_NOTIFY,
-        DISPATCH_REMIND,
-        EMAIL_SYNC,
-        EMAIL_FILE,
-    ];
+/// Only [`job_kinds!`] implements it: what makes the list complete.
+mod sealed {
+    pub trait Registered {}
 }
 
 /// The payloads of the kinds above, shared by the api that enqueues and the workers
@@ -145,12 +148,6 @@ pub mod payloads {
         pub by_user: UserId,
     }
 
-    impl Job for DeliverMessage {
-        const KIND: &'static str = kinds::MESSAGE_DELIVER;
-    }
-    impl Job for ApplyReceipt {
-        const KIND: &'static str = kinds::RECEIPT_APPLY;
-    }
     /// `email.sync`: from where the last sync stopped (kept in `gmail_sync`).
     #[derive(Debug, Clone, Default, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -163,11 +160,11 @@ pub mod payloads {
         pub gmail_id: String,
     }
 
-    impl Job for SyncMailbox {
-        const KIND: &'static str = kinds::EMAIL_SYNC;
-    }
-    impl Job for FileEmail {
-        const KIND: &'static str = kinds::EMAIL_FILE;
+    /// `ops.bulk`: one batch of the bulk action (`ops_bulk_actions`).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BulkBatch {
+        pub action_id: Uuid,
     }
 
     /// `dispatch.notify`: the dispatch is in `dispatches`.
@@ -184,42 +181,13 @@ pub mod payloads {
     pub struct RemindDispatch {
         pub dispatch_id: Uuid,
     }
-
-    impl Job for NotifyDispatch {
-        const KIND: &'static str = kinds::DISPATCH_NOTIFY;
-    }
-    impl Job for RemindDispatch {
-        const KIND: &'static str = kinds::DISPATCH_REMIND;
-    }
-    impl Job for SetConversationStatus {
-        const KIND: &'static str = kinds::CONVERSATION_STATUS;
-    }
-    impl Job for ProcessFile {
-        const KIND: &'static str = kinds::FILE_PROCESS;
-    }
-    impl Job for DeleteBlob {
-        const KIND: &'static str = kinds::BLOB_DELETE;
-    }
-    impl Job for SendSms {
-        const KIND: &'static str = kinds::SMS_SEND;
-    }
-    impl Job for SendEmail {
-        const KIND: &'static str = kinds::EMAIL_SEND;
-    }
-    impl Job for LogCall {
-        const KIND: &'static str = kinds::CALL_LOG;
-    }
-    impl Job for RingCentralEvent {
-        const KIND: &'static str = kinds::RINGCENTRAL_EVENT;
-    }
-    impl Job for ImportCallLog {
-        const KIND: &'static str = kinds::CALL_LOG_IMPORT;
-    }
 }
 
 /// A job kind's payload: what the api enqueues ([`NewJob::of`]) and the kind's
 /// handler receives, decoded. The type names the kind, so the two cannot disagree.
-pub trait Job: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+pub trait Job:
+    sealed::Registered + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
     /// The kind: the `kind` column and the work queue `{prefix}.jobs.{KIND}`.
     const KIND: &'static str;
 }
@@ -570,6 +538,249 @@ pub async fn mark_dead(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The broker dead-lettered the job: its death history (`x-death`) is kept beside the
+/// state [`mark_dead`] wrote.
+pub async fn record_broker_death(
+    conn: &mut PgConnection,
+    id: Uuid,
+    death: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET broker_death = $2 WHERE id = $1")
+        .bind(id)
+        .bind(death)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The relay's half of the outbox: jobs the broker confirmed are `queued` (a row an
+/// operator replayed meanwhile is `pending` again and keeps that state).
+pub async fn mark_published(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', queued_at = now(), updated_at = now()
+         WHERE id = ANY($1) AND state = 'pending'",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What an operator can do to jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Run it again from the outbox, attempts counted afresh.
+    Replay,
+    /// Cancel it: it will not run (again).
+    Discard,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replay => "replay",
+            Self::Discard => "discard",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "replay" => Some(Self::Replay),
+            "discard" => Some(Self::Discard),
+            _ => None,
+        }
+    }
+
+    /// The states this action applies to. A retrying job can be replayed (it runs now
+    /// instead of after its delay); a pending or queued one is about to run already.
+    pub fn eligible(self) -> &'static [JobState] {
+        match self {
+            Self::Replay => &[JobState::Dead, JobState::Cancelled, JobState::Retrying],
+            Self::Discard => &[
+                JobState::Pending,
+                JobState::Queued,
+                JobState::Retrying,
+                JobState::Dead,
+            ],
+        }
+    }
+
+    /// What a filter with no state means for this action.
+    pub fn default_states(self) -> &'static [JobState] {
+        &[JobState::Dead]
+    }
+
+    /// Why this action does not apply to a job in `state`, for the operator.
+    pub fn refusal(self, state: JobState) -> Option<String> {
+        if self.eligible().contains(&state) {
+            return None;
+        }
+        Some(match (self, state) {
+            (Self::Replay, JobState::Succeeded) => {
+                "the job already succeeded; replaying it could repeat its effect".to_owned()
+            }
+            (Self::Replay, JobState::Pending | JobState::Queued | JobState::Running) => {
+                format!("the job is {}: it is about to run already", state.as_str())
+            }
+            (Self::Discard, JobState::Succeeded) => {
+                "the job already succeeded; there is nothing to discard".to_owned()
+            }
+            (Self::Discard, JobState::Cancelled) => "the job is already discarded".to_owned(),
+            (_, state) => format!("a {} job cannot be {}ed", state.as_str(), self.as_str()),
+        })
+    }
+
+    pub fn audit_name(self, bulk: bool) -> &'static str {
+        match (self, bulk) {
+            (Self::Replay, false) => "replay",
+            (Self::Discard, false) => "discard",
+            (Self::Replay, true) => "bulk_replay",
+            (Self::Discard, true) => "bulk_discard",
+        }
+    }
+}
+
+/// A job an action moved.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ActedOn {
+    pub id: Uuid,
+    pub kind: String,
+    pub communication_id: Option<Uuid>,
+}
+
+/// Acts on up to `limit` eligible jobs that `pick` selects (it pushes `AND …`
+/// conditions over `jobs`), in one statement: takes their row locks, skipping rows
+/// someone else holds (another action, a running attempt), writes their new state and
+/// an audit entry each. Returns the jobs acted on, in id order.
+pub async fn act(
+    conn: &mut PgConnection,
+    action: Action,
+    pick: impl FnOnce(&mut sqlx::QueryBuilder<'_, sqlx::Postgres>),
+    audit: &Audit<'_>,
+    limit: i64,
+) -> sqlx::Result<Vec<ActedOn>> {
+    let mut q = sqlx::QueryBuilder::new(
+        "WITH picked AS (
+             SELECT id, state AS previous_state, last_error AS previous_error,
+                    last_error_class AS previous_error_class
+             FROM jobs WHERE TRUE",
+    );
+    pick(&mut q);
+    let eligible: Vec<&str> = action.eligible().iter().map(|s| s.as_str()).collect();
+    q.push(" AND state = ANY(")
+        .push_bind(eligible)
+        .push(") ORDER BY id LIMIT ")
+        .push_bind(limit)
+        .push(" FOR UPDATE SKIP LOCKED), acted AS (UPDATE jobs j SET ");
+    q.push(match action {
+        Action::Replay => {
+            "state = 'pending', attempt_base = j.attempts, generation = j.generation + 1,
+             next_attempt_at = NULL, last_error = NULL, last_error_class = NULL,
+             first_failed_at = NULL, last_failed_at = NULL, queued_at = NULL, finished_at = NULL,
+             replayed_at = now(), updated_at = now()"
+        }
+        Action::Discard => {
+            "state = 'cancelled', next_attempt_at = NULL, finished_at = now(), updated_at = now()"
+        }
+    });
+    q.push(
+        " FROM picked WHERE j.id = picked.id
+          RETURNING j.id, j.kind, j.communication_id, picked.previous_state, picked.previous_error,
+                    picked.previous_error_class),
+         audited AS (INSERT INTO ops_audit (operator, action, job_id, action_id, reason,
+                                            previous_state, previous_error, previous_error_class)
+                     SELECT ",
+    )
+    .push_bind(audit.operator.to_owned())
+    .push(", ")
+    .push_bind(action.as_str())
+    .push(", id, ")
+    .push_bind(audit.action_id)
+    .push(", ")
+    .push_bind(audit.reason.to_owned())
+    .push(
+        ", previous_state, previous_error, previous_error_class FROM acted)
+         SELECT id, kind, communication_id FROM acted ORDER BY id",
+    );
+    q.build_query_as().fetch_all(conn).await
+}
+
+/// Who acted and why, for the audit entry of each job acted on.
+#[derive(Debug, Clone, Copy)]
+pub struct Audit<'a> {
+    pub operator: &'a str,
+    pub reason: &'a str,
+    /// The bulk action this is a batch of.
+    pub action_id: Option<Uuid>,
+}
+
+/// The rescuer's write: up to `limit` jobs whose broker message is overdue by more
+/// than `margin` (`queued` that long, or `retrying` that long past `next_attempt_at`)
+/// go back to `pending` with a new generation, keeping their attempts, each with an
+/// audit entry by `rescuer` saying how overdue it was. Rows being run are locked, and
+/// skipped. Returns the jobs put back, in id order.
+pub async fn put_back_overdue(
+    conn: &mut PgConnection,
+    margin: std::time::Duration,
+    limit: i64,
+    rescuer: &str,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "WITH picked AS (
+             SELECT id, state AS previous_state, last_error AS previous_error,
+                    last_error_class AS previous_error_class,
+                    CASE WHEN state = 'queued' THEN queued_at ELSE next_attempt_at END AS due_at
+             FROM jobs
+             WHERE (state = 'queued' AND queued_at < now() - make_interval(secs => $1))
+                OR (state = 'retrying' AND next_attempt_at < now() - make_interval(secs => $1))
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),
+         rescued AS (
+             UPDATE jobs j SET state = 'pending', generation = j.generation + 1,
+                               queued_at = NULL, next_attempt_at = NULL, updated_at = now()
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, picked.previous_state, picked.previous_error,
+                       picked.previous_error_class, picked.due_at),
+         audited AS (
+             INSERT INTO ops_audit (operator, action, job_id, reason, previous_state,
+                                    previous_error, previous_error_class)
+             SELECT $3, 'rescue', id,
+                    format('its broker message was overdue: %s since %s, %s s past the margin',
+                           previous_state, to_char(due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                           round(extract(epoch FROM now() - due_at)::numeric - $1::numeric)),
+                    previous_state, previous_error, previous_error_class
+             FROM rescued)
+         SELECT id FROM rescued ORDER BY id",
+    )
+    .bind(margin.as_secs_f64())
+    .bind(limit)
+    .bind(rescuer)
+    .fetch_all(conn)
+    .await
+}
+
+/// Retention: deletes up to `limit` succeeded or cancelled jobs that finished more
+/// than `older_than` ago (their attempts go with them); returns how many went. Dead
+/// jobs stay until an operator acts.
+pub async fn delete_finished(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM jobs WHERE id IN (
+             SELECT id FROM jobs
+             WHERE state IN ('succeeded', 'cancelled')
+               AND finished_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 /// Records a message the broker or a worker could not tie to a ledger row (it did not

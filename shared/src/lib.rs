@@ -8,7 +8,10 @@
 //!   normalised, and which customer it belongs to.
 //! - [`auth`]: the HS256 bearer tokens the api accepts and `commcenterctl token` prints.
 //! - [`db`]: the PostgreSQL pool and the migrations (the one source of the schema).
-//! - [`store`]: small repository functions over the tables, each taking an executor.
+//! - [`communications`]: every message, email, SMS and call: the row, its reads, what we
+//!   send composed one way ([`communications::outbound`]), and every change of its
+//!   state with the event it announces ([`communications::writes`]).
+//! - [`store`]: repository functions over conversations, files and blobs.
 //! - [`crews`]: field crews and members, projects at customers' sites, dispatches,
 //!   crews' positions (and the distance between two of them).
 //! - [`jobs`]: the job ledger: enqueueing a job in the caller's transaction (the outbox),
@@ -40,6 +43,7 @@ pub mod analytics;
 pub mod auth;
 pub mod blob;
 pub mod broker;
+pub mod communications;
 pub mod contact;
 pub mod crews;
 pub mod db;

@@ -19,9 +19,13 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    domain::{CommunicationType, CustomerId, Direction, Invalid, Visibility},
-    jobs::{NewJob, payloads},
-    store,
+    communications::{
+        Channel, Composed, EmailThread, Outbound, Sender,
+        outbound::{self},
+        writes,
+    },
+    contact::Mailbox,
+    domain::{CustomerId, Direction, Invalid, Visibility},
 };
 
 /// Where an unread in-app message goes on to.
@@ -290,67 +294,46 @@ async fn fall_back(
     if unread.is_empty() {
         return Ok(false);
     }
-    let id = Uuid::now_v7();
     let carried: Vec<Uuid> = unread.iter().map(|(id, _, _)| *id).collect();
     let (text, subject) = compose(&unread, channel, settings.portal_url.as_deref());
-    let (communication_type, job, message_id) = match channel {
+    let recipient;
+    let channel_to = match channel {
         FallbackChannel::Email => {
-            let domain = from.rsplit_once('@').map_or(from, |(_, domain)| domain);
-            (
-                CommunicationType::Email,
-                NewJob::of(&payloads::SendEmail {
-                    communication_id: id,
-                }),
-                Some(format!("<{id}@{domain}>")),
-            )
+            recipient = [Mailbox::parse(address).map_err(|e| sqlx::Error::Decode(e.into()))?];
+            Channel::Email {
+                recipients: &recipient,
+                from,
+                thread: EmailThread::default(),
+            }
         }
-        _ => (
-            CommunicationType::Sms,
-            NewJob::of(&payloads::SendSms {
-                communication_id: id,
-            }),
-            None,
-        ),
+        _ => Channel::Sms { to: address, from },
     };
-    store::insert_communication(
+    let composed = Composed {
+        subject,
+        ..Composed::text(text)
+    };
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("fallback_for".into(), json!(carried));
+    let (fallback, _) = outbound::record(
         &mut tx,
-        &store::NewCommunication {
-            id,
+        &Outbound {
             customer_id: customer,
-            communication_type,
+            sender: Sender::system("fallback"),
             direction: Direction::Outbound,
-            sender_id: "fallback",
-            sender_role: "system",
-            subject: subject.as_deref(),
-            message: &text,
-            attachments: json!([]),
-            metadata: json!({ "fallback_for": carried }),
-            remote_address: Some(address),
-            local_address: Some(from),
-            rfc822_message_id: message_id.as_deref(),
-            provider_thread_id: None,
-            in_reply_to: None,
-            references: None,
-            duration_seconds: None,
-            occurred_at: None,
-            template_id: None,
-            template_version: None,
-            project_id: None,
             visibility: Visibility::Public,
+            project_id: None,
+            composed: &composed,
+            attachments: json!([]),
+            metadata,
+            channel: channel_to,
+            // The customer's own preferences named the address.
+            customer_addresses: false,
         },
-        job.for_communication(id).for_customer(customer),
         settings.max_attempts,
     )
     .await?;
-    sqlx::query(
-        "UPDATE communications SET fallback_id = $2, fallback_channel = $3, updated_at = now()
-         WHERE id = ANY($1)",
-    )
-    .bind(&carried)
-    .bind(id)
-    .bind(channel.as_str())
-    .execute(&mut *tx)
-    .await?;
+    let id = fallback.id;
+    writes::link_fallback(&mut tx, &carried, id, channel.as_str()).await?;
     tx.commit().await?;
     tracing::info!(customer = %customer, fallback = %id, channel = channel.as_str(), messages = carried.len(), "unread messages fell back");
     Ok(true)
@@ -430,27 +413,6 @@ pub async fn still_unread(conn: &mut PgConnection, metadata: &Value) -> sqlx::Re
     .bind(&ids)
     .fetch_one(conn)
     .await
-}
-
-/// A fallback whose messages were all read before it went: it is not sent, and says
-/// why; the messages no longer point at it.
-pub async fn cancel_fallback(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE communications SET status = 'failed', updated_at = now(),
-                failure_reason = 'not sent: every message it carried was read first'
-         WHERE id = $1 AND status = 'queued'",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE communications SET fallback_id = NULL, fallback_channel = NULL, updated_at = now()
-         WHERE fallback_id = $1",
-    )
-    .bind(id)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::{
     broker::{self, Topology},
     events,
-    jobs::Envelope,
+    jobs::{self, Envelope},
     settings::{BrokerSettings, RelaySettings},
 };
 
@@ -175,13 +175,7 @@ impl Relay {
                 published.push(*job_id);
             }
         }
-        sqlx::query(
-            "UPDATE jobs SET state = 'queued', queued_at = now(), updated_at = now()
-             WHERE id = ANY($1) AND state = 'pending'",
-        )
-        .bind(&published)
-        .execute(&mut *tx)
-        .await?;
+        jobs::mark_published(&mut tx, &published).await?;
         tx.commit().await?;
         // Counted as published, not selected: a batch the broker would not route stays
         // pending, and must not keep the drain loop spinning on it.

@@ -10,8 +10,8 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use crate::{
+    communications::{COLUMNS as COMMUNICATION_COLUMNS, Communication},
     domain::{CommunicationStatus, CommunicationType, CustomerId, Direction},
-    store::{COMMUNICATION_COLUMNS, Communication},
 };
 
 /// What to search for, and in what.

@@ -4,318 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{
-    CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction, Visibility,
-};
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Communication {
-    pub id: Uuid,
-    pub customer_id: String,
-    #[serde(rename = "type")]
-    #[sqlx(rename = "type")]
-    pub communication_type: CommunicationType,
-    pub direction: Direction,
-    pub sender_id: String,
-    pub sender_role: String,
-    pub subject: Option<String>,
-    pub message: String,
-    pub status: CommunicationStatus,
-    pub failure_reason: Option<String>,
-    pub attachments: Value,
-    pub metadata: Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub read_at: Option<DateTime<Utc>>,
-    /// SMS, email and calls: the other party (E.164 number or address) and our own.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_address: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub local_address: Option<String>,
-    /// What the provider calls it and says of it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_message_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_status: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_thread_id: Option<String>,
-    /// Email: our Message-ID and the ones it replies to (space-separated `references`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rfc822_message_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_reply_to: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub references: Option<String>,
-    /// Calls: how long, and when.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_seconds: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub occurred_at: Option<DateTime<Utc>>,
-    /// Who posted the read receipt.
-    pub read_by: Option<String>,
-    pub edited_at: Option<DateTime<Utc>>,
-    /// A deleted message is kept as a tombstone: its text and files are not shown.
-    pub deleted_at: Option<DateTime<Utc>>,
-    pub deleted_by: Option<String>,
-    /// Rendered from this template, at this version.
-    pub template_id: Option<Uuid>,
-    pub template_version: Option<i32>,
-    /// The project (a job at the customer's site) it belongs to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub project_id: Option<Uuid>,
-    /// `internal`: staff and the project's crew only.
-    pub visibility: Visibility,
-    /// The SMS or email this unread in-app message went on in (shown as `fallback`).
-    #[serde(skip)]
-    pub fallback_id: Option<Uuid>,
-    #[serde(skip)]
-    pub fallback_channel: Option<String>,
-}
-
-pub const COMMUNICATION_COLUMNS: &str = "id, customer_id, type, direction, sender_id, sender_role, subject, message,
-    status, failure_reason, attachments, metadata, created_at, updated_at, sent_at, delivered_at, read_at,
-    remote_address, local_address, provider_message_id, provider_status, provider_thread_id,
-    rfc822_message_id, in_reply_to, \"references\", duration_seconds, occurred_at, read_by, edited_at,
-    deleted_at, deleted_by, template_id, template_version, project_id, visibility, fallback_id,
-    fallback_channel";
-
-/// A communication as the api accepts it: every column a send can set.
-#[derive(Debug, Clone)]
-pub struct NewCommunication<'a> {
-    pub id: Uuid,
-    pub customer_id: &'a CustomerId,
-    pub communication_type: CommunicationType,
-    pub direction: Direction,
-    pub sender_id: &'a str,
-    pub sender_role: &'a str,
-    pub subject: Option<&'a str>,
-    pub message: &'a str,
-    pub attachments: Value,
-    pub metadata: Value,
-    /// SMS, email, calls: the other party, and our own number or mailbox.
-    pub remote_address: Option<&'a str>,
-    pub local_address: Option<&'a str>,
-    /// Email: our Message-ID, the Gmail thread, and the ids it answers.
-    pub rfc822_message_id: Option<&'a str>,
-    pub provider_thread_id: Option<&'a str>,
-    pub in_reply_to: Option<&'a str>,
-    pub references: Option<&'a str>,
-    /// Calls: how long, and when.
-    pub duration_seconds: Option<i32>,
-    pub occurred_at: Option<DateTime<Utc>>,
-    pub template_id: Option<Uuid>,
-    pub template_version: Option<i32>,
-    pub project_id: Option<Uuid>,
-    pub visibility: Visibility,
-}
-
-/// Inserts the communication and the job that carries it out, in one statement (one
-/// round trip, atomic on its own); answers the row and the job's id.
-pub async fn insert_communication(
-    conn: &mut PgConnection,
-    c: &NewCommunication<'_>,
-    job: crate::jobs::NewJob,
-    max_attempts: i32,
-) -> sqlx::Result<(Communication, Uuid)> {
-    let job_id = Uuid::now_v7();
-    let communication = sqlx::query_as(&format!(
-        r#"WITH job AS ({})
-           INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject,
-               message, attachments, metadata, remote_address, local_address, rfc822_message_id,
-               provider_thread_id, in_reply_to, "references", duration_seconds, occurred_at,
-               template_id, template_version, project_id, visibility)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                   $21, $22)
-           RETURNING {COMMUNICATION_COLUMNS}"#,
-        crate::jobs::insert_statement(23)
-    ))
-    .bind(c.id)
-    .bind(c.customer_id.as_str())
-    .bind(c.communication_type.as_str())
-    .bind(c.direction.as_str())
-    .bind(c.sender_id)
-    .bind(c.sender_role)
-    .bind(c.subject)
-    .bind(c.message)
-    .bind(&c.attachments)
-    .bind(&c.metadata)
-    .bind(c.remote_address)
-    .bind(c.local_address)
-    .bind(c.rfc822_message_id)
-    .bind(c.provider_thread_id)
-    .bind(c.in_reply_to)
-    .bind(c.references)
-    .bind(c.duration_seconds)
-    .bind(c.occurred_at)
-    .bind(c.template_id)
-    .bind(c.template_version)
-    .bind(c.project_id)
-    .bind(c.visibility)
-    .bind(job_id)
-    .bind(job.kind)
-    .bind(&job.payload)
-    .bind(max_attempts)
-    .bind(job.communication_id)
-    .bind(job.customer_id.as_ref().map(CustomerId::as_str))
-    .fetch_one(conn)
-    .await?;
-    Ok((communication, job_id))
-}
-
-/// An email that came into the mailbox, as it is filed in a customer's conversation.
-#[derive(Debug, Clone)]
-pub struct InboundEmail<'a> {
-    pub customer_id: &'a str,
-    pub gmail_id: &'a str,
-    pub thread_id: &'a str,
-    /// With angle brackets, as `rfc822_message_id` keeps them.
-    pub message_id: Option<&'a str>,
-    pub sender: &'a str,
-    pub subject: &'a str,
-    pub text: &'a str,
-    pub in_reply_to: Option<&'a str>,
-    /// Space-separated.
-    pub references: Option<&'a str>,
-    pub received_at: DateTime<Utc>,
-    /// Our mailbox: the local address.
-    pub mailbox: &'a str,
-}
-
-/// Files an inbound email (`delivered`: it is here); `None` if this Gmail message was
-/// filed before.
-pub async fn insert_inbound_email(
-    conn: &mut PgConnection,
-    e: &InboundEmail<'_>,
-) -> sqlx::Result<Option<Communication>> {
-    sqlx::query_as(&format!(
-        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
-             subject, message, status, remote_address, local_address,
-             provider_message_id, provider_thread_id, rfc822_message_id, in_reply_to,
-             \"references\", occurred_at, sent_at, delivered_at)
-         VALUES ($1, $2, 'email', 'inbound', $3, 'customer', $4, $5, 'delivered', $3, $6,
-                 $7, $8, $9, $10, $11, $12, $12, now())
-         ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
-         RETURNING {COMMUNICATION_COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(e.customer_id)
-    .bind(e.sender)
-    .bind(e.subject)
-    .bind(e.text)
-    .bind(e.mailbox)
-    .bind(e.gmail_id)
-    .bind(e.thread_id)
-    .bind(e.message_id)
-    .bind(e.in_reply_to)
-    .bind(e.references)
-    .bind(e.received_at)
-    .fetch_optional(conn)
-    .await
-}
-
-pub async fn find_communication(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> sqlx::Result<Option<Communication>> {
-    sqlx::query_as(&format!(
-        "SELECT {COMMUNICATION_COLUMNS} FROM communications WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Moves a communication's status forward, never back: `queued → sent → delivered →
-/// read`, and `failed` from anything but `read` (a message read cannot fail). Returns
-/// the previous status when it moved, `None` when the move would go backwards or
-/// sideways (a late receipt).
-pub async fn advance_status(
-    conn: &mut PgConnection,
-    id: Uuid,
-    to: CommunicationStatus,
-    reason: Option<&str>,
-) -> sqlx::Result<Option<CommunicationStatus>> {
-    advance_status_by(conn, id, to, reason, None).await
-}
-
-/// [`advance_status`], naming who moved it: a read receipt keeps its reader (`read_by`).
-pub async fn advance_status_by(
-    conn: &mut PgConnection,
-    id: Uuid,
-    to: CommunicationStatus,
-    reason: Option<&str>,
-    by: Option<&str>,
-) -> sqlx::Result<Option<CommunicationStatus>> {
-    // The rank comparison lives in SQL so the check and the write are one statement.
-    let previous: Option<String> = sqlx::query_scalar(
-        "WITH current AS (SELECT status FROM communications WHERE id = $1 FOR UPDATE)
-         UPDATE communications c SET
-             status = $2,
-             failure_reason = CASE WHEN $2 = 'failed' THEN $3 ELSE NULL END,
-             updated_at = now(),
-             sent_at = CASE WHEN $2 IN ('sent', 'delivered', 'read') THEN COALESCE(c.sent_at, now()) ELSE c.sent_at END,
-             delivered_at = CASE WHEN $2 IN ('delivered', 'read') THEN COALESCE(c.delivered_at, now()) ELSE c.delivered_at END,
-             read_at = CASE WHEN $2 = 'read' THEN COALESCE(c.read_at, now()) ELSE c.read_at END,
-             read_by = CASE WHEN $2 = 'read' THEN COALESCE(c.read_by, $4) ELSE c.read_by END
-         FROM current
-         WHERE c.id = $1
-           AND current.status <> 'failed'
-           AND array_position(ARRAY['queued','sent','delivered','read','failed'], current.status)
-             < array_position(ARRAY['queued','sent','delivered','read','failed'], $2::text)
-           AND NOT ($2 = 'failed' AND current.status = 'read')
-         RETURNING current.status",
-    )
-    .bind(id)
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(by)
-    .fetch_optional(conn)
-    .await?;
-    Ok(previous.and_then(|p| CommunicationStatus::parse(&p).ok()))
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct CommunicationFilter {
-    pub customer_id: Option<CustomerId>,
-    pub communication_type: Option<CommunicationType>,
-    pub project_id: Option<Uuid>,
-    /// Leave out internal notes (a customer's listing).
-    pub public_only: bool,
-    /// Strictly older than this (created_at, id): the cursor of the previous page.
-    pub before: Option<(DateTime<Utc>, Uuid)>,
-    pub limit: i64,
-}
-
-/// Newest first, keyset-paginated on (created_at, id).
-pub async fn list_communications(
-    pool: &PgPool,
-    f: &CommunicationFilter,
-) -> sqlx::Result<Vec<Communication>> {
-    sqlx::query_as(&format!(
-        "SELECT {COMMUNICATION_COLUMNS} FROM communications
-         WHERE ($1::text IS NULL OR customer_id = $1)
-           AND ($2::text IS NULL OR type = $2)
-           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-           AND ($6::uuid IS NULL OR project_id = $6)
-           AND (NOT $7 OR visibility = 'public')
-         ORDER BY created_at DESC, id DESC
-         LIMIT $5"
-    ))
-    .bind(f.customer_id.as_ref().map(CustomerId::as_str))
-    .bind(f.communication_type.map(CommunicationType::as_str))
-    .bind(f.before.map(|b| b.0))
-    .bind(f.before.map(|b| b.1).unwrap_or_default())
-    .bind(f.limit)
-    .bind(f.project_id)
-    .bind(f.public_only)
-    .fetch_all(pool)
-    .await
-}
+use crate::domain::{ConversationStatus, CustomerId, Direction, FileStatus};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Conversation {
@@ -364,7 +56,7 @@ pub async fn set_conversation_status(
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct FileRecord {
     pub id: Uuid,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub communication_id: Option<Uuid>,
     pub uploaded_by: String,
     pub original_name: String,
@@ -375,7 +67,7 @@ pub struct FileRecord {
     #[serde(skip)]
     pub staging_key: Option<String>,
     pub sha256: Option<String>,
-    pub status: String,
+    pub status: FileStatus,
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -437,6 +129,24 @@ pub async fn find_file(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option
         .bind(id)
         .fetch_optional(conn)
         .await
+}
+
+/// The files as a communication lists them (the shape of in-app messages').
+pub fn attachment_list(files: &[FileRecord]) -> Value {
+    files
+        .iter()
+        .map(|file| {
+            serde_json::json!({
+                "file_id": file.id,
+                "filename": file.original_name,
+                "url": crate::filetype::file_url(&file.stored_name),
+                "thumbnail_url": (file.file_category == "images")
+                    .then(|| crate::filetype::thumbnail_url(&file.stored_name)),
+                "file_type": file.file_type,
+                "file_size": file.file_size,
+            })
+        })
+        .collect()
 }
 
 /// The customer's files among `ids` (others' files are not returned).
@@ -559,74 +269,6 @@ pub async fn mark_file_failed(
     .await?
     .rows_affected();
     Ok(changed > 0)
-}
-
-/// What an edit or a delete did to an in-app message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change<'a> {
-    Edit { message: &'a str },
-    Delete,
-}
-
-/// Edits or deletes the (locked) communication, keeping what it said before in
-/// `communication_edits`; returns the row as it now is.
-pub async fn change_message(
-    conn: &mut PgConnection,
-    before: &Communication,
-    change: Change<'_>,
-    by_user: &str,
-    by_role: &str,
-) -> sqlx::Result<Communication> {
-    let action = match change {
-        Change::Edit { .. } => "edit",
-        Change::Delete => "delete",
-    };
-    sqlx::query(
-        "INSERT INTO communication_edits (communication_id, action, previous_message, previous_attachments, by_user, by_role)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(before.id)
-    .bind(action)
-    .bind(&before.message)
-    .bind(&before.attachments)
-    .bind(by_user)
-    .bind(by_role)
-    .execute(&mut *conn)
-    .await?;
-    let (message, deleting) = match change {
-        Change::Edit { message } => (Some(message), false),
-        Change::Delete => (None, true),
-    };
-    sqlx::query_as(&format!(
-        "UPDATE communications SET
-             message = CASE WHEN $3 THEN '' ELSE coalesce($2, message) END,
-             attachments = CASE WHEN $3 THEN '[]'::jsonb ELSE attachments END,
-             edited_at = CASE WHEN $3 THEN edited_at ELSE now() END,
-             deleted_at = CASE WHEN $3 THEN now() ELSE deleted_at END,
-             deleted_by = CASE WHEN $3 THEN $4 ELSE deleted_by END,
-             updated_at = now()
-         WHERE id = $1
-         RETURNING {COMMUNICATION_COLUMNS}"
-    ))
-    .bind(before.id)
-    .bind(message)
-    .bind(deleting)
-    .bind(by_user)
-    .fetch_one(conn)
-    .await
-}
-
-/// Locks the communication's row for the rest of the transaction.
-pub async fn lock_communication(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> sqlx::Result<Option<Communication>> {
-    sqlx::query_as(&format!(
-        "SELECT {COMMUNICATION_COLUMNS} FROM communications WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
 }
 
 /// One row of the conversation list: the conversation, its latest message and what

@@ -13,11 +13,12 @@ use lapin::{
 use serde_json::{Map, Value, json};
 
 use commcenter_shared::{
+    communications::writes,
     jobs::{self, Envelope, ErrorClass},
     relay::generation_of,
 };
 
-use crate::{handlers::messages::fail_communication, job::JobContext, runtime::Runtime};
+use crate::{job::JobContext, runtime::Runtime};
 
 /// The last stop: a dead letter is held, and recording retried with backoff, until the
 /// ledger takes it. A nack would count towards the dead queue's own delivery limit
@@ -77,11 +78,7 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
         }
         Some(row) => {
             jobs::mark_dead(&mut tx, row.id, row.attempts, class, &reason).await?;
-            sqlx::query("UPDATE jobs SET broker_death = $2 WHERE id = $1")
-                .bind(row.id)
-                .bind(&death)
-                .execute(&mut *tx)
-                .await?;
+            jobs::record_broker_death(&mut tx, row.id, &death).await?;
             if let Some(handler) = runtime.registry.get(&row.kind) {
                 let job =
                     JobContext::new(row.id, row.kind.clone(), row.payload.clone(), row.attempts);
@@ -89,7 +86,7 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
             } else if let Some(communication_id) = row.communication_id {
                 // This worker does not run the kind (WORKER_KINDS split the roles):
                 // the communication it served still shows as failed.
-                fail_communication(&mut tx, communication_id, &reason).await?;
+                writes::fail(&mut tx, communication_id, &reason).await?;
             }
             tracing::error!(job_id = %row.id, kind = %row.kind, error_class = class.as_str(), reason, "broker dead-lettered a job");
         }

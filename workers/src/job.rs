@@ -9,7 +9,10 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use commcenter_shared::jobs::{Job, ProviderReport};
+use commcenter_shared::{
+    communications::writes,
+    jobs::{Job, ProviderReport},
+};
 
 /// How a handler failed: the runtime retries the first and dead-letters the second.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,9 +145,16 @@ pub trait Handler<J: Job>: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The communication this job carries out (a send, a delivery, a logged call), if
+    /// it carries one out: when the job dies, the communication fails with the reason
+    /// and the conversation hears of it. Default: none.
+    fn delivers(&self, _job: &J) -> Option<Uuid> {
+        None
+    }
+
     /// Runs in the transaction that marks the job dead (permanent failure, attempts
-    /// exhausted, or dead-lettered by the broker), so what the job served shows as
-    /// failed and the sender hears of it. Default: nothing.
+    /// exhausted, or dead-lettered by the broker), so what else the job served (beyond
+    /// [`Handler::delivers`]) shows as failed. Default: nothing.
     async fn on_dead(
         &self,
         _conn: &mut PgConnection,
@@ -196,6 +206,9 @@ impl<J: Job, H: Handler<J>> AnyHandler for Typed<J, H> {
         let Ok(job) = context.decode::<J>() else {
             return Ok(());
         };
+        if let Some(communication) = self.handler.delivers(&job) {
+            writes::fail(conn, communication, reason).await?;
+        }
         self.handler.on_dead(conn, &job, context, reason).await
     }
 }

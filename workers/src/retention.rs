@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use commcenter_shared::jobs;
+
 /// How often a worker process prunes.
 pub const INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// How long the live chart's counts and queue depths are kept.
@@ -81,17 +83,17 @@ pub struct Pruned {
 /// transaction grows large. Dead jobs stay until an operator acts.
 pub async fn prune(pool: &PgPool, keep: &Keep, batch: i64) -> sqlx::Result<Pruned> {
     Ok(Pruned {
-        jobs: delete_in_batches(
-            pool,
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state IN ('succeeded', 'cancelled')
-                   AND finished_at < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            keep.jobs,
-            batch,
-        )
-        .await?,
+        jobs: {
+            let mut total = 0;
+            loop {
+                let mut conn = pool.acquire().await?;
+                let deleted = jobs::delete_finished(&mut conn, keep.jobs, batch).await?;
+                total += deleted;
+                if (deleted as i64) < batch {
+                    break total;
+                }
+            }
+        },
         idempotency_keys: delete_in_batches(
             pool,
             "DELETE FROM idempotency_keys WHERE ctid IN (

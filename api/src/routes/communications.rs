@@ -22,13 +22,15 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
+    communications::{
+        self, Communication, CommunicationFilter,
+        writes::{self, Change, Editor},
+    },
     crews,
     domain::{
         CommunicationType, CustomerId, Direction, MessageText, Receipt, Role, Visibility, is_blank,
     },
-    events::{self, Event, EventBody},
     jobs::{self, NewJob, payloads},
-    store::{self, Change, Communication, CommunicationFilter},
 };
 
 use super::parse_uuid;
@@ -100,7 +102,7 @@ pub async fn list(
         before,
         limit: limit + 1,
     };
-    let mut rows = store::list_communications(&state.pool, &filter).await?;
+    let mut rows = communications::list(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last()
@@ -124,7 +126,7 @@ pub(crate) fn visible_customer(
         (Some(raw), _) => {
             let customer =
                 CustomerId::parse(raw).map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
-            caller.ensure_sees(customer.as_str())?;
+            caller.ensure_sees(&customer)?;
             Ok(Some(customer))
         }
         (None, Some(own)) => Ok(Some(own.clone())),
@@ -154,7 +156,7 @@ async fn visible_communication(
 ) -> ApiResult<Communication> {
     let id = parse_uuid(raw_id, "id")?;
     let mut conn = state.pool.acquire().await?;
-    let found = store::find_communication(&mut conn, id).await?;
+    let found = communications::find(&mut conn, id).await?;
     visible(&mut conn, caller, id, found).await
 }
 
@@ -244,10 +246,9 @@ async fn post_receipt(
         by_user: caller.0.sub.clone(),
         by_role: caller.role(),
     };
-    let customer = CustomerId::parse(&communication.customer_id).map_err(|e| anyhow::anyhow!(e))?;
     let job = NewJob::of(&payload)
         .for_communication(communication.id)
-        .for_customer(&customer);
+        .for_customer(&communication.customer_id);
     let mut tx = state.pool.begin().await?;
     let job_id = jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
     tx.commit().await?;
@@ -324,7 +325,7 @@ async fn change(
 ) -> ApiResult<Json<Value>> {
     let id = parse_uuid(raw_id, "id")?;
     let mut tx = state.pool.begin().await?;
-    let found = store::lock_communication(&mut tx, id).await?;
+    let found = communications::lock(&mut tx, id).await?;
     let before = visible(&mut tx, caller, id, found).await?;
     let (verb, staff_may) = match change {
         Change::Edit { .. } => ("edited", false),
@@ -364,29 +365,11 @@ async fn change(
         }
         Change::Delete => Change::Delete,
     };
-    let after = store::change_message(
-        &mut tx,
-        &before,
-        change,
-        caller.user_id(),
-        caller.role().as_str(),
-    )
-    .await?;
-    let customer = CustomerId::parse(&after.customer_id).map_err(|e| anyhow::anyhow!(e))?;
-    let body = match change {
-        Change::Edit { message } => EventBody::MessageUpdated {
-            communication_id: after.id,
-            message: message.to_owned(),
-            edited_at: after.edited_at.unwrap_or(after.updated_at),
-            edited_by: caller.user_id().to_owned(),
-        },
-        Change::Delete => EventBody::MessageDeleted {
-            communication_id: after.id,
-            deleted_at: after.deleted_at.unwrap_or(after.updated_at),
-            deleted_by: caller.user_id().to_owned(),
-        },
+    let editor = Editor {
+        user_id: caller.user_id(),
+        role: caller.role().as_str(),
     };
-    events::record(&mut tx, &Event::now(customer, body)).await?;
+    let after = writes::change_message(&mut tx, &before, change, editor).await?;
     tx.commit().await?;
     state.outbox.notify_one();
     Ok(Json(records::communication_json(&after)))

@@ -40,7 +40,7 @@ pub async fn status(
     Path(customer_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let customer = customer_from_path(&customer_id)?;
-    caller.ensure_sees(customer.as_str())?;
+    caller.ensure_sees(&customer)?;
     let mut conn = state.pool.acquire().await?;
     let body = match store::find_conversation(&mut conn, &customer).await? {
         Some(c) => json!({
@@ -67,7 +67,7 @@ pub async fn set_status(
     JsonBody(request): JsonBody<SetStatus>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let customer = customer_from_path(&customer_id)?;
-    caller.ensure_sees(customer.as_str())?;
+    caller.ensure_sees(&customer)?;
     caller.ensure_staff()?;
     let status = ConversationStatus::parse(&request.status).map_err(|e| ApiError::Invalid(e.0))?;
     let payload = payloads::SetConversationStatus {

@@ -51,7 +51,7 @@ fn no_fallback() -> String {
 fn customer(caller: &Caller, raw: &str) -> ApiResult<CustomerId> {
     let customer = CustomerId::parse(raw)
         .map_err(|e| ApiError::bad_request("invalid_path", format!("customer_id: {}", e.0)))?;
-    caller.ensure_sees(customer.as_str())?;
+    caller.ensure_sees(&customer)?;
     Ok(customer)
 }
 

@@ -16,10 +16,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
+    communications::writes::{self, InboundEmail},
     contact::{self, ContactKind},
-    domain::{CommunicationStatus, CustomerId},
-    events::{self, Event, EventBody},
-    store::{self, InboundEmail},
+    domain::CustomerId,
 };
 
 use super::parse_uuid;
@@ -101,10 +100,10 @@ pub async fn assign(
             "email {id} was already assigned to customer {owner}"
         )));
     }
-    let communication = store::insert_inbound_email(
+    let communication = writes::file_inbound_email(
         &mut tx,
         &InboundEmail {
-            customer_id: request.customer_id.as_str(),
+            customer_id: &request.customer_id,
             gmail_id: &email.gmail_id,
             thread_id: &email.thread_id,
             message_id: email.message_id.as_deref(),
@@ -136,11 +135,7 @@ pub async fn assign(
     .bind(communication.id)
     .execute(&mut *tx)
     .await?;
-    let event = Event::now(
-        request.customer_id.clone(),
-        EventBody::message_new(&communication, CommunicationStatus::Delivered),
-    );
-    events::record(&mut tx, &event).await?;
+    writes::announce_arrival(&mut tx, &communication).await?;
     tx.commit().await?;
     state.outbox.notify_one();
     Ok((

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     blob::{BlobError, ByteRange, ObjectKey},
-    domain::CustomerId,
+    domain::{CustomerId, FileStatus},
     filetype::{self, Category, SNIFF_BYTES},
     jobs::{self, NewJob, payloads},
     store::{self, FileRecord, NewFile},
@@ -115,7 +115,7 @@ pub async fn upload(
                     // before its customer_id (the original's own order) is staged and
                     // authorized once the part arrives, and discarded if refused.
                     match &customer {
-                        Some(owner) => caller.ensure_sees(owner.as_str())?,
+                        Some(owner) => caller.ensure_sees(&owner)?,
                         None => caller.ensure_staff()?,
                     }
                     if staged.len() + refused.len() >= MAX_FILES_PER_REQUEST {
@@ -153,7 +153,7 @@ pub async fn upload(
         discard(&state, &staged).await;
         return Err(ApiError::Invalid("customer_id is required".into()));
     };
-    if let Err(refused) = caller.ensure_sees(customer.as_str()) {
+    if let Err(refused) = caller.ensure_sees(&customer) {
         discard(&state, &staged).await;
         return Err(refused);
     }
@@ -289,8 +289,8 @@ async fn record(
 ) -> ApiResult<Vec<Value>> {
     let mut tx = state.pool.begin().await?;
     if let Some(id) = communication_id {
-        let communication = store::find_communication(&mut tx, id).await?;
-        if communication.is_none_or(|c| c.customer_id != customer.as_str()) {
+        let communication = commcenter_shared::communications::find(&mut tx, id).await?;
+        if communication.is_none_or(|c| &c.customer_id != customer) {
             return Err(ApiError::Invalid(format!(
                 "communication_id {id} is not in customer {customer}'s conversation"
             )));
@@ -351,7 +351,7 @@ pub fn file_json(file: &FileRecord) -> Value {
         "failure_reason": file.failure_reason,
         "url": file_url(&file.stored_name),
         "thumbnail_url": file.thumbnail_key.as_ref().map(|_| thumbnail_url(&file.stored_name))
-            .or_else(|| (file.file_category == "images" && file.status == "processing").then(|| thumbnail_url(&file.stored_name))),
+            .or_else(|| (file.file_category == "images" && file.status == FileStatus::Processing).then(|| thumbnail_url(&file.stored_name))),
         "width": file.width,
         "height": file.height,
         "uploaded_by": file.uploaded_by,
@@ -395,7 +395,7 @@ pub async fn delete(
             "only its uploader or staff may delete a file".into(),
         ));
     }
-    if file.status == "processing" {
+    if file.status == FileStatus::Processing {
         return Err(ApiError::StillProcessing(format!(
             "{} is still being processed; delete it once it is ready",
             file.original_name
@@ -406,7 +406,7 @@ pub async fn delete(
             "file {id} is attached to a message; delete the message instead"
         )));
     }
-    let customer = CustomerId::parse(&file.customer_id).map_err(|e| anyhow::anyhow!(e))?;
+    let customer = file.customer_id.clone();
     for key in store::delete_file(&mut tx, &file).await? {
         let job = NewJob::of(&payloads::DeleteBlob { storage_key: key }).for_customer(&customer);
         jobs::enqueue(&mut tx, job, state.settings.jobs.max_attempts).await?;
@@ -434,7 +434,7 @@ pub async fn download(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let file = find_named(&state, &caller, &filename).await?;
-    if file.status == "failed" {
+    if file.status == FileStatus::Failed {
         return Err(ApiError::Gone(format!(
             "{} could not be processed: {}",
             file.original_name,
@@ -471,7 +471,7 @@ pub async fn thumbnail(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let file = find_named(&state, &caller, &filename).await?;
-    match (file.status.as_str(), &file.thumbnail_key) {
+    match (file.status, &file.thumbnail_key) {
         (_, Some(key)) => {
             let etag = file.sha256.as_deref().map(|sha| format!("\"{sha}-thumb\""));
             let content_type = file.thumbnail_type.as_deref().unwrap_or("image/jpeg");
@@ -488,13 +488,13 @@ pub async fn thumbnail(
             let name = format!("{stem}-thumbnail.{extension}");
             serve(&state, key, content_type, &name, etag, &headers).await
         }
-        ("processing", None) if file.file_category == "images" => {
+        (FileStatus::Processing, None) if file.file_category == "images" => {
             Err(ApiError::StillProcessing(format!(
                 "the thumbnail of {} is still being made; try again shortly",
                 file.original_name
             )))
         }
-        ("failed", None) => Err(ApiError::Gone(format!(
+        (FileStatus::Failed, None) => Err(ApiError::Gone(format!(
             "{} could not be processed: {}",
             file.original_name,
             file.failure_reason.as_deref().unwrap_or("unknown reason")
@@ -652,64 +652,6 @@ fn content_disposition(name: &str, content_type: &str) -> String {
         .collect();
     let kind = if inline { "inline" } else { "attachment" };
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
-}
-
-/// The files named by a send, in the order given: each must be the customer's own and
-/// not failed. One still processing is fine: the worker waits for it.
-pub(crate) async fn customer_files(
-    conn: &mut sqlx::PgConnection,
-    customer: &CustomerId,
-    ids: &[Uuid],
-) -> Result<Vec<FileRecord>, ApiError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    if let Some(twice) = ids
-        .iter()
-        .enumerate()
-        .find_map(|(i, id)| ids[..i].contains(id).then_some(id))
-    {
-        return Err(ApiError::Invalid(format!(
-            "attachments: file {twice} is listed twice"
-        )));
-    }
-    let mut found = store::find_customer_files(&mut *conn, customer, ids).await?;
-    ids.iter()
-        .map(|id| {
-            // Another customer's file is as unknown as a file that does not exist.
-            let at = found.iter().position(|f| f.id == *id).ok_or_else(|| {
-                ApiError::Invalid(format!(
-                    "attachments: file {id} not found for customer {customer}"
-                ))
-            })?;
-            let file = found.swap_remove(at);
-            if file.status == "failed" {
-                return Err(ApiError::Invalid(format!(
-                    "attachments: file {id} failed processing: {}",
-                    file.failure_reason.as_deref().unwrap_or("unknown reason")
-                )));
-            }
-            Ok(file)
-        })
-        .collect()
-}
-
-/// The attachments as a communication lists them (the shape of in-app messages').
-pub(crate) fn attachments_json(files: &[FileRecord]) -> Value {
-    files
-        .iter()
-        .map(|file| {
-            json!({
-                "file_id": file.id,
-                "filename": file.original_name,
-                "url": file_url(&file.stored_name),
-                "thumbnail_url": (file.file_category == "images")
-                    .then(|| thumbnail_url(&file.stored_name)),
-                "file_type": file.file_type,
-                "file_size": file.file_size,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub async fn send(
 ) -> ApiResult<AcceptedResponse> {
     // A crew member writes only on a project of their crew: `Acceptance::project`.
     if caller.role() != Role::Crew {
-        caller.ensure_sees(request.customer_id.as_str())?;
+        caller.ensure_sees(&request.customer_id)?;
     }
     if let Some(refusal) =
         internal_note_refusal(&caller, request.visibility, CommunicationType::InApp)

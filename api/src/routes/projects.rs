@@ -26,7 +26,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    crews::{self, DISPATCH_COLUMNS, Dispatch, Notice, Project, ProjectFilter, Sender, Senders},
+    communications::Sender,
+    crews::{self, DISPATCH_COLUMNS, Dispatch, Notice, Project, ProjectFilter, Senders},
     domain::{CustomerId, ProjectStatus, Role},
     events::{self, Event, EventBody},
     jobs::{self, NewJob, payloads},
@@ -236,7 +237,7 @@ async fn visible_project(
         Role::Staff | Role::Operator => true,
         Role::Customer => caller
             .own_customer()
-            .is_some_and(|own| own.as_str() == project.customer_id),
+            .is_some_and(|own| own == &project.customer_id),
         Role::Crew => {
             project.crew_id.is_some()
                 && crews::crew_of(conn, caller.user_id()).await? == project.crew_id
@@ -458,7 +459,7 @@ pub async fn dispatch(
     .bind(crew)
     .fetch_one(&mut *tx)
     .await?;
-    let customer = CustomerId::parse(&project.customer_id).map_err(|e| anyhow::anyhow!(e))?;
+    let customer = project.customer_id.clone();
     let max_attempts = state.settings.jobs.max_attempts;
     let job_id = jobs::enqueue(
         &mut tx,
@@ -489,10 +490,7 @@ pub async fn dispatch(
         let message = crews::notify_customer(
             &mut tx,
             &project,
-            Sender {
-                id: caller.user_id(),
-                role: caller.role(),
-            },
+            Sender::user(caller.user_id(), caller.role()),
             &Notice {
                 template: ON_THE_WAY_TEMPLATE,
                 variables: &variables(&project, &crew_name, &eta),
@@ -569,8 +567,7 @@ pub async fn acknowledge(
             let project = crews::find_project(&mut tx, dispatch.project_id, false)
                 .await?
                 .ok_or_else(not_found)?;
-            let customer =
-                CustomerId::parse(&project.customer_id).map_err(|e| anyhow::anyhow!(e))?;
+            let customer = project.customer_id.clone();
             let event = Event::of_project(
                 customer,
                 project.id,
@@ -646,7 +643,7 @@ pub(crate) async fn arrive(
             .bind(project_id)
             .execute(&mut *conn)
             .await?;
-        let customer = CustomerId::parse(&project.customer_id).map_err(|e| anyhow::anyhow!(e))?;
+        let customer = project.customer_id.clone();
         let event = Event::of_project(
             customer,
             project_id,
@@ -663,10 +660,7 @@ pub(crate) async fn arrive(
             crews::notify_customer(
                 conn,
                 &project,
-                Sender {
-                    id: &dispatch.dispatched_by,
-                    role: Role::Staff,
-                },
+                Sender::user(&dispatch.dispatched_by, Role::Staff),
                 &Notice {
                     template: ARRIVED_TEMPLATE,
                     variables: &variables(&project, &crew_name, ""),

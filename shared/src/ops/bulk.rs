@@ -2,12 +2,12 @@
 //! in batches (one `ops.bulk_batch` job each), with progress operators can follow.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::jobs::{self, NewJob, kinds};
+use crate::jobs::{self, NewJob};
 
 use super::{
     actions::{Action, Scope, act_on_batch},
@@ -15,15 +15,7 @@ use super::{
 };
 
 /// The payload of an `ops.bulk` job: one batch of a bulk action.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BulkBatch {
-    pub action_id: Uuid,
-}
-
-impl crate::jobs::Job for BulkBatch {
-    const KIND: &'static str = kinds::OPS_BULK;
-}
+pub use crate::jobs::payloads::BulkBatch;
 
 /// A bulk action and its progress.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

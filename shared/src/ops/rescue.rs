@@ -40,37 +40,7 @@ pub async fn rescue_overdue(pool: &PgPool, margin: Duration, limit: i64) -> sqlx
     if !ran {
         return Ok(Rescued::default());
     }
-    let jobs: Vec<Uuid> = sqlx::query_scalar(
-        "WITH picked AS (
-             SELECT id, state AS previous_state, last_error AS previous_error,
-                    last_error_class AS previous_error_class,
-                    CASE WHEN state = 'queued' THEN queued_at ELSE next_attempt_at END AS due_at
-             FROM jobs
-             WHERE (state = 'queued' AND queued_at < now() - make_interval(secs => $1))
-                OR (state = 'retrying' AND next_attempt_at < now() - make_interval(secs => $1))
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),
-         rescued AS (
-             UPDATE jobs j SET state = 'pending', generation = j.generation + 1,
-                               queued_at = NULL, next_attempt_at = NULL, updated_at = now()
-             FROM picked WHERE j.id = picked.id
-             RETURNING j.id, picked.previous_state, picked.previous_error,
-                       picked.previous_error_class, picked.due_at),
-         audited AS (
-             INSERT INTO ops_audit (operator, action, job_id, reason, previous_state,
-                                    previous_error, previous_error_class)
-             SELECT $3, 'rescue', id,
-                    format('its broker message was overdue: %s since %s, %s s past the margin',
-                           previous_state, to_char(due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                           round(extract(epoch FROM now() - due_at)::numeric - $1::numeric)),
-                    previous_state, previous_error, previous_error_class
-             FROM rescued)
-         SELECT id FROM rescued ORDER BY id",
-    )
-    .bind(margin.as_secs_f64())
-    .bind(limit)
-    .bind(RESCUER)
-    .fetch_all(&mut *tx)
-    .await?;
+    let jobs = crate::jobs::put_back_overdue(&mut tx, margin, limit, RESCUER).await?;
     tx.commit().await?;
     Ok(Rescued { ran: true, jobs })
 }

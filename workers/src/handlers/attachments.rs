@@ -9,7 +9,7 @@ use uuid::Uuid;
 use commcenter_providers::mms::Attachment;
 use commcenter_shared::{
     blob::{BlobStore, ObjectKey},
-    store::Communication,
+    communications::Communication,
 };
 
 use super::files::store_error;
@@ -20,15 +20,7 @@ pub async fn load_attachments(
     blobs: &BlobStore,
     communication: &Communication,
 ) -> Result<Vec<Attachment>, JobError> {
-    let ids: Vec<Uuid> = communication
-        .attachments
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|a| a["file_id"].as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let ids = communication.attachment_ids();
     if ids.is_empty() {
         return Ok(Vec::new());
     }

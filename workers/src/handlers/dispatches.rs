@@ -15,7 +15,6 @@ use sqlx::PgConnection;
 
 use commcenter_shared::{
     crews::{self, Dispatch, Project},
-    domain::CustomerId,
     events::{self, Event, EventBody},
     jobs::payloads,
 };
@@ -107,8 +106,7 @@ impl Handler<payloads::NotifyDispatch> for NotifyDispatchHandler {
         _job: &JobContext,
     ) -> Result<(), JobError> {
         let (dispatch, project) = load(conn, payload.dispatch_id).await?;
-        let customer = CustomerId::parse(&project.customer_id)
-            .map_err(|e| JobError::permanent(e.to_string()))?;
+        let customer = project.customer_id.clone();
         let event = Event::of_project(
             customer,
             project.id,

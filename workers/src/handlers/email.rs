@@ -7,87 +7,32 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use commcenter_providers::{
     error::ProviderError,
     gmail::{Email, Gmail, SentMail},
 };
-use commcenter_shared::{blob::BlobStore, jobs::payloads, store::Communication};
+use commcenter_shared::{blob::BlobStore, communications::Communication, jobs::payloads};
 
 use super::{
     attachments::load_attachments,
     sends::{self, Accepted, Channel},
 };
-use crate::job::{Handler, JobContext, JobError};
+use crate::job::JobError;
 
-pub struct SendEmailHandler {
-    pub gmail: Option<Gmail>,
+/// `email.send`'s handler: Gmail's channel through the one provider send.
+pub type SendEmailHandler = sends::SendHandler<EmailChannel>;
+
+/// Why an email cannot go from this worker.
+pub const NOT_CONFIGURED: &str = "Gmail is not configured on this worker \
+    (GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, GMAIL_REFRESH_TOKEN)";
+
+pub struct EmailChannel {
+    pub gmail: Gmail,
     /// `GMAIL_SENDER`: the From of every mail.
     pub sender: String,
     pub blobs: Arc<BlobStore>,
-    /// Where the never-twice evidence is committed, apart from the job's transaction.
-    pub sends: PgPool,
-    /// How long a call can be under way ([`sends::under_way_at_most`]).
-    pub under_way_for: std::time::Duration,
-}
-
-#[async_trait]
-impl Handler<payloads::SendEmail> for SendEmailHandler {
-    fn works_outside(&self) -> bool {
-        true
-    }
-
-    async fn outside(
-        &self,
-        payload: &payloads::SendEmail,
-        job: &JobContext,
-    ) -> Result<(), JobError> {
-        let Some(gmail) = &self.gmail else {
-            return Err(JobError::permanent(
-                "Gmail is not configured on this worker (GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, \
-                 GMAIL_REFRESH_TOKEN)",
-            ));
-        };
-        let channel = EmailChannel {
-            gmail,
-            sender: &self.sender,
-            blobs: &self.blobs,
-        };
-        sends::call(
-            &channel,
-            &self.sends,
-            payload.communication_id,
-            job,
-            self.under_way_for,
-        )
-        .await
-    }
-
-    async fn run(
-        &self,
-        conn: &mut PgConnection,
-        payload: &payloads::SendEmail,
-        job: &JobContext,
-    ) -> Result<(), JobError> {
-        sends::record(conn, payload.communication_id, job).await
-    }
-
-    async fn on_dead(
-        &self,
-        conn: &mut PgConnection,
-        payload: &payloads::SendEmail,
-        _job: &JobContext,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        sends::fail(conn, payload.communication_id, reason).await
-    }
-}
-
-struct EmailChannel<'a> {
-    gmail: &'a Gmail,
-    sender: &'a str,
-    blobs: &'a BlobStore,
 }
 
 /// A composed message and the thread it continues.
@@ -97,8 +42,9 @@ pub struct ComposedMail {
 }
 
 #[async_trait]
-impl Channel for EmailChannel<'_> {
+impl Channel for EmailChannel {
     const PROVIDER: &'static str = "gmail";
+    type Job = payloads::SendEmail;
     type Prepared = ComposedMail;
 
     async fn prepare(
@@ -114,7 +60,7 @@ impl Channel for EmailChannel<'_> {
                 "the email has no recipient or Message-ID (it was not written by the email endpoint)",
             ));
         };
-        let attachments = load_attachments(conn, self.blobs, communication).await?;
+        let attachments = load_attachments(conn, &self.blobs, communication).await?;
         let email = Email {
             message_id,
             from: self.sender.to_owned(),

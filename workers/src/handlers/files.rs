@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use commcenter_shared::{
     blob::{BlobError, BlobStore, ObjectKey},
+    domain::FileStatus,
     events::{self, Event, EventBody},
     filetype::{self, Category, SNIFF_BYTES},
     jobs::{self, NewJob, payloads},
@@ -71,7 +72,7 @@ impl Handler<payloads::ProcessFile> for ProcessFileHandler {
                 payload.file_id
             )));
         };
-        if file.status != "processing" {
+        if file.status != FileStatus::Processing {
             return Ok(()); // Done before: a redelivery.
         }
         let staged = file
@@ -125,7 +126,7 @@ impl Handler<payloads::ProcessFile> for ProcessFileHandler {
         }
         store::mark_file_ready(conn, file.id, &blob.sha256, blob.size, &blob.file_type).await?;
         let thumbnail_url = blob.thumbnail_key.as_ref().map(|_| thumbnail_url(&file));
-        announce(conn, &file, "ready", None, thumbnail_url).await?;
+        announce(conn, &file, FileStatus::Ready, None, thumbnail_url).await?;
         Ok(())
     }
 
@@ -140,7 +141,14 @@ impl Handler<payloads::ProcessFile> for ProcessFileHandler {
             return Ok(());
         };
         if store::mark_file_failed(conn, file.id, reason).await? {
-            announce(conn, &file, "failed", Some(reason.to_owned()), None).await?;
+            announce(
+                conn,
+                &file,
+                FileStatus::Failed,
+                Some(reason.to_owned()),
+                None,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -248,17 +256,16 @@ fn thumbnail_url(file: &FileRecord) -> String {
 async fn announce(
     conn: &mut PgConnection,
     file: &FileRecord,
-    status: &str,
+    status: FileStatus,
     reason: Option<String>,
     thumbnail_url: Option<String>,
 ) -> Result<(), JobError> {
-    let customer = super::messages::customer_of(&file.customer_id)?;
     let event = Event::now(
-        customer,
+        file.customer_id.clone(),
         EventBody::FileStatus {
             file_id: file.id,
             filename: file.original_name.clone(),
-            status: status.to_owned(),
+            status,
             reason,
             thumbnail_url,
         },

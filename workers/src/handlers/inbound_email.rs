@@ -31,15 +31,18 @@ use uuid::Uuid;
 use commcenter_providers::gmail::Gmail;
 use commcenter_shared::{
     blob::{BlobStore, ObjectKey},
+    communications::{
+        Communication,
+        writes::{self, InboundEmail},
+    },
     contact::EmailAddress,
-    domain::CommunicationStatus,
-    events::{self, Event, EventBody},
+    domain::CustomerId,
     filetype,
     jobs::{self, NewJob, payloads},
-    store::{self, Communication},
+    store,
 };
 
-use super::{messages::customer_of, ringcentral::provider_error};
+use super::ringcentral::provider_error;
 use crate::job::{Handler, JobContext, JobError};
 
 fn client(gmail: &Option<Gmail>) -> Result<&Gmail, JobError> {
@@ -205,11 +208,7 @@ impl Handler<payloads::FileEmail> for FileEmailHandler {
             Some(customer) => {
                 if let Some(mut c) = record(conn, &inbound, &customer, &self.mailbox).await? {
                     self.store_attachments(conn, &inbound, &mut c).await?;
-                    let event = Event::now(
-                        customer_of(&c.customer_id)?,
-                        EventBody::message_new(&c, CommunicationStatus::Delivered),
-                    );
-                    events::record(conn, &event).await?;
+                    writes::announce_arrival(conn, &c).await?;
                 }
             }
             None => keep_unmatched(conn, &inbound).await?,
@@ -232,7 +231,7 @@ impl FileEmailHandler {
         if inbound.attachments.is_empty() {
             return Ok(());
         }
-        let customer = customer_of(&c.customer_id)?;
+        let customer = c.customer_id.clone();
         let mut listed = Vec::new();
         let mut refused = Vec::new();
         for (name, bytes) in &inbound.attachments {
@@ -294,12 +293,7 @@ impl FileEmailHandler {
         if !refused.is_empty() {
             c.metadata = json!({ "refused_attachments": refused });
         }
-        sqlx::query("UPDATE communications SET attachments = $2, metadata = $3 WHERE id = $1")
-            .bind(c.id)
-            .bind(&c.attachments)
-            .bind(&c.metadata)
-            .execute(conn)
-            .await?;
+        writes::set_attachments_and_metadata(conn, c.id, &c.attachments, &c.metadata).await?;
         Ok(())
     }
 }
@@ -375,8 +369,8 @@ async fn already_filed(conn: &mut PgConnection, inbound: &Inbound) -> sqlx::Resu
 async fn match_customer(
     conn: &mut PgConnection,
     inbound: &Inbound,
-) -> sqlx::Result<Option<String>> {
-    let by_thread: Option<String> = sqlx::query_scalar(
+) -> sqlx::Result<Option<CustomerId>> {
+    let by_thread: Option<CustomerId> = sqlx::query_scalar(
         "SELECT customer_id FROM communications
          WHERE type = 'email' AND provider_thread_id = $1
          ORDER BY created_at DESC LIMIT 1",
@@ -393,7 +387,7 @@ async fn match_customer(
         .chain(&inbound.references)
         .cloned()
         .collect();
-    let by_reply: Option<String> = sqlx::query_scalar(
+    let by_reply: Option<CustomerId> = sqlx::query_scalar(
         "SELECT customer_id FROM communications
          WHERE type = 'email' AND rfc822_message_id = ANY($1)
          ORDER BY created_at DESC LIMIT 1",
@@ -415,13 +409,13 @@ async fn match_customer(
 async fn record(
     conn: &mut PgConnection,
     inbound: &Inbound,
-    customer: &str,
+    customer: &CustomerId,
     mailbox: &str,
 ) -> sqlx::Result<Option<Communication>> {
     let references = (!inbound.references.is_empty()).then(|| inbound.references.join(" "));
-    store::insert_inbound_email(
+    writes::file_inbound_email(
         conn,
-        &store::InboundEmail {
+        &InboundEmail {
             customer_id: customer,
             gmail_id: &inbound.gmail_id,
             thread_id: &inbound.thread_id,

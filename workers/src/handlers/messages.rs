@@ -4,12 +4,12 @@
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use commcenter_shared::{
-    domain::{CommunicationStatus, CustomerId},
-    events::{self, Event, EventBody},
+    communications::{self, Communication, writes},
+    domain::{CommunicationStatus, FileStatus},
     jobs::payloads,
-    store,
 };
 
 use crate::job::{Handler, JobContext, JobError};
@@ -29,68 +29,26 @@ impl Handler<payloads::DeliverMessage> for DeliverMessageHandler {
         payload: &payloads::DeliverMessage,
         _job: &JobContext,
     ) -> Result<(), JobError> {
-        let Some(communication) = store::find_communication(conn, payload.communication_id).await?
-        else {
-            return Err(JobError::permanent(format!(
-                "communication {} does not exist",
-                payload.communication_id
-            )));
-        };
+        let communication = existing(conn, payload.communication_id).await?;
         if communication.status != CommunicationStatus::Queued {
             return Ok(()); // Sent before (or failed): a redelivery; no second effect.
         }
         attachments_ready(conn, &communication).await?;
         // Already sent (or further): a redelivery; no second effect, no second event.
-        let Some(_previous) =
-            store::advance_status(conn, communication.id, CommunicationStatus::Sent, None).await?
-        else {
-            return Ok(());
-        };
-        let customer = customer_of(&communication.customer_id)?;
-        let event = Event::now(
-            customer,
-            EventBody::message_new(&communication, CommunicationStatus::Sent),
-        );
-        events::record(conn, &event).await?;
+        writes::deliver(conn, &communication, CommunicationStatus::Sent).await?;
         Ok(())
     }
 
-    async fn on_dead(
-        &self,
-        conn: &mut PgConnection,
-        payload: &payloads::DeliverMessage,
-        _job: &JobContext,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        fail_communication(conn, payload.communication_id, reason).await
+    fn delivers(&self, payload: &payloads::DeliverMessage) -> Option<Uuid> {
+        Some(payload.communication_id)
     }
 }
 
-/// Marks a communication failed with the reason and tells the conversation, unless it
-/// already moved past failing (a message read cannot fail).
-pub async fn fail_communication(
-    conn: &mut PgConnection,
-    id: uuid::Uuid,
-    reason: &str,
-) -> anyhow::Result<()> {
-    let Some(communication) = store::find_communication(conn, id).await? else {
-        return Ok(());
-    };
-    if let Some(previous) =
-        store::advance_status(conn, id, CommunicationStatus::Failed, Some(reason)).await?
-    {
-        let event = Event::now(
-            customer_of(&communication.customer_id)?,
-            EventBody::CommunicationStatus {
-                communication_id: id,
-                status: CommunicationStatus::Failed,
-                previous,
-                reason: Some(reason.to_owned()),
-            },
-        );
-        events::record(conn, &event).await?;
-    }
-    Ok(())
+/// The communication a job names; one that does not exist will never appear.
+pub(crate) async fn existing(conn: &mut PgConnection, id: Uuid) -> Result<Communication, JobError> {
+    communications::find(conn, id)
+        .await?
+        .ok_or_else(|| JobError::permanent(format!("communication {id} does not exist")))
 }
 
 /// A message goes out with its attachments or not at all: one still processing makes
@@ -98,41 +56,33 @@ pub async fn fail_communication(
 /// Once all are ready, the message's attachment list takes their final type and size.
 pub(crate) async fn attachments_ready(
     conn: &mut PgConnection,
-    communication: &store::Communication,
+    communication: &Communication,
 ) -> Result<(), JobError> {
-    let ids: Vec<uuid::Uuid> = communication
-        .attachments
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|a| a["file_id"].as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let ids = communication.attachment_ids();
     if ids.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(uuid::Uuid, String, String, Option<String>, i64, String)> = sqlx::query_as(
+    let rows: Vec<(Uuid, String, FileStatus, Option<String>, i64, String)> = sqlx::query_as(
         "SELECT id, original_name, status, failure_reason, file_size, file_type FROM file_attachments WHERE id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
     for (_, name, status, reason, ..) in &rows {
-        match status.as_str() {
-            "failed" => {
+        match status {
+            FileStatus::Failed => {
                 return Err(JobError::permanent(format!(
                     "attachment {name} could not be processed: {}",
                     reason.as_deref().unwrap_or("unknown reason")
                 )));
             }
-            "processing" => {
+            FileStatus::Processing => {
                 return Err(JobError::Transient {
                     message: format!("waiting for attachment {name} to finish processing"),
                     retry_after: Some(std::time::Duration::from_secs(1)),
                 });
             }
-            _ => {}
+            FileStatus::Ready => {}
         }
     }
     let mut attachments = communication.attachments.clone();
@@ -147,15 +97,6 @@ pub(crate) async fn attachments_ready(
             }
         }
     }
-    sqlx::query("UPDATE communications SET attachments = $2 WHERE id = $1")
-        .bind(communication.id)
-        .bind(attachments)
-        .execute(conn)
-        .await?;
+    writes::set_attachments(conn, communication.id, &attachments).await?;
     Ok(())
-}
-
-pub(crate) fn customer_of(raw: &str) -> Result<CustomerId, JobError> {
-    CustomerId::parse(raw)
-        .map_err(|e| JobError::permanent(format!("stored customer id is invalid: {e}")))
 }

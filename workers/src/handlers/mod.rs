@@ -68,8 +68,13 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
             blobs: blobs.clone(),
         })
         .with(sms::SendSmsHandler {
-            ringcentral: ringcentral.clone(),
-            blobs: blobs.clone(),
+            channel: ringcentral
+                .clone()
+                .map(|ringcentral| sms::SmsChannel {
+                    ringcentral,
+                    blobs: blobs.clone(),
+                })
+                .ok_or(sms::NOT_CONFIGURED),
             sends: sends.clone(),
             under_way_for: sends::under_way_at_most(settings.ringcentral.timeout),
         })
@@ -86,9 +91,13 @@ pub fn registry(settings: &Settings, blobs: Arc<BlobStore>) -> anyhow::Result<Re
             max_attempts: settings.jobs.max_attempts,
         })
         .with(email::SendEmailHandler {
-            gmail,
-            sender: settings.gmail.sender.clone(),
-            blobs,
+            channel: gmail
+                .map(|gmail| email::EmailChannel {
+                    gmail,
+                    sender: settings.gmail.sender.clone(),
+                    blobs,
+                })
+                .ok_or(email::NOT_CONFIGURED),
             sends,
             under_way_for: sends::under_way_at_most(settings.gmail.timeout),
         })

@@ -5,12 +5,11 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 
 use commcenter_shared::{
-    events::{self, Event, EventBody},
+    communications::writes::{self, Why},
     jobs::payloads,
-    store,
 };
 
-use super::messages::customer_of;
+use super::messages::existing;
 use crate::job::{Handler, JobContext, JobError};
 
 pub struct ApplyReceiptHandler;
@@ -28,40 +27,22 @@ impl Handler<payloads::ApplyReceipt> for ApplyReceiptHandler {
         payload: &payloads::ApplyReceipt,
         _job: &JobContext,
     ) -> Result<(), JobError> {
-        let Some(communication) = store::find_communication(conn, payload.communication_id).await?
-        else {
-            return Err(JobError::permanent(format!(
-                "communication {} does not exist",
-                payload.communication_id
-            )));
-        };
+        let communication = existing(conn, payload.communication_id).await?;
         let status = payload.receipt.status();
-        let Some(previous) = store::advance_status_by(
-            conn,
-            communication.id,
-            status,
-            None,
-            Some(payload.by_user.as_str()),
-        )
-        .await?
-        else {
+        let by = Why {
+            reason: None,
+            by: Some(payload.by_user.as_str()),
+        };
+        if writes::advance(conn, communication.id, status, by)
+            .await?
+            .is_none()
+        {
             tracing::debug!(
                 current = communication.status.as_str(),
                 wanted = status.as_str(),
                 "receipt would not move the status forward"
             );
-            return Ok(());
-        };
-        let event = Event::now(
-            customer_of(&communication.customer_id)?,
-            EventBody::CommunicationStatus {
-                communication_id: communication.id,
-                status,
-                previous,
-                reason: None,
-            },
-        );
-        events::record(conn, &event).await?;
+        }
         Ok(())
     }
 }

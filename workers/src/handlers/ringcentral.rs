@@ -20,13 +20,12 @@ use commcenter_providers::{
     ringcentral::{CallLogQuery, CallRecord, MessageRecord, RingCentral},
 };
 use commcenter_shared::{
-    domain::CommunicationStatus,
-    events::{self, Event, EventBody},
+    communications::writes::{self, InboundSms, LoggedCall, Why},
+    domain::{CommunicationStatus, CustomerId, Direction},
     jobs::payloads,
-    store::{self, Communication},
 };
 
-use super::messages::customer_of;
+use super::messages::existing;
 use crate::job::{Handler, JobContext, JobError};
 
 /// Outbound SMS whose status is still open are re-fetched when RingCentral says some
@@ -155,20 +154,10 @@ async fn advance_from_provider(
     if rank < 0 {
         return Ok(());
     }
-    let current: Option<String> = sqlx::query_scalar(
-        "SELECT provider_status FROM communications WHERE id = $1 FOR NO KEY UPDATE",
-    )
-    .bind(id)
-    .fetch_one(&mut *conn)
-    .await?;
-    if current.as_deref().map(provider_rank).unwrap_or(-1) >= rank {
+    let newer = |current: Option<&str>| current.map(provider_rank).unwrap_or(-1) < rank;
+    if !writes::note_provider_status(conn, id, provider_status, newer).await? {
         return Ok(());
     }
-    sqlx::query("UPDATE communications SET provider_status = $2 WHERE id = $1")
-        .bind(id)
-        .bind(provider_status)
-        .execute(&mut *conn)
-        .await?;
     let (status, reason) = match provider_status {
         "Delivered" => (CommunicationStatus::Delivered, None),
         "DeliveryFailed" => (
@@ -181,22 +170,8 @@ async fn advance_from_provider(
         ),
         _ => (CommunicationStatus::Sent, None),
     };
-    let Some(previous) = store::advance_status(conn, id, status, reason).await? else {
-        return Ok(());
-    };
-    let Some(communication) = store::find_communication(conn, id).await? else {
-        return Ok(());
-    };
-    let event = Event::now(
-        customer_of(&communication.customer_id)?,
-        EventBody::CommunicationStatus {
-            communication_id: id,
-            status,
-            previous,
-            reason: reason.map(str::to_owned),
-        },
-    );
-    events::record(conn, &event).await?;
+    let why = Why { reason, by: None };
+    writes::advance(conn, id, status, why).await?;
     Ok(())
 }
 
@@ -208,40 +183,27 @@ async fn record_inbound(conn: &mut PgConnection, record: &MessageRecord) -> Resu
         )));
     };
     let customer = customer_for(conn, from).await?;
-    let id = Uuid::now_v7();
-    let created: Option<Communication> = sqlx::query_as(&format!(
-        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
-             message, status, remote_address, local_address, provider_message_id,
-             provider_status, provider_thread_id, occurred_at, sent_at, delivered_at)
-         VALUES ($1, $2, 'sms', 'inbound', $3, 'customer', $4, 'delivered', $3, $5, $6, $7, $8,
-                 $9, $9, now())
-         ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
-         RETURNING {}",
-        store::COMMUNICATION_COLUMNS
-    ))
-    .bind(id)
-    .bind(customer.as_str())
-    .bind(from)
-    .bind(record.text.as_deref().unwrap_or_default())
-    .bind(record.to.first())
-    .bind(&record.id)
-    .bind(&record.message_status)
-    .bind(&record.conversation_id)
-    .bind(record.creation_time.unwrap_or_else(Utc::now))
-    .fetch_optional(&mut *conn)
+    // Seen before (both events name it, and RingCentral retries): nothing new.
+    writes::file_inbound_sms(
+        conn,
+        &InboundSms {
+            customer_id: &customer,
+            from,
+            to: record.to.first().map(String::as_str),
+            text: record.text.as_deref().unwrap_or_default(),
+            provider_message_id: &record.id,
+            provider_status: &record.message_status,
+            provider_thread_id: record.conversation_id.as_deref(),
+            at: record.creation_time.unwrap_or_else(Utc::now),
+        },
+    )
     .await?;
-    let Some(communication) = created else {
-        return Ok(()); // Seen before (both events name it, and RingCentral retries).
-    };
-    announce(conn, &communication).await
+    Ok(())
 }
 
 /// The customer this number belongs to; an unknown number gets a conversation of its own
 /// (`unknown:<digits>`) that staff can see and reassign.
-async fn customer_for(
-    conn: &mut PgConnection,
-    phone: &str,
-) -> Result<commcenter_shared::domain::CustomerId, JobError> {
+async fn customer_for(conn: &mut PgConnection, phone: &str) -> Result<CustomerId, JobError> {
     let known: Option<String> = sqlx::query_scalar(
         "SELECT customer_id FROM customer_contacts WHERE kind = 'phone' AND address = $1",
     )
@@ -257,16 +219,8 @@ async fn customer_for(
                 .collect::<String>()
         )
     });
-    customer_of(&raw)
-}
-
-async fn announce(conn: &mut PgConnection, c: &Communication) -> Result<(), JobError> {
-    let event = Event::now(
-        customer_of(&c.customer_id)?,
-        EventBody::message_new(c, c.status),
-    );
-    events::record(conn, &event).await?;
-    Ok(())
+    CustomerId::parse(&raw)
+        .map_err(|e| JobError::permanent(format!("no conversation for number {phone}: {e}")))
 }
 
 /// `call.log`: staff logged a call; it joins the conversation as happened.
@@ -280,32 +234,14 @@ impl Handler<payloads::LogCall> for LogCallHandler {
         payload: &payloads::LogCall,
         _job: &JobContext,
     ) -> Result<(), JobError> {
-        let Some(call) = store::find_communication(conn, payload.communication_id).await? else {
-            return Err(JobError::permanent(format!(
-                "communication {} does not exist",
-                payload.communication_id
-            )));
-        };
+        let call = existing(conn, payload.communication_id).await?;
         // A call that was made is delivered by definition; a redelivery finds it so.
-        let Some(_) =
-            store::advance_status(conn, call.id, CommunicationStatus::Delivered, None).await?
-        else {
-            return Ok(());
-        };
-        let call = store::find_communication(conn, call.id)
-            .await?
-            .unwrap_or(call);
-        announce(conn, &call).await
+        writes::deliver(conn, &call, CommunicationStatus::Delivered).await?;
+        Ok(())
     }
 
-    async fn on_dead(
-        &self,
-        conn: &mut PgConnection,
-        payload: &payloads::LogCall,
-        _job: &JobContext,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        super::messages::fail_communication(conn, payload.communication_id, reason).await
+    fn delivers(&self, payload: &payloads::LogCall) -> Option<Uuid> {
+        Some(payload.communication_id)
     }
 }
 
@@ -383,33 +319,26 @@ async fn import_call(conn: &mut PgConnection, call: &CallRecord) -> Result<bool,
     };
     let customer = customer_for(conn, remote).await?;
     let message = format!("{} call: {}", call.direction, call.result);
-    let created: Option<Communication> = sqlx::query_as(&format!(
-        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
-             message, status, remote_address, local_address, provider_message_id,
-             provider_status, duration_seconds, occurred_at, sent_at, delivered_at)
-         VALUES ($1, $2, 'phone', $3, 'ringcentral', 'system', $4, 'delivered', $5, $6, $7, $8, $9,
-                 $10, $10, $10)
-         ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
-         RETURNING {}",
-        store::COMMUNICATION_COLUMNS
-    ))
-    .bind(Uuid::now_v7())
-    .bind(customer.as_str())
-    .bind(if inbound { "inbound" } else { "outbound" })
-    .bind(message)
-    .bind(remote)
-    .bind(local)
-    .bind(&call.id)
-    .bind(&call.result)
-    .bind(call.duration as i32)
-    .bind(call.start_time)
-    .fetch_optional(&mut *conn)
+    let filed = writes::file_call(
+        conn,
+        &LoggedCall {
+            customer_id: &customer,
+            direction: if inbound {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            },
+            message: &message,
+            remote,
+            local,
+            provider_call_id: &call.id,
+            result: &call.result,
+            duration_seconds: call.duration as i32,
+            started_at: call.start_time,
+        },
+    )
     .await?;
-    let Some(communication) = created else {
-        return Ok(false);
-    };
-    announce(conn, &communication).await?;
-    Ok(true)
+    Ok(filed.is_some())
 }
 
 fn client(ringcentral: &Option<RingCentral>) -> Result<&RingCentral, JobError> {

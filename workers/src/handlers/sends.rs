@@ -33,17 +33,19 @@ use uuid::Uuid;
 
 use commcenter_providers::error::{Failure, ProviderError};
 use commcenter_shared::{
+    communications::{
+        Communication,
+        writes::{self, ProviderIds},
+    },
     domain::CommunicationStatus,
-    events::{self, Event, EventBody},
-    jobs::ProviderReport,
+    jobs::{Job, ProviderReport, payloads},
     reach,
-    store::{self, Communication},
 };
 
-use super::messages::{attachments_ready, customer_of, fail_communication};
+use super::messages::{attachments_ready, existing};
 use crate::{
     crash,
-    job::{JobContext, JobError},
+    job::{Handler, JobContext, JobError},
 };
 
 /// What a provider said when it took a message.
@@ -59,9 +61,11 @@ pub struct Accepted {
 
 /// One provider's way of sending a communication.
 #[async_trait]
-pub trait Channel: Send + Sync {
+pub trait Channel: Send + Sync + 'static {
     /// `provider_sends.provider`: `ringcentral` or `gmail`.
     const PROVIDER: &'static str;
+    /// The job kind that sends on this channel.
+    type Job: SendsCommunication;
     /// What `prepare` makes ready to send (a composed email, fitted MMS files).
     type Prepared: Send;
 
@@ -84,6 +88,65 @@ pub trait Channel: Send + Sync {
     ) -> Result<Option<Accepted>, ProviderError>;
 }
 
+/// A send job's payload: the communication it sends (everything else is on its row).
+pub trait SendsCommunication: Job {
+    fn communication_id(&self) -> Uuid;
+}
+
+impl SendsCommunication for payloads::SendSms {
+    fn communication_id(&self) -> Uuid {
+        self.communication_id
+    }
+}
+
+impl SendsCommunication for payloads::SendEmail {
+    fn communication_id(&self) -> Uuid {
+        self.communication_id
+    }
+}
+
+/// The handler of every provider send: the outside phase calls the provider at most
+/// once ([`call`]); the job's transaction records the outcome ([`record`]); a dead job
+/// fails its communication.
+pub struct SendHandler<C> {
+    /// The channel, or why this worker cannot send on it (the settings to set): then
+    /// each job fails permanently with that reason, rather than waiting unconsumed.
+    pub channel: Result<C, &'static str>,
+    /// Where the never-twice evidence is committed, apart from the job's transaction.
+    pub sends: PgPool,
+    /// How long a call can be under way ([`under_way_at_most`]).
+    pub under_way_for: Duration,
+}
+
+#[async_trait]
+impl<C: Channel> Handler<C::Job> for SendHandler<C> {
+    fn works_outside(&self) -> bool {
+        true
+    }
+
+    async fn outside(&self, payload: &C::Job, job: &JobContext) -> Result<(), JobError> {
+        let channel = self
+            .channel
+            .as_ref()
+            .map_err(|why| JobError::permanent(*why))?;
+        let id = payload.communication_id();
+        call(channel, &self.sends, id, job, self.under_way_for).await
+    }
+
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        payload: &C::Job,
+        job: &JobContext,
+    ) -> Result<(), JobError> {
+        record(conn, payload.communication_id(), job).await
+    }
+
+    fn delivers(&self, payload: &C::Job) -> Option<Uuid> {
+        Some(payload.communication_id())
+    }
+}
+
 /// How long a provider call can be under way: its timeout (the intent is committed just
 /// before the call starts), and a margin for clocks. A `sending` row older than this
 /// belongs to a worker that died mid-call.
@@ -101,11 +164,7 @@ pub async fn call<C: Channel>(
     under_way_for: Duration,
 ) -> Result<(), JobError> {
     let mut conn = sends.acquire().await?;
-    let Some(communication) = store::find_communication(&mut conn, communication_id).await? else {
-        return Err(JobError::permanent(format!(
-            "communication {communication_id} does not exist"
-        )));
-    };
+    let communication = existing(&mut conn, communication_id).await?;
     if communication.status != CommunicationStatus::Queued {
         return Ok(()); // Sent before, or failed: a redelivery; no second effect.
     }
@@ -156,7 +215,7 @@ pub async fn call<C: Channel>(
     let prepared = channel.prepare(&mut conn, &communication).await?;
     // A fallback of unread in-app messages goes only if one of them is still unread.
     if !reach::still_unread(&mut conn, &communication.metadata).await? {
-        cancel_fallback(&mut conn, &communication).await?;
+        cancel_fallback(&mut conn, communication.id).await?;
         return Ok(());
     }
     drop(conn);
@@ -213,24 +272,13 @@ pub async fn call<C: Channel>(
 
 /// A fallback whose messages were all read meanwhile: not sent, failed with the
 /// reason, and announced, in one transaction.
-async fn cancel_fallback(
-    conn: &mut PgConnection,
-    communication: &Communication,
-) -> Result<(), JobError> {
+async fn cancel_fallback(conn: &mut PgConnection, communication_id: Uuid) -> Result<(), JobError> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    reach::cancel_fallback(&mut tx, communication.id).await?;
-    let event = Event::now(
-        customer_of(&communication.customer_id)?,
-        EventBody::CommunicationStatus {
-            communication_id: communication.id,
-            status: CommunicationStatus::Failed,
-            previous: CommunicationStatus::Queued,
-            reason: Some("not sent: every message it carried was read first".into()),
-        },
-    );
-    events::record(&mut tx, &event).await?;
+    let cancelled = writes::cancel_fallback(&mut tx, communication_id).await?;
     tx.commit().await?;
-    tracing::info!(communication = %communication.id, "fallback not sent: its messages were read first");
+    if cancelled {
+        tracing::info!(communication = %communication_id, "fallback not sent: its messages were read first");
+    }
     Ok(())
 }
 
@@ -241,11 +289,7 @@ pub async fn record(
     communication_id: Uuid,
     job: &JobContext,
 ) -> Result<(), JobError> {
-    let Some(communication) = store::find_communication(conn, communication_id).await? else {
-        return Err(JobError::permanent(format!(
-            "communication {communication_id} does not exist"
-        )));
-    };
+    let communication = existing(conn, communication_id).await?;
     if communication.status != CommunicationStatus::Queued {
         return Ok(());
     }
@@ -256,15 +300,6 @@ pub async fn record(
             "no send of this message is recorded as accepted yet",
         )),
     }
-}
-
-/// For `on_dead`: the communication shows as failed, with the reason.
-pub async fn fail(
-    conn: &mut PgConnection,
-    communication_id: Uuid,
-    reason: &str,
-) -> anyhow::Result<()> {
-    fail_communication(conn, communication_id, reason).await
 }
 
 fn provider_name<C: Channel>() -> &'static str {
@@ -306,32 +341,12 @@ async fn record_sent(
             http_status: None,
         });
     }
-    sqlx::query(
-        "UPDATE communications SET provider_message_id = $2, provider_status = $3,
-                provider_thread_id = COALESCE($4, provider_thread_id)
-         WHERE id = $1",
-    )
-    .bind(communication.id)
-    .bind(&accepted.id)
-    .bind(&accepted.status)
-    .bind(&accepted.thread_id)
-    .execute(&mut *conn)
-    .await?;
-    if let Some(previous) =
-        store::advance_status(conn, communication.id, CommunicationStatus::Sent, None).await?
-    {
-        let customer = customer_of(&communication.customer_id)?;
-        let event = Event::now(
-            customer,
-            EventBody::CommunicationStatus {
-                communication_id: communication.id,
-                status: CommunicationStatus::Sent,
-                previous,
-                reason: None,
-            },
-        );
-        events::record(conn, &event).await?;
-    }
+    let ids = ProviderIds {
+        message_id: &accepted.id,
+        status: &accepted.status,
+        thread_id: accepted.thread_id.as_deref(),
+    };
+    writes::record_accepted(conn, communication.id, ids).await?;
     Ok(())
 }
 

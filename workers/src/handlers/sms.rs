@@ -5,85 +5,37 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use commcenter_providers::{
     error::ProviderError,
     mms,
     ringcentral::{MessageRecord, OutboundSms, RingCentral},
 };
-use commcenter_shared::{blob::BlobStore, jobs::payloads, store::Communication};
+use commcenter_shared::{blob::BlobStore, communications::Communication, jobs::payloads};
 
 use super::{
     attachments::load_attachments,
     sends::{self, Accepted, Channel},
 };
-use crate::job::{Handler, JobContext, JobError};
+use crate::job::JobError;
 
-pub struct SendSmsHandler {
-    pub ringcentral: Option<RingCentral>,
+/// `sms.send`'s handler: RingCentral's channel through the one provider send.
+pub type SendSmsHandler = sends::SendHandler<SmsChannel>;
+
+/// Why an SMS cannot go from this worker.
+pub const NOT_CONFIGURED: &str = "RingCentral is not configured on this worker \
+    (RINGCENTRAL_CLIENT_ID, RINGCENTRAL_CLIENT_SECRET, RINGCENTRAL_JWT)";
+
+pub struct SmsChannel {
+    pub ringcentral: RingCentral,
     pub blobs: Arc<BlobStore>,
-    /// Where the never-twice evidence is committed, apart from the job's transaction.
-    pub sends: PgPool,
-    /// How long a call can be under way ([`sends::under_way_at_most`]).
-    pub under_way_for: std::time::Duration,
 }
 
 #[async_trait]
-impl Handler<payloads::SendSms> for SendSmsHandler {
-    fn works_outside(&self) -> bool {
-        true
-    }
-
-    async fn outside(&self, payload: &payloads::SendSms, job: &JobContext) -> Result<(), JobError> {
-        let Some(ringcentral) = &self.ringcentral else {
-            return Err(JobError::permanent(
-                "RingCentral is not configured on this worker (RINGCENTRAL_CLIENT_ID, \
-                 RINGCENTRAL_CLIENT_SECRET, RINGCENTRAL_JWT)",
-            ));
-        };
-        let channel = SmsChannel {
-            ringcentral,
-            blobs: &self.blobs,
-        };
-        sends::call(
-            &channel,
-            &self.sends,
-            payload.communication_id,
-            job,
-            self.under_way_for,
-        )
-        .await
-    }
-
-    async fn run(
-        &self,
-        conn: &mut PgConnection,
-        payload: &payloads::SendSms,
-        job: &JobContext,
-    ) -> Result<(), JobError> {
-        sends::record(conn, payload.communication_id, job).await
-    }
-
-    async fn on_dead(
-        &self,
-        conn: &mut PgConnection,
-        payload: &payloads::SendSms,
-        _job: &JobContext,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        sends::fail(conn, payload.communication_id, reason).await
-    }
-}
-
-struct SmsChannel<'a> {
-    ringcentral: &'a RingCentral,
-    blobs: &'a BlobStore,
-}
-
-#[async_trait]
-impl Channel for SmsChannel<'_> {
+impl Channel for SmsChannel {
     const PROVIDER: &'static str = "ringcentral";
+    type Job = payloads::SendSms;
     type Prepared = OutboundSms;
 
     async fn prepare(
@@ -92,7 +44,7 @@ impl Channel for SmsChannel<'_> {
         communication: &Communication,
     ) -> Result<OutboundSms, JobError> {
         let (from, to) = addresses(conn, communication).await?;
-        let files = load_attachments(conn, self.blobs, communication).await?;
+        let files = load_attachments(conn, &self.blobs, communication).await?;
         // Recompressing images is CPU work: off the async threads.
         let attachments = tokio::task::spawn_blocking(move || mms::fit(files))
             .await

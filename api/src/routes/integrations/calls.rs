@@ -136,7 +136,7 @@ pub async fn log(
                 composed: &composed,
                 attachments: &[],
                 channel: Channel::Phone {
-                    phone: &phone,
+                    phone: phone.as_str(),
                     local: Some(ringcentral.from_number.as_str()).filter(|n| !n.is_empty()),
                     duration_seconds: request.duration as i32,
                     occurred_at,

@@ -223,7 +223,7 @@ pub async fn send(
                 attachments: &files,
                 channel: Channel::Email {
                     recipients: &recipients,
-                    from: &sender,
+                    from: sender.address.as_str(),
                     thread: EmailThread {
                         provider_thread_id: threading.provider_thread_id.as_deref(),
                         in_reply_to: threading.in_reply_to.as_deref(),

@@ -130,8 +130,8 @@ pub async fn send(
                 composed: &composed,
                 attachments: &files,
                 channel: Channel::Sms {
-                    to: &to,
-                    from: &from,
+                    to: to.as_str(),
+                    from: from.as_str(),
                 },
             },
             extra,

@@ -1,0 +1,280 @@
+//! What we send, composed one way for every sender: the api's sends (in-app, SMS,
+//! email, a logged call), the fallback of unread messages, crews' notices to customers
+//! and texts to crew members. A sender says who, to whom, on which [`Channel`] and what
+//! ([`Composed`]: as given, or rendered from a template); [`record`] writes it with its
+//! job. The channel alone decides the type, the job kind, the addresses, the contacts
+//! learnt and an email's Message-ID, so a new channel plugs in here once.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{
+    contact::{self, ContactKind, Mailbox},
+    domain::{CommunicationType, CustomerId, Direction, Role, Visibility},
+    jobs::{NewJob, payloads},
+    templates::{self, RenderError},
+};
+
+use super::{
+    Communication,
+    writes::{self, NewRow},
+};
+
+/// The text of a communication, as given or rendered from a template.
+#[derive(Debug, Clone, Default)]
+pub struct Composed {
+    pub message: String,
+    /// Email: the subject (a template's, rendered, unless one was given).
+    pub subject: Option<String>,
+    /// The template and version it was rendered from.
+    pub template: Option<(Uuid, i32)>,
+}
+
+impl Composed {
+    /// Plain text, no template.
+    pub fn text(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Renders the template (`id` at `version`: its content and subject) with the
+    /// variables; every variable missing is named at once.
+    pub fn render(
+        (id, version): (Uuid, i32),
+        content: &str,
+        subject: Option<&str>,
+        variables: &BTreeMap<String, Value>,
+    ) -> Result<Self, RenderError> {
+        let rendered = templates::render_template(content, subject, variables)?;
+        Ok(Self {
+            message: rendered.message,
+            subject: rendered.subject,
+            template: Some((id, version)),
+        })
+    }
+}
+
+/// Who a communication comes from: a signed-in user with their role, or the system
+/// itself (`sender_role` `system`: the fallback, dispatch texts).
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub id: &'a str,
+    pub role: &'a str,
+}
+
+impl<'a> Sender<'a> {
+    pub fn user(id: &'a str, role: Role) -> Self {
+        Self {
+            id,
+            role: role.as_str(),
+        }
+    }
+
+    pub fn system(id: &'a str) -> Self {
+        Self { id, role: "system" }
+    }
+}
+
+/// Where an email goes in a thread: the Gmail thread and the Message-IDs it answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmailThread<'a> {
+    pub provider_thread_id: Option<&'a str>,
+    pub in_reply_to: Option<&'a str>,
+    pub references: Option<&'a str>,
+}
+
+/// What each channel carries beyond the text, and so which job carries it out.
+#[derive(Debug, Clone)]
+pub enum Channel<'a> {
+    /// Delivered in the app (`message.deliver`).
+    InApp,
+    /// To a phone through RingCentral (`sms.send`), from our number; both E.164.
+    Sms { to: &'a str, from: &'a str },
+    /// To mailboxes through Gmail (`email.send`), from our sender's address.
+    Email {
+        recipients: &'a [Mailbox],
+        from: &'a str,
+        thread: EmailThread<'a>,
+    },
+    /// A call that happened, logged with RingCentral (`call.log`).
+    Phone {
+        phone: &'a str,
+        /// Our number, when one is set: a call can be logged without it.
+        local: Option<&'a str>,
+        duration_seconds: i32,
+        occurred_at: DateTime<Utc>,
+    },
+}
+
+impl Channel<'_> {
+    pub fn communication_type(&self) -> CommunicationType {
+        match self {
+            Self::InApp => CommunicationType::InApp,
+            Self::Sms { .. } => CommunicationType::Sms,
+            Self::Email { .. } => CommunicationType::Email,
+            Self::Phone { .. } => CommunicationType::Phone,
+        }
+    }
+
+    fn job(&self, communication_id: Uuid) -> NewJob {
+        match self {
+            Self::InApp => NewJob::of(&payloads::DeliverMessage { communication_id }),
+            Self::Sms { .. } => NewJob::of(&payloads::SendSms { communication_id }),
+            Self::Email { .. } => NewJob::of(&payloads::SendEmail { communication_id }),
+            Self::Phone { .. } => NewJob::of(&payloads::LogCall { communication_id }),
+        }
+    }
+
+    /// The addresses this communication is sent to (as the row keeps them) and from.
+    fn addresses(&self) -> (Option<String>, Option<&str>) {
+        match self {
+            Self::InApp => (None, None),
+            Self::Sms { to, from } => (Some((*to).to_owned()), Some(*from)),
+            // Every address, as the worker reads them for the To header.
+            Self::Email {
+                recipients, from, ..
+            } => {
+                let to: Vec<&str> = recipients.iter().map(|r| r.address.as_str()).collect();
+                (Some(to.join(", ")), Some(*from))
+            }
+            Self::Phone { phone, local, .. } => (Some((*phone).to_owned()), *local),
+        }
+    }
+
+    /// The addresses this communication teaches us belong to its customer.
+    fn contacts(&self) -> Vec<(ContactKind, &str)> {
+        match self {
+            Self::InApp => Vec::new(),
+            Self::Sms { to, .. } => vec![(ContactKind::Phone, *to)],
+            Self::Email { recipients, .. } => recipients
+                .iter()
+                .map(|r| (ContactKind::Email, r.address.as_str()))
+                .collect(),
+            Self::Phone { phone, .. } => vec![(ContactKind::Phone, *phone)],
+        }
+    }
+}
+
+/// An email's Message-ID: deterministic, so a send whose outcome is unknown can be
+/// looked up in Gmail by it.
+pub fn message_id(communication_id: Uuid, from: &str) -> String {
+    let domain = from.rsplit_once('@').map_or(from, |(_, domain)| domain);
+    format!("<{communication_id}@{domain}>")
+}
+
+/// A communication to send.
+#[derive(Debug, Clone)]
+pub struct Outbound<'a> {
+    pub customer_id: &'a CustomerId,
+    pub sender: Sender<'a>,
+    pub direction: Direction,
+    /// Internal: in-app or to a crew member, never the customer's eyes.
+    pub visibility: Visibility,
+    pub project_id: Option<Uuid>,
+    pub composed: &'a Composed,
+    /// The attachment list, as records show it ([`crate::store::attachment_list`]).
+    pub attachments: Value,
+    /// Facts of the sender's beside the channel's (the messages a fallback carries,
+    /// the crew member texted).
+    pub metadata: Map<String, Value>,
+    pub channel: Channel<'a>,
+    /// Whether the addresses are the customer's to remember (a crew member's number
+    /// is not).
+    pub customer_addresses: bool,
+}
+
+impl Outbound<'_> {
+    /// Whether recording it writes more than the row and its job (one statement).
+    pub fn teaches_contacts(&self) -> bool {
+        self.customer_addresses && !self.channel.contacts().is_empty()
+    }
+}
+
+/// Records the communication and its job (the outbox) in the caller's transaction, and
+/// the contacts it teaches us; answers the row and the job's id.
+pub async fn record(
+    conn: &mut PgConnection,
+    o: &Outbound<'_>,
+    max_attempts: i32,
+) -> sqlx::Result<(Communication, Uuid)> {
+    let id = Uuid::now_v7();
+    let channel = &o.channel;
+    let (remote, local) = channel.addresses();
+    let mut metadata = o.metadata.clone();
+    let (thread, rfc822_message_id) = match channel {
+        Channel::Email {
+            recipients,
+            from,
+            thread,
+        } => {
+            // The names too, beside the addresses the row keeps.
+            metadata.insert("to".into(), json!(recipients));
+            (Some(thread), Some(message_id(id, from)))
+        }
+        _ => (None, None),
+    };
+    let call = match channel {
+        Channel::Phone {
+            duration_seconds,
+            occurred_at,
+            ..
+        } => Some((*duration_seconds, *occurred_at)),
+        _ => None,
+    };
+    let job = channel
+        .job(id)
+        .for_communication(id)
+        .for_customer(o.customer_id);
+    let row = NewRow {
+        id,
+        customer_id: o.customer_id,
+        communication_type: channel.communication_type(),
+        direction: o.direction,
+        sender_id: o.sender.id,
+        sender_role: o.sender.role,
+        subject: o.composed.subject.as_deref(),
+        message: &o.composed.message,
+        attachments: &o.attachments,
+        metadata: &Value::Object(metadata),
+        remote_address: remote.as_deref(),
+        local_address: local,
+        rfc822_message_id: rfc822_message_id.as_deref(),
+        provider_thread_id: thread.and_then(|t| t.provider_thread_id),
+        in_reply_to: thread.and_then(|t| t.in_reply_to),
+        references: thread.and_then(|t| t.references),
+        duration_seconds: call.map(|(seconds, _)| seconds),
+        occurred_at: call.map(|(_, at)| at),
+        template_id: o.composed.template.map(|(id, _)| id),
+        template_version: o.composed.template.map(|(_, version)| version),
+        project_id: o.project_id,
+        visibility: o.visibility,
+    };
+    let recorded = writes::insert_with_job(conn, &row, job, max_attempts).await?;
+    if o.customer_addresses {
+        for (kind, address) in channel.contacts() {
+            contact::remember(conn, kind, address, o.customer_id).await?;
+        }
+    }
+    Ok(recorded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_name_the_senders_domain() {
+        let id = Uuid::nil();
+        assert_eq!(
+            message_id(id, "office@example.com"),
+            format!("<{id}@example.com>")
+        );
+        assert_eq!(message_id(id, "example.com"), format!("<{id}@example.com>"));
+    }
+}
