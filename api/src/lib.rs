@@ -14,6 +14,8 @@
 //! - [`body`]: JSON bodies and query strings whose errors name the problem.
 //! - [`idempotency`]: `Idempotency-Key` on creating POSTs.
 //! - [`limits`]: rate limits per user and route group, and per address without a token.
+//! - [`middleware`]: what runs around every route: 503 while the database is down, the
+//!   rate limits.
 //! - [`metrics`]: HTTP requests by route template, WebSocket connections, the backlog.
 //! - [`notifier`]: consumes events from RabbitMQ and pushes them to WebSocket clients;
 //!   publishes typing indicators for every instance.
@@ -32,6 +34,7 @@ pub mod health;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
+pub mod middleware;
 pub mod notifier;
 pub mod paging;
 pub mod presence;

@@ -7,16 +7,10 @@
 //! The buckets live in this process: with several api instances behind a balancer, a
 //! user may get up to the limit from each (documented in docs/configuration.md).
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    num::NonZeroU32,
-    time::Duration,
-};
+use std::{net::IpAddr, num::NonZeroU32, time::Duration};
 
 use axum::{
-    extract::{ConnectInfo, MatchedPath, Request, State},
     http::{HeaderMap, HeaderValue, Method, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use governor::{
@@ -28,7 +22,7 @@ use governor::{
 
 use commcenter_shared::settings::{Rate, RateLimits};
 
-use crate::{auth::Caller, error::ApiError, state::AppState};
+use crate::error::ApiError;
 
 /// The route groups with a limit of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +35,7 @@ pub enum Group {
 
 impl Group {
     /// The group of a request, by its method and route template.
-    fn of(method: &Method, route: &str) -> Option<Self> {
+    pub(crate) fn of(method: &Method, route: &str) -> Option<Self> {
         if method != Method::POST {
             return None;
         }
@@ -59,7 +53,7 @@ impl Group {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Sends => "sends",
             Self::Uploads => "uploads",
@@ -72,7 +66,7 @@ impl Group {
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
 
 /// One limit: its rate, and a bucket per key.
-struct Limit<K: std::hash::Hash + Eq + Clone> {
+pub(crate) struct Limit<K: std::hash::Hash + Eq + Clone> {
     rate: Rate,
     buckets: Keyed<K>,
 }
@@ -94,7 +88,7 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
 
     /// Takes one request from `key`'s bucket: the headers to answer with, or the
     /// refusal.
-    fn take(&self, key: &K, what: &str) -> Result<HeaderMap, Refused> {
+    pub(crate) fn take(&self, key: &K, what: &str) -> Result<HeaderMap, Refused> {
         let limit = self.rate.count;
         let refill = self.rate.per / self.rate.count;
         match self.buckets.check_key(key) {
@@ -118,7 +112,7 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
 
 /// A request over its limit.
 #[derive(Debug)]
-struct Refused {
+pub(crate) struct Refused {
     limit: u32,
     wait: Duration,
     message: String,
@@ -163,7 +157,7 @@ pub struct Limits {
     uploads: Option<Limit<String>>,
     receipts: Option<Limit<String>>,
     search: Option<Limit<String>>,
-    anonymous: Option<Limit<IpAddr>>,
+    pub(crate) anonymous: Option<Limit<IpAddr>>,
 }
 
 impl Limits {
@@ -177,66 +171,12 @@ impl Limits {
         }
     }
 
-    fn of(&self, group: Group) -> Option<&Limit<String>> {
+    pub(crate) fn of(&self, group: Group) -> Option<&Limit<String>> {
         match group {
             Group::Sends => self.sends.as_ref(),
             Group::Uploads => self.uploads.as_ref(),
             Group::Receipts => self.receipts.as_ref(),
             Group::Search => self.search.as_ref(),
-        }
-    }
-}
-
-/// The caller a request's bearer token names, if the token checks out; kept in the
-/// request so that the handler's extractor does not verify it a second time.
-fn user_of(state: &AppState, request: &mut Request) -> Option<String> {
-    let caller = Caller::from_headers(state, request.headers()).ok()?;
-    let user = caller.0.sub.as_str().to_owned();
-    request.extensions_mut().insert(caller);
-    Some(user)
-}
-
-fn counts_anonymously(path: &str) -> bool {
-    path.starts_with("/api/") && !path.starts_with("/api/ws/")
-}
-
-/// Middleware: takes the request's share of its limits before it runs.
-pub async fn limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let group = request
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|route| Group::of(request.method(), route.as_str()));
-    let user = user_of(&state, &mut request);
-    let taken = match (&user, group) {
-        (Some(user), Some(group)) => state
-            .limits
-            .of(group)
-            .map(|limit| limit.take(user, group.name())),
-        (Some(_), None) => None,
-        // No valid token on the API (the webhook, or a caller about to get 401). Probes,
-        // metrics and the console's files are not counted; a WebSocket carries its
-        // token in the query and has limits of its own.
-        (None, _) if counts_anonymously(request.uri().path()) => {
-            let address = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip());
-            match (&state.limits.anonymous, address) {
-                (Some(limit), Some(address)) => {
-                    Some(limit.take(&address, "requests without a valid token"))
-                }
-                _ => None,
-            }
-        }
-        (None, _) => None,
-    };
-    match taken {
-        None => next.run(request).await,
-        Some(Err(refused)) => refused.into_response(),
-        Some(Ok(headers)) => {
-            let mut response = next.run(request).await;
-            response.headers_mut().extend(headers);
-            response
         }
     }
 }

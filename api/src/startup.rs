@@ -31,8 +31,8 @@ use commcenter_shared::{
 
 use crate::{
     deadline, error,
-    health::{self, Health},
-    limits::{self, Limits},
+    health::Health,
+    limits::Limits,
     metrics::{self, ApiMetrics},
     notifier::{self, Hub},
     presence::Presence,
@@ -176,9 +176,12 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            health::refuse_while_database_down,
+            crate::middleware::database::refuse_while_down,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::middleware::rate_limit::limit,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             deadline::body_deadline,

@@ -7,14 +7,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{
-    communications::{
-        Channel, Communication, Composed, EmailThread, Outbound, Sender,
-        outbound::{self},
-    },
-    contact::Mailbox,
-    domain::{CommunicationType, CustomerId, Direction, ProjectStatus, Visibility},
-};
+use crate::domain::{CustomerId, ProjectStatus};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Member {
@@ -316,6 +309,20 @@ pub struct Dispatch {
 pub const DISPATCH_COLUMNS: &str =
     "id, project_id, crew_id, note, eta, notify_customer, dispatched_by, created_at, arrived_at";
 
+/// The project's latest dispatches, newest first.
+pub async fn latest_dispatches(
+    conn: &mut PgConnection,
+    project: Uuid,
+) -> sqlx::Result<Vec<Dispatch>> {
+    sqlx::query_as(&format!(
+        "SELECT {DISPATCH_COLUMNS} FROM dispatches WHERE project_id = $1
+         ORDER BY created_at DESC LIMIT 20"
+    ))
+    .bind(project)
+    .fetch_all(conn)
+    .await
+}
+
 pub async fn find_dispatch(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Dispatch>> {
     sqlx::query_as(&format!(
         "SELECT {DISPATCH_COLUMNS} FROM dispatches WHERE id = $1"
@@ -323,6 +330,22 @@ pub async fn find_dispatch(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Op
     .bind(id)
     .fetch_optional(conn)
     .await
+}
+
+/// How many members the crew has.
+pub async fn member_count(conn: &mut PgConnection, crew: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM crew_members WHERE crew_id = $1")
+        .bind(crew)
+        .fetch_one(conn)
+        .await
+}
+
+/// The crew's name (a deleted crew's too).
+pub async fn crew_name(conn: &mut PgConnection, crew: Uuid) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT name FROM crews WHERE id = $1")
+        .bind(crew)
+        .fetch_one(conn)
+        .await
 }
 
 /// Members of the crew with no live WebSocket now (a presence row on a live api
@@ -351,223 +374,6 @@ pub async fn members_to_text(
     .bind(presence_ttl_secs)
     .fetch_all(conn)
     .await
-}
-
-/// A message to a customer about their crew: which template, and what to say without it.
-pub struct Notice<'a> {
-    /// The active template of this name and of the channel's type is used when there
-    /// is one; its variables: `title`, `address`, `crew`, `eta`.
-    pub template: &'a str,
-    pub variables: &'a std::collections::BTreeMap<String, serde_json::Value>,
-    /// The text (and, by email, the subject) when no template renders.
-    pub fallback: String,
-    pub subject: &'a str,
-}
-
-/// Where this system can send from: RingCentral's number and Gmail's mailbox, when
-/// they are configured.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Senders<'a> {
-    pub sms_from: Option<&'a str>,
-    pub email_from: Option<&'a str>,
-}
-
-impl<'a> Senders<'a> {
-    pub fn of(settings: &'a crate::settings::Settings) -> Self {
-        Self {
-            sms_from: settings.ringcentral.sms_from(),
-            email_from: settings.gmail.email_from(),
-        }
-    }
-}
-
-/// The channel a customer is reached on, when we can send on it: the one they chose
-/// (their contact preferences' fallback channel), else the one they last wrote on (in-app,
-/// SMS or email); in-app otherwise.
-async fn customer_channel(
-    conn: &mut PgConnection,
-    customer: &CustomerId,
-    senders: Senders<'_>,
-) -> sqlx::Result<(CommunicationType, Option<String>)> {
-    let chosen: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT fallback, phone, email FROM customer_preferences WHERE customer_id = $1",
-    )
-    .bind(customer.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    match chosen {
-        Some((channel, Some(phone), _)) if channel == "sms" && senders.sms_from.is_some() => {
-            return Ok((CommunicationType::Sms, Some(phone)));
-        }
-        Some((channel, _, Some(email))) if channel == "email" && senders.email_from.is_some() => {
-            return Ok((CommunicationType::Email, Some(email)));
-        }
-        _ => {}
-    }
-    let last: Option<(CommunicationType, Option<String>)> = sqlx::query_as(
-        "SELECT type, remote_address FROM communications
-         WHERE customer_id = $1 AND direction = 'inbound' AND visibility = 'public'
-           AND type IN ('inapp', 'sms', 'email')
-         ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(customer.as_str())
-    .fetch_optional(conn)
-    .await?;
-    Ok(match last {
-        Some((CommunicationType::Sms, Some(number))) if senders.sms_from.is_some() => {
-            (CommunicationType::Sms, Some(number))
-        }
-        Some((CommunicationType::Email, Some(address))) if senders.email_from.is_some() => {
-            (CommunicationType::Email, Some(address))
-        }
-        _ => (CommunicationType::InApp, None),
-    })
-}
-
-/// A message to the project's customer about their crew ("on the way", "has arrived"),
-/// with the job that carries it out, on the customer's channel ([`customer_channel`]):
-/// from the active template of that channel named in `notice` when one renders, else
-/// its fallback text.
-pub async fn notify_customer(
-    conn: &mut PgConnection,
-    project: &Project,
-    sender: Sender<'_>,
-    notice: &Notice<'_>,
-    senders: Senders<'_>,
-    max_attempts: i32,
-) -> sqlx::Result<Communication> {
-    let (channel, address) = customer_channel(conn, &project.customer_id, senders).await?;
-    let found: Option<(Uuid, i32, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, version, content, subject FROM message_templates
-         WHERE lower(name) = lower($1) AND type = $2 AND active",
-    )
-    .bind(notice.template)
-    .bind(channel)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let rendered = found.and_then(|(id, version, content, subject)| {
-        match Composed::render((id, version), &content, subject.as_deref(), notice.variables) {
-            Ok(composed) => Some(composed),
-            Err(error) => {
-                tracing::warn!(template = %id, %error, "the crew template does not render with title, address, crew and eta; sending the default text");
-                None
-            }
-        }
-    });
-    let composed = match rendered {
-        Some(composed) => composed,
-        None => Composed::text(notice.fallback.clone()),
-    };
-    let recipient;
-    let channel = match (channel, address.as_deref(), senders) {
-        (
-            CommunicationType::Sms,
-            Some(to),
-            Senders {
-                sms_from: Some(from),
-                ..
-            },
-        ) => Channel::Sms { to, from },
-        (
-            CommunicationType::Email,
-            Some(to),
-            Senders {
-                email_from: Some(from),
-                ..
-            },
-        ) => {
-            recipient = [Mailbox::parse(to).map_err(|e| sqlx::Error::Decode(e.into()))?];
-            Channel::Email {
-                recipients: &recipient,
-                from,
-                thread: EmailThread::default(),
-            }
-        }
-        _ => Channel::InApp,
-    };
-    // An email needs a subject: the template's, else the notice's own.
-    let composed = match channel {
-        Channel::Email { .. } if composed.subject.is_none() => Composed {
-            subject: Some(notice.subject.to_owned()),
-            ..composed
-        },
-        _ => composed,
-    };
-    let (communication, _) = outbound::record(
-        conn,
-        &Outbound {
-            customer_id: &project.customer_id,
-            sender,
-            direction: Direction::Outbound,
-            visibility: Visibility::Public,
-            project_id: Some(project.id),
-            composed: &composed,
-            attachments: serde_json::json!([]),
-            metadata: serde_json::Map::new(),
-            channel,
-            // The customer's own preferences or messages named the address.
-            customer_addresses: false,
-        },
-        max_attempts,
-    )
-    .await?;
-    Ok(communication)
-}
-
-/// What a text to a crew member is filed under.
-#[derive(Debug, Clone, Copy)]
-pub enum TextAbout<'a> {
-    /// A project's dispatch: an internal message of the project (its crew and staff see
-    /// it, its customer never does).
-    Project(&'a Project),
-    /// A broadcast to the crew: filed in the crew's own conversation, `crew:<id>`, which
-    /// only staff see (internal, no customer's).
-    Crew(Uuid),
-}
-
-/// An SMS to a crew member, with its `sms.send` job: a communication like any SMS, so it
-/// has the never-twice sending, retries and dead-lettering of every SMS, and staff can
-/// see that it went. The member's number is not remembered as a customer's.
-pub async fn text_member(
-    conn: &mut PgConnection,
-    about: TextAbout<'_>,
-    member: &Member,
-    from_number: &str,
-    text: &str,
-    max_attempts: i32,
-) -> sqlx::Result<Communication> {
-    let crew_conversation;
-    let (customer, project_id) = match about {
-        TextAbout::Project(project) => (&project.customer_id, Some(project.id)),
-        TextAbout::Crew(crew) => {
-            crew_conversation = CustomerId::parse(&format!("crew:{crew}"))
-                .map_err(|e| sqlx::Error::Decode(e.into()))?;
-            (&crew_conversation, None)
-        }
-    };
-    let mut metadata = serde_json::Map::new();
-    metadata.insert("crew_member".into(), serde_json::json!(member.user_id));
-    let (communication, _) = outbound::record(
-        conn,
-        &Outbound {
-            customer_id: customer,
-            sender: Sender::system("dispatch"),
-            direction: Direction::Outbound,
-            visibility: Visibility::Internal,
-            project_id,
-            composed: &Composed::text(text),
-            attachments: serde_json::json!([]),
-            metadata,
-            channel: Channel::Sms {
-                to: &member.phone,
-                from: from_number,
-            },
-            customer_addresses: false,
-        },
-        max_attempts,
-    )
-    .await?;
-    Ok(communication)
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

@@ -14,6 +14,8 @@
 //! - [`store`]: repository functions over conversations, files and blobs.
 //! - [`crews`]: field crews and members, projects at customers' sites, dispatches,
 //!   crews' positions (and the distance between two of them).
+//! - [`dispatch`]: sending a crew: dispatches, acknowledgements, arrival on site, and
+//!   every text about it (the customer's, the members', broadcasts).
 //! - [`jobs`]: the job ledger: enqueueing a job in the caller's transaction (the outbox),
 //!   and the envelope that carries a job over RabbitMQ.
 //! - [`ops`]: the operators' view of the ledger: filters, counts, one job in full,
@@ -47,6 +49,7 @@ pub mod communications;
 pub mod contact;
 pub mod crews;
 pub mod db;
+pub mod dispatch;
 pub mod domain;
 pub mod events;
 pub mod filetype;

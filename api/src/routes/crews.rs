@@ -5,7 +5,7 @@
 //!   second is a 409 naming the crew they are in.
 //! - `POST /api/crews/{id}/location`: a member reports the crew's position; a
 //!   dispatched crew that comes within `ARRIVAL_RADIUS_M` of its site has arrived
-//!   ([`super::projects::arrive`]).
+//!   ([`commcenter_shared::dispatch::arrive`]).
 //! - `GET /api/crews/locations`: staff read each crew's latest position.
 //! - `POST /api/crews/broadcast`: staff send a message to every crew whose latest
 //!   position is within a radius (a `crew.broadcast` event to their members; an SMS to
@@ -25,12 +25,13 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     contact::PhoneNumber,
-    crews::{self, Crew, Member, TextAbout},
+    crews::{self, Crew, Member},
+    dispatch::{self, Arrival, Senders, TextAbout},
     domain::{MessageText, Role, UserId},
     events::{self, Event, EventBody},
 };
 
-use super::{integrations::invalid, parse_uuid, projects};
+use super::{coordinates, integrations::invalid, parse_uuid};
 use crate::{
     auth::Caller,
     body::JsonBody,
@@ -291,23 +292,6 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Degrees, finite and in range.
-pub(crate) fn coordinates(lat: f64, lng: f64) -> ApiResult<(f64, f64)> {
-    if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
-        return Err(invalid(
-            "lat",
-            format!("must be between -90 and 90, not {lat}"),
-        ));
-    }
-    if !lng.is_finite() || !(-180.0..=180.0).contains(&lng) {
-        return Err(invalid(
-            "lng",
-            format!("must be between -180 and 180, not {lng}"),
-        ));
-    }
-    Ok((lat, lng))
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocationRequest {
@@ -364,7 +348,12 @@ pub async fn report_location(
     .bind(at)
     .execute(&mut *tx)
     .await?;
-    let arrived = projects::arrive(&state, &mut tx, crew, caller.user_id(), (lat, lng)).await?;
+    let arrival = Arrival {
+        radius_m: state.settings.crews.arrival_radius_m,
+        senders: Senders::of(&state.settings),
+        max_attempts: state.settings.jobs.max_attempts,
+    };
+    let arrived = dispatch::arrive(&mut tx, crew, caller.user_id(), (lat, lng), arrival).await?;
     tx.commit().await?;
     if !arrived.is_empty() {
         state.outbox.notify_one();
@@ -453,12 +442,12 @@ pub async fn broadcast(
         let mut texted = 0;
         if let Some(from) = state.settings.ringcentral.sms_from() {
             for member in &offline {
-                crews::text_member(
+                dispatch::text_member(
                     &mut tx,
                     TextAbout::Crew(position.crew_id),
                     member,
                     from,
-                    &format!("From dispatch: {}", message.as_str()),
+                    &dispatch::broadcast_text(message.as_str()),
                     state.settings.jobs.max_attempts,
                 )
                 .await?;

@@ -146,3 +146,20 @@ pub(crate) fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, ApiError> {
         )
     })
 }
+
+/// Degrees, finite and in range.
+pub(crate) fn coordinates(lat: f64, lng: f64) -> Result<(f64, f64), ApiError> {
+    if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+        return Err(integrations::invalid(
+            "lat",
+            format!("must be between -90 and 90, not {lat}"),
+        ));
+    }
+    if !lng.is_finite() || !(-180.0..=180.0).contains(&lng) {
+        return Err(integrations::invalid(
+            "lng",
+            format!("must be between -180 and 180, not {lng}"),
+        ));
+    }
+    Ok((lat, lng))
+}

@@ -12,8 +12,6 @@
 //! - Arrival ([`arrive`]): a position reported within `ARRIVAL_RADIUS_M` of a
 //!   dispatched project's site makes it `on_site`, once per dispatch.
 
-use std::collections::BTreeMap;
-
 use axum::{
     Json,
     extract::{Path, State},
@@ -27,13 +25,12 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     communications::Sender,
-    crews::{self, DISPATCH_COLUMNS, Dispatch, Notice, Project, ProjectFilter, Senders},
+    crews::{self, Project, ProjectFilter},
+    dispatch::{self, NewDispatch, Senders},
     domain::{CustomerId, ProjectStatus, Role},
-    events::{self, Event, EventBody},
-    jobs::{self, NewJob, payloads},
 };
 
-use super::{crews::coordinates, integrations::invalid, parse_uuid};
+use super::{coordinates, integrations::invalid, parse_uuid};
 use crate::{
     auth::Caller,
     body::{JsonBody, QueryParams},
@@ -255,16 +252,10 @@ pub async fn get_one(
     let mut conn = state.pool.acquire().await?;
     let project = visible_project(&mut conn, &caller, id, false).await?;
     // The customer sees their project, not the crew's dispatch notes.
-    let dispatches: Vec<Dispatch> = if caller.role() == Role::Customer {
+    let dispatches = if caller.role() == Role::Customer {
         Vec::new()
     } else {
-        sqlx::query_as(&format!(
-            "SELECT {DISPATCH_COLUMNS} FROM dispatches WHERE project_id = $1
-             ORDER BY created_at DESC LIMIT 20"
-        ))
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?
+        crews::latest_dispatches(&mut conn, id).await?
     };
     let mut body = serde_json::to_value(&project).map_err(anyhow::Error::from)?;
     if let Value::Object(fields) = &mut body
@@ -426,113 +417,34 @@ pub async fn dispatch(
             ));
         }
     };
-    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM crew_members WHERE crew_id = $1")
-        .bind(crew)
-        .fetch_one(&mut *tx)
-        .await?;
-    if members == 0 {
+    if crews::member_count(&mut tx, crew).await? == 0 {
         return Err(invalid(
             "crew_id",
             format!("crew {crew} has no members to send"),
         ));
     }
-    let dispatch: Dispatch = sqlx::query_as(&format!(
-        "INSERT INTO dispatches (id, project_id, crew_id, note, eta, notify_customer, dispatched_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         RETURNING {DISPATCH_COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(id)
-    .bind(crew)
-    .bind(&note)
-    .bind(request.eta)
-    .bind(request.notify_customer)
-    .bind(caller.user_id())
-    .fetch_one(&mut *tx)
-    .await?;
-    let project: Project = sqlx::query_as(&format!(
-        "UPDATE projects SET crew_id = $2, status = 'dispatched', updated_at = now()
-         WHERE id = $1 RETURNING {}",
-        crews::PROJECT_COLUMNS
-    ))
-    .bind(id)
-    .bind(crew)
-    .fetch_one(&mut *tx)
-    .await?;
-    let customer = project.customer_id.clone();
-    let max_attempts = state.settings.jobs.max_attempts;
-    let job_id = jobs::enqueue(
-        &mut tx,
-        NewJob::of(&payloads::NotifyDispatch {
-            dispatch_id: dispatch.id,
-        })
-        .for_customer(&customer),
-        max_attempts,
-    )
-    .await?;
-    let customer_message = if request.notify_customer {
-        let crew_name = crew_name(&mut tx, crew).await?;
-        let eta = request
-            .eta
-            .map(|eta| eta.format("%H:%M UTC").to_string())
-            .unwrap_or_default();
-        let fallback = if eta.is_empty() {
-            format!(
-                "Your crew ({crew_name}) is on the way to {}.",
-                project.address
-            )
-        } else {
-            format!(
-                "Your crew ({crew_name}) is on the way to {}, arriving about {eta}.",
-                project.address
-            )
-        };
-        let message = crews::notify_customer(
-            &mut tx,
-            &project,
-            Sender::user(caller.user_id(), caller.role()),
-            &Notice {
-                template: ON_THE_WAY_TEMPLATE,
-                variables: &variables(&project, &crew_name, &eta),
-                fallback,
-                subject: "Your crew is on the way",
-            },
-            Senders::of(&state.settings),
-            max_attempts,
-        )
-        .await?;
-        Some(message.id)
-    } else {
-        None
+    let new = NewDispatch {
+        project_id: id,
+        crew_id: crew,
+        note: &note,
+        eta: request.eta,
+        notify_customer: request.notify_customer,
+        by: Sender::user(caller.user_id(), caller.role()),
     };
+    let senders = Senders::of(&state.settings);
+    let dispatched =
+        dispatch::dispatch(&mut tx, &new, senders, state.settings.jobs.max_attempts).await?;
     tx.commit().await?;
     state.outbox.notify_one();
     Ok((
         StatusCode::CREATED,
         Json(json!({
-            "dispatch": dispatch,
-            "project": project,
-            "job_id": job_id,
-            "customer_message_id": customer_message,
+            "dispatch": dispatched.dispatch,
+            "project": dispatched.project,
+            "job_id": dispatched.job_id,
+            "customer_message_id": dispatched.customer_message_id,
         })),
     ))
-}
-
-async fn crew_name(conn: &mut PgConnection, crew: Uuid) -> sqlx::Result<String> {
-    sqlx::query_scalar("SELECT name FROM crews WHERE id = $1")
-        .bind(crew)
-        .fetch_one(conn)
-        .await
-}
-
-/// What a customer template about the crew may use.
-fn variables(project: &Project, crew: &str, eta: &str) -> BTreeMap<String, Value> {
-    BTreeMap::from([
-        ("title".to_owned(), json!(project.title)),
-        ("address".to_owned(), json!(project.address)),
-        ("crew".to_owned(), json!(crew)),
-        ("eta".to_owned(), json!(eta)),
-    ])
 }
 
 pub async fn acknowledge(
@@ -554,43 +466,10 @@ pub async fn acknowledge(
     if crews::crew_of(&mut tx, caller.user_id()).await? != Some(dispatch.crew_id) {
         return Err(not_found());
     }
-    let inserted: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "INSERT INTO dispatch_acks (dispatch_id, user_id) VALUES ($1, $2)
-         ON CONFLICT DO NOTHING RETURNING at",
-    )
-    .bind(id)
-    .bind(caller.user_id())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let at = match inserted {
-        Some(at) => {
-            let project = crews::find_project(&mut tx, dispatch.project_id, false)
-                .await?
-                .ok_or_else(not_found)?;
-            let customer = project.customer_id.clone();
-            let event = Event::of_project(
-                customer,
-                project.id,
-                dispatch.crew_id,
-                EventBody::DispatchAcknowledged {
-                    dispatch_id: id,
-                    user_id: caller.user_id().to_owned(),
-                },
-            );
-            events::record(&mut tx, &event).await?;
-            at
-        }
-        // Acknowledged before: the same answer.
-        None => {
-            sqlx::query_scalar(
-                "SELECT at FROM dispatch_acks WHERE dispatch_id = $1 AND user_id = $2",
-            )
-            .bind(id)
-            .bind(caller.user_id())
-            .fetch_one(&mut *tx)
-            .await?
-        }
-    };
+    let project = crews::find_project(&mut tx, dispatch.project_id, false)
+        .await?
+        .ok_or_else(not_found)?;
+    let at = dispatch::acknowledge(&mut tx, &dispatch, &project, caller.user_id()).await?;
     tx.commit().await?;
     state.outbox.notify_one();
     Ok(Json(json!({
@@ -598,84 +477,4 @@ pub async fn acknowledge(
         "user_id": caller.user_id(),
         "acknowledged_at": at,
     })))
-}
-
-/// A crew reported `position`: each project it is dispatched to (and not yet at)
-/// whose site is within `ARRIVAL_RADIUS_M` becomes `on_site`, staff and the crew get
-/// `project.arrived`, and the customer "your crew has arrived" if the dispatch asked.
-/// Once per dispatch: `arrived_at` is set under the project's row lock.
-pub(crate) async fn arrive(
-    state: &AppState,
-    conn: &mut PgConnection,
-    crew: Uuid,
-    user: &str,
-    position: (f64, f64),
-) -> ApiResult<Vec<Uuid>> {
-    let en_route: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT d.id, d.project_id FROM dispatches d
-         JOIN projects p ON p.id = d.project_id
-         WHERE d.crew_id = $1 AND d.arrived_at IS NULL
-           AND p.crew_id = $1 AND p.status = 'dispatched'
-         ORDER BY d.created_at",
-    )
-    .bind(crew)
-    .fetch_all(&mut *conn)
-    .await?;
-    let radius = state.settings.crews.arrival_radius_m;
-    let mut arrived = Vec::new();
-    for (dispatch_id, project_id) in en_route {
-        let Some(project) = crews::find_project(conn, project_id, true).await? else {
-            continue;
-        };
-        let distance_m = crews::distance_m(position, (project.lat, project.lng));
-        if project.status != ProjectStatus::Dispatched || distance_m > radius {
-            continue;
-        }
-        let dispatch: Option<Dispatch> = sqlx::query_as(&format!(
-            "UPDATE dispatches SET arrived_at = now() WHERE id = $1 AND arrived_at IS NULL
-             RETURNING {DISPATCH_COLUMNS}"
-        ))
-        .bind(dispatch_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(dispatch) = dispatch else { continue };
-        sqlx::query("UPDATE projects SET status = 'on_site', updated_at = now() WHERE id = $1")
-            .bind(project_id)
-            .execute(&mut *conn)
-            .await?;
-        let customer = project.customer_id.clone();
-        let event = Event::of_project(
-            customer,
-            project_id,
-            crew,
-            EventBody::ProjectArrived {
-                dispatch_id,
-                user_id: user.to_owned(),
-                distance_m: distance_m.round(),
-            },
-        );
-        events::record(conn, &event).await?;
-        if dispatch.notify_customer {
-            let crew_name = crew_name(conn, crew).await?;
-            crews::notify_customer(
-                conn,
-                &project,
-                Sender::user(&dispatch.dispatched_by, Role::Staff),
-                &Notice {
-                    template: ARRIVED_TEMPLATE,
-                    variables: &variables(&project, &crew_name, ""),
-                    fallback: format!(
-                        "Your crew ({crew_name}) has arrived at {}.",
-                        project.address
-                    ),
-                    subject: "Your crew has arrived",
-                },
-                Senders::of(&state.settings),
-                state.settings.jobs.max_attempts,
-            )
-            .await?;
-        }
-        arrived.push(project_id);
-    }
-    Ok(arrived)
 }

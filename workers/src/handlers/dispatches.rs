@@ -4,7 +4,7 @@
 //! no WebSocket open right now. `dispatch.remind`, enqueued by the workers' sweep once
 //! `DISPATCH_ACK_SECS` have passed, texts each member who was connected (so got no
 //! text) and has not acknowledged. Each text is an internal SMS of the project with its
-//! own `sms.send` job (`crews::text_member`): sent at most once, retried,
+//! own `sms.send` job (`dispatch::text_member`): sent at most once, retried,
 //! dead-lettered like every SMS. Both run in their job's transaction, so a redelivery
 //! of a job that succeeded changes nothing.
 
@@ -15,6 +15,7 @@ use sqlx::PgConnection;
 
 use commcenter_shared::{
     crews::{self, Dispatch, Project},
+    dispatch::{self, TextAbout},
     events::{self, Event, EventBody},
     jobs::payloads,
 };
@@ -52,9 +53,9 @@ impl Texting {
             return Ok(0);
         };
         for member in members {
-            crews::text_member(
+            dispatch::text_member(
                 conn,
-                crews::TextAbout::Project(project),
+                TextAbout::Project(project),
                 member,
                 from_number,
                 text,
@@ -77,22 +78,6 @@ async fn load(conn: &mut PgConnection, id: uuid::Uuid) -> Result<(Dispatch, Proj
             JobError::permanent(format!("project {} does not exist", dispatch.project_id))
         })?;
     Ok((dispatch, project))
-}
-
-fn dispatch_text(dispatch: &Dispatch, project: &Project) -> String {
-    let mut text = format!("Dispatch: {} at {}.", project.title, project.address);
-    if let Some(eta) = dispatch.eta {
-        text.push_str(&format!(" ETA {}.", eta.format("%H:%M UTC")));
-    }
-    if !dispatch.note.is_empty() {
-        text.push(' ');
-        text.push_str(&dispatch.note);
-        if !dispatch.note.ends_with(['.', '!', '?']) {
-            text.push('.');
-        }
-    }
-    text.push_str(" Acknowledge in the crew app.");
-    text
 }
 
 pub struct NotifyDispatchHandler(pub Texting);
@@ -137,7 +122,7 @@ impl Handler<payloads::NotifyDispatch> for NotifyDispatchHandler {
                 conn,
                 &project,
                 &offline,
-                &dispatch_text(&dispatch, &project),
+                &dispatch::crew_text(&dispatch, &project),
             )
             .await?;
         tracing::info!(dispatch = %dispatch.id, texted, "crew notified");
@@ -167,7 +152,7 @@ impl Handler<payloads::RemindDispatch> for RemindDispatchHandler {
             self.0.presence_ttl.as_secs_f64(),
         )
         .await?;
-        let text = format!("Reminder: {}", dispatch_text(&dispatch, &project));
+        let text = dispatch::reminder_text(&dispatch, &project);
         let texted = self.0.text(conn, &project, &waiting, &text).await?;
         tracing::info!(dispatch = %dispatch.id, texted, "unacknowledged members reminded");
         Ok(())
