@@ -44,6 +44,58 @@ pub struct Event {
     pub body: EventBody,
 }
 
+/// The one list of event types: [`EventType::ALL`] and each name come from it, and
+/// [`EventBody::event_type`] maps every body to one, so the compiler keeps the list
+/// complete (a test checks each name against the body's serde tag).
+macro_rules! event_types {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, )+) => {
+        /// What kinds of event there are, as the `type` field names them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EventType {
+            $( $(#[$doc])* $variant, )+
+        }
+
+        impl EventType {
+            /// Every type, in the list's order.
+            pub const ALL: &[EventType] = &[$(Self::$variant),+];
+
+            /// The `type` field's value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $name, )+
+                }
+            }
+        }
+    };
+}
+
+event_types! {
+    /// A message reached the conversation.
+    MessageNew = "message.new",
+    /// A communication's status moved forward (or failed).
+    CommunicationStatus = "communication.status",
+    /// An uploaded file finished processing.
+    FileStatus = "file.status",
+    /// An in-app message's text was edited.
+    MessageUpdated = "message.updated",
+    /// An in-app message was deleted.
+    MessageDeleted = "message.deleted",
+    /// A user came online or went offline.
+    Presence = "presence",
+    /// A crew was sent to a project.
+    DispatchNew = "dispatch.new",
+    /// A crew member acknowledged a dispatch.
+    DispatchAcknowledged = "dispatch.acknowledged",
+    /// The dispatched crew reached the site.
+    ProjectArrived = "project.arrived",
+    /// Staff's message to the crews near a place.
+    CrewBroadcast = "crew.broadcast",
+    /// Someone is typing (never stored).
+    Typing = "typing",
+    /// A conversation was opened, closed or archived.
+    ConversationStatus = "conversation.status",
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum EventBody {
@@ -281,6 +333,24 @@ pub struct Viewer {
 }
 
 impl EventBody {
+    /// Its type (the `type` field).
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Self::MessageNew { .. } => EventType::MessageNew,
+            Self::CommunicationStatus { .. } => EventType::CommunicationStatus,
+            Self::FileStatus { .. } => EventType::FileStatus,
+            Self::MessageUpdated { .. } => EventType::MessageUpdated,
+            Self::MessageDeleted { .. } => EventType::MessageDeleted,
+            Self::Presence { .. } => EventType::Presence,
+            Self::DispatchNew { .. } => EventType::DispatchNew,
+            Self::DispatchAcknowledged { .. } => EventType::DispatchAcknowledged,
+            Self::ProjectArrived { .. } => EventType::ProjectArrived,
+            Self::CrewBroadcast { .. } => EventType::CrewBroadcast,
+            Self::Typing { .. } => EventType::Typing,
+            Self::ConversationStatus { .. } => EventType::ConversationStatus,
+        }
+    }
+
     /// The communication the event is about, if any.
     fn communication_id(&self) -> Option<Uuid> {
         match self {
@@ -429,4 +499,110 @@ pub async fn replay(
         head,
         recovered,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// One body of every type (a new type must add one here, or the test fails).
+    fn one_of_each() -> Vec<EventBody> {
+        let id = Uuid::nil();
+        let at = Utc::now();
+        let text = || "x".to_owned();
+        vec![
+            EventBody::MessageNew {
+                communication_id: id,
+                communication_type: CommunicationType::InApp,
+                direction: Direction::Outbound,
+                sender_id: text(),
+                sender_role: text(),
+                user_id: text(),
+                message: text(),
+                content: text(),
+                subject: None,
+                attachments: serde_json::json!([]),
+                status: CommunicationStatus::Sent,
+                created_at: at,
+                timestamp: at,
+            },
+            EventBody::CommunicationStatus {
+                communication_id: id,
+                status: CommunicationStatus::Sent,
+                previous: CommunicationStatus::Queued,
+                reason: None,
+            },
+            EventBody::FileStatus {
+                file_id: id,
+                filename: text(),
+                status: FileStatus::Ready,
+                reason: None,
+                thumbnail_url: None,
+            },
+            EventBody::MessageUpdated {
+                communication_id: id,
+                message: text(),
+                edited_at: at,
+                edited_by: text(),
+            },
+            EventBody::MessageDeleted {
+                communication_id: id,
+                deleted_at: at,
+                deleted_by: text(),
+            },
+            EventBody::Presence {
+                user_id: text(),
+                role: Role::Staff,
+                status: PresenceStatus::Online,
+            },
+            EventBody::DispatchNew {
+                dispatch_id: id,
+                title: text(),
+                address: text(),
+                lat: 0.0,
+                lng: 0.0,
+                note: text(),
+                eta: None,
+                dispatched_by: text(),
+            },
+            EventBody::DispatchAcknowledged {
+                dispatch_id: id,
+                user_id: text(),
+            },
+            EventBody::ProjectArrived {
+                dispatch_id: id,
+                user_id: text(),
+                distance_m: 1.0,
+            },
+            EventBody::CrewBroadcast {
+                broadcast_id: id,
+                message: text(),
+                from: text(),
+                distance_m: 1.0,
+            },
+            EventBody::Typing {
+                user_id: text(),
+                role: Role::Customer,
+                state: None,
+            },
+            EventBody::ConversationStatus {
+                status: ConversationStatus::Open,
+                updated_by: text(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_type_is_named_as_its_frames_say() {
+        let mut seen = BTreeSet::new();
+        for body in one_of_each() {
+            let frame = serde_json::to_value(&body).expect("serialises");
+            assert_eq!(frame["type"], body.event_type().as_str(), "{body:?}");
+            seen.insert(body.event_type().as_str());
+        }
+        let all: BTreeSet<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(seen, all, "one body of every type in EventType::ALL");
+    }
 }

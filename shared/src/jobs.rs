@@ -12,31 +12,44 @@ use uuid::Uuid;
 
 use crate::domain::{ConversationStatus, CustomerId, Receipt, Role, UserId};
 
-/// The one list of job kinds: each kind's name, its payload type and what it does.
-/// [`kinds`] (a constant per kind, and `kinds::ALL`) and every [`Job`] impl are made
-/// from it, and [`Job`] is sealed to it: a payload type outside the list cannot be
-/// enqueued, so no kind can be left out of `kinds::ALL` (which declares the queues).
+/// The one list of job kinds: each kind's name, its payload type, what it does and,
+/// for a kind that carries out a communication, the payload's field that names it.
+/// [`kinds`] (a constant per kind, `kinds::ALL`, `kinds::DELIVERING`) and every [`Job`]
+/// impl are made from it, and [`Job`] is sealed to it: a payload type outside the list
+/// cannot be enqueued, so no kind can be left out of `kinds::ALL` (which declares the
+/// queues).
 macro_rules! job_kinds {
-    ($( $(#[$doc:meta])* $constant:ident = $name:literal => $payload:ident, )+) => {
+    ($( $(#[$doc:meta])* $constant:ident = $name:literal => $payload:ident
+        $(delivers $field:ident)?, )+) => {
         /// The job kinds this system runs; each has its own work queue
         /// (`{prefix}.jobs.{kind}`).
         pub mod kinds {
             $( $(#[$doc])* pub const $constant: &str = $name; )+
             /// Every kind, in the registry's order.
             pub const ALL: &[&str] = &[$($constant),+];
+            /// The kinds whose job carries out a communication: when one dies the
+            /// communication shows `failed`, a replay moves it back to `queued`, a discard
+            /// fails it.
+            pub const DELIVERING: &[&str] = &[$($(job_kinds!(@name $field $constant),)?)+];
         }
         $(
             impl sealed::Registered for payloads::$payload {}
             impl Job for payloads::$payload {
                 const KIND: &'static str = kinds::$constant;
+                $(
+                    fn delivers(&self) -> Option<Uuid> {
+                        Some(self.$field)
+                    }
+                )?
             }
         )+
     };
+    (@name $field:ident $constant:ident) => { $constant };
 }
 
 job_kinds! {
     /// Deliver an in-app message to the other party.
-    MESSAGE_DELIVER = "message.deliver" => DeliverMessage,
+    MESSAGE_DELIVER = "message.deliver" => DeliverMessage delivers communication_id,
     /// Apply a delivered or read receipt to a communication.
     RECEIPT_APPLY = "receipt.apply" => ApplyReceipt,
     /// Open, close or archive a customer's conversation.
@@ -46,11 +59,11 @@ job_kinds! {
     /// Delete a stored object nothing refers to any more (a deduplicated upload).
     BLOB_DELETE = "blob.delete" => DeleteBlob,
     /// Send an SMS or MMS through RingCentral.
-    SMS_SEND = "sms.send" => SendSms,
+    SMS_SEND = "sms.send" => SendSms delivers communication_id,
     /// Send an email through Gmail.
-    EMAIL_SEND = "email.send" => SendEmail,
+    EMAIL_SEND = "email.send" => SendEmail delivers communication_id,
     /// Finish a phone call logged by staff: match it with RingCentral's call log.
-    CALL_LOG = "call.log" => LogCall,
+    CALL_LOG = "call.log" => LogCall delivers communication_id,
     /// Act on a notification RingCentral posted to our webhook.
     RINGCENTRAL_EVENT = "ringcentral.event" => RingCentralEvent,
     /// Pull RingCentral's call log since the last import into phone communications.
@@ -190,6 +203,12 @@ pub trait Job:
 {
     /// The kind: the `kind` column and the work queue `{prefix}.jobs.{KIND}`.
     const KIND: &'static str;
+
+    /// The communication this job carries out, for a kind that carries one out
+    /// (`delivers` in the list): when the job dies, the communication fails with it.
+    fn delivers(&self) -> Option<Uuid> {
+        None
+    }
 }
 
 /// What travels over RabbitMQ: the job's id and everything a worker needs to run it.

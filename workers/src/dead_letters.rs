@@ -83,7 +83,10 @@ async fn record_in_ledger(runtime: &Runtime, delivery: &Delivery) -> anyhow::Res
                 let job =
                     JobContext::new(row.id, row.kind.clone(), row.payload.clone(), row.attempts);
                 handler.on_dead(&mut tx, &job, &reason).await?;
-            } else if let Some(communication_id) = row.communication_id {
+            } else if let Some(communication_id) = row
+                .communication_id
+                .filter(|_| jobs::kinds::DELIVERING.contains(&row.kind.as_str()))
+            {
                 // This worker does not run the kind (WORKER_KINDS split the roles):
                 // the communication it served still shows as failed.
                 writes::fail(&mut tx, communication_id, &reason).await?;

@@ -145,16 +145,10 @@ pub trait Handler<J: Job>: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The communication this job carries out (a send, a delivery, a logged call), if
-    /// it carries one out: when the job dies, the communication fails with the reason
-    /// and the conversation hears of it. Default: none.
-    fn delivers(&self, _job: &J) -> Option<Uuid> {
-        None
-    }
-
     /// Runs in the transaction that marks the job dead (permanent failure, attempts
     /// exhausted, or dead-lettered by the broker), so what else the job served (beyond
-    /// [`Handler::delivers`]) shows as failed. Default: nothing.
+    /// the communication it carries out, [`Job::delivers`], failed by the runtime)
+    /// shows as failed. Default: nothing.
     async fn on_dead(
         &self,
         _conn: &mut PgConnection,
@@ -206,7 +200,7 @@ impl<J: Job, H: Handler<J>> AnyHandler for Typed<J, H> {
         let Ok(job) = context.decode::<J>() else {
             return Ok(());
         };
-        if let Some(communication) = self.handler.delivers(&job) {
+        if let Some(communication) = job.delivers() {
             writes::fail(conn, communication, reason).await?;
         }
         self.handler.on_dead(conn, &job, context, reason).await

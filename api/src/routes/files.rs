@@ -115,7 +115,7 @@ pub async fn upload(
                     // before its customer_id (the original's own order) is staged and
                     // authorized once the part arrives, and discarded if refused.
                     match &customer {
-                        Some(owner) => caller.ensure_sees(&owner)?,
+                        Some(owner) => caller.ensure_sees(owner)?,
                         None => caller.ensure_staff()?,
                     }
                     if staged.len() + refused.len() >= MAX_FILES_PER_REQUEST {

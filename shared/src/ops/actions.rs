@@ -10,7 +10,7 @@ use crate::{
     jobs::{self, JobState},
 };
 
-use super::filter::{JobFilter, SENDING_KINDS};
+use super::filter::JobFilter;
 
 pub use crate::jobs::Action;
 
@@ -94,7 +94,7 @@ pub(super) async fn act_on_batch(
 
     let communications: Vec<Uuid> = acted
         .iter()
-        .filter(|job| SENDING_KINDS.contains(&job.kind.as_str()))
+        .filter(|job| jobs::kinds::DELIVERING.contains(&job.kind.as_str()))
         .filter_map(|job| job.communication_id)
         .collect();
     if !communications.is_empty() {

@@ -11,15 +11,6 @@ use crate::{
     jobs::{ErrorClass, JobState, kinds},
 };
 
-/// Kinds whose job carries out a communication: when such a job dies the
-/// communication shows `failed`, a replay moves it back to `queued`, a discard fails it.
-pub const SENDING_KINDS: &[&str] = &[
-    kinds::MESSAGE_DELIVER,
-    kinds::SMS_SEND,
-    kinds::EMAIL_SEND,
-    kinds::CALL_LOG,
-];
-
 /// Which jobs an operator means. Every field narrows; lists match any of their values.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

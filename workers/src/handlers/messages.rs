@@ -38,10 +38,6 @@ impl Handler<payloads::DeliverMessage> for DeliverMessageHandler {
         writes::deliver(conn, &communication, CommunicationStatus::Sent).await?;
         Ok(())
     }
-
-    fn delivers(&self, payload: &payloads::DeliverMessage) -> Option<Uuid> {
-        Some(payload.communication_id)
-    }
 }
 
 /// The communication a job names; one that does not exist will never appear.

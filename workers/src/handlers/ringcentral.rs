@@ -239,10 +239,6 @@ impl Handler<payloads::LogCall> for LogCallHandler {
         writes::deliver(conn, &call, CommunicationStatus::Delivered).await?;
         Ok(())
     }
-
-    fn delivers(&self, payload: &payloads::LogCall) -> Option<Uuid> {
-        Some(payload.communication_id)
-    }
 }
 
 /// `call_log.import`: pages through RingCentral's call log from the stored cursor.

@@ -38,7 +38,7 @@ use commcenter_shared::{
         writes::{self, ProviderIds},
     },
     domain::CommunicationStatus,
-    jobs::{Job, ProviderReport, payloads},
+    jobs::{Job, ProviderReport},
     reach,
 };
 
@@ -65,7 +65,7 @@ pub trait Channel: Send + Sync + 'static {
     /// `provider_sends.provider`: `ringcentral` or `gmail`.
     const PROVIDER: &'static str;
     /// The job kind that sends on this channel.
-    type Job: SendsCommunication;
+    type Job: Job;
     /// What `prepare` makes ready to send (a composed email, fitted MMS files).
     type Prepared: Send;
 
@@ -86,23 +86,6 @@ pub trait Channel: Send + Sync + 'static {
         communication: &Communication,
         since: DateTime<Utc>,
     ) -> Result<Option<Accepted>, ProviderError>;
-}
-
-/// A send job's payload: the communication it sends (everything else is on its row).
-pub trait SendsCommunication: Job {
-    fn communication_id(&self) -> Uuid;
-}
-
-impl SendsCommunication for payloads::SendSms {
-    fn communication_id(&self) -> Uuid {
-        self.communication_id
-    }
-}
-
-impl SendsCommunication for payloads::SendEmail {
-    fn communication_id(&self) -> Uuid {
-        self.communication_id
-    }
 }
 
 /// The handler of every provider send: the outside phase calls the provider at most
@@ -129,8 +112,14 @@ impl<C: Channel> Handler<C::Job> for SendHandler<C> {
             .channel
             .as_ref()
             .map_err(|why| JobError::permanent(*why))?;
-        let id = payload.communication_id();
-        call(channel, &self.sends, id, job, self.under_way_for).await
+        call(
+            channel,
+            &self.sends,
+            sent(payload)?,
+            job,
+            self.under_way_for,
+        )
+        .await
     }
 
     async fn run(
@@ -139,12 +128,15 @@ impl<C: Channel> Handler<C::Job> for SendHandler<C> {
         payload: &C::Job,
         job: &JobContext,
     ) -> Result<(), JobError> {
-        record(conn, payload.communication_id(), job).await
+        record(conn, sent(payload)?, job).await
     }
+}
 
-    fn delivers(&self, payload: &C::Job) -> Option<Uuid> {
-        Some(payload.communication_id())
-    }
+/// The communication a send job sends (every send kind `delivers` one).
+fn sent(payload: &impl Job) -> Result<Uuid, JobError> {
+    payload
+        .delivers()
+        .ok_or_else(|| JobError::permanent("this job kind names no communication to send"))
 }
 
 /// How long a provider call can be under way: its timeout (the intent is committed just
