@@ -84,6 +84,28 @@ pub struct NewCommunication<'a> {
     pub channel: Channel<'a>,
 }
 
+impl<'a> NewCommunication<'a> {
+    /// A public, outbound communication on `channel`: a send, unless it says otherwise
+    /// (an internal note, a call that came in).
+    pub fn outbound(
+        customer_id: &'a CustomerId,
+        project_id: Option<Uuid>,
+        composed: &'a Composed,
+        attachments: &'a [FileRecord],
+        channel: Channel<'a>,
+    ) -> Self {
+        Self {
+            customer_id,
+            project_id,
+            visibility: Visibility::Public,
+            direction: Direction::Outbound,
+            composed,
+            attachments,
+            channel,
+        }
+    }
+}
+
 /// Why this caller may not send with `visibility` on `channel`, if they may not: an
 /// internal note is in-app, and written by staff or a crew, never by the customer.
 pub fn internal_note_refusal(
@@ -126,6 +148,18 @@ pub struct Acceptance {
     tx: Option<Transaction<'static, Postgres>>,
     key: Option<IdempotencyKey>,
 }
+
+/// Begins a send ([`Acceptance::begin`]), or returns from the route with the first
+/// answer when the request repeats an earlier one (its `Idempotency-Key`).
+macro_rules! begin_or_repeat {
+    ($begin:expr) => {
+        match $begin.await? {
+            $crate::accept::Begun::Repeat(answer) => return Ok(answer),
+            $crate::accept::Begun::New(acceptance) => acceptance,
+        }
+    };
+}
+pub(crate) use begin_or_repeat;
 
 /// What [`Acceptance::begin`] found.
 pub enum Begun {

@@ -59,32 +59,7 @@ macro_rules! id_type {
 
         // A stored id is read back through `parse`, like every text column: a row
         // holds an id the code can use, never a string to re-parse.
-        impl sqlx::Type<sqlx::Postgres> for $name {
-            fn type_info() -> sqlx::postgres::PgTypeInfo {
-                <str as sqlx::Type<sqlx::Postgres>>::type_info()
-            }
-            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-                <str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
-            }
-        }
-
-        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
-            fn decode(
-                value: sqlx::postgres::PgValueRef<'r>,
-            ) -> Result<Self, sqlx::error::BoxDynError> {
-                let raw = <&str as sqlx::Decode<'r, sqlx::Postgres>>::decode(value)?;
-                Ok(Self::parse(raw)?)
-            }
-        }
-
-        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
-            fn encode_by_ref(
-                &self,
-                buf: &mut sqlx::postgres::PgArgumentBuffer,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
-            }
-        }
+        $crate::domain::text_type!($name, |raw| $name::parse(raw));
     };
 }
 
@@ -98,6 +73,19 @@ macro_rules! text_column {
     ($name:ident) => {
         $crate::domain::text_column!($name, |raw| $name::parse(raw));
     };
+    ($name:ident, $parse:expr) => {
+        $crate::domain::text_type!($name, $parse);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// `TEXT` in PostgreSQL: written as its `as_str`, read back through `parse`.
+macro_rules! text_type {
     ($name:ident, $parse:expr) => {
         impl sqlx::Type<sqlx::Postgres> for $name {
             fn type_info() -> sqlx::postgres::PgTypeInfo {
@@ -118,12 +106,6 @@ macro_rules! text_column {
             }
         }
 
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
         impl sqlx::Encode<'_, sqlx::Postgres> for $name {
             fn encode_by_ref(
                 &self,
@@ -135,7 +117,7 @@ macro_rules! text_column {
     };
 }
 
-pub(crate) use text_column;
+pub(crate) use {text_column, text_type};
 
 text_column!(CommunicationType);
 text_column!(Direction);

@@ -82,80 +82,57 @@ pub struct Pruned {
 /// crews' positions older than `keep` says, in batches of `batch` rows so no
 /// transaction grows large. Dead jobs stay until an operator acts.
 pub async fn prune(pool: &PgPool, keep: &Keep, batch: i64) -> sqlx::Result<Pruned> {
+    let older = |sql: String, retention| async move {
+        delete_in_batches(pool, &sql, retention, batch).await
+    };
     Ok(Pruned {
-        jobs: {
-            let mut total = 0;
-            loop {
-                let mut conn = pool.acquire().await?;
-                let deleted = jobs::delete_finished(&mut conn, keep.jobs, batch).await?;
-                total += deleted;
-                if (deleted as i64) < batch {
-                    break total;
-                }
-            }
-        },
-        idempotency_keys: delete_in_batches(
-            pool,
-            "DELETE FROM idempotency_keys WHERE ctid IN (
-                 SELECT ctid FROM idempotency_keys
-                 WHERE created_at < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        jobs: jobs::delete_finished(pool, keep.jobs, batch).await?,
+        idempotency_keys: older(
+            aged("idempotency_keys", "created_at"),
             keep.idempotency_keys,
-            batch,
         )
         .await?,
-        webhook_receipts: delete_in_batches(
-            pool,
-            "DELETE FROM webhook_receipts WHERE ctid IN (
-                 SELECT ctid FROM webhook_receipts
-                 WHERE received_at < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        webhook_receipts: older(
+            aged("webhook_receipts", "received_at"),
             keep.idempotency_keys,
-            batch,
         )
         .await?,
-        events: delete_in_batches(
-            pool,
+        // In order, so recovery never finds a hole below a position it still has.
+        events: older(
             "DELETE FROM event_log WHERE seq IN (
                  SELECT seq FROM event_log
                  WHERE at < now() - make_interval(secs => $1)
-                 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                .to_owned(),
             keep.events,
-            batch,
         )
         .await?,
-        locations: delete_in_batches(
-            pool,
+        // Each crew's latest position stays, however old.
+        locations: older(
             "DELETE FROM crew_locations WHERE id IN (
                  SELECT l.id FROM crew_locations l
                  WHERE l.received_at < now() - make_interval(secs => $1)
                    AND l.id <> (SELECT newest.id FROM crew_locations newest
                                 WHERE newest.crew_id = l.crew_id
                                 ORDER BY newest.at DESC, newest.id DESC LIMIT 1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                .to_owned(),
             keep.locations,
-            batch,
         )
         .await?,
-        activity: delete_in_batches(
-            pool,
-            "DELETE FROM job_activity WHERE ctid IN (
-                 SELECT ctid FROM job_activity WHERE minute < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            ACTIVITY,
-            batch,
-        )
-        .await?
-            + delete_in_batches(
-                pool,
-                "DELETE FROM queue_depths WHERE ctid IN (
-                     SELECT ctid FROM queue_depths WHERE minute < now() - make_interval(secs => $1)
-                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                ACTIVITY,
-                batch,
-            )
-            .await?,
+        activity: older(aged("job_activity", "minute"), ACTIVITY).await?
+            + older(aged("queue_depths", "minute"), ACTIVITY).await?,
     })
+}
+
+/// The delete of up to `$2` rows of `table` whose `at` column is older than `$1`
+/// seconds (rows others hold are skipped).
+fn aged(table: &str, at: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE ctid IN (
+             SELECT ctid FROM {table} WHERE {at} < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    )
 }
 
 /// Runs `delete` (bound to the retention in seconds and the batch size) until it

@@ -14,7 +14,7 @@ use commcenter_shared::domain::{
 
 use crate::{
     accept::{
-        Acceptance, AcceptedResponse, Begun, Channel, NewCommunication, TemplateChoice,
+        Acceptance, AcceptedResponse, Channel, NewCommunication, TemplateChoice, begin_or_repeat,
         internal_note_refusal,
     },
     auth::Caller,
@@ -69,18 +69,13 @@ pub async fn send(
             "attachments: at most {MAX_ATTACHMENTS} files per message"
         )));
     }
-    let mut acceptance = match Acceptance::begin(
+    let mut acceptance = begin_or_repeat!(Acceptance::begin(
         &state,
         &caller,
         &headers,
         "POST /api/messages/send",
-        &request,
-    )
-    .await?
-    {
-        Begun::Repeat(answer) => return Ok(answer),
-        Begun::New(acceptance) => acceptance,
-    };
+        &request
+    ));
     let project_id = acceptance
         .project(&caller, &request.customer_id, request.project_id)
         .await?;
@@ -119,13 +114,15 @@ pub async fn send(
             &state,
             &caller,
             NewCommunication {
-                customer_id: &request.customer_id,
-                project_id,
                 visibility: request.visibility,
                 direction,
-                composed: &composed,
-                attachments: &files,
-                channel: Channel::InApp,
+                ..NewCommunication::outbound(
+                    &request.customer_id,
+                    project_id,
+                    &composed,
+                    &files,
+                    Channel::InApp,
+                )
             },
             Map::new(),
         )

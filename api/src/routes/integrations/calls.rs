@@ -10,12 +10,12 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     contact::PhoneNumber,
-    domain::{CustomerId, Direction, MessageText, Visibility},
+    domain::{CustomerId, Direction, MessageText},
 };
 
 use super::{Answer, invalid, ringcentral_ready};
 use crate::{
-    accept::{Acceptance, Begun, Channel, Composed, NewCommunication},
+    accept::{Acceptance, Channel, Composed, NewCommunication, begin_or_repeat},
     auth::Caller,
     body::JsonBody,
     state::AppState,
@@ -101,18 +101,13 @@ pub async fn log(
             at
         }
     };
-    let mut acceptance = match Acceptance::begin(
+    let mut acceptance = begin_or_repeat!(Acceptance::begin(
         &state,
         &caller,
         &headers,
         "POST /api/integrations/ringcentral/call-log",
-        &request,
-    )
-    .await?
-    {
-        Begun::Repeat(answer) => return Ok(answer),
-        Begun::New(acceptance) => acceptance,
-    };
+        &request
+    ));
     let project_id = acceptance
         .project(&caller, &request.customer_id, request.project_id)
         .await?;
@@ -129,18 +124,19 @@ pub async fn log(
             &state,
             &caller,
             NewCommunication {
-                customer_id: &request.customer_id,
-                project_id,
-                visibility: Visibility::Public,
                 direction,
-                composed: &composed,
-                attachments: &[],
-                channel: Channel::Phone {
-                    phone: phone.as_str(),
-                    local: Some(ringcentral.from_number.as_str()).filter(|n| !n.is_empty()),
-                    duration_seconds: request.duration as i32,
-                    occurred_at,
-                },
+                ..NewCommunication::outbound(
+                    &request.customer_id,
+                    project_id,
+                    &composed,
+                    &[],
+                    Channel::Phone {
+                        phone: phone.as_str(),
+                        local: Some(ringcentral.from_number.as_str()).filter(|n| !n.is_empty()),
+                        duration_seconds: request.duration as i32,
+                        occurred_at,
+                    },
+                )
             },
             Map::new(),
         )

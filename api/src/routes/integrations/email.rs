@@ -11,12 +11,12 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     contact::Mailbox,
-    domain::{CommunicationType, CustomerId, Direction, Invalid, Visibility},
+    domain::{CommunicationType, CustomerId, Invalid},
 };
 
 use super::{Answer, Refusal, invalid};
 use crate::{
-    accept::{Acceptance, Begun, Channel, EmailThread, NewCommunication, TemplateChoice},
+    accept::{Acceptance, Channel, EmailThread, NewCommunication, TemplateChoice, begin_or_repeat},
     auth::Caller,
     body::JsonBody,
     error::ApiError,
@@ -110,18 +110,13 @@ pub async fn send(
         )
         .into());
     }
-    let mut acceptance = match Acceptance::begin(
+    let mut acceptance = begin_or_repeat!(Acceptance::begin(
         &state,
         &caller,
         &headers,
         "POST /api/integrations/gmail/send",
-        &request,
-    )
-    .await?
-    {
-        Begun::Repeat(answer) => return Ok(answer),
-        Begun::New(acceptance) => acceptance,
-    };
+        &request
+    ));
     let project_id = acceptance
         .project(&caller, &request.customer_id, request.project_id)
         .await?;
@@ -214,14 +209,12 @@ pub async fn send(
         .record(
             &state,
             &caller,
-            NewCommunication {
-                customer_id: &request.customer_id,
+            NewCommunication::outbound(
+                &request.customer_id,
                 project_id,
-                visibility: Visibility::Public,
-                direction: Direction::Outbound,
-                composed: &composed,
-                attachments: &files,
-                channel: Channel::Email {
+                &composed,
+                &files,
+                Channel::Email {
                     recipients: &recipients,
                     from: sender.address.as_str(),
                     thread: EmailThread {
@@ -230,7 +223,7 @@ pub async fn send(
                         references: threading.references.as_deref(),
                     },
                 },
-            },
+            ),
             extra,
         )
         .await?)

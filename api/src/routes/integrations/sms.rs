@@ -9,13 +9,13 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     contact::PhoneNumber,
-    domain::{CommunicationType, CustomerId, Direction, Visibility, is_blank},
+    domain::{CommunicationType, CustomerId, is_blank},
     store::FileRecord,
 };
 
 use super::{Answer, Refusal, invalid, ringcentral_ready};
 use crate::{
-    accept::{Acceptance, Begun, Channel, NewCommunication, TemplateChoice},
+    accept::{Acceptance, Channel, NewCommunication, TemplateChoice, begin_or_repeat},
     auth::Caller,
     body::JsonBody,
     error::ApiError,
@@ -87,18 +87,13 @@ pub async fn send(
         )
         .into());
     }
-    let mut acceptance = match Acceptance::begin(
+    let mut acceptance = begin_or_repeat!(Acceptance::begin(
         &state,
         &caller,
         &headers,
         "POST /api/integrations/ringcentral/sms",
-        &request,
-    )
-    .await?
-    {
-        Begun::Repeat(answer) => return Ok(answer),
-        Begun::New(acceptance) => acceptance,
-    };
+        &request
+    ));
     let project_id = acceptance
         .project(&caller, &request.customer_id, request.project_id)
         .await?;
@@ -122,18 +117,16 @@ pub async fn send(
         .record(
             &state,
             &caller,
-            NewCommunication {
-                customer_id: &request.customer_id,
+            NewCommunication::outbound(
+                &request.customer_id,
                 project_id,
-                visibility: Visibility::Public,
-                direction: Direction::Outbound,
-                composed: &composed,
-                attachments: &files,
-                channel: Channel::Sms {
+                &composed,
+                &files,
+                Channel::Sms {
                     to: to.as_str(),
                     from: from.as_str(),
                 },
-            },
+            ),
             extra,
         )
         .await?)
