@@ -2,7 +2,7 @@
 //! of unread in-app messages to SMS or email (swept here with a clock the test sets).
 
 use chrono::{DateTime, Duration as Span, Utc};
-use commcenter_shared::{domain::Role, reach};
+use commcenter_shared::{communications::writes, domain::Role, reach};
 use commcenter_tests::{TestApp, spawn_app};
 use serde_json::{Value, json};
 
@@ -331,4 +331,55 @@ async fn a_message_read_just_before_its_fallback_goes_is_not_sent() {
         Value::Null
     );
     app.assert_no_jobs_left().await;
+}
+
+/// Two deliveries of one fallback may both find its messages read (the check runs
+/// before the job's lock): the fallback fails once, and is announced once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fallback_cancelled_twice_is_announced_once() {
+    let mut app = spawn_app().await;
+    set_contact(
+        &app,
+        "cust-1",
+        json!({ "phone": "+14155550114", "fallback": "sms", "fallback_after_secs": 60 }),
+    )
+    .await;
+    let id = delivered(&app, "cust-1", "Gate code?").await;
+    app.stop_workers().await;
+    assert_eq!(sweep(&app, Utc::now() + Span::minutes(2)).await, 1);
+    let fallback: uuid::Uuid =
+        sqlx::query_scalar("SELECT fallback_id FROM communications WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let mut cancelled = Vec::new();
+    for _ in 0..2 {
+        let mut tx = app.pool.begin().await.unwrap();
+        cancelled.push(writes::cancel_fallback(&mut tx, fallback).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(
+        cancelled,
+        vec![true, false],
+        "the second finds it failed already"
+    );
+    let announced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT payload FROM event_outbox
+                               UNION ALL SELECT payload FROM event_log) e
+         WHERE payload->>'type' = 'communication.status'
+           AND payload->>'communication_id' = $1::text",
+    )
+    .bind(fallback)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(announced, 1);
+    let reason: String =
+        sqlx::query_scalar("SELECT failure_reason FROM communications WHERE id = $1")
+            .bind(fallback)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(reason.contains("read first"), "{reason}");
 }
