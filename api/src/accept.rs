@@ -29,16 +29,16 @@ use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-pub use commcenter_shared::communications::{Channel, Composed, EmailThread};
+pub use commcenter_shared::domain::communications::{Channel, Composed, EmailThread};
 use commcenter_shared::{
-    communications::{
+    domain::communications::{
         Outbound, Sender,
         outbound::{self},
     },
-    crews,
+    domain::crews,
+    domain::store::{self, FileRecord},
+    domain::templates::{self, RenderError},
     domain::{CommunicationType, CustomerId, Direction, FileStatus, Role, Visibility},
-    store::{self, FileRecord},
-    templates::{self, RenderError},
 };
 
 use crate::{

@@ -5,8 +5,8 @@
 use axum::{extract::FromRequestParts, http::request::Parts};
 
 use commcenter_shared::{
-    auth::{self, Claims},
     domain::{CustomerId, Role},
+    platform::auth::{self, Claims},
 };
 
 use crate::{error::ApiError, state::AppState};

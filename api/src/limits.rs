@@ -20,7 +20,7 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
 };
 
-use commcenter_shared::settings::{Rate, RateLimits};
+use commcenter_shared::platform::settings::{Rate, RateLimits};
 
 use crate::error::ApiError;
 

@@ -1,7 +1,7 @@
 //! `commcenter-api`: the HTTP and WebSocket API, the outbox relay and the notifier.
 
 use commcenter_api::App;
-use commcenter_shared::{settings::Settings, telemetry};
+use commcenter_shared::{platform::settings::Settings, platform::telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

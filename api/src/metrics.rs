@@ -18,8 +18,8 @@ use prometheus_client::{
 use sqlx::PgPool;
 
 use commcenter_shared::{
-    metrics::{self, Backlog, PREFIX, Registry},
-    settings::BrokerSettings,
+    ops::metrics::{self, Backlog, PREFIX, Registry},
+    platform::settings::BrokerSettings,
 };
 
 /// How long a read of the ledger and the queues serves later scrapes.

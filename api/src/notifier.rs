@@ -26,10 +26,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
-    broker::{self, Topology},
     domain::{CustomerId, UserId},
-    events::{Event, EventBody, Viewer},
-    settings::BrokerSettings,
+    ledger::events::{Event, EventBody, Viewer},
+    platform::broker::{self, Topology},
+    platform::settings::BrokerSettings,
 };
 
 /// What a connection is sent: the event's position (none for typing) and its JSON.

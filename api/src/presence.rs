@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    auth::Claims,
     domain::{CustomerId, Role, UserId},
-    events::{self, Event, PresenceStatus},
+    ledger::events::{self, Event, PresenceStatus},
+    platform::auth::Claims,
 };
 
 pub struct Presence {

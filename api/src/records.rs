@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use commcenter_shared::{
-    communications::Communication,
+    domain::communications::Communication,
     domain::{CommunicationStatus, CommunicationType, Direction},
 };
 

@@ -25,8 +25,8 @@ use tower_http::{
 };
 
 use commcenter_shared::{
-    blob::BlobStore, broker::Topology, db, events::Event, http_server, jobs::kinds, relay::Relay,
-    settings::Settings,
+    ledger::events::Event, ledger::jobs::kinds, ledger::relay::Relay, platform::blob::BlobStore,
+    platform::broker::Topology, platform::db, platform::http_server, platform::settings::Settings,
 };
 
 use crate::{

@@ -7,7 +7,9 @@ use std::sync::{Arc, atomic::AtomicBool};
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 
-use commcenter_shared::{blob::BlobStore, events::Event, settings::Settings};
+use commcenter_shared::{
+    ledger::events::Event, platform::blob::BlobStore, platform::settings::Settings,
+};
 
 use crate::{
     health::Health, limits::Limits, metrics::ApiMetrics, notifier::Hub, presence::Presence,

@@ -14,7 +14,9 @@ use tower::ServiceExt;
 use tracing_subscriber::{fmt::MakeWriter, prelude::*};
 
 use commcenter_api::{AppState, metrics::ApiMetrics, notifier::Hub, presence::Presence, startup};
-use commcenter_shared::{blob::BlobStore, settings::Settings, telemetry};
+use commcenter_shared::{
+    platform::blob::BlobStore, platform::settings::Settings, platform::telemetry,
+};
 
 /// Log output kept in memory.
 #[derive(Clone, Default)]

@@ -22,8 +22,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use commcenter_shared::{
-    jobs::{self, Attempt, Envelope},
-    relay::job_properties,
+    ledger::jobs::{self, Attempt, Envelope},
+    ledger::relay::job_properties,
 };
 use commcenter_tests::{TestApp, TestOptions, spawn_app_with};
 use commcenter_workers::Registry;

@@ -136,9 +136,9 @@ pub async fn wait_ready(mut child: Option<&mut Child>, base: &str) -> anyhow::Re
 
 /// Deletes the queues and exchanges of a bench's prefix.
 pub async fn delete_topology(prefix: &str, tiers: &str, delivery_limit: u32) -> anyhow::Result<()> {
-    let topology = commcenter_shared::broker::Topology::new(
+    let topology = commcenter_shared::platform::broker::Topology::new(
         prefix,
-        commcenter_shared::settings::parse_tiers(tiers)?,
+        commcenter_shared::platform::settings::parse_tiers(tiers)?,
         delivery_limit,
     );
     let connection = lapin::Connection::connect(
@@ -148,7 +148,7 @@ pub async fn delete_topology(prefix: &str, tiers: &str, delivery_limit: u32) -> 
     .await?;
     let channel = connection.create_channel().await?;
     topology
-        .delete(&channel, commcenter_shared::jobs::kinds::ALL)
+        .delete(&channel, commcenter_shared::ledger::jobs::kinds::ALL)
         .await;
     connection.close(200, "bye".into()).await.ok();
     Ok(())

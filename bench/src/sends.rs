@@ -269,7 +269,7 @@ pub async fn end_to_end(options: &Options, report: &mut Report) -> anyhow::Resul
         pool.clone(),
         handlers::registry(
             &app.settings,
-            Arc::new(commcenter_shared::blob::BlobStore::from_settings(
+            Arc::new(commcenter_shared::platform::blob::BlobStore::from_settings(
                 &app.settings.storage,
             )?),
         )?,

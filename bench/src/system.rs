@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use commcenter_api::App;
-use commcenter_shared::{retry::RetryPolicy, settings::Secret};
+use commcenter_shared::{ledger::retry::RetryPolicy, platform::settings::Secret};
 use commcenter_tests::{TestApp, broker_url};
 use commcenter_workers::{AnyHandler, JobContext, JobError, Registry, Runtime};
 

@@ -27,10 +27,10 @@ use uuid::Uuid;
 
 use commcenter_providers::{error::Failure as ProviderFailure, ringcentral::RingCentral};
 use commcenter_shared::{
-    auth::{self, Claims},
-    db,
     domain::{CustomerId, Role, UserId},
-    settings::Settings,
+    platform::auth::{self, Claims},
+    platform::db,
+    platform::settings::Settings,
 };
 
 use self::{

@@ -1,8 +1,8 @@
-//! Content sniffing (`commcenter_shared::filetype`): any bytes under any name are
+//! Content sniffing (`commcenter_shared::domain::filetype`): any bytes under any name are
 //! classified or refused without a panic, and what is accepted is on the allow-list.
 #![no_main]
 
-use commcenter_shared::filetype::{self, ALLOWED, MAX_DISPLAY_NAME, SNIFF_BYTES};
+use commcenter_shared::domain::filetype::{self, ALLOWED, MAX_DISPLAY_NAME, SNIFF_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (String, &[u8])| {

@@ -11,7 +11,7 @@ use axum::{
     extract::{FromRequest, Multipart},
     http::{Request, header::CONTENT_TYPE},
 };
-use commcenter_shared::filetype::{self, SNIFF_BYTES};
+use commcenter_shared::domain::filetype::{self, SNIFF_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {

@@ -9,7 +9,7 @@ use base64::{
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use commcenter_shared::settings::GmailSettings;
+use commcenter_shared::platform::settings::GmailSettings;
 use mail_builder::{
     MessageBuilder,
     headers::{content_type::ContentType, raw::Raw},

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use commcenter_shared::settings::RingCentralSettings;
+use commcenter_shared::platform::settings::RingCentralSettings;
 use reqwest::{
     Method,
     header::{CONTENT_TYPE, HeaderMap},

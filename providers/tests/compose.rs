@@ -7,7 +7,7 @@ use commcenter_providers::{
     Attachment, Failure,
     gmail::{Email, Gmail, message_id_for},
 };
-use commcenter_shared::settings::{GmailSettings, Secret};
+use commcenter_shared::platform::settings::{GmailSettings, Secret};
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
 use uuid::Uuid;
 

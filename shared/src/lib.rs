@@ -1,67 +1,19 @@
-//! What every Commcenter binary shares.
+//! What every Commcenter binary shares, in three layers and the operators' view on top.
+//! A layer uses the ones below it; the newtypes at the root of [`domain`] are used by
+//! every layer.
 //!
-//! The data flow, and where each piece of it lives:
-//!
-//! - [`settings`]: one typed settings tree, read from the environment.
-//! - [`domain`]: the newtypes built at the boundary (ids, roles, statuses).
-//! - [`contact`]: the other party's phone number (E.164) or email address, parsed and
-//!   normalised, and which customer it belongs to.
-//! - [`auth`]: the HS256 bearer tokens the api accepts and `commcenterctl token` prints.
-//! - [`db`]: the PostgreSQL pool and the migrations (the one source of the schema).
-//! - [`communications`]: every message, email, SMS and call: the row, its reads, what we
-//!   send composed one way ([`communications::outbound`]), and every change of its
-//!   state with the event it announces ([`communications::writes`]).
-//! - [`store`]: repository functions over conversations, files and blobs.
-//! - [`crews`]: field crews and members, projects at customers' sites, dispatches,
-//!   crews' positions (and the distance between two of them).
-//! - [`dispatch`]: sending a crew: dispatches, acknowledgements, arrival on site, and
-//!   every text about it (the customer's, the members', broadcasts).
-//! - [`jobs`]: the job ledger: enqueueing a job in the caller's transaction (the outbox),
-//!   and the envelope that carries a job over RabbitMQ.
-//! - [`ops`]: the operators' view of the ledger: filters, counts, one job in full,
-//!   replays and discards (bulk ones in batches), their audit, retention.
-//! - [`reach`]: a customer's own addresses and preferences, and the fallback of unread
-//!   in-app messages to SMS or email.
-//! - [`analytics`]: message volume, response times, conversations opened and closed,
-//!   read rates, over a range of time, from facts the database keeps as messages are
-//!   written.
-//! - [`search`]: full-text search over communications, ranked and highlighted.
-//! - [`templates`]: message templates: placeholders found, rendered, stored in versions.
-//! - [`filetype`]: what an upload is, by its first bytes; safe display and stored names.
-//! - [`http_server`]: the HTTP accept loop: connection cap, header and idle timeouts.
-//! - [`events`]: what the notifier pushes to WebSocket clients, written to the event
-//!   outbox in the same transaction as the effect it announces.
-//! - [`broker`]: connecting to RabbitMQ with backoff, and the topology (exchanges,
-//!   work queues, delay tiers, dead letters, events) every process declares.
-//! - [`relay`]: the outbox relay: pending jobs and events, published with confirms.
-//! - [`retry`]: the retry policy: which delay tier a failed attempt waits in.
-//! - [`blob`]: the blob store of uploads and thumbnails, on the local disk or in S3:
-//!   streamed puts with a size limit, ranged streamed gets, checked object keys.
-//! - [`metrics`]: the Prometheus text both processes serve at `/metrics`, and the
-//!   backlog gauges (jobs per state, outbox lag, queue depths) read on scrape.
-//! - [`telemetry`]: tracing, initialised once per process.
+//! - [`platform`]: what any service here needs: settings, PostgreSQL, RabbitMQ, the
+//!   HTTP accept loop, tracing, the blob store, bearer tokens.
+//! - [`ledger`]: the reliable work behind every request: the job ledger and its outbox,
+//!   the event outbox and log, the relay that publishes both, the retry policy.
+//! - [`domain`]: the Communication Center itself: the newtypes built at the boundary,
+//!   communications (the one owner of their writes, and the one way sends are composed),
+//!   conversations and files, contacts, templates, search, reaching customers outside
+//!   the portal, crews and dispatch, analytics.
+//! - [`ops`]: the operators' view: filters, listings, replays and discards, bulk
+//!   actions, audit, queue health, the rescuer, metrics.
 
-pub mod analytics;
-pub mod auth;
-pub mod blob;
-pub mod broker;
-pub mod communications;
-pub mod contact;
-pub mod crews;
-pub mod db;
-pub mod dispatch;
 pub mod domain;
-pub mod events;
-pub mod filetype;
-pub mod http_server;
-pub mod jobs;
-pub mod metrics;
+pub mod ledger;
 pub mod ops;
-pub mod reach;
-pub mod relay;
-pub mod retry;
-pub mod search;
-pub mod settings;
-pub mod store;
-pub mod telemetry;
-pub mod templates;
+pub mod platform;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use commcenter_shared::{events::EventType, jobs::kinds};
+use commcenter_shared::{ledger::events::EventType, ledger::jobs::kinds};
 
 /// The first column's names (`` `name` ``) of the table under `heading`.
 fn listed(heading: &str) -> BTreeSet<String> {

@@ -8,7 +8,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use commcenter_shared::blob::{BlobError, BlobStore, ByteRange, ObjectKey, ResolvedRange, S3Store};
+use commcenter_shared::platform::blob::{
+    BlobError, BlobStore, ByteRange, ObjectKey, ResolvedRange, S3Store,
+};
 use futures_util::{StreamExt as _, stream};
 use support::{Fixture, body, closed_port, data, read_all, s3_endpoint, s3_settings};
 
@@ -488,7 +490,8 @@ async fn disk_files_are_not_executable_and_live_under_the_root() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("temporary directory");
     let root = dir.path().join("store");
-    let store = BlobStore::Disk(commcenter_shared::blob::DiskStore::new(&root).expect("store"));
+    let store =
+        BlobStore::Disk(commcenter_shared::platform::blob::DiskStore::new(&root).expect("store"));
     store
         .put(&key("x/y/z.bin"), body(b"#!/bin/sh\n", 3), 100)
         .await

@@ -9,7 +9,7 @@ mod support;
 
 use std::future::Future;
 
-use commcenter_shared::blob::{BlobStore, ObjectKey};
+use commcenter_shared::platform::blob::{BlobStore, ObjectKey};
 use futures_util::StreamExt as _;
 use support::{Fixture, body, zeros};
 

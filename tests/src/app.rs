@@ -10,16 +10,16 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use commcenter_api::App;
-use commcenter_shared::jobs::Job;
+use commcenter_shared::ledger::jobs::Job;
 use commcenter_shared::{
-    auth::{self, Claims},
-    blob::BlobStore,
-    broker::{self, Topology},
     domain::{CustomerId, Role, UserId},
-    jobs::kinds,
-    retry::RetryPolicy,
-    settings::{S3Settings, Secret, Settings, parse_tiers},
-    telemetry,
+    ledger::jobs::kinds,
+    ledger::retry::RetryPolicy,
+    platform::auth::{self, Claims},
+    platform::blob::BlobStore,
+    platform::broker::{self, Topology},
+    platform::settings::{S3Settings, Secret, Settings, parse_tiers},
+    platform::telemetry,
 };
 use commcenter_workers::{
     AnyHandler, Handler, Registry, Runtime, handlers, job, metrics::JobMetrics,
@@ -70,7 +70,7 @@ pub struct TestOptions {
     pub body_timeout: Duration,
     pub max_connections: usize,
     /// The api's rate limits (none by default: tests and benches send in bursts).
-    pub rate_limits: commcenter_shared::settings::RateLimits,
+    pub rate_limits: commcenter_shared::platform::settings::RateLimits,
     /// The api's longest wait for a pooled connection (the harness's default is long:
     /// the machine is shared).
     pub acquire_timeout: Duration,

@@ -12,10 +12,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
-    broker::{self, Topology},
-    jobs::kinds,
+    ledger::jobs::kinds,
     ops,
-    settings::BrokerSettings,
+    platform::broker::{self, Topology},
+    platform::settings::BrokerSettings,
 };
 
 use crate::metrics::JobMetrics;

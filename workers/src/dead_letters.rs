@@ -13,9 +13,9 @@ use lapin::{
 use serde_json::{Map, Value, json};
 
 use commcenter_shared::{
-    communications::writes,
-    jobs::{self, Envelope, ErrorClass},
-    relay::generation_of,
+    domain::communications::writes,
+    ledger::jobs::{self, Envelope, ErrorClass},
+    ledger::relay::generation_of,
 };
 
 use crate::{job::JobContext, runtime::Runtime};

@@ -10,8 +10,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    communications::writes,
-    jobs::{Job, ProviderReport},
+    domain::communications::writes,
+    ledger::jobs::{Job, ProviderReport},
 };
 
 /// How a handler failed: the runtime retries the first and dead-letters the second.

@@ -1,6 +1,6 @@
 //! `commcenter-workers`: runs the job handlers until SIGTERM or Ctrl-C, then drains.
 
-use commcenter_shared::{settings::Settings, telemetry};
+use commcenter_shared::{platform::settings::Settings, platform::telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

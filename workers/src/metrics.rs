@@ -26,11 +26,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
-    http_server::{self, ConnectionLimits},
-    jobs::ErrorClass,
-    metrics::{self, PREFIX, Registry},
+    ledger::jobs::ErrorClass,
+    ops::metrics::{self, PREFIX, Registry},
     ops::{self, JobCounts},
-    settings::Secret,
+    platform::http_server::{self, ConnectionLimits},
+    platform::settings::Secret,
 };
 
 /// How a delivery of a job ended.

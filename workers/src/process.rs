@@ -9,7 +9,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
-    blob::BlobStore, broker::Topology, db, jobs::payloads, retry::RetryPolicy, settings::Settings,
+    ledger::jobs::payloads, ledger::retry::RetryPolicy, platform::blob::BlobStore,
+    platform::broker::Topology, platform::db, platform::settings::Settings,
 };
 
 use crate::{

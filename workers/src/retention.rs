@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use commcenter_shared::jobs;
+use commcenter_shared::ledger::jobs;
 
 /// How often a worker process prunes.
 pub const INTERVAL: Duration = Duration::from_secs(10 * 60);

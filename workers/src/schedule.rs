@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use commcenter_shared::jobs::{self, Job, NewJob, payloads};
+use commcenter_shared::ledger::jobs::{self, Job, NewJob, payloads};
 
 /// Runs `step` every `every` until `shutdown`, waking the relay when a step enqueued
 /// something (`Ok(n)` with n > 0); a failed step is logged as `what` and tried again
@@ -160,7 +160,7 @@ pub async fn enqueue_due_reminders(
 /// [`Fallbacks::every`].
 pub struct Fallbacks {
     pub pool: PgPool,
-    pub settings: commcenter_shared::reach::FallbackSettings,
+    pub settings: commcenter_shared::domain::reach::FallbackSettings,
     pub outbox: Arc<Notify>,
 }
 
@@ -177,7 +177,7 @@ impl Fallbacks {
             shutdown,
             "the fallback sweep",
             || {
-                commcenter_shared::reach::send_due_fallbacks(
+                commcenter_shared::domain::reach::send_due_fallbacks(
                     &self.pool,
                     chrono::Utc::now(),
                     &self.settings,
@@ -190,9 +190,9 @@ impl Fallbacks {
 
 /// What the fallback sweep needs, from the settings.
 pub fn fallback_settings(
-    settings: &commcenter_shared::settings::Settings,
-) -> commcenter_shared::reach::FallbackSettings {
-    commcenter_shared::reach::FallbackSettings {
+    settings: &commcenter_shared::platform::settings::Settings,
+) -> commcenter_shared::domain::reach::FallbackSettings {
+    commcenter_shared::domain::reach::FallbackSettings {
         default_after: settings.reach.fallback_after,
         portal_url: settings.reach.portal_url.clone(),
         sms_from: settings.ringcentral.sms_from().map(str::to_owned),

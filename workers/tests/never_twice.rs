@@ -6,10 +6,10 @@ use std::{process::Stdio, time::Duration};
 
 use commcenter_fakes::{FakeGmail, FakeRingCentral, GmailConfig, RingCentralConfig};
 use commcenter_shared::{
-    broker::Topology,
     domain::CustomerId,
-    jobs::{self, NewJob, kinds, payloads},
-    settings::parse_tiers,
+    ledger::jobs::{self, NewJob, kinds, payloads},
+    platform::broker::Topology,
+    platform::settings::parse_tiers,
 };
 use commcenter_workers::crash;
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
@@ -43,7 +43,7 @@ impl World {
             .connect(&format!("postgres://root@127.0.0.1:5432/{database}"))
             .await
             .expect("connect");
-        commcenter_shared::db::MIGRATOR
+        commcenter_shared::platform::db::MIGRATOR
             .run(&pool)
             .await
             .expect("migrate");

@@ -76,13 +76,13 @@ async fn sigterm_stops_the_workers_cleanly() {
             .await
             .expect("RabbitMQ is up");
     let channel = connection.create_channel().await.expect("channel");
-    let topology = commcenter_shared::broker::Topology::new(
+    let topology = commcenter_shared::platform::broker::Topology::new(
         &prefix,
-        commcenter_shared::settings::parse_tiers("1s,5s,30s,2m,10m,1h").expect("tiers"),
+        commcenter_shared::platform::settings::parse_tiers("1s,5s,30s,2m,10m,1h").expect("tiers"),
         5,
     );
     topology
-        .delete(&channel, commcenter_shared::jobs::kinds::ALL)
+        .delete(&channel, commcenter_shared::ledger::jobs::kinds::ALL)
         .await;
     connection.close(200, "bye".into()).await.ok();
 }

@@ -7,7 +7,7 @@
 //! - `GET /api/analytics/response-times?from=&to=&tz=&group_by=staff|channel|customer&channel=&limit=`.
 //!
 //! `from` and `to` are ISO dates or date-times read in `tz` (default UTC); by default
-//! the 30 days up to now. What each figure means is in [`commcenter_shared::analytics`]
+//! the 30 days up to now. What each figure means is in [`commcenter_shared::domain::analytics`]
 //! and docs/analytics.md.
 
 use axum::{Json, extract::State};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use commcenter_shared::{
-    analytics::{self, Bucket, GroupBy, Moment, Range},
+    domain::analytics::{self, Bucket, GroupBy, Moment, Range},
     domain::{CommunicationType, Direction},
 };
 

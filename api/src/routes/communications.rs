@@ -22,15 +22,15 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    communications::{
+    domain::communications::{
         self, Communication, CommunicationFilter,
         writes::{self, Change, Editor},
     },
-    crews,
+    domain::crews,
     domain::{
         CommunicationType, CustomerId, Direction, MessageText, Receipt, Role, Visibility, is_blank,
     },
-    jobs::{self, NewJob, payloads},
+    ledger::jobs::{self, NewJob, payloads},
 };
 
 use super::parse_uuid;

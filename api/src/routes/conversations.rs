@@ -17,9 +17,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use commcenter_shared::{
+    domain::store::{self, ConversationListing, ConversationSummary},
     domain::{ConversationStatus, CustomerId, Direction, Role},
-    jobs::{self, NewJob, payloads},
-    store::{self, ConversationListing, ConversationSummary},
+    ledger::jobs::{self, NewJob, payloads},
 };
 
 use crate::{

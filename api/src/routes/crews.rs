@@ -5,7 +5,7 @@
 //!   second is a 409 naming the crew they are in.
 //! - `POST /api/crews/{id}/location`: a member reports the crew's position; a
 //!   dispatched crew that comes within `ARRIVAL_RADIUS_M` of its site has arrived
-//!   ([`commcenter_shared::dispatch::arrive`]).
+//!   ([`commcenter_shared::domain::dispatch::arrive`]).
 //! - `GET /api/crews/locations`: staff read each crew's latest position.
 //! - `POST /api/crews/broadcast`: staff send a message to every crew whose latest
 //!   position is within a radius (a `crew.broadcast` event to their members; an SMS to
@@ -24,11 +24,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    contact::PhoneNumber,
-    crews::{self, Crew, Member},
-    dispatch::{self, Arrival, Senders, TextAbout},
+    domain::contact::PhoneNumber,
+    domain::crews::{self, Crew, Member},
+    domain::dispatch::{self, Arrival, Senders, TextAbout},
     domain::{MessageText, Role, UserId},
-    events::{self, Event, EventBody},
+    ledger::events::{self, Event, EventBody},
 };
 
 use super::{coordinates, integrations::invalid, parse_uuid};

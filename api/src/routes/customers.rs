@@ -11,9 +11,9 @@ use chrono::NaiveTime;
 use serde::{Deserialize, Serialize};
 
 use commcenter_shared::{
-    contact::{EmailAddress, PhoneNumber},
     domain::CustomerId,
-    reach::{self, FallbackChannel, NewPreferences, Preferences, QuietHours},
+    domain::contact::{EmailAddress, PhoneNumber},
+    domain::reach::{self, FallbackChannel, NewPreferences, Preferences, QuietHours},
 };
 
 use super::integrations::invalid;

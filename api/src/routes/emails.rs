@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    communications::writes::{self, InboundEmail},
-    contact::{self, ContactKind},
     domain::CustomerId,
+    domain::communications::writes::{self, InboundEmail},
+    domain::contact::{self, ContactKind},
 };
 
 use super::parse_uuid;

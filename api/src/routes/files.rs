@@ -24,11 +24,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    blob::{BlobError, ByteRange, ObjectKey},
+    domain::filetype::{self, Category, SNIFF_BYTES},
+    domain::store::{self, FileRecord, NewFile},
     domain::{CustomerId, FileStatus},
-    filetype::{self, Category, SNIFF_BYTES},
-    jobs::{self, NewJob, payloads},
-    store::{self, FileRecord, NewFile},
+    ledger::jobs::{self, NewJob, payloads},
+    platform::blob::{BlobError, ByteRange, ObjectKey},
 };
 
 use super::parse_uuid;
@@ -289,7 +289,7 @@ async fn record(
 ) -> ApiResult<Vec<Value>> {
     let mut tx = state.pool.begin().await?;
     if let Some(id) = communication_id {
-        let communication = commcenter_shared::communications::find(&mut tx, id).await?;
+        let communication = commcenter_shared::domain::communications::find(&mut tx, id).await?;
         if communication.is_none_or(|c| &c.customer_id != customer) {
             return Err(ApiError::Invalid(format!(
                 "communication_id {id} is not in customer {customer}'s conversation"
@@ -333,7 +333,7 @@ async fn record(
     Ok(files)
 }
 
-pub use commcenter_shared::filetype::{file_url, thumbnail_url};
+pub use commcenter_shared::domain::filetype::{file_url, thumbnail_url};
 
 /// A file record as the API shows it.
 pub fn file_json(file: &FileRecord) -> Value {

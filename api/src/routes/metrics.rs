@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use commcenter_shared::metrics;
+use commcenter_shared::ops::metrics;
 
 use crate::{error::ApiError, state::AppState};
 

@@ -30,10 +30,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    broker::{self, Topology},
-    jobs::kinds,
+    ledger::jobs::kinds,
     ops::{self, Acted, Action, AuditFilter, FilterError, JobFilter},
-    settings::tier_label,
+    platform::broker::{self, Topology},
+    platform::settings::tier_label,
 };
 
 use super::parse_uuid;

@@ -24,9 +24,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    communications::Sender,
-    crews::{self, Project, ProjectFilter},
-    dispatch::{self, NewDispatch, Senders},
+    domain::communications::Sender,
+    domain::crews::{self, Project, ProjectFilter},
+    domain::dispatch::{self, NewDispatch, Senders},
     domain::{CustomerId, ProjectStatus, Role},
 };
 

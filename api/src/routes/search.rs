@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
+    domain::search::{self, SearchQuery},
     domain::{CommunicationStatus, CommunicationType, Direction, Role},
-    search::{self, SearchQuery},
 };
 
 use crate::{

@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
+    domain::templates::{self, Template, TemplateFilter, TemplateText},
     domain::{CommunicationType, is_blank},
-    templates::{self, Template, TemplateFilter, TemplateText},
 };
 
 use super::parse_uuid;

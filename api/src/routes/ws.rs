@@ -21,10 +21,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use commcenter_shared::{
-    auth::Claims,
-    crews,
+    domain::crews,
     domain::{CustomerId, Role, UserId},
-    events::{self, Event, EventBody, TypingState, Viewer},
+    ledger::events::{self, Event, EventBody, TypingState, Viewer},
+    platform::auth::Claims,
 };
 
 use crate::{auth, error::ApiError, presence::Refused, state::AppState};

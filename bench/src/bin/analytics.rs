@@ -33,8 +33,8 @@ use hdrhistogram::Histogram;
 use sqlx::{Connection, PgConnection, PgPool, Row, postgres::PgPoolOptions};
 
 use commcenter_shared::{
-    analytics::{self, Bucket, GroupBy, Range},
-    db,
+    domain::analytics::{self, Bucket, GroupBy, Range},
+    platform::db,
 };
 
 #[derive(Debug, Parser)]

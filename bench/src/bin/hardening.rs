@@ -55,8 +55,8 @@ use tokio_tungstenite::tungstenite::{
 use uuid::Uuid;
 
 use commcenter_shared::{
-    auth::{self, Claims},
     domain::{CustomerId, Role, UserId},
+    platform::auth::{self, Claims},
 };
 use commcenter_tests::TcpProxy;
 

@@ -61,10 +61,10 @@ use commcenter_fakes::{
     Endpoint, FakeGmail, FakeRingCentral, Fault, GmailConfig, RingCentralConfig,
 };
 use commcenter_shared::{
-    broker::Topology,
-    jobs::{Envelope, kinds},
-    relay::job_properties,
-    settings::parse_tiers,
+    ledger::jobs::{Envelope, kinds},
+    ledger::relay::job_properties,
+    platform::broker::Topology,
+    platform::settings::parse_tiers,
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -109,7 +109,7 @@ impl Options {
     }
 }
 
-/// The settings' defaults (`shared/src/settings.rs`), which the default configuration
+/// The settings' defaults (`shared/src/platform/settings.rs`), which the default configuration
 /// leaves unset so that the worker truly runs on them.
 const DEFAULT_POOL: u32 = 40;
 const DEFAULT_PREFETCH: u16 = 256;
@@ -472,7 +472,7 @@ impl World {
             .max_connections(4)
             .connect(&database_url)
             .await?;
-        commcenter_shared::db::MIGRATOR.run(&pool).await?;
+        commcenter_shared::platform::db::MIGRATOR.run(&pool).await?;
         cleanup.pool = Some(pool.clone());
 
         let topology = Topology::new(&prefix, parse_tiers(RETRY_TIERS)?, DELIVERY_LIMIT);

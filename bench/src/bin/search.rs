@@ -31,10 +31,10 @@ use hdrhistogram::Histogram;
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
 
 use commcenter_shared::{
-    db,
+    domain::search::{self, SearchQuery},
+    domain::store::{self, ConversationListing},
     domain::{ConversationStatus, Direction},
-    search::{self, SearchQuery},
-    store::{self, ConversationListing},
+    platform::db,
 };
 
 #[derive(Debug, Parser)]

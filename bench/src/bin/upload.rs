@@ -61,8 +61,8 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    auth::{self, Claims},
     domain::{CustomerId, Role, UserId},
+    platform::auth::{self, Claims},
 };
 
 #[derive(Debug, Clone, Parser)]

@@ -43,11 +43,11 @@ use uuid::Uuid;
 use api_process::ApiProcess;
 
 use commcenter_shared::{
-    auth::{self, Claims},
-    broker::Topology,
     domain::{CommunicationStatus, CustomerId, Role, UserId},
-    events::{Event, EventBody},
-    settings::parse_tiers,
+    ledger::events::{Event, EventBody},
+    platform::auth::{self, Claims},
+    platform::broker::Topology,
+    platform::settings::parse_tiers,
 };
 
 #[derive(Debug, Parser)]

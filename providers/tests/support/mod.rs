@@ -11,7 +11,7 @@ use std::{
 };
 
 use axum::Router;
-use commcenter_shared::settings::{GmailSettings, RingCentralSettings, Secret};
+use commcenter_shared::platform::settings::{GmailSettings, RingCentralSettings, Secret};
 
 /// Serves `router` on a loopback port; the base URL.
 pub async fn serve(router: Router) -> String {

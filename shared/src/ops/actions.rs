@@ -6,13 +6,13 @@ use sqlx::{PgConnection, QueryBuilder};
 use uuid::Uuid;
 
 use crate::{
-    communications::writes,
-    jobs::{self, JobState},
+    domain::communications::writes,
+    ledger::jobs::{self, JobState},
 };
 
 use super::filter::JobFilter;
 
-pub use crate::jobs::Action;
+pub use crate::ledger::jobs::Action;
 
 /// The result of acting on one job.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::jobs::{self, NewJob};
+use crate::ledger::jobs::{self, NewJob};
 
 use super::{
     actions::{Action, Scope, act_on_batch},
@@ -15,7 +15,7 @@ use super::{
 };
 
 /// The payload of an `ops.bulk` job: one batch of a bulk action.
-pub use crate::jobs::payloads::BulkBatch;
+pub use crate::ledger::jobs::payloads::BulkBatch;
 
 /// A bulk action and its progress.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::CustomerId,
-    jobs::{ErrorClass, JobState, kinds},
+    ledger::jobs::{ErrorClass, JobState, kinds},
 };
 
 /// Which jobs an operator means. Every field narrows; lists match any of their values.

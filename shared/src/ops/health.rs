@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::jobs::JobState;
+use crate::ledger::jobs::JobState;
 
 /// The ledger's side of queue health.
 #[derive(Debug, Clone, Serialize)]

@@ -17,7 +17,9 @@
 //! - [`audit`]: the trail of what operators did;
 //! - [`health`]: queue health from the ledger's side;
 //! - [`activity`]: jobs run per minute and queue depths over time, for the live chart;
-//! - [`rescue`]: jobs whose broker message is overdue, put back in the outbox.
+//! - [`rescue`]: jobs whose broker message is overdue, put back in the outbox;
+//! - [`metrics`]: the Prometheus text both processes serve at `/metrics`, and the
+//!   backlog gauges (jobs per state, outbox lag, queue depths) read on scrape.
 
 mod actions;
 mod activity;
@@ -25,6 +27,7 @@ mod audit;
 mod bulk;
 mod filter;
 mod health;
+pub mod metrics;
 mod rescue;
 mod views;
 

@@ -40,7 +40,7 @@ pub async fn rescue_overdue(pool: &PgPool, margin: Duration, limit: i64) -> sqlx
     if !ran {
         return Ok(Rescued::default());
     }
-    let jobs = crate::jobs::put_back_overdue(&mut tx, margin, limit, RESCUER).await?;
+    let jobs = crate::ledger::jobs::put_back_overdue(&mut tx, margin, limit, RESCUER).await?;
     tx.commit().await?;
     Ok(Rescued { ran: true, jobs })
 }

@@ -14,8 +14,8 @@ use std::{
 
 use bytes::Bytes;
 use commcenter_shared::{
-    blob::{BlobStore, DiskStore, S3Store},
-    settings::{S3Settings, Secret},
+    platform::blob::{BlobStore, DiskStore, S3Store},
+    platform::settings::{S3Settings, Secret},
 };
 use futures_util::{Stream, StreamExt as _, stream};
 use rusty_s3::{
@@ -276,8 +276,8 @@ pub fn zeros(len: u64) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Se
 
 /// Reads a whole blob stream.
 pub async fn read_all(
-    mut stream: commcenter_shared::blob::BlobStream,
-) -> Result<Vec<u8>, commcenter_shared::blob::BlobError> {
+    mut stream: commcenter_shared::platform::blob::BlobStream,
+) -> Result<Vec<u8>, commcenter_shared::platform::blob::BlobError> {
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
         out.extend_from_slice(&chunk?);

@@ -3,7 +3,7 @@
 //! environment), built into this package so its tests can run them as processes and
 //! kill them with SIGKILL (cargo hands a package's tests only its own binaries).
 
-use commcenter_shared::{settings::Settings, telemetry};
+use commcenter_shared::{platform::settings::Settings, platform::telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

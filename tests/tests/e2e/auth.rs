@@ -6,13 +6,13 @@ use serde_json::{Value, json};
 
 /// A staff token expiring at `exp`, signed with `secret`.
 fn staff_token(exp: i64, secret: &str) -> String {
-    let claims = commcenter_shared::auth::Claims {
+    let claims = commcenter_shared::platform::auth::Claims {
         sub: commcenter_shared::domain::UserId::parse("staff-1").unwrap(),
         role: Role::Staff,
         customer_id: None,
         exp,
     };
-    commcenter_shared::auth::issue(&claims, secret)
+    commcenter_shared::platform::auth::issue(&claims, secret)
 }
 
 #[tokio::test(flavor = "multi_thread")]

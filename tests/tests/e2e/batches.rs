@@ -183,8 +183,8 @@ async fn a_batch_that_cannot_commit_runs_its_jobs_one_at_a_time() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_copy_beside_its_replay_in_one_batch_does_not_swallow_the_replay() {
     use commcenter_shared::{
-        jobs::Envelope,
-        relay::{job_properties, job_properties_at},
+        ledger::jobs::Envelope,
+        ledger::relay::{job_properties, job_properties_at},
     };
     use lapin::options::BasicPublishOptions;
 

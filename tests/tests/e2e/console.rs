@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use commcenter_fakes::{Endpoint, Fault};
-use commcenter_shared::{domain::Role, jobs::kinds};
+use commcenter_shared::{domain::Role, ledger::jobs::kinds};
 use commcenter_tests::{TestApp, spawn_app_with};
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -8,8 +8,8 @@ use std::{collections::BTreeSet, path::Path};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use commcenter_shared::{
-    db,
-    settings::{DatabaseSettings, Secret},
+    platform::db,
+    platform::settings::{DatabaseSettings, Secret},
 };
 
 fn workspace() -> &'static Path {
@@ -117,9 +117,9 @@ fn merged(mapping: &Yaml) -> Vec<(String, Yaml)> {
 
 /// Every variable the binaries read, with its default where the source gives one:
 /// `var("NAME", "default")`, `parse("NAME", "default")`, `base_url(...)` and the like in
-/// `shared/src/settings.rs`, or any other quoted upper-case name there.
+/// `shared/src/platform/settings.rs`, or any other quoted upper-case name there.
 fn settings_source() -> String {
-    read("shared/src/settings.rs") + &read("fakes/src/main.rs")
+    read("shared/src/platform/settings.rs") + &read("fakes/src/main.rs")
 }
 
 #[test]

@@ -385,7 +385,7 @@ async fn hostile_file_names_never_reach_the_store() {
 }
 
 fn filetype_stored_name_ok(name: &str) -> bool {
-    commcenter_shared::filetype::is_stored_name(name)
+    commcenter_shared::domain::filetype::is_stored_name(name)
 }
 
 #[tokio::test(flavor = "multi_thread")]

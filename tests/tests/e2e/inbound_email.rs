@@ -2,7 +2,7 @@
 //! remembered `historyId`), matched to customers, filed once, unmatched kept.
 
 use commcenter_fakes::{Endpoint, Fault};
-use commcenter_shared::jobs::payloads::SyncMailbox;
+use commcenter_shared::ledger::jobs::payloads::SyncMailbox;
 use commcenter_tests::{TestApp, spawn_app};
 use serde_json::{Value, json};
 

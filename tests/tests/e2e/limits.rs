@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use commcenter_shared::settings::{Rate, RateLimits};
+use commcenter_shared::platform::settings::{Rate, RateLimits};
 use commcenter_tests::{TestOptions, spawn_app_with};
 use serde_json::{Value, json};
 

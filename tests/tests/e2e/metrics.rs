@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use commcenter_shared::{metrics::CONTENT_TYPE, settings::Secret};
+use commcenter_shared::{ops::metrics::CONTENT_TYPE, platform::settings::Secret};
 use commcenter_tests::{TcpProxy, TestApp, TestOptions, broker_addr, spawn_app, spawn_app_with};
 use commcenter_workers::{
     AnyHandler, JobContext, JobError,
@@ -276,7 +276,7 @@ async fn the_workers_serve_their_metrics_on_their_own_listener() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let limits = commcenter_shared::http_server::ConnectionLimits {
+    let limits = commcenter_shared::platform::http_server::ConnectionLimits {
         max_connections: 2,
         // Long enough that the slow connections still hold the cap on a busy machine
         // when the third one comes.

@@ -13,8 +13,8 @@ use std::{
 use async_trait::async_trait;
 use commcenter_shared::{
     domain::Role,
-    jobs::{Envelope, kinds, payloads::DeliverMessage},
-    relay::{job_properties, job_properties_at},
+    ledger::jobs::{Envelope, kinds, payloads::DeliverMessage},
+    ledger::relay::{job_properties, job_properties_at},
 };
 use commcenter_tests::{TcpProxy, TestApp, TestOptions, broker_addr, eventually, spawn_app_with};
 use commcenter_workers::{

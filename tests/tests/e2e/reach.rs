@@ -2,7 +2,7 @@
 //! of unread in-app messages to SMS or email (swept here with a clock the test sets).
 
 use chrono::{DateTime, Duration as Span, Utc};
-use commcenter_shared::{communications::writes, domain::Role, reach};
+use commcenter_shared::{domain::Role, domain::communications::writes, domain::reach};
 use commcenter_tests::{TestApp, spawn_app};
 use serde_json::{Value, json};
 

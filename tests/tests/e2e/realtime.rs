@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use commcenter_shared::{domain::Role, relay::Relay};
+use commcenter_shared::{domain::Role, ledger::relay::Relay};
 use commcenter_tests::{TestApp, TestOptions, WsClient, eventually, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -502,7 +502,7 @@ async fn positions_are_in_commit_order_whatever_relays_race() {
             pool: app.pool.clone(),
             broker: app.settings.broker.clone(),
             topology: app.topology.clone(),
-            settings: commcenter_shared::settings::RelaySettings {
+            settings: commcenter_shared::platform::settings::RelaySettings {
                 batch: 7,
                 poll: Duration::from_millis(5),
             },
@@ -518,14 +518,14 @@ async fn positions_are_in_commit_order_whatever_relays_race() {
             tokio::spawn(async move {
                 for i in 0..total / 4 {
                     let mut tx = pool.begin().await.unwrap();
-                    let event = commcenter_shared::events::Event::now(
+                    let event = commcenter_shared::ledger::events::Event::now(
                         commcenter_shared::domain::CustomerId::parse("cust-1").unwrap(),
-                        commcenter_shared::events::EventBody::ConversationStatus {
+                        commcenter_shared::ledger::events::EventBody::ConversationStatus {
                             status: commcenter_shared::domain::ConversationStatus::Open,
                             updated_by: format!("writer-{w}-{i}"),
                         },
                     );
-                    commcenter_shared::events::record(&mut tx, &event)
+                    commcenter_shared::ledger::events::record(&mut tx, &event)
                         .await
                         .unwrap();
                     // Some commit late, holding a lower outbox id.

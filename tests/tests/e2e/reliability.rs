@@ -11,7 +11,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use commcenter_shared::{jobs::Envelope, relay::job_properties};
+use commcenter_shared::{ledger::jobs::Envelope, ledger::relay::job_properties};
 use commcenter_tests::{TcpProxy, TestApp, TestOptions, broker_addr, spawn_app_with};
 use commcenter_workers::{AnyHandler, JobContext, JobError};
 use lapin::{

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use commcenter_shared::{jobs::kinds, ops};
+use commcenter_shared::{ledger::jobs::kinds, ops};
 use commcenter_tests::{TestApp, TestOptions, eventually, spawn_app_with};
 
 use crate::WAIT;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use commcenter_shared::jobs::{self, NewJob, payloads};
+use commcenter_shared::ledger::jobs::{self, NewJob, payloads};
 use commcenter_tests::{TestApp, TestOptions, spawn_app_with};
 use commcenter_workers::{AnyHandler, Handler, JobContext, JobError, handlers};
 use serde_json::{Value, json};

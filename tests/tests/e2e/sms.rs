@@ -419,7 +419,7 @@ async fn a_logged_call_joins_the_conversation_and_the_call_log_import_adds_each_
         assert!(
             commcenter_workers::schedule::enqueue_unless_open(
                 &app.pool,
-                &commcenter_shared::jobs::payloads::ImportCallLog::default(),
+                &commcenter_shared::ledger::jobs::payloads::ImportCallLog::default(),
                 3
             )
             .await

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use commcenter_shared::{
     domain::{CommunicationStatus, CustomerId},
-    events::{Event, EventBody},
+    ledger::events::{Event, EventBody},
 };
 use commcenter_tests::{TestOptions, WsClient, spawn_app, spawn_app_with};
 use lapin::{BasicProperties, options::BasicPublishOptions};

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use commcenter_providers::mms::Attachment;
 use commcenter_shared::{
-    blob::{BlobStore, ObjectKey},
-    communications::Communication,
+    domain::communications::Communication,
+    platform::blob::{BlobStore, ObjectKey},
 };
 
 use super::files::store_error;

@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 
 use commcenter_shared::{
-    events::{self, Event, EventBody},
-    jobs::payloads,
-    store,
+    domain::store,
+    ledger::events::{self, Event, EventBody},
+    ledger::jobs::payloads,
 };
 
 use crate::job::{Handler, JobContext, JobError};

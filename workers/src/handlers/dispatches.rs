@@ -14,10 +14,10 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 
 use commcenter_shared::{
-    crews::{self, Dispatch, Project},
-    dispatch::{self, TextAbout},
-    events::{self, Event, EventBody},
-    jobs::payloads,
+    domain::crews::{self, Dispatch, Project},
+    domain::dispatch::{self, TextAbout},
+    ledger::events::{self, Event, EventBody},
+    ledger::jobs::payloads,
 };
 
 use crate::job::{Handler, JobContext, JobError};

@@ -13,7 +13,9 @@ use commcenter_providers::{
     error::ProviderError,
     gmail::{Email, Gmail, SentMail},
 };
-use commcenter_shared::{blob::BlobStore, communications::Communication, jobs::payloads};
+use commcenter_shared::{
+    domain::communications::Communication, ledger::jobs::payloads, platform::blob::BlobStore,
+};
 
 use super::{
     attachments::load_attachments,

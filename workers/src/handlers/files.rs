@@ -15,12 +15,12 @@ use sqlx::PgConnection;
 use tokio::sync::Semaphore;
 
 use commcenter_shared::{
-    blob::{BlobError, BlobStore, ObjectKey},
     domain::FileStatus,
-    events::{self, Event, EventBody},
-    filetype::{self, Category, SNIFF_BYTES},
-    jobs::{self, NewJob, payloads},
-    store::{self, Blob, FileRecord},
+    domain::filetype::{self, Category, SNIFF_BYTES},
+    domain::store::{self, Blob, FileRecord},
+    ledger::events::{self, Event, EventBody},
+    ledger::jobs::{self, NewJob, payloads},
+    platform::blob::{BlobError, BlobStore, ObjectKey},
 };
 
 use crate::{

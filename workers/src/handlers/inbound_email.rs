@@ -30,16 +30,16 @@ use uuid::Uuid;
 
 use commcenter_providers::gmail::Gmail;
 use commcenter_shared::{
-    blob::{BlobStore, ObjectKey},
-    communications::{
+    domain::CustomerId,
+    domain::communications::{
         Communication,
         writes::{self, InboundEmail},
     },
-    contact::EmailAddress,
-    domain::CustomerId,
-    filetype,
-    jobs::{self, NewJob, payloads},
-    store,
+    domain::contact::EmailAddress,
+    domain::filetype,
+    domain::store,
+    ledger::jobs::{self, NewJob, payloads},
+    platform::blob::{BlobStore, ObjectKey},
 };
 
 use super::ringcentral::provider_error;

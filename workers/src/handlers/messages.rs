@@ -7,9 +7,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    communications::{self, Communication, writes},
+    domain::communications::{self, Communication, writes},
     domain::{CommunicationStatus, FileStatus},
-    jobs::payloads,
+    ledger::jobs::payloads,
 };
 
 use crate::job::{Handler, JobContext, JobError};

@@ -16,7 +16,7 @@ pub mod sms;
 use std::sync::Arc;
 
 use commcenter_providers::{gmail::Gmail, ringcentral::RingCentral};
-use commcenter_shared::{blob::BlobStore, settings::Settings};
+use commcenter_shared::{platform::blob::BlobStore, platform::settings::Settings};
 use sqlx::postgres::PgPoolOptions;
 
 use crate::{job::Registry, media::thumbnail::ImageLimits};

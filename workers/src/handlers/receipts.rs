@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 
 use commcenter_shared::{
-    communications::writes::{self, Why},
-    jobs::payloads,
+    domain::communications::writes::{self, Why},
+    ledger::jobs::payloads,
 };
 
 use super::messages::existing;

@@ -20,9 +20,9 @@ use commcenter_providers::{
     ringcentral::{CallLogQuery, CallRecord, MessageRecord, RingCentral},
 };
 use commcenter_shared::{
-    communications::writes::{self, InboundSms, LoggedCall, Why},
+    domain::communications::writes::{self, InboundSms, LoggedCall, Why},
     domain::{CommunicationStatus, CustomerId, Direction},
-    jobs::payloads,
+    ledger::jobs::payloads,
 };
 
 use super::messages::existing;

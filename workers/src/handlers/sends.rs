@@ -33,13 +33,13 @@ use uuid::Uuid;
 
 use commcenter_providers::error::{Failure, ProviderError};
 use commcenter_shared::{
-    communications::{
+    domain::CommunicationStatus,
+    domain::communications::{
         Communication,
         writes::{self, ProviderIds},
     },
-    domain::CommunicationStatus,
-    jobs::{Job, ProviderReport},
-    reach,
+    domain::reach,
+    ledger::jobs::{Job, ProviderReport},
 };
 
 use super::messages::{attachments_ready, existing};

@@ -12,7 +12,9 @@ use commcenter_providers::{
     mms,
     ringcentral::{MessageRecord, OutboundSms, RingCentral},
 };
-use commcenter_shared::{blob::BlobStore, communications::Communication, jobs::payloads};
+use commcenter_shared::{
+    domain::communications::Communication, ledger::jobs::payloads, platform::blob::BlobStore,
+};
 
 use super::{
     attachments::load_attachments,

@@ -13,7 +13,7 @@ use lapin::{
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use commcenter_shared::broker;
+use commcenter_shared::platform::broker;
 
 use crate::dead_letters;
 

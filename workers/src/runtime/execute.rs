@@ -13,10 +13,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    jobs::{self, Attempt, Envelope, ErrorClass, JobRow},
-    relay::generation_of,
-    retry::Decision,
-    settings::tier_label,
+    ledger::jobs::{self, Attempt, Envelope, ErrorClass, JobRow},
+    ledger::relay::generation_of,
+    ledger::retry::Decision,
+    platform::settings::tier_label,
 };
 
 use crate::{

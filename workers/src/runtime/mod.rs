@@ -34,11 +34,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
-    broker::Topology,
-    jobs::{Attempt, ErrorClass},
-    relay::Relay,
-    retry::RetryPolicy,
-    settings::{BrokerSettings, RelaySettings},
+    ledger::jobs::{Attempt, ErrorClass},
+    ledger::relay::Relay,
+    ledger::retry::RetryPolicy,
+    platform::broker::Topology,
+    platform::settings::{BrokerSettings, RelaySettings},
 };
 
 use crate::{

@@ -12,10 +12,10 @@ use lapin::{
 };
 
 use commcenter_shared::{
-    broker::DELAY_TIER_HEADER,
-    jobs::{self, Envelope, ErrorClass},
-    relay::{GENERATION_HEADER, generation_of, job_properties_at},
-    settings::tier_label,
+    ledger::jobs::{self, Envelope, ErrorClass},
+    ledger::relay::{GENERATION_HEADER, generation_of, job_properties_at},
+    platform::broker::DELAY_TIER_HEADER,
+    platform::settings::tier_label,
 };
 
 use crate::metrics::Outcome;

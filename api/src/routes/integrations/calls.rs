@@ -9,7 +9,7 @@ use serde_json::Map;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    contact::PhoneNumber,
+    domain::contact::PhoneNumber,
     domain::{CustomerId, Direction, MessageText},
 };
 

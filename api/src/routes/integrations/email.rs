@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use commcenter_shared::{
-    contact::Mailbox,
+    domain::contact::Mailbox,
     domain::{CommunicationType, CustomerId, Invalid},
 };
 

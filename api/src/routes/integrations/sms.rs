@@ -8,9 +8,9 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use commcenter_shared::{
-    contact::PhoneNumber,
+    domain::contact::PhoneNumber,
+    domain::store::FileRecord,
     domain::{CommunicationType, CustomerId, is_blank},
-    store::FileRecord,
 };
 
 use super::{Answer, Refusal, invalid, ringcentral_ready};

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
-use commcenter_shared::jobs::{self, NewJob, payloads};
+use commcenter_shared::ledger::jobs::{self, NewJob, payloads};
 
 use super::Refusal;
 use crate::{error::ApiError, state::AppState};

@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    broker::{self, Topology},
-    events,
-    jobs::{self, Envelope},
-    settings::{BrokerSettings, RelaySettings},
+    ledger::events,
+    ledger::jobs::{self, Envelope},
+    platform::broker::{self, Topology},
+    platform::settings::{BrokerSettings, RelaySettings},
 };
 
 /// How long a batch of events waits for the broker's confirms.

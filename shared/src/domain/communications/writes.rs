@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::{
     domain::{CommunicationStatus, CommunicationType, CustomerId, Direction, Visibility},
-    events::{self, Event, EventBody},
-    jobs::NewJob,
+    ledger::events::{self, Event, EventBody},
+    ledger::jobs::NewJob,
 };
 
 use super::{COLUMNS, Communication};
@@ -71,7 +71,7 @@ pub(super) async fn insert_with_job(
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
                        $21, $22)
                RETURNING {COLUMNS}"#,
-            crate::jobs::insert_statement(23)
+            crate::ledger::jobs::insert_statement(23)
         )
     });
     let job_id = Uuid::now_v7();
@@ -255,8 +255,27 @@ pub async fn file_call(
 
 /// `message.new` for a communication that reached the conversation as it now stands.
 pub async fn announce_arrival(conn: &mut PgConnection, c: &Communication) -> sqlx::Result<()> {
-    let event = Event::now(c.customer_id.clone(), EventBody::message_new(c, c.status));
+    let event = Event::now(c.customer_id.clone(), message_new(c, c.status));
     events::record(conn, &event).await
+}
+
+/// `message.new` for a communication that reached the conversation with `status`.
+fn message_new(c: &Communication, status: CommunicationStatus) -> EventBody {
+    EventBody::MessageNew {
+        communication_id: c.id,
+        communication_type: c.communication_type,
+        direction: c.direction,
+        sender_id: c.sender_id.clone(),
+        sender_role: c.sender_role.clone(),
+        user_id: c.sender_id.clone(),
+        message: c.message.clone(),
+        content: c.message.clone(),
+        subject: c.subject.clone(),
+        attachments: c.attachments.clone(),
+        status,
+        created_at: c.created_at,
+        timestamp: c.occurred_at.unwrap_or(c.created_at),
+    }
 }
 
 /// Moves the status forward, never back: `queued → sent → delivered → read`, and
@@ -348,7 +367,7 @@ pub async fn deliver(
     if move_status(conn, c.id, to, None, None).await?.is_none() {
         return Ok(false);
     }
-    let event = Event::now(c.customer_id.clone(), EventBody::message_new(c, to));
+    let event = Event::now(c.customer_id.clone(), message_new(c, to));
     events::record(conn, &event).await?;
     Ok(true)
 }

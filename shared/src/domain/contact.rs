@@ -8,50 +8,13 @@
 //! Email addresses are RFC 5322 addr-specs in ASCII (checked by `email_address`), with
 //! a dotted domain, since mail to a bare host name cannot leave Gmail.
 
-use std::{fmt, str::FromStr};
+use std::fmt;
 
-use phonenumber::{Mode, country};
+use phonenumber::Mode;
 use serde::{Serialize, Serializer};
 use sqlx::PgConnection;
 
-use crate::domain::{CustomerId, Invalid};
-
-/// The country a phone number written without `+` is read in (`DEFAULT_PHONE_REGION`,
-/// an ISO 3166 alpha-2 code such as `US` or `GB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PhoneRegion(country::Id);
-
-impl PhoneRegion {
-    pub const US: Self = Self(country::Id::US);
-}
-
-impl Default for PhoneRegion {
-    fn default() -> Self {
-        Self::US
-    }
-}
-
-impl FromStr for PhoneRegion {
-    type Err = Invalid;
-
-    fn from_str(raw: &str) -> Result<Self, Invalid> {
-        raw.trim()
-            .to_ascii_uppercase()
-            .parse()
-            .map(Self)
-            .map_err(|_| {
-                Invalid(format!(
-                    "{raw:?} is not a country code with a phone numbering plan (ISO 3166 alpha-2, e.g. US)"
-                ))
-            })
-    }
-}
-
-impl fmt::Display for PhoneRegion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.as_ref())
-    }
-}
+use crate::domain::{CustomerId, Invalid, PhoneRegion};
 
 /// A phone number in E.164 (`+16505550101`): what RingCentral takes and what
 /// `customer_contacts` is keyed by.
@@ -86,7 +49,7 @@ impl PhoneNumber {
                 "{raw:?} is not a phone number: use digits, spaces and ( ) - . only, with + first for an international number"
             )));
         }
-        let number = phonenumber::parse(Some(region.0), raw)
+        let number = phonenumber::parse(Some(region.country()), raw)
             .map_err(|e| Invalid(format!("{raw:?} is not a phone number: {e}")))?;
         if !phonenumber::is_valid(&number) {
             return Err(Invalid(format!(

@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{Context, bail};
 
-use crate::contact::PhoneRegion;
+use crate::domain::PhoneRegion;
 
 /// A value that must never be printed: `Debug` and `Display` show a placeholder.
 #[derive(Clone)]
@@ -142,7 +142,7 @@ pub struct AuthSettings {
     /// `JWT_MAX_LIFETIME` (default `30d`; `s`, `m`, `h`, `d`, or `none`) and
     /// `JWT_LEEWAY_SECS` (default 60): tokens valid for longer are refused, and `nbf`
     /// or `iat` more than the leeway ahead of our clock.
-    pub token_times: crate::auth::TimeRules,
+    pub token_times: crate::platform::auth::TimeRules,
 }
 
 #[derive(Debug, Clone)]
@@ -507,7 +507,7 @@ impl Settings {
             },
             auth: AuthSettings {
                 jwt_secret: Secret::new(var("JWT_SECRET", "dev-only-secret-change-me")),
-                token_times: crate::auth::TimeRules {
+                token_times: crate::platform::auth::TimeRules {
                     leeway_secs: parse("JWT_LEEWAY_SECS", "60")?,
                     max_lifetime_secs: lifetime(&var("JWT_MAX_LIFETIME", "30d"))
                         .context("JWT_MAX_LIFETIME")?,
@@ -646,8 +646,8 @@ fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> 
 /// `METRICS_ADDR`: an address, or `0` or empty for none.
 impl HttpSettings {
     /// What the accept loop holds each listener to.
-    pub fn connection_limits(&self) -> crate::http_server::ConnectionLimits {
-        crate::http_server::ConnectionLimits {
+    pub fn connection_limits(&self) -> crate::platform::http_server::ConnectionLimits {
+        crate::platform::http_server::ConnectionLimits {
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
         }

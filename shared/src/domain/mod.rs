@@ -1,6 +1,39 @@
-//! Newtypes parsed at the boundary: once built, a value is known to be valid.
+//! The Communication Center itself. At the root, the newtypes parsed at the boundary:
+//! once built, a value is known to be valid (ids, roles, statuses); every layer uses
+//! them. Beside them:
+//!
+//! - [`communications`]: every message, email, SMS and call: the row, its reads, what
+//!   we send composed one way ([`communications::outbound`]), and every change of its
+//!   state with the event it announces ([`communications::writes`]).
+//! - [`store`]: conversations, files and blobs.
+//! - [`contact`]: the other party's phone number (E.164) or email address, parsed and
+//!   normalised, and which customer it belongs to.
+//! - [`filetype`]: what an upload is, by its first bytes; safe display and stored names.
+//! - [`templates`]: message templates: placeholders found, rendered, stored in versions.
+//! - [`search`]: full-text search over communications, ranked and highlighted.
+//! - [`reach`]: a customer's own addresses and preferences, and the fallback of unread
+//!   in-app messages to SMS or email.
+//! - [`crews`]: field crews and members, projects at customers' sites, crews'
+//!   positions (and the distance between two of them).
+//! - [`dispatch`]: sending a crew: dispatches, acknowledgements, arrival on site, and
+//!   every text about it.
+//! - [`analytics`]: message volume, response times, conversations opened and closed,
+//!   read rates, from facts the database keeps as messages are written.
 
-use std::fmt;
+pub mod analytics;
+pub mod communications;
+pub mod contact;
+pub mod crews;
+pub mod dispatch;
+pub mod filetype;
+pub mod reach;
+pub mod search;
+pub mod store;
+pub mod templates;
+
+use std::{fmt, str::FromStr};
+
+use phonenumber::country;
 
 use serde::{Deserialize, Serialize};
 
@@ -156,6 +189,47 @@ impl FileStatus {
 }
 
 text_column!(FileStatus);
+
+/// The country a phone number written without `+` is read in (`DEFAULT_PHONE_REGION`,
+/// an ISO 3166 alpha-2 code such as `US` or `GB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhoneRegion(country::Id);
+
+impl PhoneRegion {
+    pub const US: Self = Self(country::Id::US);
+
+    pub(crate) fn country(self) -> country::Id {
+        self.0
+    }
+}
+
+impl Default for PhoneRegion {
+    fn default() -> Self {
+        Self::US
+    }
+}
+
+impl FromStr for PhoneRegion {
+    type Err = Invalid;
+
+    fn from_str(raw: &str) -> Result<Self, Invalid> {
+        raw.trim()
+            .to_ascii_uppercase()
+            .parse()
+            .map(Self)
+            .map_err(|_| {
+                Invalid(format!(
+                    "{raw:?} is not a country code with a phone numbering plan (ISO 3166 alpha-2, e.g. US)"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for PhoneRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_ref())
+    }
+}
 
 /// Who a caller is, which decides what they may see and do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -12,12 +12,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{
-    communications::Communication,
-    domain::{
-        CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction,
-        FileStatus, Role,
-    },
+use crate::domain::{
+    CommunicationStatus, CommunicationType, ConversationStatus, CustomerId, Direction, FileStatus,
+    Role,
 };
 
 /// One frame on the WebSocket: `{"type": "...", "seq": N, "customer_id": "...", ...}`.
@@ -210,27 +207,6 @@ pub enum EventBody {
         status: ConversationStatus,
         updated_by: String,
     },
-}
-
-impl EventBody {
-    /// `message.new` for a communication that reached the conversation with `status`.
-    pub fn message_new(c: &Communication, status: CommunicationStatus) -> Self {
-        Self::MessageNew {
-            communication_id: c.id,
-            communication_type: c.communication_type,
-            direction: c.direction,
-            sender_id: c.sender_id.clone(),
-            sender_role: c.sender_role.clone(),
-            user_id: c.sender_id.clone(),
-            message: c.message.clone(),
-            content: c.message.clone(),
-            subject: c.subject.clone(),
-            attachments: c.attachments.clone(),
-            status,
-            created_at: c.created_at,
-            timestamp: c.occurred_at.unwrap_or(c.created_at),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

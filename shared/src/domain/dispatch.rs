@@ -2,7 +2,7 @@
 //! arrival on site, and every text of it, composed here once: the customer's "on the
 //! way" and "has arrived" (a template of the customer's channel when one renders), the
 //! crew members' dispatch texts and reminders, staff's broadcasts. Each message is a
-//! communication composed through [`crate::communications::outbound`], with its job.
+//! communication composed through [`crate::domain::communications::outbound`], with its job.
 
 use std::collections::BTreeMap;
 
@@ -12,15 +12,15 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
-    communications::{
+    domain::communications::{
         Channel, Communication, Composed, EmailThread, Outbound, Sender,
         outbound::{self},
     },
-    contact::Mailbox,
-    crews::{self, DISPATCH_COLUMNS, Dispatch, Member, PROJECT_COLUMNS, Project},
+    domain::contact::Mailbox,
+    domain::crews::{self, DISPATCH_COLUMNS, Dispatch, Member, PROJECT_COLUMNS, Project},
     domain::{CommunicationType, CustomerId, Direction, ProjectStatus, Role, Visibility},
-    events::{self, Event, EventBody},
-    jobs::{self, NewJob, payloads},
+    ledger::events::{self, Event, EventBody},
+    ledger::jobs::{self, NewJob, payloads},
 };
 
 /// The customer's template for "your crew is on the way" (by name, of their channel).
@@ -309,7 +309,7 @@ pub struct Senders<'a> {
 }
 
 impl<'a> Senders<'a> {
-    pub fn of(settings: &'a crate::settings::Settings) -> Self {
+    pub fn of(settings: &'a crate::platform::settings::Settings) -> Self {
         Self {
             sms_from: settings.ringcentral.sms_from(),
             email_from: settings.gmail.email_from(),

@@ -33,7 +33,7 @@ pub use self::{
     range::{ByteRange, ResolvedRange},
     s3::S3Store,
 };
-use crate::settings::StorageSettings;
+use crate::platform::settings::StorageSettings;
 
 /// Any error, boxed: the source of [`BlobError`]'s opaque variants.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -105,7 +105,7 @@ pub async fn resolve_range(
     tz: &str,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Result<Range, BadRange>> {
-    if !crate::reach::is_time_zone(conn, tz).await? {
+    if !crate::domain::reach::is_time_zone(conn, tz).await? {
         return Ok(Err(BadRange {
             parameter: "tz",
             problem: format!("{tz:?} is not a time zone name (e.g. UTC, America/Chicago)"),

@@ -28,7 +28,7 @@ use rusty_s3::{
 };
 
 use super::{BlobError, BlobRead, BlobStream, BoxError, ByteRange, ObjectKey, ResolvedRange};
-use crate::settings::S3Settings;
+use crate::platform::settings::S3Settings;
 
 #[derive(Debug)]
 struct Signer {
@@ -679,8 +679,8 @@ mod tests {
         let settings = |endpoint: &str| S3Settings {
             bucket: "b".into(),
             region: "us-east-1".into(),
-            access_key_id: crate::settings::Secret::new("k"),
-            secret_access_key: crate::settings::Secret::new("s"),
+            access_key_id: crate::platform::settings::Secret::new("k"),
+            secret_access_key: crate::platform::settings::Secret::new("s"),
             endpoint: Some(endpoint.into()),
             force_path_style: true,
             part_size: MIN_PART_SIZE,

@@ -9,7 +9,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::settings::DatabaseSettings;
+use crate::platform::settings::DatabaseSettings;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 

@@ -24,8 +24,9 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
 use crate::{
-    broker, ops,
-    settings::{BrokerSettings, Secret},
+    ops,
+    platform::broker,
+    platform::settings::{BrokerSettings, Secret},
 };
 
 pub use prometheus_client::{encoding::prometheus_text::CONTENT_TYPE, registry::Registry};

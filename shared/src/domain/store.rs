@@ -139,9 +139,9 @@ pub fn attachment_list(files: &[FileRecord]) -> Value {
             serde_json::json!({
                 "file_id": file.id,
                 "filename": file.original_name,
-                "url": crate::filetype::file_url(&file.stored_name),
+                "url": crate::domain::filetype::file_url(&file.stored_name),
                 "thumbnail_url": (file.file_category == "images")
-                    .then(|| crate::filetype::thumbnail_url(&file.stored_name)),
+                    .then(|| crate::domain::filetype::thumbnail_url(&file.stored_name)),
                 "file_type": file.file_type,
                 "file_size": file.file_size,
             })

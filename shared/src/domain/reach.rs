@@ -19,12 +19,12 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    communications::{
+    domain::communications::{
         Channel, Composed, EmailThread, Outbound, Sender,
         outbound::{self},
         writes,
     },
-    contact::Mailbox,
+    domain::contact::Mailbox,
     domain::{CustomerId, Direction, Invalid, Visibility},
 };
 
@@ -176,10 +176,22 @@ pub async fn save(
     .fetch_one(&mut *conn)
     .await?;
     if let Some(email) = p.email {
-        crate::contact::remember(conn, crate::contact::ContactKind::Email, email, customer).await?;
+        crate::domain::contact::remember(
+            conn,
+            crate::domain::contact::ContactKind::Email,
+            email,
+            customer,
+        )
+        .await?;
     }
     if let Some(phone) = p.phone {
-        crate::contact::remember(conn, crate::contact::ContactKind::Phone, phone, customer).await?;
+        crate::domain::contact::remember(
+            conn,
+            crate::domain::contact::ContactKind::Phone,
+            phone,
+            customer,
+        )
+        .await?;
     }
     Ok(preferences(row))
 }

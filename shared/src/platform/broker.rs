@@ -27,7 +27,7 @@ use lapin::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::{BrokerSettings, tier_label};
+use crate::platform::settings::{BrokerSettings, tier_label};
 
 /// The header that picks a delay tier on the `{p}.delay` headers exchange. Not `x-`
 /// prefixed: a headers exchange ignores `x-` headers when matching, which would send

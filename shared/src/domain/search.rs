@@ -10,7 +10,7 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use crate::{
-    communications::{COLUMNS as COMMUNICATION_COLUMNS, Communication},
+    domain::communications::{COLUMNS as COMMUNICATION_COLUMNS, Communication},
     domain::{CommunicationStatus, CommunicationType, CustomerId, Direction},
 };
 

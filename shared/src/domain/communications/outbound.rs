@@ -13,10 +13,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
-    contact::{self, ContactKind, Mailbox},
+    domain::contact::{self, ContactKind, Mailbox},
+    domain::templates::{self, RenderError},
     domain::{CommunicationType, CustomerId, Direction, Role, Visibility},
-    jobs::{NewJob, payloads},
-    templates::{self, RenderError},
+    ledger::jobs::{NewJob, payloads},
 };
 
 use super::{
@@ -178,7 +178,7 @@ pub struct Outbound<'a> {
     pub visibility: Visibility,
     pub project_id: Option<Uuid>,
     pub composed: &'a Composed,
-    /// The attachment list, as records show it ([`crate::store::attachment_list`]).
+    /// The attachment list, as records show it ([`crate::domain::store::attachment_list`]).
     pub attachments: Value,
     /// Facts of the sender's beside the channel's (the messages a fallback carries,
     /// the crew member texted).
