@@ -195,7 +195,7 @@ impl Presence {
     /// they have no connection elsewhere, and removes the instance. Returns how many
     /// users went offline.
     async fn retire(&self, tx: &mut PgConnection, instance: Uuid) -> sqlx::Result<usize> {
-        let users: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        let users: Vec<(String, Role, Option<CustomerId>)> = sqlx::query_as(
             "SELECT user_id, role, customer_id FROM presence WHERE instance_id = $1 ORDER BY user_id",
         )
         .bind(instance)
@@ -219,8 +219,6 @@ impl Presence {
             .fetch_one(&mut *tx)
             .await?;
             if !elsewhere {
-                let role = Role::parse(&role).unwrap_or(Role::Customer);
-                let customer = customer.and_then(|c| CustomerId::parse(&c).ok());
                 events::record(
                     &mut *tx,
                     &Event::presence(&user, role, customer, PresenceStatus::Offline),

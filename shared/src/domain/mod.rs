@@ -158,6 +158,7 @@ text_column!(CommunicationStatus);
 text_column!(ConversationStatus);
 text_column!(Visibility);
 text_column!(ProjectStatus);
+text_column!(Role);
 
 /// Where an uploaded file is: being hashed and thumbnailed, ready to use, or refused
 /// by processing (with the reason on the record).

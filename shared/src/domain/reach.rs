@@ -227,7 +227,13 @@ const AWAITING: &str = "c.type = 'inapp' AND c.direction = 'outbound' AND c.visi
 const SMS_MAX_CHARS: usize = 640;
 
 /// A customer with messages due: id, channel, email, phone, delay in seconds.
-type DueCustomer = (String, FallbackChannel, Option<String>, Option<String>, i32);
+type DueCustomer = (
+    CustomerId,
+    FallbackChannel,
+    Option<String>,
+    Option<String>,
+    i32,
+);
 
 /// One sweep as of `now` (the workers pass the clock; tests a time of their own):
 /// answers how many fallbacks it wrote.
@@ -261,9 +267,6 @@ pub async fn send_due_fallbacks(
     .await?;
     let mut written = 0;
     for (customer, channel, email, phone, after_secs) in due {
-        let Ok(customer) = CustomerId::parse(&customer) else {
-            continue;
-        };
         let (address, from) = match channel {
             FallbackChannel::Sms => (phone, settings.sms_from.as_deref()),
             FallbackChannel::Email => (email, settings.email_from.as_deref()),
