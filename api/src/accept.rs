@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The transaction opens at the first step that needs it; a plain in-app send (no key,
-//! template or files) is the one statement alone: one round trip instead of four.
+//! template, files or project) opens none: it is written with the plain sends beside
+//! it, one statement and one commit for all ([`crate::group_commit`]).
 //!
 //! Routes validate what is particular to their channel and describe the communication
 //! as a [`NewCommunication`] with its [`Channel`]; the channel decides the job kind and
@@ -360,16 +361,14 @@ impl Acceptance {
             channel: c.channel,
             customer_addresses: true,
         };
-        // Nothing else to read or write: one statement, committed on its own.
-        let alone = self.tx.is_none() && !outbound.teaches_contacts();
-        let mut own_conn: Option<sqlx::pool::PoolConnection<Postgres>> = None;
-        let conn: &mut PgConnection = if alone {
-            own_conn.insert(self.pool.acquire().await?)
+        let send = outbound::prepare(&outbound, state.settings.jobs.max_attempts);
+        // Nothing else to read or write in its transaction: written with the sends
+        // that arrive beside it, in one commit.
+        let (communication, job_id) = if self.tx.is_none() && !send.teaches_contacts() {
+            state.sends.record(send).await?
         } else {
-            self.conn().await?
+            outbound::record_prepared(self.conn().await?, &send).await?
         };
-        let (communication, job_id) =
-            outbound::record(conn, &outbound, state.settings.jobs.max_attempts).await?;
         let mut body = records::communication_json(&communication);
         if let Value::Object(fields) = &mut body {
             fields.insert("job_id".into(), json!(job_id));

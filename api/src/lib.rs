@@ -7,6 +7,7 @@
 //! - [`routes`]: one module per route group of the HTTP surface.
 //! - [`accept`]: the one path every send takes: idempotency key, text or template,
 //!   attachments, the communication row, its job, commit, wake the relay.
+//! - [`group_commit`]: plain sends written together, one commit for many.
 //! - [`paging`]: page sizes and the opaque keyset cursors of every listing.
 //! - [`records`]: a communication as every answer shows it, with the original API's
 //!   fields beside ours.
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod body;
 pub mod deadline;
 pub mod error;
+pub mod group_commit;
 pub mod health;
 pub mod idempotency;
 pub mod limits;

@@ -31,6 +31,7 @@ use commcenter_shared::{
 
 use crate::{
     deadline, error,
+    group_commit::GroupCommit,
     health::Health,
     limits::Limits,
     metrics::{self, ApiMetrics},
@@ -77,6 +78,7 @@ impl App {
         ));
         let (ephemeral, ephemeral_rx) = mpsc::channel(EPHEMERAL_BUFFER);
         let limits = Arc::new(Limits::new(&settings.http.rate_limits));
+        let sends = GroupCommit::start(pool.clone());
         let state = AppState {
             metrics,
             pool,
@@ -89,6 +91,7 @@ impl App {
             ephemeral,
             health: Arc::new(Health::default()),
             limits,
+            sends,
         };
         Ok(Self {
             state,

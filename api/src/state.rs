@@ -12,7 +12,8 @@ use commcenter_shared::{
 };
 
 use crate::{
-    health::Health, limits::Limits, metrics::ApiMetrics, notifier::Hub, presence::Presence,
+    group_commit::GroupCommit, health::Health, limits::Limits, metrics::ApiMetrics, notifier::Hub,
+    presence::Presence,
 };
 
 /// What every handler can reach.
@@ -37,4 +38,6 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// The rate limits' buckets.
     pub limits: Arc<Limits>,
+    /// Writes plain sends together, one commit for many ([`GroupCommit`]).
+    pub sends: GroupCommit,
 }

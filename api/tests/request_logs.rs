@@ -72,6 +72,7 @@ fn state() -> AppState {
             Arc::new(Notify::new()),
         )),
         ephemeral: tokio::sync::mpsc::channel(1).0,
+        sends: commcenter_api::group_commit::GroupCommit::start(pool.clone()),
         pool,
         hub: Arc::new(Hub::new(8)),
         blobs: Arc::new(BlobStore::from_settings(&settings.storage).unwrap()),

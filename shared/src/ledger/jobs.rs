@@ -289,6 +289,22 @@ pub(crate) fn insert_statement(first: usize) -> String {
     )
 }
 
+/// [`insert_statement`] for many jobs at once: its parameters are arrays of the same
+/// columns, numbered from `$first`.
+pub(crate) fn insert_many_statement(first: usize) -> String {
+    let types = ["uuid", "text", "jsonb", "int4", "uuid", "text"];
+    let arrays: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", first + i))
+        .collect();
+    format!(
+        "INSERT INTO jobs (id, kind, payload, max_attempts, communication_id, customer_id)
+         SELECT * FROM unnest({})",
+        arrays.join(", ")
+    )
+}
+
 /// A job's states. `pending`: in the outbox; `queued`: on the broker; `retrying`:
 /// waiting in a delay tier; the last three are final until an operator acts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ mod deployment;
 mod edits;
 mod email;
 mod files;
+mod group_commit;
 mod health;
 mod inbound_email;
 mod inbox;

@@ -332,3 +332,116 @@ async fn two_apis_and_two_workers_lose_one_of_each_to_sigkill_and_nothing_is_los
     }
     std::fs::remove_dir_all(&logs).ok();
 }
+
+/// Group commit under a power cut: plain sends (no Idempotency-Key, so written in
+/// shared batches) flow into an api process that is SIGKILLed midway. Every send that
+/// was answered 202 is recorded once, with its job, and delivered; a send whose answer
+/// never came is recorded whole (row and job) or not at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_killed_while_batching_plain_sends_keeps_every_accepted_one() {
+    const LANES: usize = 16;
+    const KILL_AT: usize = 150;
+    let app = spawn_app_with(TestOptions::default()).await;
+    let logs = std::env::temp_dir().join(format!("cc-batch-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs).unwrap();
+    let env = environment(&app, &logs);
+    let mut api = start("api", 1, &env, &logs);
+    let url = api.url.clone().unwrap();
+    ready(&app, &url).await;
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let staff = app.staff_token();
+    let mut lanes = Vec::new();
+    for lane in 0..LANES {
+        let (client, url, token, accepted) = (
+            app.client.clone(),
+            url.clone(),
+            staff.clone(),
+            accepted.clone(),
+        );
+        lanes.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0.. {
+                let body = json!({
+                    "customer_id": format!("cust-{}", lane % CUSTOMERS),
+                    "message": format!("batch {lane}-{n}"),
+                });
+                let response = client
+                    .post(format!("{url}/api/messages/send"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status() == 202 => {
+                        let answer: Value = response.json().await.unwrap();
+                        ids.push(answer["id"].as_str().unwrap().to_owned());
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => break, // the process is gone
+                }
+            }
+            ids
+        }));
+    }
+    eventually("sends accepted", Duration::from_secs(60), || async {
+        (accepted.load(Ordering::SeqCst) >= KILL_AT).then_some(())
+    })
+    .await;
+    kill(&mut api).await;
+    let mut ids = BTreeSet::new();
+    for lane in lanes {
+        ids.extend(lane.await.unwrap());
+    }
+    assert!(ids.len() >= KILL_AT);
+
+    // Every row has its job and every job its row: a batch commits whole or not at all.
+    let unpaired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM communications c FULL JOIN jobs j
+             ON j.communication_id = c.id AND j.kind = 'message.deliver'
+         WHERE c.id IS NULL OR j.id IS NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        unpaired, 0,
+        "a row without its job, or a job without its row"
+    );
+    // Each accepted send is there once; sends never answered may be there too.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id::text FROM communications")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let stored: BTreeSet<String> = stored.into_iter().collect();
+    assert!(
+        ids.is_subset(&stored),
+        "an accepted send was lost: {:?}",
+        ids.difference(&stored).take(5).collect::<Vec<_>>()
+    );
+    // And the in-process workers deliver every one of them, once.
+    eventually(
+        "every stored send delivered",
+        Duration::from_secs(60),
+        || async {
+            let waiting: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM communications WHERE status <> 'sent'")
+                    .fetch_one(&app.pool)
+                    .await
+                    .ok()?;
+            (waiting == 0).then_some(())
+        },
+    )
+    .await;
+    let announced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT payload->>'communication_id' FROM event_log
+                               WHERE payload->>'type' = 'message.new'
+                               GROUP BY 1 HAVING count(*) > 1) twice",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(announced, 0, "a send announced twice");
+    let _ = std::fs::remove_dir_all(&logs);
+}

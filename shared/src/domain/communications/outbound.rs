@@ -189,20 +189,25 @@ pub struct Outbound<'a> {
     pub customer_addresses: bool,
 }
 
-impl Outbound<'_> {
+/// A send composed and ready to write: its row, its job and the contacts it teaches.
+/// Owned, so it can wait to be written with others ([`record_many`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    row: NewRow,
+    job: NewJob,
+    max_attempts: i32,
+    contacts: Vec<(ContactKind, String)>,
+}
+
+impl Prepared {
     /// Whether recording it writes more than the row and its job (one statement).
     pub fn teaches_contacts(&self) -> bool {
-        self.customer_addresses && !self.channel.contacts().is_empty()
+        !self.contacts.is_empty()
     }
 }
 
-/// Records the communication and its job (the outbox) in the caller's transaction, and
-/// the contacts it teaches us; answers the row and the job's id.
-pub async fn record(
-    conn: &mut PgConnection,
-    o: &Outbound<'_>,
-    max_attempts: i32,
-) -> sqlx::Result<(Communication, Uuid)> {
+/// Composes the send: its id, the row its channel describes, its job.
+pub fn prepare(o: &Outbound<'_>, max_attempts: i32) -> Prepared {
     let id = Uuid::now_v7();
     let channel = &o.channel;
     let (remote, local) = channel.addresses();
@@ -227,27 +232,24 @@ pub async fn record(
         } => Some((*duration_seconds, *occurred_at)),
         _ => None,
     };
-    let job = channel
-        .job(id)
-        .for_communication(id)
-        .for_customer(o.customer_id);
+    let owned = |s: Option<&str>| s.map(str::to_owned);
     let row = NewRow {
         id,
-        customer_id: o.customer_id,
+        customer_id: o.customer_id.clone(),
         communication_type: channel.communication_type(),
         direction: o.direction,
-        sender_id: o.sender.id,
-        sender_role: o.sender.role,
-        subject: o.composed.subject.as_deref(),
-        message: &o.composed.message,
-        attachments: &o.attachments,
-        metadata: &Value::Object(metadata),
-        remote_address: remote.as_deref(),
-        local_address: local,
-        rfc822_message_id: rfc822_message_id.as_deref(),
-        provider_thread_id: thread.and_then(|t| t.provider_thread_id),
-        in_reply_to: thread.and_then(|t| t.in_reply_to),
-        references: thread.and_then(|t| t.references),
+        sender_id: o.sender.id.to_owned(),
+        sender_role: o.sender.role.to_owned(),
+        subject: o.composed.subject.clone(),
+        message: o.composed.message.clone(),
+        attachments: o.attachments.clone(),
+        metadata: Value::Object(metadata),
+        remote_address: remote,
+        local_address: owned(local),
+        rfc822_message_id,
+        provider_thread_id: owned(thread.and_then(|t| t.provider_thread_id)),
+        in_reply_to: owned(thread.and_then(|t| t.in_reply_to)),
+        references: owned(thread.and_then(|t| t.references)),
         duration_seconds: call.map(|(seconds, _)| seconds),
         occurred_at: call.map(|(_, at)| at),
         template_id: o.composed.template.map(|(id, _)| id),
@@ -255,13 +257,68 @@ pub async fn record(
         project_id: o.project_id,
         visibility: o.visibility,
     };
-    let recorded = writes::insert_with_job(conn, &row, job, max_attempts).await?;
-    if o.customer_addresses {
-        for (kind, address) in channel.contacts() {
-            contact::remember(conn, kind, address, o.customer_id).await?;
-        }
+    let contacts = if o.customer_addresses {
+        channel
+            .contacts()
+            .into_iter()
+            .map(|(kind, address)| (kind, address.to_owned()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Prepared {
+        job: channel
+            .job(id)
+            .for_communication(id)
+            .for_customer(o.customer_id),
+        row,
+        max_attempts,
+        contacts,
+    }
+}
+
+/// Records the communication and its job (the outbox) in the caller's transaction, and
+/// the contacts it teaches us; answers the row and the job's id.
+pub async fn record(
+    conn: &mut PgConnection,
+    o: &Outbound<'_>,
+    max_attempts: i32,
+) -> sqlx::Result<(Communication, Uuid)> {
+    record_prepared(conn, &prepare(o, max_attempts)).await
+}
+
+/// [`record`] of a send already prepared.
+pub async fn record_prepared(
+    conn: &mut PgConnection,
+    send: &Prepared,
+) -> sqlx::Result<(Communication, Uuid)> {
+    let recorded = writes::insert_with_job(conn, &send.row, &send.job, send.max_attempts).await?;
+    remember_contacts(conn, send).await?;
+    Ok(recorded)
+}
+
+/// Records many sends in the caller's transaction: their rows and jobs in one
+/// statement, then the contacts they teach. Answers each in the order given.
+pub async fn record_many(
+    conn: &mut PgConnection,
+    sends: &[Prepared],
+) -> sqlx::Result<Vec<(Communication, Uuid)>> {
+    let rows: Vec<_> = sends
+        .iter()
+        .map(|s| (&s.row, &s.job, s.max_attempts))
+        .collect();
+    let recorded = writes::insert_many_with_jobs(conn, &rows).await?;
+    for send in sends {
+        remember_contacts(conn, send).await?;
     }
     Ok(recorded)
+}
+
+async fn remember_contacts(conn: &mut PgConnection, send: &Prepared) -> sqlx::Result<()> {
+    for (kind, address) in &send.contacts {
+        contact::remember(conn, *kind, address, &send.row.customer_id).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,23 +27,23 @@ use super::{COLUMNS, Communication};
 
 /// A row as a send writes it: every column a send can set.
 #[derive(Debug, Clone)]
-pub(super) struct NewRow<'a> {
+pub(super) struct NewRow {
     pub id: Uuid,
-    pub customer_id: &'a CustomerId,
+    pub customer_id: CustomerId,
     pub communication_type: CommunicationType,
     pub direction: Direction,
-    pub sender_id: &'a str,
-    pub sender_role: &'a str,
-    pub subject: Option<&'a str>,
-    pub message: &'a str,
-    pub attachments: &'a Value,
-    pub metadata: &'a Value,
-    pub remote_address: Option<&'a str>,
-    pub local_address: Option<&'a str>,
-    pub rfc822_message_id: Option<&'a str>,
-    pub provider_thread_id: Option<&'a str>,
-    pub in_reply_to: Option<&'a str>,
-    pub references: Option<&'a str>,
+    pub sender_id: String,
+    pub sender_role: String,
+    pub subject: Option<String>,
+    pub message: String,
+    pub attachments: Value,
+    pub metadata: Value,
+    pub remote_address: Option<String>,
+    pub local_address: Option<String>,
+    pub rfc822_message_id: Option<String>,
+    pub provider_thread_id: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub references: Option<String>,
     pub duration_seconds: Option<i32>,
     pub occurred_at: Option<DateTime<Utc>>,
     pub template_id: Option<Uuid>,
@@ -52,46 +52,49 @@ pub(super) struct NewRow<'a> {
     pub visibility: Visibility,
 }
 
+/// The columns a send writes, in [`NewRow`]'s order.
+const SEND_COLUMNS: &str = r#"id, customer_id, type, direction, sender_id, sender_role, subject,
+    message, attachments, metadata, remote_address, local_address, rfc822_message_id,
+    provider_thread_id, in_reply_to, "references", duration_seconds, occurred_at,
+    template_id, template_version, project_id, visibility"#;
+
 /// Inserts the communication and the job that carries it out, in one statement (one
 /// round trip, atomic on its own); answers the row and the job's id. (Its insert opens
 /// the conversation and keeps its latest message: a trigger.)
 pub(super) async fn insert_with_job(
     conn: &mut PgConnection,
-    c: &NewRow<'_>,
-    job: NewJob,
+    c: &NewRow,
+    job: &NewJob,
     max_attempts: i32,
 ) -> sqlx::Result<(Communication, Uuid)> {
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let values: Vec<String> = (1..=22).map(|n| format!("${n}")).collect();
         format!(
-            r#"WITH job AS ({})
-               INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role, subject,
-                   message, attachments, metadata, remote_address, local_address, rfc822_message_id,
-                   provider_thread_id, in_reply_to, "references", duration_seconds, occurred_at,
-                   template_id, template_version, project_id, visibility)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                       $21, $22)
-               RETURNING {COLUMNS}"#,
-            crate::ledger::jobs::insert_statement(23)
+            "WITH job AS ({})
+             INSERT INTO communications ({SEND_COLUMNS}) VALUES ({})
+             RETURNING {COLUMNS}",
+            crate::ledger::jobs::insert_statement(23),
+            values.join(", ")
         )
     });
     let job_id = Uuid::now_v7();
     let communication = sqlx::query_as(&INSERT)
         .bind(c.id)
-        .bind(c.customer_id)
+        .bind(&c.customer_id)
         .bind(c.communication_type)
         .bind(c.direction)
-        .bind(c.sender_id)
-        .bind(c.sender_role)
-        .bind(c.subject)
-        .bind(c.message)
-        .bind(c.attachments)
-        .bind(c.metadata)
-        .bind(c.remote_address)
-        .bind(c.local_address)
-        .bind(c.rfc822_message_id)
-        .bind(c.provider_thread_id)
-        .bind(c.in_reply_to)
-        .bind(c.references)
+        .bind(&c.sender_id)
+        .bind(&c.sender_role)
+        .bind(&c.subject)
+        .bind(&c.message)
+        .bind(&c.attachments)
+        .bind(&c.metadata)
+        .bind(&c.remote_address)
+        .bind(&c.local_address)
+        .bind(&c.rfc822_message_id)
+        .bind(&c.provider_thread_id)
+        .bind(&c.in_reply_to)
+        .bind(&c.references)
         .bind(c.duration_seconds)
         .bind(c.occurred_at)
         .bind(c.template_id)
@@ -107,6 +110,89 @@ pub(super) async fn insert_with_job(
         .fetch_one(conn)
         .await?;
     Ok((communication, job_id))
+}
+
+/// [`insert_with_job`] for many sends at once: one statement for all their rows and
+/// jobs (set-based, so the commit, the statement's overhead and the round trip are
+/// shared). Answers each row and its job's id in the order given.
+pub(super) async fn insert_many_with_jobs(
+    conn: &mut PgConnection,
+    sends: &[(&NewRow, &NewJob, i32)],
+) -> sqlx::Result<Vec<(Communication, Uuid)>> {
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH job AS ({})
+             INSERT INTO communications ({SEND_COLUMNS})
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[],
+                 $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[],
+                 $18::timestamptz[], $19::uuid[], $20::int4[], $21::uuid[], $22::text[])
+             RETURNING {COLUMNS}",
+            crate::ledger::jobs::insert_many_statement(23)
+        )
+    });
+    let rows = || sends.iter().map(|(row, _, _)| *row);
+    let text = |f: fn(&NewRow) -> &str| rows().map(f).collect::<Vec<&str>>();
+    let maybe = |f: fn(&NewRow) -> Option<&str>| rows().map(f).collect::<Vec<Option<&str>>>();
+    let job_ids: Vec<Uuid> = sends.iter().map(|_| Uuid::now_v7()).collect();
+    let inserted: Vec<Communication> = sqlx::query_as(&INSERT)
+        .bind(rows().map(|r| r.id).collect::<Vec<_>>())
+        .bind(text(|r| r.customer_id.as_str()))
+        .bind(text(|r| r.communication_type.as_str()))
+        .bind(text(|r| r.direction.as_str()))
+        .bind(text(|r| &r.sender_id))
+        .bind(text(|r| &r.sender_role))
+        .bind(maybe(|r| r.subject.as_deref()))
+        .bind(text(|r| &r.message))
+        .bind(rows().map(|r| r.attachments.clone()).collect::<Vec<_>>())
+        .bind(rows().map(|r| r.metadata.clone()).collect::<Vec<_>>())
+        .bind(maybe(|r| r.remote_address.as_deref()))
+        .bind(maybe(|r| r.local_address.as_deref()))
+        .bind(maybe(|r| r.rfc822_message_id.as_deref()))
+        .bind(maybe(|r| r.provider_thread_id.as_deref()))
+        .bind(maybe(|r| r.in_reply_to.as_deref()))
+        .bind(maybe(|r| r.references.as_deref()))
+        .bind(rows().map(|r| r.duration_seconds).collect::<Vec<_>>())
+        .bind(rows().map(|r| r.occurred_at).collect::<Vec<_>>())
+        .bind(rows().map(|r| r.template_id).collect::<Vec<_>>())
+        .bind(rows().map(|r| r.template_version).collect::<Vec<_>>())
+        .bind(rows().map(|r| r.project_id).collect::<Vec<_>>())
+        .bind(text(|r| r.visibility.as_str()))
+        .bind(&job_ids)
+        .bind(sends.iter().map(|(_, job, _)| job.kind).collect::<Vec<_>>())
+        .bind(
+            sends
+                .iter()
+                .map(|(_, job, _)| job.payload.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(sends.iter().map(|(_, _, max)| *max).collect::<Vec<_>>())
+        .bind(
+            sends
+                .iter()
+                .map(|(_, job, _)| job.communication_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            sends
+                .iter()
+                .map(|(_, job, _)| job.customer_id.as_ref().map(CustomerId::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(conn)
+        .await?;
+    // RETURNING's order is not promised: match each row to its send by id.
+    let mut by_id: std::collections::HashMap<Uuid, Communication> =
+        inserted.into_iter().map(|c| (c.id, c)).collect();
+    rows()
+        .zip(job_ids)
+        .map(|(row, job_id)| {
+            by_id
+                .remove(&row.id)
+                .map(|c| (c, job_id))
+                .ok_or_else(|| sqlx::Error::RowNotFound)
+        })
+        .collect()
 }
 
 /// An email that came into the mailbox, as it is filed in a customer's conversation.
