@@ -82,11 +82,20 @@ pub struct Pruned {
 /// crews' positions older than `keep` says, in batches of `batch` rows so no
 /// transaction grows large. Dead jobs stay until an operator acts.
 pub async fn prune(pool: &PgPool, keep: &Keep, batch: i64) -> sqlx::Result<Pruned> {
-    let older = |sql: String, retention| async move {
-        delete_in_batches(pool, &sql, retention, batch).await
+    let older = |sql: String, retention: Duration| async move {
+        let sql = sql.as_str();
+        in_batches(batch, || async move {
+            let deleted = sqlx::query(sql)
+                .bind(retention.as_secs_f64())
+                .bind(batch)
+                .execute(pool)
+                .await?;
+            Ok(deleted.rows_affected())
+        })
+        .await
     };
     Ok(Pruned {
-        jobs: jobs::delete_finished(pool, keep.jobs, batch).await?,
+        jobs: in_batches(batch, || jobs::delete_finished(pool, keep.jobs, batch)).await?,
         idempotency_keys: older(
             aged("idempotency_keys", "created_at"),
             keep.idempotency_keys,
@@ -135,22 +144,15 @@ fn aged(table: &str, at: &str) -> String {
     )
 }
 
-/// Runs `delete` (bound to the retention in seconds and the batch size) until it
-/// deletes less than a batch; returns how many rows went.
-async fn delete_in_batches(
-    pool: &PgPool,
-    delete: &str,
-    retention: Duration,
+/// Runs `delete_one` (which deletes up to `batch` rows) until it deletes less than a
+/// batch, so no transaction grows large; returns how many rows went.
+async fn in_batches<Batch: Future<Output = sqlx::Result<u64>>>(
     batch: i64,
+    mut delete_one: impl FnMut() -> Batch,
 ) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {
-        let deleted = sqlx::query(delete)
-            .bind(retention.as_secs_f64())
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let deleted = delete_one().await?;
         total += deleted;
         if (deleted as i64) < batch {
             return Ok(total);

@@ -796,33 +796,26 @@ pub async fn put_back_overdue(
     .await
 }
 
-/// Retention: deletes succeeded and cancelled jobs that finished more than
-/// `older_than` ago (their attempts go with them), `batch` rows a transaction so none
-/// grows large; returns how many went. Dead jobs stay until an operator acts.
+/// Retention: deletes up to `limit` succeeded or cancelled jobs that finished more
+/// than `older_than` ago (their attempts go with them); returns how many went. Dead
+/// jobs stay until an operator acts.
 pub async fn delete_finished(
     pool: &sqlx::PgPool,
     older_than: std::time::Duration,
-    batch: i64,
+    limit: i64,
 ) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state IN ('succeeded', 'cancelled')
-                   AND finished_at < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(older_than.as_secs_f64())
-        .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += deleted;
-        if (deleted as i64) < batch {
-            return Ok(total);
-        }
-    }
+    Ok(sqlx::query(
+        "DELETE FROM jobs WHERE id IN (
+             SELECT id FROM jobs
+             WHERE state IN ('succeeded', 'cancelled')
+               AND finished_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Records a message the broker or a worker could not tie to a ledger row (it did not
