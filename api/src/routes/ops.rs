@@ -21,7 +21,7 @@ use axum::{
     Json, Router,
     extract::{Path, State},
     http::StatusCode,
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
@@ -53,11 +53,11 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/ops/jobs", get(list_jobs))
-        .route("/api/ops/jobs/replay", post(bulk_replay))
-        .route("/api/ops/jobs/discard", post(bulk_discard))
+        .route("/api/ops/jobs/replay", bulk(Action::Replay))
+        .route("/api/ops/jobs/discard", bulk(Action::Discard))
         .route("/api/ops/jobs/{id}", get(show_job))
-        .route("/api/ops/jobs/{id}/replay", post(replay_job))
-        .route("/api/ops/jobs/{id}/discard", post(discard_job))
+        .route("/api/ops/jobs/{id}/replay", on_job(Action::Replay))
+        .route("/api/ops/jobs/{id}/discard", on_job(Action::Discard))
         .route("/api/ops/actions", get(list_actions))
         .route("/api/ops/actions/{id}", get(show_action))
         .route("/api/ops/audit", get(list_audit))
@@ -191,22 +191,20 @@ fn reason(raw: &str) -> ApiResult<String> {
     Ok(reason.to_owned())
 }
 
-async fn replay_job(
-    state: State<AppState>,
-    caller: Caller,
-    id: Path<String>,
-    body: JsonBody<ReasonBody>,
-) -> ApiResult<Json<Value>> {
-    act_on_job(state, caller, id, body, Action::Replay).await
+/// The handler of one job's `action` (`POST /api/ops/jobs/{id}/{action}`).
+fn on_job(action: Action) -> MethodRouter<AppState> {
+    post(
+        move |state, caller, id, body: JsonBody<ReasonBody>| async move {
+            act_on_job(state, caller, id, body, action).await
+        },
+    )
 }
 
-async fn discard_job(
-    state: State<AppState>,
-    caller: Caller,
-    id: Path<String>,
-    body: JsonBody<ReasonBody>,
-) -> ApiResult<Json<Value>> {
-    act_on_job(state, caller, id, body, Action::Discard).await
+/// The handler of a bulk `action` (`POST /api/ops/jobs/{action}`).
+fn bulk(action: Action) -> MethodRouter<AppState> {
+    post(move |state, caller, body: JsonBody<BulkBody>| async move {
+        start_bulk(state, caller, body, action).await
+    })
 }
 
 async fn act_on_job(
@@ -250,22 +248,6 @@ struct BulkBody {
     #[serde(default)]
     filter: Map<String, Value>,
     reason: String,
-}
-
-async fn bulk_replay(
-    state: State<AppState>,
-    caller: Caller,
-    body: JsonBody<BulkBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    start_bulk(state, caller, body, Action::Replay).await
-}
-
-async fn bulk_discard(
-    state: State<AppState>,
-    caller: Caller,
-    body: JsonBody<BulkBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    start_bulk(state, caller, body, Action::Discard).await
 }
 
 /// Filter values in a JSON body: a string, or a list of strings.

@@ -263,34 +263,25 @@ pub async fn enqueue(
     job: NewJob,
     max_attempts: i32,
 ) -> sqlx::Result<Uuid> {
-    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_statement(1));
     let id = Uuid::now_v7();
-    sqlx::query(&INSERT)
-        .bind(id)
-        .bind(job.kind)
-        .bind(&job.payload)
-        .bind(max_attempts)
-        .bind(job.communication_id)
-        .bind(job.customer_id.as_ref().map(CustomerId::as_str))
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, payload, max_attempts, communication_id, customer_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(job.kind)
+    .bind(&job.payload)
+    .bind(max_attempts)
+    .bind(job.communication_id)
+    .bind(job.customer_id.as_ref().map(CustomerId::as_str))
+    .execute(conn)
+    .await?;
     Ok(id)
 }
 
-/// The insert of a new job row, its parameters (id, kind, payload, max attempts,
-/// communication, customer) numbered from `$first`: [`enqueue`]'s, and the one a
-/// send's communication insert carries in the same statement.
-pub(crate) fn insert_statement(first: usize) -> String {
-    let params: Vec<String> = (first..first + 6).map(|n| format!("${n}")).collect();
-    format!(
-        "INSERT INTO jobs (id, kind, payload, max_attempts, communication_id, customer_id)
-         VALUES ({})",
-        params.join(", ")
-    )
-}
-
-/// [`insert_statement`] for many jobs at once: its parameters are arrays of the same
-/// columns, numbered from `$first`.
+/// The insert of new job rows beside a send's communications, in the same statement:
+/// its parameters are arrays of the columns (id, kind, payload, max attempts,
+/// communication, customer), numbered from `$first`.
 pub(crate) fn insert_many_statement(first: usize) -> String {
     let types = ["uuid", "text", "jsonb", "int4", "uuid", "text"];
     let arrays: Vec<String> = types

@@ -20,8 +20,8 @@ use commcenter_providers::{
     ringcentral::{CallLogQuery, CallRecord, MessageRecord, RingCentral},
 };
 use commcenter_shared::{
-    domain::communications::writes::{self, InboundSms, LoggedCall, Why},
-    domain::{CommunicationStatus, CustomerId, Direction},
+    domain::communications::writes::{self, Arrival, Why},
+    domain::{CommunicationStatus, CommunicationType, CustomerId, Direction},
     ledger::jobs::payloads,
 };
 
@@ -184,17 +184,23 @@ async fn record_inbound(conn: &mut PgConnection, record: &MessageRecord) -> Resu
     };
     let customer = customer_for(conn, from).await?;
     // Seen before (both events name it, and RingCentral retries): nothing new.
-    writes::file_inbound_sms(
+    writes::file_arrival(
         conn,
-        &InboundSms {
+        &Arrival {
             customer_id: &customer,
-            from,
-            to: record.to.first().map(String::as_str),
-            text: record.text.as_deref().unwrap_or_default(),
-            provider_message_id: &record.id,
-            provider_status: &record.message_status,
-            provider_thread_id: record.conversation_id.as_deref(),
+            communication_type: CommunicationType::Sms,
+            direction: Direction::Inbound,
+            sender: (from, "customer"),
+            message: record.text.as_deref().unwrap_or_default(),
+            addresses: (from, record.to.first().map(String::as_str)),
+            provider: (
+                &record.id,
+                &record.message_status,
+                record.conversation_id.as_deref(),
+            ),
+            duration_seconds: None,
             at: record.creation_time.unwrap_or_else(Utc::now),
+            delivered_at: None,
         },
     )
     .await?;
@@ -315,22 +321,23 @@ async fn import_call(conn: &mut PgConnection, call: &CallRecord) -> Result<bool,
     };
     let customer = customer_for(conn, remote).await?;
     let message = format!("{} call: {}", call.direction, call.result);
-    let filed = writes::file_call(
+    let filed = writes::file_arrival(
         conn,
-        &LoggedCall {
+        &Arrival {
             customer_id: &customer,
+            communication_type: CommunicationType::Phone,
             direction: if inbound {
                 Direction::Inbound
             } else {
                 Direction::Outbound
             },
+            sender: ("ringcentral", "system"),
             message: &message,
-            remote,
-            local,
-            provider_call_id: &call.id,
-            result: &call.result,
-            duration_seconds: call.duration as i32,
-            started_at: call.start_time,
+            addresses: (remote, local),
+            provider: (&call.id, &call.result, None),
+            duration_seconds: Some(call.duration as i32),
+            at: call.start_time,
+            delivered_at: Some(call.start_time),
         },
     )
     .await?;

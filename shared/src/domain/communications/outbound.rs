@@ -21,7 +21,7 @@ use crate::{
 
 use super::{
     Communication,
-    writes::{self, NewRow},
+    writes::{self, EmailIds, NewRow},
 };
 
 /// The text of a communication, as given or rendered from a template.
@@ -238,22 +238,18 @@ pub fn prepare(o: &Outbound<'_>, max_attempts: i32) -> Prepared {
         customer_id: o.customer_id.clone(),
         communication_type: channel.communication_type(),
         direction: o.direction,
-        sender_id: o.sender.id.to_owned(),
-        sender_role: o.sender.role.to_owned(),
-        subject: o.composed.subject.clone(),
-        message: o.composed.message.clone(),
+        sender: (o.sender.id.to_owned(), o.sender.role.to_owned()),
+        composed: o.composed.clone(),
         attachments: o.attachments.clone(),
         metadata: Value::Object(metadata),
-        remote_address: remote,
-        local_address: owned(local),
-        rfc822_message_id,
-        provider_thread_id: owned(thread.and_then(|t| t.provider_thread_id)),
-        in_reply_to: owned(thread.and_then(|t| t.in_reply_to)),
-        references: owned(thread.and_then(|t| t.references)),
-        duration_seconds: call.map(|(seconds, _)| seconds),
-        occurred_at: call.map(|(_, at)| at),
-        template_id: o.composed.template.map(|(id, _)| id),
-        template_version: o.composed.template.map(|(_, version)| version),
+        addresses: (remote, owned(local)),
+        email: EmailIds {
+            message_id: rfc822_message_id,
+            thread_id: owned(thread.and_then(|t| t.provider_thread_id)),
+            in_reply_to: owned(thread.and_then(|t| t.in_reply_to)),
+            references: owned(thread.and_then(|t| t.references)),
+        },
+        call,
         project_id: o.project_id,
         visibility: o.visibility,
     };
@@ -292,9 +288,8 @@ pub async fn record_prepared(
     conn: &mut PgConnection,
     send: &Prepared,
 ) -> sqlx::Result<(Communication, Uuid)> {
-    let recorded = writes::insert_with_job(conn, &send.row, &send.job, send.max_attempts).await?;
-    remember_contacts(conn, send).await?;
-    Ok(recorded)
+    let recorded = record_many(conn, std::slice::from_ref(send)).await?;
+    recorded.into_iter().next().ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Records many sends in the caller's transaction: their rows and jobs in one
@@ -307,7 +302,7 @@ pub async fn record_many(
         .iter()
         .map(|s| (&s.row, &s.job, s.max_attempts))
         .collect();
-    let recorded = writes::insert_many_with_jobs(conn, &rows).await?;
+    let recorded = writes::insert_with_jobs(conn, &rows).await?;
     for send in sends {
         remember_contacts(conn, send).await?;
     }

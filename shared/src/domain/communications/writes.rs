@@ -3,8 +3,8 @@
 //!
 //! | change | announced |
 //! |---|---|
-//! | a send recorded with its job ([`insert_with_job`], via [`super::outbound`]) | when the job delivers it |
-//! | an inbound email, SMS or imported call filed ([`file_inbound_email`], [`file_inbound_sms`], [`file_call`]) | `message.new` ([`announce_arrival`], once its files are listed) |
+//! | sends recorded with their jobs ([`insert_with_jobs`], via [`super::outbound`]) | when the job delivers them |
+//! | an inbound email, SMS or imported call filed ([`file_inbound_email`], [`file_arrival`]) | `message.new` ([`announce_arrival`], once an email's files are listed) |
 //! | an in-app message or a logged call reached the conversation ([`deliver`]) | `message.new` |
 //! | a status moved forward ([`advance`], [`fail`], [`record_accepted`]) | `communication.status` |
 //! | an operator's replay or discard ([`requeue_failed`], [`fail_queued`]) | `communication.status` |
@@ -23,7 +23,7 @@ use crate::{
     ledger::jobs::NewJob,
 };
 
-use super::{COLUMNS, Communication};
+use super::{COLUMNS, Communication, Composed};
 
 /// A row as a send writes it: every column a send can set.
 #[derive(Debug, Clone)]
@@ -32,151 +32,97 @@ pub(super) struct NewRow {
     pub customer_id: CustomerId,
     pub communication_type: CommunicationType,
     pub direction: Direction,
-    pub sender_id: String,
-    pub sender_role: String,
-    pub subject: Option<String>,
-    pub message: String,
+    /// Who sends it: their id and role.
+    pub sender: (String, String),
+    pub composed: Composed,
     pub attachments: Value,
     pub metadata: Value,
-    pub remote_address: Option<String>,
-    pub local_address: Option<String>,
-    pub rfc822_message_id: Option<String>,
-    pub provider_thread_id: Option<String>,
-    pub in_reply_to: Option<String>,
-    pub references: Option<String>,
-    pub duration_seconds: Option<i32>,
-    pub occurred_at: Option<DateTime<Utc>>,
-    pub template_id: Option<Uuid>,
-    pub template_version: Option<i32>,
+    /// SMS, email, calls: the other party, and our own number or mailbox.
+    pub addresses: (Option<String>, Option<String>),
+    pub email: EmailIds,
+    /// A call: how long, and when.
+    pub call: Option<(i32, DateTime<Utc>)>,
     pub project_id: Option<Uuid>,
     pub visibility: Visibility,
 }
 
-/// The columns a send writes, in [`NewRow`]'s order.
-const SEND_COLUMNS: &str = r#"id, customer_id, type, direction, sender_id, sender_role, subject,
-    message, attachments, metadata, remote_address, local_address, rfc822_message_id,
-    provider_thread_id, in_reply_to, "references", duration_seconds, occurred_at,
-    template_id, template_version, project_id, visibility"#;
-
-/// Inserts the communication and the job that carries it out, in one statement (one
-/// round trip, atomic on its own); answers the row and the job's id. (Its insert opens
-/// the conversation and keeps its latest message: a trigger.)
-pub(super) async fn insert_with_job(
-    conn: &mut PgConnection,
-    c: &NewRow,
-    job: &NewJob,
-    max_attempts: i32,
-) -> sqlx::Result<(Communication, Uuid)> {
-    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let values: Vec<String> = (1..=22).map(|n| format!("${n}")).collect();
-        format!(
-            "WITH job AS ({})
-             INSERT INTO communications ({SEND_COLUMNS}) VALUES ({})
-             RETURNING {COLUMNS}",
-            crate::ledger::jobs::insert_statement(23),
-            values.join(", ")
-        )
-    });
-    let job_id = Uuid::now_v7();
-    let communication = sqlx::query_as(&INSERT)
-        .bind(c.id)
-        .bind(&c.customer_id)
-        .bind(c.communication_type)
-        .bind(c.direction)
-        .bind(&c.sender_id)
-        .bind(&c.sender_role)
-        .bind(&c.subject)
-        .bind(&c.message)
-        .bind(&c.attachments)
-        .bind(&c.metadata)
-        .bind(&c.remote_address)
-        .bind(&c.local_address)
-        .bind(&c.rfc822_message_id)
-        .bind(&c.provider_thread_id)
-        .bind(&c.in_reply_to)
-        .bind(&c.references)
-        .bind(c.duration_seconds)
-        .bind(c.occurred_at)
-        .bind(c.template_id)
-        .bind(c.template_version)
-        .bind(c.project_id)
-        .bind(c.visibility)
-        .bind(job_id)
-        .bind(job.kind)
-        .bind(&job.payload)
-        .bind(max_attempts)
-        .bind(job.communication_id)
-        .bind(&job.customer_id)
-        .fetch_one(conn)
-        .await?;
-    Ok((communication, job_id))
+/// An email's place among emails: our Message-ID, the Gmail thread, what it answers.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EmailIds {
+    pub message_id: Option<String>,
+    pub thread_id: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub references: Option<String>,
 }
 
-/// [`insert_with_job`] for many sends at once: one statement for all their rows and
-/// jobs (set-based, so the commit, the statement's overhead and the round trip are
-/// shared). Answers each row and its job's id in the order given.
-pub(super) async fn insert_many_with_jobs(
+/// Inserts sends with the jobs that carry them out: one statement for all their rows
+/// and jobs (set-based, so a batch shares the statement, the round trip and the
+/// commit). Its insert opens each conversation and keeps its latest message (a
+/// trigger). Answers each row and its job's id, in the order given.
+pub(super) async fn insert_with_jobs(
     conn: &mut PgConnection,
     sends: &[(&NewRow, &NewJob, i32)],
 ) -> sqlx::Result<Vec<(Communication, Uuid)>> {
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "WITH job AS ({})
-             INSERT INTO communications ({SEND_COLUMNS})
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                 $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[],
-                 $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[],
-                 $18::timestamptz[], $19::uuid[], $20::int4[], $21::uuid[], $22::text[])
-             RETURNING {COLUMNS}",
+            r#"WITH job AS ({})
+               INSERT INTO communications (id, customer_id, type, direction, sender_id,
+                   sender_role, subject, message, attachments, metadata, remote_address,
+                   local_address, rfc822_message_id, provider_thread_id, in_reply_to,
+                   "references", duration_seconds, occurred_at, template_id,
+                   template_version, project_id, visibility)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                   $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[],
+                   $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                   $16::text[], $17::int4[], $18::timestamptz[], $19::uuid[], $20::int4[],
+                   $21::uuid[], $22::text[])
+               RETURNING {COLUMNS}"#,
             crate::ledger::jobs::insert_many_statement(23)
         )
     });
     let rows = || sends.iter().map(|(row, _, _)| *row);
-    let text = |f: fn(&NewRow) -> &str| rows().map(f).collect::<Vec<&str>>();
-    let maybe = |f: fn(&NewRow) -> Option<&str>| rows().map(f).collect::<Vec<Option<&str>>>();
+    let column = |f: fn(&NewRow) -> Option<&str>| rows().map(f).collect::<Vec<_>>();
+    let jobs = || sends.iter().map(|(_, job, _)| *job);
     let job_ids: Vec<Uuid> = sends.iter().map(|_| Uuid::now_v7()).collect();
     let inserted: Vec<Communication> = sqlx::query_as(&INSERT)
         .bind(rows().map(|r| r.id).collect::<Vec<_>>())
-        .bind(text(|r| r.customer_id.as_str()))
-        .bind(text(|r| r.communication_type.as_str()))
-        .bind(text(|r| r.direction.as_str()))
-        .bind(text(|r| &r.sender_id))
-        .bind(text(|r| &r.sender_role))
-        .bind(maybe(|r| r.subject.as_deref()))
-        .bind(text(|r| &r.message))
+        .bind(column(|r| Some(r.customer_id.as_str())))
+        .bind(column(|r| Some(r.communication_type.as_str())))
+        .bind(column(|r| Some(r.direction.as_str())))
+        .bind(column(|r| Some(&r.sender.0)))
+        .bind(column(|r| Some(&r.sender.1)))
+        .bind(column(|r| r.composed.subject.as_deref()))
+        .bind(column(|r| Some(&r.composed.message)))
         .bind(rows().map(|r| r.attachments.clone()).collect::<Vec<_>>())
         .bind(rows().map(|r| r.metadata.clone()).collect::<Vec<_>>())
-        .bind(maybe(|r| r.remote_address.as_deref()))
-        .bind(maybe(|r| r.local_address.as_deref()))
-        .bind(maybe(|r| r.rfc822_message_id.as_deref()))
-        .bind(maybe(|r| r.provider_thread_id.as_deref()))
-        .bind(maybe(|r| r.in_reply_to.as_deref()))
-        .bind(maybe(|r| r.references.as_deref()))
-        .bind(rows().map(|r| r.duration_seconds).collect::<Vec<_>>())
-        .bind(rows().map(|r| r.occurred_at).collect::<Vec<_>>())
-        .bind(rows().map(|r| r.template_id).collect::<Vec<_>>())
-        .bind(rows().map(|r| r.template_version).collect::<Vec<_>>())
+        .bind(column(|r| r.addresses.0.as_deref()))
+        .bind(column(|r| r.addresses.1.as_deref()))
+        .bind(column(|r| r.email.message_id.as_deref()))
+        .bind(column(|r| r.email.thread_id.as_deref()))
+        .bind(column(|r| r.email.in_reply_to.as_deref()))
+        .bind(column(|r| r.email.references.as_deref()))
+        .bind(rows().map(|r| r.call.map(|c| c.0)).collect::<Vec<_>>())
+        .bind(rows().map(|r| r.call.map(|c| c.1)).collect::<Vec<_>>())
+        .bind(
+            rows()
+                .map(|r| r.composed.template.map(|t| t.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows()
+                .map(|r| r.composed.template.map(|t| t.1))
+                .collect::<Vec<_>>(),
+        )
         .bind(rows().map(|r| r.project_id).collect::<Vec<_>>())
-        .bind(text(|r| r.visibility.as_str()))
+        .bind(column(|r| Some(r.visibility.as_str())))
         .bind(&job_ids)
-        .bind(sends.iter().map(|(_, job, _)| job.kind).collect::<Vec<_>>())
-        .bind(
-            sends
-                .iter()
-                .map(|(_, job, _)| job.payload.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(jobs().map(|job| job.kind).collect::<Vec<_>>())
+        .bind(jobs().map(|job| job.payload.clone()).collect::<Vec<_>>())
         .bind(sends.iter().map(|(_, _, max)| *max).collect::<Vec<_>>())
+        .bind(jobs().map(|job| job.communication_id).collect::<Vec<_>>())
         .bind(
-            sends
-                .iter()
-                .map(|(_, job, _)| job.communication_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            sends
-                .iter()
-                .map(|(_, job, _)| job.customer_id.as_ref().map(CustomerId::as_str))
+            jobs()
+                .map(|job| job.customer_id.as_ref().map(CustomerId::as_str))
                 .collect::<Vec<_>>(),
         )
         .fetch_all(conn)
@@ -190,7 +136,7 @@ pub(super) async fn insert_many_with_jobs(
             by_id
                 .remove(&row.id)
                 .map(|c| (c, job_id))
-                .ok_or_else(|| sqlx::Error::RowNotFound)
+                .ok_or(sqlx::Error::RowNotFound)
         })
         .collect()
 }
@@ -246,91 +192,58 @@ pub async fn file_inbound_email(
     .await
 }
 
-/// An SMS RingCentral received for us.
+/// What reached us through a provider, as it is filed: an inbound SMS, or a call from
+/// RingCentral's call log.
 #[derive(Debug, Clone)]
-pub struct InboundSms<'a> {
+pub struct Arrival<'a> {
     pub customer_id: &'a CustomerId,
-    /// The sender's number: also who it is from.
-    pub from: &'a str,
-    pub to: Option<&'a str>,
-    pub text: &'a str,
-    pub provider_message_id: &'a str,
-    pub provider_status: &'a str,
-    pub provider_thread_id: Option<&'a str>,
-    pub at: DateTime<Utc>,
-}
-
-/// Files an inbound SMS (`delivered`) and announces it; `None` if RingCentral told us
-/// of it before.
-pub async fn file_inbound_sms(
-    conn: &mut PgConnection,
-    m: &InboundSms<'_>,
-) -> sqlx::Result<Option<Communication>> {
-    let created: Option<Communication> = sqlx::query_as(&format!(
-        "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
-             message, status, remote_address, local_address, provider_message_id,
-             provider_status, provider_thread_id, occurred_at, sent_at, delivered_at)
-         VALUES ($1, $2, 'sms', 'inbound', $3, 'customer', $4, 'delivered', $3, $5, $6, $7, $8,
-                 $9, $9, now())
-         ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
-         RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(m.customer_id)
-    .bind(m.from)
-    .bind(m.text)
-    .bind(m.to)
-    .bind(m.provider_message_id)
-    .bind(m.provider_status)
-    .bind(m.provider_thread_id)
-    .bind(m.at)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(c) = &created {
-        announce_arrival(conn, c).await?;
-    }
-    Ok(created)
-}
-
-/// A call from RingCentral's call log.
-#[derive(Debug, Clone)]
-pub struct LoggedCall<'a> {
-    pub customer_id: &'a CustomerId,
+    pub communication_type: CommunicationType,
     pub direction: Direction,
+    /// Who it is from (a customer's number, or the call log), and their role.
+    pub sender: (&'a str, &'a str),
     pub message: &'a str,
-    pub remote: &'a str,
-    pub local: Option<&'a str>,
-    pub provider_call_id: &'a str,
-    pub result: &'a str,
-    pub duration_seconds: i32,
-    pub started_at: DateTime<Utc>,
+    /// The other party, and our own number.
+    pub addresses: (&'a str, Option<&'a str>),
+    /// The provider's id (what files it once) and status, and its conversation.
+    pub provider: (&'a str, &'a str, Option<&'a str>),
+    /// A call: how long it lasted.
+    pub duration_seconds: Option<i32>,
+    /// When it happened; it was delivered then (a call) or now (`None`: an SMS).
+    pub at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
-/// Files a call from the log (`delivered`: it happened) and announces it; `None` when it
-/// was imported before.
-pub async fn file_call(
+/// Files what arrived (`delivered`) and announces it; `None` when the provider told us
+/// of it before (both of RingCentral's events name a message, and it retries).
+pub async fn file_arrival(
     conn: &mut PgConnection,
-    call: &LoggedCall<'_>,
+    a: &Arrival<'_>,
 ) -> sqlx::Result<Option<Communication>> {
     let created: Option<Communication> = sqlx::query_as(&format!(
         "INSERT INTO communications (id, customer_id, type, direction, sender_id, sender_role,
              message, status, remote_address, local_address, provider_message_id,
-             provider_status, duration_seconds, occurred_at, sent_at, delivered_at)
-         VALUES ($1, $2, 'phone', $3, 'ringcentral', 'system', $4, 'delivered', $5, $6, $7, $8, $9,
-                 $10, $10, $10)
+             provider_status, provider_thread_id, duration_seconds, occurred_at, sent_at,
+             delivered_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'delivered', $8, $9, $10, $11, $12, $13, $14, $14,
+                 coalesce($15, now()))
          ON CONFLICT (type, provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
          RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
-    .bind(call.customer_id)
-    .bind(call.direction)
-    .bind(call.message)
-    .bind(call.remote)
-    .bind(call.local)
-    .bind(call.provider_call_id)
-    .bind(call.result)
-    .bind(call.duration_seconds)
-    .bind(call.started_at)
+    .bind(a.customer_id)
+    .bind(a.communication_type)
+    .bind(a.direction)
+    .bind(a.sender.0)
+    .bind(a.sender.1)
+    .bind(a.message)
+    .bind(a.addresses.0)
+    .bind(a.addresses.1)
+    .bind(a.provider.0)
+    .bind(a.provider.1)
+    .bind(a.provider.2)
+    .bind(a.duration_seconds)
+    .bind(a.at)
+    .bind(a.delivered_at)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(c) = &created {
