@@ -219,9 +219,11 @@ pub struct FallbackSettings {
 }
 
 /// What the sweep considers unread: outbound public in-app messages with no delivered
-/// or read receipt, not yet fallen back, not deleted (the partial index's predicate).
+/// or read receipt, not yet fallen back, not deleted (the partial index's predicate),
+/// and not failed.
 const AWAITING: &str = "c.type = 'inapp' AND c.direction = 'outbound' AND c.visibility = 'public'
-    AND c.status IN ('queued', 'sent') AND c.fallback_id IS NULL AND c.deleted_at IS NULL";
+    AND c.delivered_at IS NULL AND c.fallback_id IS NULL AND c.deleted_at IS NULL
+    AND c.status IN ('queued', 'sent')";
 
 /// The longest SMS text a fallback writes (four segments; RingCentral takes 1000).
 const SMS_MAX_CHARS: usize = 640;
