@@ -3,7 +3,10 @@
 //! the canonical form again gives it back.
 #![no_main]
 
-use commcenter_shared::domain::contact::{EmailAddress, PhoneNumber, PhoneRegion};
+use commcenter_shared::domain::{
+    PhoneRegion,
+    contact::{EmailAddress, PhoneNumber},
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (&str, &str, &str)| {

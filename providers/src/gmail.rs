@@ -3,13 +3,13 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::settings::GmailSettings;
 use base64::{
     Engine,
     engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD},
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use commcenter_shared::platform::settings::GmailSettings;
 use mail_builder::{
     MessageBuilder,
     headers::{content_type::ContentType, raw::Raw},

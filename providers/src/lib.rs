@@ -6,6 +6,8 @@
 //! - [`ringcentral`]: SMS and MMS sends, message-store reads and reconciliation, the call log.
 //! - [`gmail`]: composing RFC 5322 messages, sending them, finding one by Message-ID.
 //! - [`mms`]: RingCentral's MMS limits, and shrinking photos to fit them.
+//! - [`settings`]: what the clients are told (where, credentials, time limits), read
+//!   from the environment by the settings tree.
 //! - [`error`]: what a failure means for the caller (transient, permanent, or unknown:
 //!   reconcile before sending again), with the rules that classify provider answers.
 //!
@@ -19,6 +21,7 @@ mod mime;
 pub mod mms;
 mod pacing;
 pub mod ringcentral;
+pub mod settings;
 mod token;
 mod transport;
 

@@ -4,9 +4,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::settings::RingCentralSettings;
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use commcenter_shared::platform::settings::RingCentralSettings;
 use reqwest::{
     Method,
     header::{CONTENT_TYPE, HeaderMap},

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use commcenter_providers::settings::{GmailSettings, Secret};
 use commcenter_providers::{
     Attachment, Failure,
     gmail::{Email, Gmail, message_id_for},
 };
-use commcenter_shared::platform::settings::{GmailSettings, Secret};
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
 use uuid::Uuid;
 

@@ -92,7 +92,7 @@ fn members(state: &AppState, given: &[MemberRequest]) -> ApiResult<Vec<Member>> 
             format!("at most {MAX_MEMBERS} per crew"),
         ));
     }
-    let region = state.settings.ringcentral.default_phone_region;
+    let region = state.settings.contacts.default_phone_region;
     let mut seen = BTreeSet::new();
     given
         .iter()

@@ -72,7 +72,7 @@ pub async fn put(
         .as_deref()
         .map(|raw| EmailAddress::parse(raw).map_err(|e| invalid("email", e)))
         .transpose()?;
-    let region = state.settings.ringcentral.default_phone_region;
+    let region = state.settings.contacts.default_phone_region;
     let phone = request
         .phone
         .as_deref()

@@ -11,7 +11,7 @@ use std::{
 };
 
 use axum::Router;
-use commcenter_shared::platform::settings::{GmailSettings, RingCentralSettings, Secret};
+use commcenter_providers::settings::{GmailSettings, RingCentralSettings, Secret};
 
 /// Serves `router` on a loopback port; the base URL.
 pub async fn serve(router: Router) -> String {
@@ -40,7 +40,6 @@ pub fn ringcentral_settings(server_url: &str, timeout: Duration) -> RingCentralS
         client_secret: Secret::new("app-secret"),
         jwt: Secret::new("user-jwt"),
         from_number: "+16505550100".into(),
-        default_phone_region: "US".parse().expect("region"),
         webhook_token: Secret::new("hook"),
         timeout,
         call_log_import_every: None,

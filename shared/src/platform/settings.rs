@@ -6,26 +6,11 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{Context, bail};
 
+// The providers' settings are theirs; they are read from the environment here, with
+// every other setting.
+pub use commcenter_providers::settings::{GmailSettings, RingCentralSettings, Secret};
+
 use crate::domain::PhoneRegion;
-
-/// A value that must never be printed: `Debug` and `Display` show a placeholder.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -40,8 +25,17 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub ringcentral: RingCentralSettings,
     pub gmail: GmailSettings,
+    pub contacts: ContactSettings,
     pub crews: CrewSettings,
     pub reach: ReachSettings,
+}
+
+/// Reading the phone numbers and addresses people write.
+#[derive(Debug, Clone)]
+pub struct ContactSettings {
+    /// `DEFAULT_PHONE_REGION`: the country (ISO 3166 alpha-2, default `US`) a number
+    /// written without `+` and a country code is read in.
+    pub default_phone_region: PhoneRegion,
 }
 
 /// Reaching customers who are not in the portal.
@@ -230,113 +224,40 @@ pub struct StorageSettings {
     pub media_memory_budget_mib: u32,
 }
 
-/// RingCentral (SMS, MMS, call log, webhooks). Configured when the client id, secret
-/// and JWT are all set; until then the SMS and call-log endpoints answer 503.
-#[derive(Debug, Clone)]
-pub struct RingCentralSettings {
-    /// `RINGCENTRAL_SERVER_URL`: the API's base URL (default RingCentral's production
-    /// host; the fake provider server's address in development and tests).
-    pub server_url: String,
-    /// `RINGCENTRAL_CLIENT_ID`, `RINGCENTRAL_CLIENT_SECRET`: the app's credentials.
-    pub client_id: String,
-    pub client_secret: Secret,
-    /// `RINGCENTRAL_JWT`: the user's JWT credential for the JWT-bearer grant.
-    pub jwt: Secret,
-    /// `RINGCENTRAL_FROM_NUMBER`: the SMS-enabled number messages go from (E.164).
-    pub from_number: String,
-    /// `DEFAULT_PHONE_REGION`: the country (ISO 3166 alpha-2, default `US`) a number
-    /// written without `+` and a country code is read in.
-    pub default_phone_region: PhoneRegion,
-    /// `RINGCENTRAL_WEBHOOK_TOKEN`: the verification token our webhook subscription was
-    /// created with; a notification without it is refused.
-    pub webhook_token: Secret,
-    /// `RINGCENTRAL_TIMEOUT_MS`: one HTTP call's limit (connect to last byte).
-    pub timeout: Duration,
-    /// `CALL_LOG_IMPORT_SECS`: how often workers import the call log (0: never).
-    pub call_log_import_every: Option<Duration>,
+/// RingCentral's settings from the environment.
+fn ringcentral_from_env() -> anyhow::Result<RingCentralSettings> {
+    let every: u64 = parse("CALL_LOG_IMPORT_SECS", "300")?;
+    Ok(RingCentralSettings {
+        server_url: base_url("RINGCENTRAL_SERVER_URL", "https://platform.ringcentral.com")?,
+        client_id: var("RINGCENTRAL_CLIENT_ID", ""),
+        client_secret: Secret::new(var("RINGCENTRAL_CLIENT_SECRET", "")),
+        jwt: Secret::new(var("RINGCENTRAL_JWT", "")),
+        from_number: var("RINGCENTRAL_FROM_NUMBER", ""),
+        webhook_token: Secret::new(var("RINGCENTRAL_WEBHOOK_TOKEN", "")),
+        timeout: Duration::from_millis(positive(
+            parse("RINGCENTRAL_TIMEOUT_MS", "30000")?,
+            "RINGCENTRAL_TIMEOUT_MS",
+        )?),
+        call_log_import_every: (every > 0).then(|| Duration::from_secs(every)),
+    })
 }
 
-impl RingCentralSettings {
-    pub fn configured(&self) -> bool {
-        !self.client_id.is_empty()
-            && !self.client_secret.expose().is_empty()
-            && !self.jwt.expose().is_empty()
-    }
-
-    /// The number SMS can go from, when RingCentral is configured and one is set.
-    pub fn sms_from(&self) -> Option<&str> {
-        (self.configured() && !self.from_number.is_empty()).then_some(self.from_number.as_str())
-    }
-
-    fn from_env() -> anyhow::Result<Self> {
-        let every: u64 = parse("CALL_LOG_IMPORT_SECS", "300")?;
-        Ok(Self {
-            server_url: base_url("RINGCENTRAL_SERVER_URL", "https://platform.ringcentral.com")?,
-            client_id: var("RINGCENTRAL_CLIENT_ID", ""),
-            client_secret: Secret::new(var("RINGCENTRAL_CLIENT_SECRET", "")),
-            jwt: Secret::new(var("RINGCENTRAL_JWT", "")),
-            from_number: var("RINGCENTRAL_FROM_NUMBER", ""),
-            default_phone_region: var("DEFAULT_PHONE_REGION", "US")
-                .parse()
-                .map_err(|e| anyhow::anyhow!("DEFAULT_PHONE_REGION: {e}"))?,
-            webhook_token: Secret::new(var("RINGCENTRAL_WEBHOOK_TOKEN", "")),
-            timeout: Duration::from_millis(positive(
-                parse("RINGCENTRAL_TIMEOUT_MS", "30000")?,
-                "RINGCENTRAL_TIMEOUT_MS",
-            )?),
-            call_log_import_every: (every > 0).then(|| Duration::from_secs(every)),
-        })
-    }
-}
-
-/// Gmail (email). Configured when the client id, secret and refresh token are set.
-#[derive(Debug, Clone)]
-pub struct GmailSettings {
-    /// `GOOGLE_CLIENT_ID`, `GOOGLE_CLIENT_SECRET`: the OAuth client.
-    pub client_id: String,
-    pub client_secret: Secret,
-    /// `GOOGLE_TOKEN_URL`: the OAuth token endpoint (default Google's).
-    pub token_url: String,
-    /// `GMAIL_API_URL`: the Gmail API's base URL (default Google's).
-    pub api_url: String,
-    /// `GMAIL_REFRESH_TOKEN`: the mailbox's refresh token.
-    pub refresh_token: Secret,
-    /// `GMAIL_SENDER`: the address mail goes from (the mailbox's own).
-    pub sender: String,
-    /// `GMAIL_TIMEOUT_MS`: one HTTP call's limit (connect to last byte).
-    pub timeout: Duration,
-    /// `GMAIL_POLL_SECS` (default 30): how often workers read new mail (0: never).
-    pub poll_every: Option<Duration>,
-}
-
-impl GmailSettings {
-    pub fn configured(&self) -> bool {
-        !self.client_id.is_empty()
-            && !self.client_secret.expose().is_empty()
-            && !self.refresh_token.expose().is_empty()
-    }
-
-    /// The mailbox email can go from, when Gmail is configured and one is set.
-    pub fn email_from(&self) -> Option<&str> {
-        (self.configured() && !self.sender.is_empty()).then_some(self.sender.as_str())
-    }
-
-    fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
-            client_id: var("GOOGLE_CLIENT_ID", ""),
-            client_secret: Secret::new(var("GOOGLE_CLIENT_SECRET", "")),
-            token_url: base_url("GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token")?,
-            api_url: base_url("GMAIL_API_URL", "https://gmail.googleapis.com")?,
-            refresh_token: Secret::new(var("GMAIL_REFRESH_TOKEN", "")),
-            sender: var("GMAIL_SENDER", ""),
-            timeout: Duration::from_millis(positive(
-                parse("GMAIL_TIMEOUT_MS", "30000")?,
-                "GMAIL_TIMEOUT_MS",
-            )?),
-            poll_every: Some(Duration::from_secs(parse("GMAIL_POLL_SECS", "30")?))
-                .filter(|every| !every.is_zero()),
-        })
-    }
+/// Gmail's settings from the environment.
+fn gmail_from_env() -> anyhow::Result<GmailSettings> {
+    Ok(GmailSettings {
+        client_id: var("GOOGLE_CLIENT_ID", ""),
+        client_secret: Secret::new(var("GOOGLE_CLIENT_SECRET", "")),
+        token_url: base_url("GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token")?,
+        api_url: base_url("GMAIL_API_URL", "https://gmail.googleapis.com")?,
+        refresh_token: Secret::new(var("GMAIL_REFRESH_TOKEN", "")),
+        sender: var("GMAIL_SENDER", ""),
+        timeout: Duration::from_millis(positive(
+            parse("GMAIL_TIMEOUT_MS", "30000")?,
+            "GMAIL_TIMEOUT_MS",
+        )?),
+        poll_every: Some(Duration::from_secs(parse("GMAIL_POLL_SECS", "30")?))
+            .filter(|every| !every.is_zero()),
+    })
 }
 
 /// An `http://` or `https://` URL, without a trailing slash.
@@ -560,8 +481,13 @@ impl Settings {
                     .map(Secret::new),
             },
             storage: StorageSettings::from_env()?,
-            ringcentral: RingCentralSettings::from_env()?,
-            gmail: GmailSettings::from_env()?,
+            ringcentral: ringcentral_from_env()?,
+            gmail: gmail_from_env()?,
+            contacts: ContactSettings {
+                default_phone_region: var("DEFAULT_PHONE_REGION", "US")
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("DEFAULT_PHONE_REGION: {e}"))?,
+            },
             reach: ReachSettings {
                 fallback_after: Duration::from_secs(positive(
                     parse("FALLBACK_AFTER_SECS", "300")?,

@@ -60,7 +60,7 @@ pub async fn log(
     caller.ensure_staff()?;
     ringcentral_ready(&state)?;
     let ringcentral = &state.settings.ringcentral;
-    let phone = PhoneNumber::parse(&request.phone, ringcentral.default_phone_region)
+    let phone = PhoneNumber::parse(&request.phone, state.settings.contacts.default_phone_region)
         .map_err(|e| invalid("phone", e))?;
     if !(0..=CALL_MAX_SECONDS).contains(&request.duration) {
         return Err(invalid(

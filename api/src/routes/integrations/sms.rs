@@ -72,13 +72,13 @@ pub async fn send(
     caller.ensure_staff()?;
     ringcentral_ready(&state)?;
     let ringcentral = &state.settings.ringcentral;
-    let from = PhoneNumber::parse(&ringcentral.from_number, ringcentral.default_phone_region)
+    let from = PhoneNumber::parse(&ringcentral.from_number, state.settings.contacts.default_phone_region)
         .map_err(|e| {
             Refusal::NotConfigured(format!(
                 "RingCentral is not configured here: RINGCENTRAL_FROM_NUMBER is not a number to send from ({e})"
             ))
         })?;
-    let to = PhoneNumber::parse(&request.to, ringcentral.default_phone_region)
+    let to = PhoneNumber::parse(&request.to, state.settings.contacts.default_phone_region)
         .map_err(|e| invalid("to", e))?;
     if request.attachments.len() > MMS_MAX_FILES {
         return Err(invalid(
