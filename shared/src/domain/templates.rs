@@ -189,27 +189,36 @@ pub fn is_duplicate_name(error: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "message_templates_active_name")
 }
 
+/// `sql` with the template's id, text and author bound as `$1` to `$8`.
+fn with_text<'q>(
+    sql: &'q str,
+    id: Uuid,
+    t: &TemplateText<'q>,
+    by: &'q str,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Template, sqlx::postgres::PgArguments> {
+    sqlx::query_as(sql)
+        .bind(id)
+        .bind(t.name)
+        .bind(t.template_type)
+        .bind(t.category)
+        .bind(t.subject)
+        .bind(t.content)
+        .bind(sqlx::types::Json(t.variables))
+        .bind(by)
+}
+
 pub async fn insert(
     conn: &mut PgConnection,
     id: Uuid,
     t: &TemplateText<'_>,
     by: &str,
 ) -> sqlx::Result<Template> {
-    let template: Template = sqlx::query_as(&format!(
+    let sql = format!(
         "INSERT INTO message_templates (id, name, type, category, subject, content, variables, created_by)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          RETURNING {TEMPLATE_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(t.name)
-    .bind(t.template_type)
-    .bind(t.category)
-    .bind(t.subject)
-    .bind(t.content)
-    .bind(sqlx::types::Json(t.variables))
-    .bind(by)
-    .fetch_one(&mut *conn)
-    .await?;
+    );
+    let template = with_text(&sql, id, t, by).fetch_one(&mut *conn).await?;
     record_version(conn, &template, by).await?;
     Ok(template)
 }
@@ -222,22 +231,15 @@ pub async fn update(
     t: &TemplateText<'_>,
     by: &str,
 ) -> sqlx::Result<Option<Template>> {
-    let template: Option<Template> = sqlx::query_as(&format!(
+    let sql = format!(
         "UPDATE message_templates SET name = $2, type = $3, category = $4, subject = $5,
              content = $6, variables = $7, version = version + 1, updated_by = $8, updated_at = now()
          WHERE id = $1 AND active
          RETURNING {TEMPLATE_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(t.name)
-    .bind(t.template_type)
-    .bind(t.category)
-    .bind(t.subject)
-    .bind(t.content)
-    .bind(sqlx::types::Json(t.variables))
-    .bind(by)
-    .fetch_optional(&mut *conn)
-    .await?;
+    );
+    let template = with_text(&sql, id, t, by)
+        .fetch_optional(&mut *conn)
+        .await?;
     if let Some(template) = &template {
         record_version(conn, template, by).await?;
     }
