@@ -240,3 +240,37 @@ impl DbCounters {
         })
     }
 }
+
+/// The indexes of the tables a send writes (communications, its conversation, its job),
+/// with how often each was read during the run (`pg_stat_user_indexes`): what every
+/// write pays for, beside what used it. An index read by no query of the run is not
+/// unused (operators' listings, search, analytics read theirs), but is a place to look.
+pub async fn index_report(pool: &PgPool) -> String {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT relname::text, indexrelname::text, idx_scan FROM pg_stat_user_indexes
+         WHERE relname IN ('communications', 'conversations', 'jobs')
+         ORDER BY relname, indexrelname",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    for (table, index, scans) in rows {
+        let entry = format!("{index} {scans}");
+        match tables.last_mut() {
+            Some((name, indexes)) if *name == table => indexes.push(entry),
+            _ => tables.push((table, vec![entry])),
+        }
+    }
+    tables
+        .iter()
+        .map(|(table, indexes)| {
+            format!(
+                "{table}: {} indexes (scans: {})",
+                indexes.len(),
+                indexes.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

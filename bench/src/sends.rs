@@ -27,7 +27,7 @@ use commcenter_workers::handlers;
 use crate::{
     Options,
     load::{self, LoadResult},
-    probe::{CpuSnapshot, DbCounters},
+    probe::{self, CpuSnapshot, DbCounters},
     report::{Report, Row, Target, number},
     system::{self, Api, Workers},
 };
@@ -201,8 +201,10 @@ pub async fn accept(options: &Options, report: &mut Report) -> anyhow::Result<()
     }
     .await;
     api.stop().await;
+    let indexes = probe::index_report(&app.pool).await;
     drop(app);
     let (max, half, cpu, db) = result?;
+    report.note(format!("(c) indexes written per send: {indexes}"));
 
     report.set_baseline("c.accepts_per_s", max.rate());
     report.row(Row {
