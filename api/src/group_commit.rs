@@ -12,7 +12,8 @@
 //! nothing.)
 //!
 //! A batch that fails is written again one send at a time, each in its own statement,
-//! so a send that cannot be written fails alone and never sinks its neighbours. Only
+//! so a send that cannot be written fails alone and never sinks its neighbours; a batch
+//! that fails because the database is unreachable answers every send with that at once. Only
 //! sends that need nothing else in their transaction come here (no `Idempotency-Key`,
 //! template, files or project to read): the others keep their own transaction.
 
@@ -23,6 +24,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use commcenter_shared::domain::communications::{Communication, outbound, outbound::Prepared};
+
+use crate::health::connection_lost;
 
 /// Sends written in one transaction at most.
 pub const MAX_BATCH: usize = 256;
@@ -98,11 +101,20 @@ async fn write(pool: &PgPool, batch: Vec<Waiting>) {
 }
 
 /// Writes the sends in one transaction; if that fails, each alone, so each gets its
-/// own outcome. Answers in the order given.
+/// own outcome. Answers in the order given. When the database cannot be reached, every
+/// send gets that answer at once: writing them one by one would only make each of the
+/// batch wait out the pool in turn.
 pub async fn write_batch(pool: &PgPool, sends: &[Prepared]) -> Vec<Recorded> {
     match together(pool, sends).await {
         Ok(recorded) => recorded.into_iter().map(Ok).collect(),
         Err(error) if sends.len() == 1 => vec![Err(error)],
+        Err(error) if unreachable(&error) => {
+            let mut answers: Vec<Recorded> = (1..sends.len())
+                .map(|_| Err(same_trouble(&error)))
+                .collect();
+            answers.insert(0, Err(error));
+            answers
+        }
         Err(error) => {
             tracing::debug!(%error, sends = sends.len(), "a batch of sends failed; writing them one at a time");
             let mut recorded = Vec::with_capacity(sends.len());
@@ -111,6 +123,23 @@ pub async fn write_batch(pool: &PgPool, sends: &[Prepared]) -> Vec<Recorded> {
             }
             recorded
         }
+    }
+}
+
+/// The database did not answer: the batch is not at fault, and neither is any send.
+fn unreachable(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::PoolTimedOut) || connection_lost(error)
+}
+
+/// The same trouble for another send of the batch (a `sqlx::Error` is not `Clone`),
+/// answered as the original is: 503 with `Retry-After`.
+fn same_trouble(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        other => sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            other.to_string(),
+        )),
     }
 }
 

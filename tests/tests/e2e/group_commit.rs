@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use commcenter_api::group_commit;
+use axum::response::IntoResponse;
+use commcenter_api::{error::ApiError, group_commit};
 use commcenter_shared::domain::{
     CustomerId, Direction, Visibility,
     communications::{Channel, Composed, Outbound, Sender, outbound},
@@ -61,30 +62,9 @@ async fn concurrent_sends_share_commits_and_each_gets_its_own_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_send_that_cannot_be_written_fails_alone_and_its_batch_is_written() {
     let app = spawn_app().await;
-    let customer = CustomerId::parse("cust-1").unwrap();
-    let texts: Vec<Composed> = (0..5)
-        .map(|n| Composed::text(format!("batch {n}")))
-        .collect();
-    let sends: Vec<_> = texts
-        .iter()
-        .enumerate()
-        .map(|(n, composed)| {
-            let send = Outbound {
-                customer_id: &customer,
-                sender: Sender::system("test"),
-                direction: Direction::Outbound,
-                visibility: Visibility::Public,
-                // The third names a project that does not exist: its insert fails.
-                project_id: (n == 2).then(uuid::Uuid::now_v7),
-                composed,
-                attachments: json!([]),
-                metadata: Map::new(),
-                channel: Channel::InApp,
-                customer_addresses: false,
-            };
-            outbound::prepare(&send, 3)
-        })
-        .collect();
+    let texts = texts(5);
+    // The third names a project that does not exist: its insert fails.
+    let sends = plain_sends(&texts, Some(2));
     let recorded = group_commit::write_batch(&app.pool, &sends).await;
     let outcomes: Vec<bool> = recorded.iter().map(Result::is_ok).collect();
     assert_eq!(outcomes, vec![true, true, false, true, true]);
@@ -109,4 +89,52 @@ async fn a_send_that_cannot_be_written_fails_alone_and_its_batch_is_written() {
         stored, expected,
         "the others are written, each with its job"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_answers_every_send_of_the_batch_as_unavailable() {
+    // Nothing listens on port 1: every connection is refused.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect_lazy("postgres://root@127.0.0.1:1/nowhere")
+        .unwrap();
+    let texts = texts(5);
+    let recorded = group_commit::write_batch(&pool, &plain_sends(&texts, None)).await;
+    assert_eq!(recorded.len(), 5);
+    for outcome in recorded {
+        let error = outcome.expect_err("nothing can be written");
+        let status = ApiError::from(error).into_response().status();
+        assert_eq!(status, 503, "each send is told to come back");
+    }
+}
+
+fn texts(n: usize) -> Vec<Composed> {
+    (0..n)
+        .map(|n| Composed::text(format!("batch {n}")))
+        .collect()
+}
+
+/// One plain in-app send per text to cust-1; the `bad` one names a missing project.
+fn plain_sends(texts: &[Composed], bad: Option<usize>) -> Vec<outbound::Prepared> {
+    static CUSTOMER: std::sync::LazyLock<CustomerId> =
+        std::sync::LazyLock::new(|| CustomerId::parse("cust-1").unwrap());
+    texts
+        .iter()
+        .enumerate()
+        .map(|(n, composed)| {
+            let send = Outbound {
+                customer_id: &CUSTOMER,
+                sender: Sender::system("test"),
+                direction: Direction::Outbound,
+                visibility: Visibility::Public,
+                project_id: (Some(n) == bad).then(uuid::Uuid::now_v7),
+                composed,
+                attachments: json!([]),
+                metadata: Map::new(),
+                channel: Channel::InApp,
+                customer_addresses: false,
+            };
+            outbound::prepare(&send, 3)
+        })
+        .collect()
 }
