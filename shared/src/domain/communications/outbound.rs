@@ -298,15 +298,23 @@ pub async fn record_many(
     conn: &mut PgConnection,
     sends: &[Prepared],
 ) -> sqlx::Result<Vec<(Communication, Uuid)>> {
-    let rows: Vec<_> = sends
+    // Written in customer order: each row's trigger locks its conversation, so two
+    // batches at once take their locks in one order and cannot deadlock.
+    let mut order: Vec<usize> = (0..sends.len()).collect();
+    order.sort_by(|&a, &b| sends[a].row.customer_id.cmp(&sends[b].row.customer_id));
+    let rows: Vec<_> = order
         .iter()
-        .map(|s| (&s.row, &s.job, s.max_attempts))
+        .map(|&i| (&sends[i].row, &sends[i].job, sends[i].max_attempts))
         .collect();
-    let recorded = writes::insert_with_jobs(conn, &rows).await?;
-    for send in sends {
-        remember_contacts(conn, send).await?;
+    let mut recorded: Vec<Option<(Communication, Uuid)>> = sends.iter().map(|_| None).collect();
+    for (i, written) in order
+        .iter()
+        .zip(writes::insert_with_jobs(conn, &rows).await?)
+    {
+        recorded[*i] = Some(written);
+        remember_contacts(conn, &sends[*i]).await?;
     }
-    Ok(recorded)
+    Ok(recorded.into_iter().flatten().collect())
 }
 
 async fn remember_contacts(conn: &mut PgConnection, send: &Prepared) -> sqlx::Result<()> {
