@@ -19,11 +19,9 @@
 
 use std::sync::Arc;
 
+use commcenter_shared::domain::communications::{outbound, outbound::Prepared};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use uuid::Uuid;
-
-use commcenter_shared::domain::communications::{Communication, outbound, outbound::Prepared};
 
 use crate::health::connection_lost;
 
@@ -34,7 +32,7 @@ pub const WRITERS: usize = 2;
 /// Sends waiting for a writer, at most; beyond it a send waits to join the queue.
 const QUEUE: usize = 4 * MAX_BATCH;
 
-type Recorded = sqlx::Result<(Communication, Uuid)>;
+type Recorded = sqlx::Result<outbound::Recorded>;
 
 struct Waiting {
     send: Prepared,
@@ -143,7 +141,7 @@ fn same_trouble(error: &sqlx::Error) -> sqlx::Error {
     }
 }
 
-async fn together(pool: &PgPool, sends: &[Prepared]) -> sqlx::Result<Vec<(Communication, Uuid)>> {
+async fn together(pool: &PgPool, sends: &[Prepared]) -> sqlx::Result<Vec<outbound::Recorded>> {
     let mut tx = pool.begin().await?;
     let recorded = outbound::record_many(&mut tx, sends).await?;
     tx.commit().await?;

@@ -27,7 +27,7 @@ use commcenter_workers::handlers;
 use crate::{
     Options,
     load::{self, LoadResult},
-    probe::{self, CpuSnapshot, DbCounters},
+    probe::{self, CpuSnapshot, DbCounters, Statements},
     report::{Report, Row, Target, number},
     system::{self, Api, Workers},
 };
@@ -188,23 +188,27 @@ pub async fn accept(options: &Options, report: &mut Report) -> anyhow::Result<()
             }
         };
         load::closed_loop(options.concurrency, options.warmup(), op(sender.clone())).await;
+        Statements::reset(&app.pool).await;
         let db = DbCounters::read(&app.pool).await;
         let cpu = CpuSnapshot::take();
         let max =
             load::closed_loop(options.concurrency, options.window(), op(sender.clone())).await;
         let cpu = cpu.usage_since();
         let db = DbCounters::read(&app.pool).await.since(db);
+        let statements = Statements::report(&app.pool, max.ok, "request").await;
+        eprintln!("    statements: {statements}");
         eprintln!("    max: {}", max.describe());
         let half = load::open_loop(max.rate() / 2.0, options.window(), op(sender.clone())).await;
         eprintln!("    half load: {}", half.describe());
-        anyhow::Ok((max, half, cpu, db))
+        anyhow::Ok((max, half, cpu, db, statements))
     }
     .await;
     api.stop().await;
     let indexes = probe::index_report(&app.pool).await;
     drop(app);
-    let (max, half, cpu, db) = result?;
+    let (max, half, cpu, db, statements) = result?;
     report.note(format!("(c) indexes written per send: {indexes}"));
+    report.note(format!("(c) at max, PostgreSQL's statements: {statements}"));
 
     report.set_baseline("c.accepts_per_s", max.rate());
     report.row(Row {
@@ -293,6 +297,7 @@ pub async fn end_to_end(options: &Options, report: &mut Report) -> anyhow::Resul
             op(sender.clone()),
         )
         .await;
+        Statements::reset(&app.pool).await;
         let db = DbCounters::read(&app.pool).await;
         let cpu = CpuSnapshot::take();
         let max = load::closed_loop(
@@ -303,18 +308,21 @@ pub async fn end_to_end(options: &Options, report: &mut Report) -> anyhow::Resul
         .await;
         let cpu = cpu.usage_since();
         let db = DbCounters::read(&app.pool).await.since(db);
+        let statements = Statements::report(&app.pool, max.ok, "send").await;
         eprintln!("    max: {}", max.describe());
+        eprintln!("    statements: {statements}");
         let half = load::open_loop(max.rate() / 2.0, options.window(), op(sender.clone())).await;
         eprintln!("    half load: {}", half.describe());
         listener.abort();
-        anyhow::Ok((max, half, cpu, db))
+        anyhow::Ok((max, half, cpu, db, statements))
     }
     .await;
     workers.stop().await;
     api.stop().await;
     pool.close().await;
     drop(app);
-    let (max, half, cpu, db) = result?;
+    let (max, half, cpu, db, statements) = result?;
+    report.note(format!("(b) at max, PostgreSQL's statements: {statements}"));
 
     report.row(Row {
         scenario: "(b) end to end",

@@ -662,6 +662,41 @@ impl TestApp {
         response.json().await.expect("a JSON body")
     }
 
+    /// Sends an in-app message with a file, which a `message.deliver` job delivers (one
+    /// without files needs no job: its commit delivers it); for tests of the job
+    /// machinery. The file is a row already `ready`, as if uploaded and processed.
+    /// Returns the 202 body, whose `job_id` names the job.
+    pub async fn send_job_ok(&self, token: &str, customer: &str, message: &str) -> Value {
+        let file = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO file_attachments (id, customer_id, uploaded_by, original_name,
+                 stored_name, file_size, file_type, file_category, status)
+             VALUES ($1, $2, 'staff-1', 'note.txt', $1::text || '.txt', 5, 'text/plain',
+                 'documents', 'ready')",
+        )
+        .bind(file)
+        .bind(customer)
+        .execute(&self.pool)
+        .await
+        .expect("a ready file");
+        let response = self
+            .post_json(
+                "/api/messages/send",
+                token,
+                &serde_json::json!({
+                    "customer_id": customer, "message": message, "attachments": [file]
+                }),
+            )
+            .await;
+        assert_eq!(response.status(), 202, "the send is accepted");
+        let body: Value = response.json().await.expect("a JSON body");
+        assert!(
+            body["job_id"].is_string(),
+            "a send with a file has a job: {body}"
+        );
+        body
+    }
+
     /// Another api instance on this app's database and queue prefix, in a runtime of
     /// its own so that a test can kill it at once, as `kill -9` would.
     pub async fn spawn_instance(&self) -> ApiInstance {
@@ -749,6 +784,19 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .expect("count")
+    }
+
+    /// Events of this type recorded, published or not (one snapshot of the event log
+    /// and its outbox, so an event the relay is moving counts once).
+    pub async fn count_events(&self, event_type: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM event_log WHERE payload->>'type' = $1)
+                  + (SELECT count(*) FROM event_outbox WHERE payload->>'type' = $1)",
+        )
+        .bind(event_type)
+        .fetch_one(&self.pool)
+        .await
+        .expect("count events")
     }
 
     /// Every job finished and nothing left in the outbox: a test that ends with work

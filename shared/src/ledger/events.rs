@@ -352,18 +352,36 @@ impl EventBody {
 /// statement: its project, that project's crew now, and whether it is internal. So no
 /// caller can announce an internal note to its customer, or forget the crew.
 pub async fn record(conn: &mut PgConnection, event: &Event) -> sqlx::Result<()> {
+    record_many(conn, std::slice::from_ref(event)).await
+}
+
+/// [`record`] of many events in one statement, in the order given (the relay
+/// publishes the outbox in order).
+pub async fn record_many(conn: &mut PgConnection, batch: &[Event]) -> sqlx::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let payloads = batch
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    let communications: Vec<Option<Uuid>> =
+        batch.iter().map(|e| e.body.communication_id()).collect();
     sqlx::query(
         "INSERT INTO event_outbox (payload)
-         SELECT $1::jsonb || coalesce(
+         SELECT e.payload || coalesce(
              (SELECT jsonb_strip_nulls(jsonb_build_object(
                          'project_id', c.project_id, 'crew_id', p.crew_id,
                          'internal', CASE WHEN c.visibility = 'internal' THEN true END))
               FROM communications c LEFT JOIN projects p ON p.id = c.project_id
-              WHERE c.id = $2),
-             '{}'::jsonb)",
+              WHERE c.id = e.communication_id),
+             '{}'::jsonb)
+         FROM unnest($1::jsonb[], $2::uuid[]) WITH ORDINALITY AS e(payload, communication_id, n)
+         ORDER BY e.n",
     )
-    .bind(sqlx::types::Json(event))
-    .bind(event.body.communication_id())
+    .bind(payloads)
+    .bind(communications)
     .execute(conn)
     .await?;
     Ok(())

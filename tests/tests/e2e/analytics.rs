@@ -602,7 +602,7 @@ async fn the_operators_last_hour_counts_what_the_ledger_finished_and_samples_the
     let app = spawn_app().await;
     let operator = app.token("ops-1", Role::Operator, None);
     for i in 0..3 {
-        app.send_ok(&app.staff_token(), "cust-1", &format!("hello {i}"))
+        app.send_job_ok(&app.staff_token(), "cust-1", &format!("hello {i}"))
             .await;
     }
     crate::console::dead_sms(&app, "cust-2", 1).await;

@@ -1,4 +1,5 @@
-//! `POST /api/messages/send`: accepted, delivered by a worker, announced over WebSocket.
+//! `POST /api/messages/send`: accepted and announced over WebSocket; without files its
+//! own commit delivers it (no job), with files a worker does once they are ready.
 
 use commcenter_tests::spawn_app;
 use serde_json::json;
@@ -20,7 +21,12 @@ async fn a_send_is_accepted_delivered_and_announced_to_the_right_people() {
         .await;
     assert_eq!(response.status(), 202);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "queued");
+    assert_eq!(body["status"], "sent", "its commit delivered it");
+    assert!(body["sent_at"].is_string(), "{body}");
+    assert!(
+        body["job_id"].is_null(),
+        "nothing is left for a job: {body}"
+    );
     assert_eq!(body["type"], "inapp");
     let id = body["id"].as_str().unwrap().to_owned();
 
@@ -46,6 +52,26 @@ async fn a_send_is_accepted_delivered_and_announced_to_the_right_people() {
         "another customer must not see cust-1's messages: {seen:?}"
     );
     app.wait_for_status(&id, "sent").await;
+    assert_eq!(app.count("jobs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_with_files_is_queued_until_its_job_delivers_it() {
+    let app = spawn_app().await;
+    let staff = app.staff_token();
+    let mut staff_ws = app.ws("staff-1", &staff).await;
+    let body = app.send_job_ok(&staff, "cust-1", "the invoice").await;
+    assert_eq!(body["status"], "queued");
+    assert!(body["job_id"].is_string(), "{body}");
+    let frame = staff_ws
+        .next_of_type("message.new", WAIT)
+        .await
+        .expect("message.new frame");
+    assert_eq!(frame["communication_id"], body["id"]);
+    assert_eq!(frame["status"], "sent");
+    assert_eq!(frame["attachments"].as_array().map(Vec::len), Some(1));
+    app.wait_for_job_state(body["job_id"].as_str().unwrap(), "succeeded")
+        .await;
     app.assert_no_jobs_left().await;
 }
 
@@ -87,7 +113,7 @@ async fn an_idempotency_key_returns_the_first_answer_and_creates_nothing_new() {
     let again: serde_json::Value = again.json().await.unwrap();
     assert_eq!(first, again, "a retried POST returns the first answer");
     assert_eq!(app.count("communications").await, 1);
-    assert_eq!(app.count("jobs").await, 1);
+    assert_eq!(app.count_events("message.new").await, 1);
 
     // The same key with another request is refused, and writes nothing.
     let conflict = send("key-1", "something else").await.unwrap();
@@ -127,7 +153,7 @@ async fn concurrent_retries_with_one_key_create_one_message() {
         "every retry answers with the same communication"
     );
     assert_eq!(app.count("communications").await, 1);
-    assert_eq!(app.count("jobs").await, 1);
+    assert_eq!(app.count_events("message.new").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

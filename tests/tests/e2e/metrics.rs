@@ -57,7 +57,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 async fn requests_are_counted_by_route_template_and_jobs_by_outcome() {
     let app = spawn_app_with(TestOptions::with_handler(FailsFirst)).await;
     let staff = app.staff_token();
-    app.send_ok(&staff, "cust-1", "hello").await;
+    app.send_job_ok(&staff, "cust-1", "hello").await;
     let unknown_id = uuid::Uuid::new_v4();
     let status = app
         .get(&format!("/api/communications/{unknown_id}/status"), &staff)

@@ -279,7 +279,7 @@ async fn a_dead_send_is_found_inspected_replayed_and_delivered_once() {
     let app = spawn_app_with(TestOptions::with_typed(delivery.clone())).await;
     let token = operator(&app);
     let staff = app.staff_token();
-    let sent = app.send_ok(&staff, "cust-1", "hello").await;
+    let sent = app.send_job_ok(&staff, "cust-1", "hello").await;
     let communication = sent["id"].as_str().unwrap().to_owned();
     app.wait_for_status(&communication, "failed").await;
     let job = job_of(&app, &communication).await;
@@ -520,7 +520,7 @@ async fn discards_cancel_jobs_and_fail_what_they_would_have_sent() {
     let token = operator(&app);
     // A message whose delivery never ran: discarding it fails the communication.
     let sent = app
-        .send_ok(&app.staff_token(), "cust-1", "never mind")
+        .send_job_ok(&app.staff_token(), "cust-1", "never mind")
         .await;
     let communication = sent["id"].as_str().unwrap().to_owned();
     let job = job_of(&app, &communication).await;
@@ -687,7 +687,7 @@ async fn queue_health_counts_the_broker_and_the_ledger() {
     .await;
     let token = operator(&app);
     for text in ["one", "two", "three"] {
-        app.send_ok(&app.staff_token(), "cust-1", text).await;
+        app.send_job_ok(&app.staff_token(), "cust-1", text).await;
     }
     sqlx::query(
         "INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, next_attempt_at, first_failed_at, last_error)

@@ -84,15 +84,10 @@ async fn with_the_broker_down_a_send_is_still_accepted_and_delivered_when_it_ret
     })
     .await;
 
-    let response = app
-        .send_message(&staff, "cust-1", "sent during the outage")
+    // Accepted (202: RabbitMQ being down must not make the api refuse).
+    let sent = app
+        .send_job_ok(&staff, "cust-1", "sent during the outage")
         .await;
-    assert_eq!(
-        response.status(),
-        202,
-        "RabbitMQ being down must not make the api refuse"
-    );
-    let sent: Value = response.json().await.unwrap();
     let job_id = sent["job_id"].as_str().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1::uuid")
@@ -113,7 +108,9 @@ async fn with_the_broker_down_a_send_is_still_accepted_and_delivered_when_it_ret
 async fn a_job_delivered_again_after_it_ran_has_one_effect_and_one_event() {
     let app = spawn_app_with(TestOptions::default()).await;
     let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
-    let sent = app.send_ok(&app.staff_token(), "cust-1", "once only").await;
+    let sent = app
+        .send_job_ok(&app.staff_token(), "cust-1", "once only")
+        .await;
     let job_id = sent["job_id"].as_str().unwrap();
     app.wait_for_job_state(job_id, "succeeded").await;
     staff_ws
@@ -161,7 +158,7 @@ async fn two_deliveries_of_one_job_at_once_have_one_effect() {
     })
     .await;
     let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
-    let sent = app.send_ok(&app.staff_token(), "cust-1", "race").await;
+    let sent = app.send_job_ok(&app.staff_token(), "cust-1", "race").await;
     let job_id = sent["job_id"].as_str().unwrap();
     // The relay publishes it; a duplicate (a relay that crashed before marking it
     // queued) goes right behind it, and both wait for a worker.
@@ -242,7 +239,7 @@ async fn poison_is_dead_at_once_with_the_reason_and_the_worker_keeps_going() {
     );
 
     let sent = app
-        .send_ok(&app.staff_token(), "cust-1", "after the poison")
+        .send_job_ok(&app.staff_token(), "cust-1", "after the poison")
         .await;
     app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
         .await;
@@ -363,12 +360,12 @@ async fn workers_reconnect_after_losing_the_broker_and_resume() {
     })
     .await;
     let staff = app.staff_token();
-    let first = app.send_ok(&staff, "cust-1", "before").await;
+    let first = app.send_job_ok(&staff, "cust-1", "before").await;
     app.wait_for_status(first["id"].as_str().unwrap(), "sent")
         .await;
 
     proxy.cut();
-    let during = app.send_ok(&staff, "cust-1", "during").await;
+    let during = app.send_job_ok(&staff, "cust-1", "during").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         app.communication_status(during["id"].as_str().unwrap())
@@ -380,7 +377,7 @@ async fn workers_reconnect_after_losing_the_broker_and_resume() {
     proxy.restore();
     app.wait_for_status(during["id"].as_str().unwrap(), "sent")
         .await;
-    let after = app.send_ok(&staff, "cust-1", "after").await;
+    let after = app.send_job_ok(&staff, "cust-1", "after").await;
     app.wait_for_status(after["id"].as_str().unwrap(), "sent")
         .await;
     app.assert_no_jobs_left().await;
@@ -399,7 +396,7 @@ async fn a_worker_that_loses_the_database_keeps_its_jobs_until_it_returns() {
     .await;
     postgres.cut();
     let sent = app
-        .send_ok(&app.staff_token(), "cust-1", "through the outage")
+        .send_job_ok(&app.staff_token(), "cust-1", "through the outage")
         .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
@@ -428,7 +425,7 @@ async fn when_the_api_alone_loses_the_broker_another_relay_publishes_its_jobs() 
     proxy.cut();
     // The workers' relay, still connected, picks up what the api committed.
     let sent = app
-        .send_ok(&app.staff_token(), "cust-1", "relayed by another process")
+        .send_job_ok(&app.staff_token(), "cust-1", "relayed by another process")
         .await;
     app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
         .await;
@@ -445,7 +442,7 @@ async fn a_delivery_whose_bookkeeping_keeps_failing_ends_dead_not_looping() {
     .await;
     postgres.cut();
     let sent = app
-        .send_ok(&app.staff_token(), "cust-1", "never recorded in time")
+        .send_job_ok(&app.staff_token(), "cust-1", "never recorded in time")
         .await;
     // Deferred through the delay tier for longer than allowed: rejected to the
     // dead-letter queue, whose consumer records it once the database is back.

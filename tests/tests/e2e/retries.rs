@@ -162,7 +162,7 @@ async fn a_permanent_failure_is_dead_at_once_and_the_message_shows_failed() {
     };
     let app = spawn_app_with(TestOptions::with_typed(refusing)).await;
     let mut staff_ws = app.ws("staff-1", &app.staff_token()).await;
-    let sent = app.send_ok(&app.staff_token(), "cust-1", "hello").await;
+    let sent = app.send_job_ok(&app.staff_token(), "cust-1", "hello").await;
     let job_id = sent["job_id"].as_str().unwrap();
 
     let job = app.wait_for_job_state(job_id, "dead").await;
@@ -203,7 +203,7 @@ async fn exhausted_attempts_are_dead_with_the_last_error() {
         ..Default::default()
     })
     .await;
-    let sent = app.send_ok(&app.staff_token(), "cust-1", "hello").await;
+    let sent = app.send_job_ok(&app.staff_token(), "cust-1", "hello").await;
     let job_id = sent["job_id"].as_str().unwrap();
     let job = app.wait_for_job_state(job_id, "dead").await;
     assert_eq!(job["attempts"], 3);
@@ -256,7 +256,7 @@ async fn a_panicking_handler_fails_its_attempt_not_the_worker() {
     );
     // The worker is still consuming.
     let sent = app
-        .send_ok(&app.staff_token(), "cust-1", "still here")
+        .send_job_ok(&app.staff_token(), "cust-1", "still here")
         .await;
     app.wait_for_status(sent["id"].as_str().unwrap(), "sent")
         .await;

@@ -107,11 +107,20 @@ async fn ready(app: &TestApp, url: &str) {
     .await;
 }
 
-/// One send, retried with its Idempotency-Key on the other api when one does not
-/// answer (it was killed): accepted exactly once either way.
-async fn send(client: &reqwest::Client, urls: &[String], token: &str, n: usize) -> String {
-    let body =
-        json!({ "customer_id": format!("cust-{}", n % CUSTOMERS), "message": format!("load {n}") });
+/// One send with a file (so a worker's job delivers it), retried with its
+/// Idempotency-Key on the other api when one does not answer (it was killed): accepted
+/// exactly once either way.
+async fn send(
+    client: &reqwest::Client,
+    urls: &[String],
+    token: &str,
+    (n, file): (usize, uuid::Uuid),
+) -> String {
+    let body = json!({
+        "customer_id": format!("cust-{}", n % CUSTOMERS),
+        "message": format!("load {n}"),
+        "attachments": [file],
+    });
     for attempt in 0..40 {
         let url = &urls[(n + attempt) % urls.len()];
         let response = client
@@ -204,21 +213,36 @@ async fn two_apis_and_two_workers_lose_one_of_each_to_sigkill_and_nothing_is_los
     .await;
 
     // The load: four senders through both apis; one api and one workers process die
-    // once KILL_AFTER sends are in.
+    // once KILL_AFTER sends are in. Each send carries a file, ready as if uploaded.
+    let files: Vec<uuid::Uuid> = (0..SENDS).map(|_| uuid::Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO file_attachments (id, customer_id, uploaded_by, original_name,
+             stored_name, file_size, file_type, file_category, status)
+         SELECT id, 'cust-' || ((n - 1) % $2), 'staff-1', 'note.txt', id::text || '.txt', 5,
+                'text/plain', 'documents', 'ready'
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS f(id, n)",
+    )
+    .bind(&files)
+    .bind(CUSTOMERS as i64)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let files = Arc::new(files);
     let accepted = Arc::new(AtomicUsize::new(0));
     let urls = vec![a.clone(), b.clone()];
     let mut senders = Vec::new();
     for lane in 0..4 {
-        let (client, urls, token, accepted) = (
+        let (client, urls, token, accepted, files) = (
             app.client.clone(),
             urls.clone(),
             staff.clone(),
             accepted.clone(),
+            files.clone(),
         );
         senders.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for n in (lane..SENDS).step_by(4) {
-                ids.push((n, send(&client, &urls, &token, n).await));
+                ids.push((n, send(&client, &urls, &token, (n, files[n])).await));
                 accepted.fetch_add(1, Ordering::SeqCst);
             }
             ids
@@ -396,19 +420,25 @@ async fn an_api_killed_while_batching_plain_sends_keeps_every_accepted_one() {
     }
     assert!(ids.len() >= KILL_AT);
 
-    // Every row has its job and every job its row: a batch commits whole or not at all.
+    // Every row has its message.new and every message.new its row: a batch commits
+    // whole or not at all. (Plain sends have no job: their commit delivers them.)
     let unpaired: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM communications c FULL JOIN jobs j
-             ON j.communication_id = c.id AND j.kind = 'message.deliver'
-         WHERE c.id IS NULL OR j.id IS NULL",
+        "SELECT count(*) FROM communications c FULL JOIN (
+             SELECT (payload->>'communication_id')::uuid AS id FROM event_outbox
+             WHERE payload->>'type' = 'message.new'
+             UNION ALL
+             SELECT (payload->>'communication_id')::uuid FROM event_log
+             WHERE payload->>'type' = 'message.new') e ON e.id = c.id
+         WHERE c.id IS NULL OR e.id IS NULL",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
     assert_eq!(
         unpaired, 0,
-        "a row without its job, or a job without its row"
+        "a row without its event, or an event without its row"
     );
+    assert_eq!(app.count("jobs").await, 0, "no job for a plain send");
     // Each accepted send is there once; sends never answered may be there too.
     let stored: Vec<String> = sqlx::query_scalar("SELECT id::text FROM communications")
         .fetch_all(&app.pool)

@@ -1,6 +1,6 @@
-//! `message.deliver`: an in-app message reaches the conversation. For in-app messages
-//! delivery is the commit itself: the status moves to `sent` and `message.new` goes to
-//! everyone who should see it.
+//! `message.deliver`: an in-app message with files reaches the conversation once they
+//! are processed: the status moves to `sent` and `message.new` goes to everyone who
+//! should see it. (One without files needs no job: its own commit delivered it.)
 
 use async_trait::async_trait;
 use sqlx::PgConnection;

@@ -4,6 +4,10 @@
 //! ([`Composed`]: as given, or rendered from a template); [`record`] writes it with its
 //! job. The channel alone decides the type, the job kind, the addresses, the contacts
 //! learnt and an email's Message-ID, so a new channel plugs in here once.
+//!
+//! An in-app message with no files has nothing left to do once it is stored: its own
+//! commit delivers it (`sent`, with its `message.new` in the same transaction), and it
+//! has no job. With files, a job delivers it once they are processed.
 
 use std::collections::BTreeMap;
 
@@ -92,7 +96,8 @@ pub struct EmailThread<'a> {
 /// What each channel carries beyond the text, and so which job carries it out.
 #[derive(Debug, Clone)]
 pub enum Channel<'a> {
-    /// Delivered in the app (`message.deliver`).
+    /// Delivered in the app: by its own commit, or once its files are processed
+    /// (`message.deliver`).
     InApp,
     /// To a phone through RingCentral (`sms.send`), from our number; both E.164.
     Sms { to: &'a str, from: &'a str },
@@ -122,13 +127,16 @@ impl Channel<'_> {
         }
     }
 
-    fn job(&self, communication_id: Uuid) -> NewJob {
-        match self {
+    /// The job that carries the communication out; none for an in-app message with
+    /// nothing to wait for.
+    fn job(&self, communication_id: Uuid, attachments: &Value) -> Option<NewJob> {
+        Some(match self {
+            Self::InApp if attachments.as_array().is_none_or(Vec::is_empty) => return None,
             Self::InApp => NewJob::of(&payloads::DeliverMessage { communication_id }),
             Self::Sms { .. } => NewJob::of(&payloads::SendSms { communication_id }),
             Self::Email { .. } => NewJob::of(&payloads::SendEmail { communication_id }),
             Self::Phone { .. } => NewJob::of(&payloads::LogCall { communication_id }),
-        }
+        })
     }
 
     /// The addresses this communication is sent to (as the row keeps them) and from.
@@ -189,12 +197,12 @@ pub struct Outbound<'a> {
     pub customer_addresses: bool,
 }
 
-/// A send composed and ready to write: its row, its job and the contacts it teaches.
-/// Owned, so it can wait to be written with others ([`record_many`]).
+/// A send composed and ready to write: its row, its job (if it needs one) and the
+/// contacts it teaches. Owned, so it can wait to be written with others ([`record_many`]).
 #[derive(Debug, Clone)]
 pub struct Prepared {
     row: NewRow,
-    job: NewJob,
+    job: Option<NewJob>,
     max_attempts: i32,
     contacts: Vec<(ContactKind, String)>,
 }
@@ -264,14 +272,16 @@ pub fn prepare(o: &Outbound<'_>, max_attempts: i32) -> Prepared {
     };
     Prepared {
         job: channel
-            .job(id)
-            .for_communication(id)
-            .for_customer(o.customer_id),
+            .job(id, &o.attachments)
+            .map(|job| job.for_communication(id).for_customer(o.customer_id)),
         row,
         max_attempts,
         contacts,
     }
 }
+
+/// A send as recorded: its row, and its job's id (none when its commit delivered it).
+pub type Recorded = (Communication, Option<Uuid>);
 
 /// Records the communication and its job (the outbox) in the caller's transaction, and
 /// the contacts it teaches us; answers the row and the job's id.
@@ -279,15 +289,12 @@ pub async fn record(
     conn: &mut PgConnection,
     o: &Outbound<'_>,
     max_attempts: i32,
-) -> sqlx::Result<(Communication, Uuid)> {
+) -> sqlx::Result<Recorded> {
     record_prepared(conn, &prepare(o, max_attempts)).await
 }
 
 /// [`record`] of a send already prepared.
-pub async fn record_prepared(
-    conn: &mut PgConnection,
-    send: &Prepared,
-) -> sqlx::Result<(Communication, Uuid)> {
+pub async fn record_prepared(conn: &mut PgConnection, send: &Prepared) -> sqlx::Result<Recorded> {
     let recorded = record_many(conn, std::slice::from_ref(send)).await?;
     recorded.into_iter().next().ok_or(sqlx::Error::RowNotFound)
 }
@@ -297,20 +304,23 @@ pub async fn record_prepared(
 pub async fn record_many(
     conn: &mut PgConnection,
     sends: &[Prepared],
-) -> sqlx::Result<Vec<(Communication, Uuid)>> {
+) -> sqlx::Result<Vec<Recorded>> {
     // Written in customer order: each row's trigger locks its conversation, so two
     // batches at once take their locks in one order and cannot deadlock.
     let mut order: Vec<usize> = (0..sends.len()).collect();
     order.sort_by(|&a, &b| sends[a].row.customer_id.cmp(&sends[b].row.customer_id));
     let rows: Vec<_> = order
         .iter()
-        .map(|&i| (&sends[i].row, &sends[i].job, sends[i].max_attempts))
+        .map(|&i| {
+            let send = &sends[i];
+            (
+                &send.row,
+                send.job.as_ref().map(|job| (job, send.max_attempts)),
+            )
+        })
         .collect();
-    let mut recorded: Vec<Option<(Communication, Uuid)>> = sends.iter().map(|_| None).collect();
-    for (i, written) in order
-        .iter()
-        .zip(writes::insert_with_jobs(conn, &rows).await?)
-    {
+    let mut recorded: Vec<Option<Recorded>> = sends.iter().map(|_| None).collect();
+    for (i, written) in order.iter().zip(writes::insert_sends(conn, &rows).await?) {
         recorded[*i] = Some(written);
         remember_contacts(conn, &sends[*i]).await?;
     }

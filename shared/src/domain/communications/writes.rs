@@ -3,9 +3,10 @@
 //!
 //! | change | announced |
 //! |---|---|
-//! | sends recorded with their jobs ([`insert_with_jobs`], via [`super::outbound`]) | when the job delivers them |
+//! | sends recorded with their jobs ([`insert_sends`], via [`super::outbound`]) | when the job delivers them |
+//! | an in-app message with no files, delivered by its own commit ([`insert_sends`]) | `message.new` |
 //! | an inbound email, SMS or imported call filed ([`file_inbound_email`], [`file_arrival`]) | `message.new` ([`announce_arrival`], once an email's files are listed) |
-//! | an in-app message or a logged call reached the conversation ([`deliver`]) | `message.new` |
+//! | an in-app message with files or a logged call reached the conversation ([`deliver`]) | `message.new` |
 //! | a status moved forward ([`advance`], [`fail`], [`record_accepted`]) | `communication.status` |
 //! | an operator's replay or discard ([`requeue_failed`], [`fail_queued`]) | `communication.status` |
 //! | a fallback cancelled because its messages were read ([`cancel_fallback`]) | `communication.status` |
@@ -55,14 +56,20 @@ pub(super) struct EmailIds {
     pub references: Option<String>,
 }
 
+/// A send as it is written: its row, and the job that carries it out with its
+/// attempts, or none when its own commit delivers it.
+pub(super) type NewSend<'a> = (&'a NewRow, Option<(&'a NewJob, i32)>);
+
 /// Inserts sends with the jobs that carry them out: one statement for all their rows
 /// and jobs (set-based, so a batch shares the statement, the round trip and the
 /// commit). Its insert opens each conversation and keeps its latest message (a
-/// trigger). Answers each row and its job's id, in the order given.
-pub(super) async fn insert_with_jobs(
+/// trigger). A send without a job is delivered by this commit: written `sent`, its
+/// `message.new` in the event outbox beside it. Answers each row and its job's id, in
+/// the order given.
+pub(super) async fn insert_sends(
     conn: &mut PgConnection,
-    sends: &[(&NewRow, &NewJob, i32)],
-) -> sqlx::Result<Vec<(Communication, Uuid)>> {
+    sends: &[NewSend<'_>],
+) -> sqlx::Result<Vec<(Communication, Option<Uuid>)>> {
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             r#"WITH job AS ({})
@@ -70,20 +77,40 @@ pub(super) async fn insert_with_jobs(
                    sender_role, subject, message, attachments, metadata, remote_address,
                    local_address, rfc822_message_id, provider_thread_id, in_reply_to,
                    "references", duration_seconds, occurred_at, template_id,
-                   template_version, project_id, visibility)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                   template_version, project_id, visibility, status, sent_at)
+               SELECT send.*, CASE WHEN send.status = 'sent' THEN now() END
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
                    $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[],
                    $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
                    $16::text[], $17::int4[], $18::timestamptz[], $19::uuid[], $20::int4[],
-                   $21::uuid[], $22::text[])
+                   $21::uuid[], $22::text[], $23::text[])
+                   AS send(id, customer_id, type, direction, sender_id, sender_role, subject,
+                       message, attachments, metadata, remote_address, local_address,
+                       rfc822_message_id, provider_thread_id, in_reply_to, "references",
+                       duration_seconds, occurred_at, template_id, template_version,
+                       project_id, visibility, status)
                RETURNING {COLUMNS}"#,
-            crate::ledger::jobs::insert_many_statement(23)
+            crate::ledger::jobs::insert_many_statement(24)
         )
     });
-    let rows = || sends.iter().map(|(row, _, _)| *row);
+    let rows = || sends.iter().map(|(row, _)| *row);
     let column = |f: fn(&NewRow) -> Option<&str>| rows().map(f).collect::<Vec<_>>();
-    let jobs = || sends.iter().map(|(_, job, _)| *job);
-    let job_ids: Vec<Uuid> = sends.iter().map(|_| Uuid::now_v7()).collect();
+    let job_ids: Vec<Option<Uuid>> = sends
+        .iter()
+        .map(|(_, job)| job.map(|_| Uuid::now_v7()))
+        .collect();
+    let jobs: Vec<(Uuid, &NewJob, i32)> = sends
+        .iter()
+        .zip(&job_ids)
+        .filter_map(|((_, job), id)| {
+            let (job, max_attempts) = (*job)?;
+            Some(((*id)?, job, max_attempts))
+        })
+        .collect();
+    let status = |job: &Option<_>| match job {
+        Some(_) => CommunicationStatus::Queued.as_str(),
+        None => CommunicationStatus::Sent.as_str(),
+    };
     let inserted: Vec<Communication> = sqlx::query_as(&INSERT)
         .bind(rows().map(|r| r.id).collect::<Vec<_>>())
         .bind(column(|r| Some(r.customer_id.as_str())))
@@ -115,22 +142,31 @@ pub(super) async fn insert_with_jobs(
         )
         .bind(rows().map(|r| r.project_id).collect::<Vec<_>>())
         .bind(column(|r| Some(r.visibility.as_str())))
-        .bind(&job_ids)
-        .bind(jobs().map(|job| job.kind).collect::<Vec<_>>())
-        .bind(jobs().map(|job| job.payload.clone()).collect::<Vec<_>>())
-        .bind(sends.iter().map(|(_, _, max)| *max).collect::<Vec<_>>())
-        .bind(jobs().map(|job| job.communication_id).collect::<Vec<_>>())
+        .bind(sends.iter().map(|(_, job)| status(job)).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|(_, job, _)| job.kind).collect::<Vec<_>>())
         .bind(
-            jobs()
-                .map(|job| job.customer_id.as_ref().map(CustomerId::as_str))
+            jobs.iter()
+                .map(|(_, job, _)| job.payload.clone())
                 .collect::<Vec<_>>(),
         )
-        .fetch_all(conn)
+        .bind(jobs.iter().map(|(_, _, max)| *max).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|(_, job, _)| job.communication_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|(_, job, _)| job.customer_id.as_ref().map(CustomerId::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *conn)
         .await?;
     // RETURNING's order is not promised: match each row to its send by id.
     let mut by_id: std::collections::HashMap<Uuid, Communication> =
         inserted.into_iter().map(|c| (c.id, c)).collect();
-    rows()
+    let recorded = rows()
         .zip(job_ids)
         .map(|(row, job_id)| {
             by_id
@@ -138,7 +174,19 @@ pub(super) async fn insert_with_jobs(
                 .map(|c| (c, job_id))
                 .ok_or(sqlx::Error::RowNotFound)
         })
-        .collect()
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    let delivered: Vec<Event> = recorded
+        .iter()
+        .filter(|(_, job)| job.is_none())
+        .map(|(c, _)| {
+            Event::now(
+                c.customer_id.clone(),
+                message_new(c, CommunicationStatus::Sent),
+            )
+        })
+        .collect();
+    events::record_many(conn, &delivered).await?;
+    Ok(recorded)
 }
 
 /// An email that came into the mailbox, as it is filed in a customer's conversation.
