@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use commcenter_shared::{
     domain::{CustomerId, UserId},
-    ledger::events::{Event, EventBody, Viewer},
+    ledger::events::{self, Event, EventBody, Viewer},
     platform::broker::{self, Topology},
     platform::settings::BrokerSettings,
 };
@@ -228,10 +228,10 @@ pub async fn run(
                     Some(delivery) => delivery?,
                     None => anyhow::bail!("the events consumer was cancelled"),
                 };
-                match serde_json::from_slice::<Event>(&delivery.data) {
-                    Ok(event) => hub.publish(&event),
+                match events::decode_published(&delivery.data) {
+                    Ok(events) => events.iter().for_each(|event| hub.publish(event)),
                     Err(error) => {
-                        tracing::warn!(%error, "an event that does not parse was dropped")
+                        tracing::warn!(%error, "an event message that does not parse was dropped")
                     }
                 }
             }

@@ -387,6 +387,36 @@ pub async fn record_many(conn: &mut PgConnection, batch: &[Event]) -> sqlx::Resu
     Ok(())
 }
 
+/// Events the relay puts in one message on the events exchange, at most: a message a
+/// batch, not one an event, is what lets the broker and every instance's notifier keep
+/// up with the sends.
+pub const EVENTS_PER_MESSAGE: usize = 100;
+/// And the bytes of one such message, at most (a message may carry big texts).
+pub const MESSAGE_BYTES: usize = 256 * 1024;
+
+/// A message on the events exchange: a relay's events, in log order, as one JSON array
+/// (see [`EVENTS_PER_MESSAGE`]); one event alone (typing, presence) as an object.
+pub fn decode_published(body: &[u8]) -> serde_json::Result<Vec<Event>> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return serde_json::from_slice(body).map(|event| vec![event]);
+    }
+    serde_json::from_slice(body).or_else(|whole| {
+        // One event this process cannot read (a newer kind, say) must not cost the
+        // others of its message: each on its own, the unreadable ones dropped.
+        let values: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|_| whole)?;
+        Ok(values
+            .into_iter()
+            .filter_map(|value| match serde_json::from_value(value) {
+                Ok(event) => Some(event),
+                Err(error) => {
+                    tracing::warn!(%error, "an event that does not parse was dropped");
+                    None
+                }
+            })
+            .collect())
+    })
+}
+
 /// A client's position in the event log, and what it may have missed since.
 #[derive(Debug, Clone)]
 pub struct Replay {
@@ -598,5 +628,39 @@ mod tests {
         }
         let all: BTreeSet<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(seen, all, "one body of every type in EventType::ALL");
+    }
+    fn typing(n: usize) -> Event {
+        Event::now(
+            CustomerId::parse("cust-1").unwrap(),
+            EventBody::Typing {
+                user_id: format!("user-{n}"),
+                role: Role::Staff,
+                state: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_message_carries_one_event_or_a_batch_in_order() {
+        let one = serde_json::to_vec(&typing(0)).unwrap();
+        assert_eq!(decode_published(&one).unwrap().len(), 1);
+
+        let batch: Vec<Event> = (0..3).map(typing).collect();
+        let decoded = decode_published(&serde_json::to_vec(&batch).unwrap()).unwrap();
+        let users: Vec<String> = decoded
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap()["user_id"].to_string())
+            .collect();
+        assert_eq!(users, ["\"user-0\"", "\"user-1\"", "\"user-2\""]);
+
+        // One event of a kind this process does not know costs only itself.
+        let mut values: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
+        values[1]["type"] = "from.the.future".into();
+        let decoded = decode_published(&serde_json::to_vec(&values).unwrap()).unwrap();
+        assert_eq!(decoded.len(), 2);
+        assert!(decode_published(b"[not json").is_err());
     }
 }

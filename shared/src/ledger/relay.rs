@@ -2,6 +2,8 @@
 //! PostgreSQL in the same transaction as their effect; the relay publishes them to
 //! RabbitMQ with publisher confirms, in batches, and only then marks jobs `queued` and
 //! deletes events. With RabbitMQ down, rows wait; when it returns, the backlog drains.
+//! A job is a message of its own (it is routed by kind and acked alone); events go
+//! many to a message, in log order.
 //!
 //! Every process that writes to the outbox runs a relay and wakes it in-process right
 //! after it commits (the api after accepting, a worker after a job); it also polls, so
@@ -229,9 +231,8 @@ impl Relay {
         .execute(&mut *tx)
         .await?;
         let exchange = self.topology.events_exchange();
-        let mut confirms = Vec::with_capacity(rows.len());
-        for (_, payload) in &rows {
-            let body = serde_json::to_vec(payload)?;
+        let mut confirms = Vec::new();
+        for body in messages_of(&payloads)? {
             confirms.push(
                 channel
                     .basic_publish(
@@ -262,6 +263,35 @@ impl Relay {
         tx.commit().await?;
         Ok(rows.len())
     }
+}
+
+/// The events of a batch as messages on the events exchange: JSON arrays in log order,
+/// each of at most [`events::EVENTS_PER_MESSAGE`] events and about
+/// [`events::MESSAGE_BYTES`] (an event bigger than that goes alone).
+fn messages_of(payloads: &[&serde_json::Value]) -> serde_json::Result<Vec<Vec<u8>>> {
+    let mut messages = Vec::new();
+    let (mut body, mut count) = (vec![b'['], 0);
+    for payload in payloads {
+        let event = serde_json::to_vec(payload)?;
+        if count > 0
+            && (count == events::EVENTS_PER_MESSAGE
+                || body.len() + event.len() > events::MESSAGE_BYTES)
+        {
+            body.push(b']');
+            messages.push(std::mem::replace(&mut body, vec![b'[']));
+            count = 0;
+        }
+        if count > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&event);
+        count += 1;
+    }
+    if count > 0 {
+        body.push(b']');
+        messages.push(body);
+    }
+    Ok(messages)
 }
 
 /// Properties of a job message: persistent, JSON, the job id as message id.
@@ -296,5 +326,46 @@ pub fn generation_of(properties: &BasicProperties) -> i32 {
         Some(AMQPValue::LongLongInt(n)) => i32::try_from(*n).unwrap_or(i32::MAX),
         Some(AMQPValue::ShortInt(n)) => i32::from(*n),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_go_many_to_a_message_in_order_within_both_bounds() {
+        let small: Vec<serde_json::Value> =
+            (0..250).map(|n| serde_json::json!({ "n": n })).collect();
+        let messages = messages_of(&small.iter().collect::<Vec<_>>()).unwrap();
+        let sizes: Vec<usize> = messages
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<Vec<serde_json::Value>>(m)
+                    .unwrap()
+                    .len()
+            })
+            .collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        let order: Vec<serde_json::Value> = messages
+            .iter()
+            .flat_map(|m| serde_json::from_slice::<Vec<serde_json::Value>>(m).unwrap())
+            .collect();
+        assert_eq!(order, small);
+
+        // Big events: bounded by bytes; one bigger than the bound goes alone.
+        let text = |kb: usize| serde_json::json!({ "text": "x".repeat(kb * 1024) });
+        let big = [text(100), text(100), text(100), text(300), text(1)];
+        let messages = messages_of(&big.iter().collect::<Vec<_>>()).unwrap();
+        let sizes: Vec<usize> = messages
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<Vec<serde_json::Value>>(m)
+                    .unwrap()
+                    .len()
+            })
+            .collect();
+        assert_eq!(sizes, [2, 1, 1, 1]);
+        assert!(messages_of(&[]).unwrap().is_empty());
     }
 }
