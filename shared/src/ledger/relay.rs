@@ -193,9 +193,11 @@ impl Relay {
             .bind(events::EVENT_LOG_LOCK)
             .execute(&mut *tx)
             .await?;
+        // No FOR UPDATE SKIP LOCKED: under that lock no other relay takes events, and
+        // locking each row before deleting it wrote a WAL record an event for nothing.
         let mut rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
             "DELETE FROM event_outbox WHERE id IN (
-                 SELECT id FROM event_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 SELECT id FROM event_outbox ORDER BY id LIMIT $1)
              RETURNING id, payload",
         )
         .bind(self.settings.batch)
