@@ -41,10 +41,6 @@ BEGIN
     RETURN NULL;
 END
 $f$;
--- (a row trigger then: later migrations made it one per statement)
-DROP TRIGGER communications_note_messages ON communications;
-CREATE TRIGGER communications_note_message AFTER INSERT ON communications
-    FOR EACH ROW EXECUTE FUNCTION conversations_note_message();
 TRUNCATE communications, conversations, conversation_transitions CASCADE;
 CALL load_messages(3000);
 TRUNCATE communications, conversations, conversation_transitions CASCADE;

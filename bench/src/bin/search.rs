@@ -151,7 +151,7 @@ async fn load(pool: &PgPool, options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     // The trigger keeps each conversation's latest message; a bulk load sets them once
     // at the end instead of once per row.
-    sqlx::query("ALTER TABLE communications DISABLE TRIGGER communications_note_messages")
+    sqlx::query("ALTER TABLE communications DISABLE TRIGGER communications_note_message")
         .execute(pool)
         .await?;
     let batch = 100_000i64;
@@ -193,7 +193,7 @@ async fn load(pool: &PgPool, options: &Options) -> anyhow::Result<()> {
     )
     .execute(pool)
     .await?;
-    sqlx::query("ALTER TABLE communications ENABLE TRIGGER communications_note_messages")
+    sqlx::query("ALTER TABLE communications ENABLE TRIGGER communications_note_message")
         .execute(pool)
         .await?;
     sqlx::query("VACUUM ANALYZE communications")
