@@ -275,63 +275,60 @@ pub async fn index_report(pool: &PgPool) -> String {
         .join("; ")
 }
 
-/// Where PostgreSQL's time goes, by statement: `pg_stat_statements`, when the server
-/// loads it (`shared_preload_libraries`); without it the report says how to turn it on.
-pub struct Statements;
+/// Where PostgreSQL's time goes, by statement (`pg_stat_statements`, when the server
+/// loads it: `shared_preload_libraries`): forgets what was counted so far, so
+/// [`statement_report`] covers what follows.
+pub async fn reset_statements(pool: &PgPool) {
+    let ready = async {
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(pool)
+            .await?;
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(pool)
+            .await
+    };
+    ready.await.ok();
+}
 
-impl Statements {
-    /// Forgets what was counted so far, so the report covers what follows.
-    pub async fn reset(pool: &PgPool) {
-        let ready = async {
-            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-                .execute(pool)
-                .await?;
-            sqlx::query("SELECT pg_stat_statements_reset()")
-                .execute(pool)
-                .await
-        };
-        ready.await.ok();
-    }
-
-    /// The statements that took the most execution time since [`Statements::reset`], each
-    /// with its share, its calls, and its time and WAL records per `unit` (of `units`).
-    pub async fn report(pool: &PgPool, units: u64, unit: &str) -> String {
-        let rows: Result<Vec<(i64, f64, i64, String)>, _> = sqlx::query_as(
-            "SELECT calls, total_exec_time, wal_records,
-                    left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
-             FROM pg_stat_statements
-             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-             ORDER BY total_exec_time DESC",
-        )
-        .fetch_all(pool)
-        .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(_) => {
-                return "not measured: PostgreSQL does not load pg_stat_statements \
-                        (ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements', \
-                        then restart it)"
-                    .into();
-            }
-        };
-        let total: f64 = rows.iter().map(|r| r.1).sum();
-        let units = units.max(1) as f64;
-        let top: Vec<String> = rows
-            .iter()
-            .take(6)
-            .map(|(calls, ms, wal, query)| {
-                format!(
-                    "{:.0}% {:.0} µs and {:.1} WAL records a {unit} over {calls} calls: {query}",
-                    100.0 * ms / total.max(f64::MIN_POSITIVE),
-                    1000.0 * ms / units,
-                    *wal as f64 / units,
-                )
-            })
-            .collect();
-        format!(
-            "{:.0} µs of statements a {unit}, the most: {}",
-            1000.0 * total / units,
-            top.join(" | ")
-        )
-    }
+/// The statements that took the most execution time since [`reset_statements`], each
+/// with its share, its calls, and its time and WAL records per `unit` (of `units`);
+/// without `pg_stat_statements` it says how to turn it on.
+pub async fn statement_report(pool: &PgPool, units: u64, unit: &str) -> String {
+    let rows: Result<Vec<(i64, f64, i64, String)>, _> = sqlx::query_as(
+        "SELECT calls, total_exec_time, wal_records,
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
+         FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+         ORDER BY total_exec_time DESC",
+    )
+    .fetch_all(pool)
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(_) => {
+            return "not measured: PostgreSQL does not load pg_stat_statements \
+                    (ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements', \
+                    then restart it)"
+                .into();
+        }
+    };
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    let units = units.max(1) as f64;
+    let top: Vec<String> = rows
+        .iter()
+        .take(6)
+        .map(|(calls, ms, wal, query)| {
+            format!(
+                "{:.0}% {:.0} µs and {:.1} WAL records a {unit} over {calls} calls: {query}",
+                100.0 * ms / total.max(f64::MIN_POSITIVE),
+                1000.0 * ms / units,
+                *wal as f64 / units,
+            )
+        })
+        .collect();
+    format!(
+        "{:.0} µs of statements a {unit}, the most: {}",
+        1000.0 * total / units,
+        top.join(" | ")
+    )
 }

@@ -27,7 +27,7 @@ use commcenter_workers::handlers;
 use crate::{
     Options,
     load::{self, LoadResult},
-    probe::{self, CpuSnapshot, DbCounters, Statements},
+    probe::{self, CpuSnapshot, DbCounters},
     report::{Report, Row, Target, number},
     system::{self, Api, Workers},
 };
@@ -188,14 +188,14 @@ pub async fn accept(options: &Options, report: &mut Report) -> anyhow::Result<()
             }
         };
         load::closed_loop(options.concurrency, options.warmup(), op(sender.clone())).await;
-        Statements::reset(&app.pool).await;
+        probe::reset_statements(&app.pool).await;
         let db = DbCounters::read(&app.pool).await;
         let cpu = CpuSnapshot::take();
         let max =
             load::closed_loop(options.concurrency, options.window(), op(sender.clone())).await;
         let cpu = cpu.usage_since();
         let db = DbCounters::read(&app.pool).await.since(db);
-        let statements = Statements::report(&app.pool, max.ok, "request").await;
+        let statements = probe::statement_report(&app.pool, max.ok, "request").await;
         eprintln!("    statements: {statements}");
         eprintln!("    max: {}", max.describe());
         let half = load::open_loop(max.rate() / 2.0, options.window(), op(sender.clone())).await;
@@ -297,7 +297,7 @@ pub async fn end_to_end(options: &Options, report: &mut Report) -> anyhow::Resul
             op(sender.clone()),
         )
         .await;
-        Statements::reset(&app.pool).await;
+        probe::reset_statements(&app.pool).await;
         let db = DbCounters::read(&app.pool).await;
         let cpu = CpuSnapshot::take();
         let max = load::closed_loop(
@@ -308,7 +308,7 @@ pub async fn end_to_end(options: &Options, report: &mut Report) -> anyhow::Resul
         .await;
         let cpu = cpu.usage_since();
         let db = DbCounters::read(&app.pool).await.since(db);
-        let statements = Statements::report(&app.pool, max.ok, "send").await;
+        let statements = probe::statement_report(&app.pool, max.ok, "send").await;
         eprintln!("    max: {}", max.describe());
         eprintln!("    statements: {statements}");
         let half = load::open_loop(max.rate() / 2.0, options.window(), op(sender.clone())).await;

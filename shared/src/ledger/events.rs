@@ -629,6 +629,7 @@ mod tests {
         let all: BTreeSet<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(seen, all, "one body of every type in EventType::ALL");
     }
+
     fn typing(n: usize) -> Event {
         Event::now(
             CustomerId::parse("cust-1").unwrap(),

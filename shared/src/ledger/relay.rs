@@ -335,20 +335,24 @@ pub fn generation_of(properties: &BasicProperties) -> i32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_go_many_to_a_message_in_order_within_both_bounds() {
-        let small: Vec<serde_json::Value> =
-            (0..250).map(|n| serde_json::json!({ "n": n })).collect();
-        let messages = messages_of(&small.iter().collect::<Vec<_>>()).unwrap();
-        let sizes: Vec<usize> = messages
+    /// How many events each message carries; each must be a JSON array.
+    fn events_in(messages: &[Vec<u8>]) -> Vec<usize> {
+        messages
             .iter()
             .map(|m| {
                 serde_json::from_slice::<Vec<serde_json::Value>>(m)
                     .unwrap()
                     .len()
             })
-            .collect();
-        assert_eq!(sizes, [100, 100, 50]);
+            .collect()
+    }
+
+    #[test]
+    fn events_go_many_to_a_message_in_order_within_both_bounds() {
+        let small: Vec<serde_json::Value> =
+            (0..250).map(|n| serde_json::json!({ "n": n })).collect();
+        let messages = messages_of(&small.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(events_in(&messages), [100, 100, 50]);
         let order: Vec<serde_json::Value> = messages
             .iter()
             .flat_map(|m| serde_json::from_slice::<Vec<serde_json::Value>>(m).unwrap())
@@ -359,15 +363,7 @@ mod tests {
         let text = |kb: usize| serde_json::json!({ "text": "x".repeat(kb * 1024) });
         let big = [text(100), text(100), text(100), text(300), text(1)];
         let messages = messages_of(&big.iter().collect::<Vec<_>>()).unwrap();
-        let sizes: Vec<usize> = messages
-            .iter()
-            .map(|m| {
-                serde_json::from_slice::<Vec<serde_json::Value>>(m)
-                    .unwrap()
-                    .len()
-            })
-            .collect();
-        assert_eq!(sizes, [2, 1, 1, 1]);
+        assert_eq!(events_in(&messages), [2, 1, 1, 1]);
         assert!(messages_of(&[]).unwrap().is_empty());
     }
 }
