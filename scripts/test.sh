@@ -75,8 +75,15 @@ test_databases() {
     psql "$admin_url" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'cc\_test\_%' ORDER BY 1" 2>/dev/null || true
 }
 before=$(mktemp)
-trap 'rm -f "$before"' EXIT
+trap 'rm -f "$before" "$clusters_before"' EXIT
 test_databases >"$before"
+# Tests that stop PostgreSQL for real make clusters of their own (cc_scratch_<id>, on a
+# free port, with Debian's pg_createcluster) and drop them; a killed run leaves them.
+scratch_clusters() {
+    pg_lsclusters --no-header 2>/dev/null | awk '$2 ~ /^cc_scratch_/ {print $1 "/" $2}' | sort
+}
+clusters_before=$(mktemp)
+scratch_clusters >"$clusters_before"
 
 args=("$@")
 if [[ ${#args[@]} == 0 ]]; then
@@ -97,6 +104,10 @@ for database in $leftovers; do
     psql "$admin_url" -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
     prefix=cc-test-${database#cc_test_}
     scripts/remove-test-topology.sh "$prefix"
+done
+for cluster in $(comm -13 "$clusters_before" <(scratch_clusters) || true); do
+    log "removing the PostgreSQL cluster $cluster, left by a test of this run"
+    pg_dropcluster --stop "${cluster%%/*}" "${cluster#*/}" || true
 done
 
 # The whole suite also runs the walk-through (docs/walkthrough.md) against a system of

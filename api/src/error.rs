@@ -47,9 +47,13 @@ pub enum ApiError {
     /// A dependency is down; retrying later will work.
     #[error("{0}")]
     Unavailable(String),
-    /// PostgreSQL cannot be reached (or the pool has no connection to give in time).
+    /// PostgreSQL cannot be reached.
     #[error("the database is unreachable; try again shortly")]
     DatabaseDown,
+    /// Every database connection of this instance stayed busy for the pool's acquire
+    /// timeout: the instance is overloaded, the database is not down.
+    #[error("the server is busy (no database connection came free in time); try again in a moment")]
+    Busy,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -88,6 +92,7 @@ impl ApiError {
             Self::Unavailable(_) | Self::DatabaseDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -102,7 +107,8 @@ impl From<sqlx::Error> for ApiError {
 /// Why a database error is no fault of the request, if it is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DatabaseTrouble {
-    /// No pooled connection came in time: the api is overloaded, or the database down.
+    /// No pooled connection came in time: the api is overloaded. (While the database
+    /// is down, new connections fail at once: [`crate::health`].)
     Busy,
     /// The connection failed or the server is shutting down or refusing connections.
     Down,
@@ -122,9 +128,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (this, down) = match self {
             Self::Internal(error) => match database_trouble(&error) {
-                Some(trouble) => {
+                Some(DatabaseTrouble::Down) => {
                     tracing::warn!(error = format!("{error:#}"), "the database is out of reach");
-                    (Self::DatabaseDown, trouble == DatabaseTrouble::Down)
+                    (Self::DatabaseDown, true)
+                }
+                Some(DatabaseTrouble::Busy) => {
+                    tracing::warn!("no database connection came free in time: answered 503 busy");
+                    (Self::Busy, false)
                 }
                 None => (Self::Internal(error), false),
             },
@@ -132,7 +142,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = this.render();
         // A lost connection says the database is down; a busy pool says only that we
-        // are: the background check decides the rest.
+        // are.
         if down {
             response.extensions_mut().insert(DatabaseFailed);
         }
@@ -151,7 +161,10 @@ impl ApiError {
             other => other.to_string(),
         };
         let retry_after = match self {
-            Self::StillProcessing(_) | Self::Unavailable(_) | Self::TooManyRequests(_) => Some("1"),
+            Self::StillProcessing(_)
+            | Self::Unavailable(_)
+            | Self::TooManyRequests(_)
+            | Self::Busy => Some("1"),
             // A database outage is seldom over in a second.
             Self::DatabaseDown => Some("5"),
             _ => None,

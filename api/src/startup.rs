@@ -79,6 +79,7 @@ impl App {
         let (ephemeral, ephemeral_rx) = mpsc::channel(EPHEMERAL_BUFFER);
         let limits = Arc::new(Limits::new(&settings.http.rate_limits));
         let sends = GroupCommit::start(pool.clone());
+        let health = Arc::new(Health::new(pool.clone()));
         let state = AppState {
             metrics,
             pool,
@@ -89,7 +90,7 @@ impl App {
             outbox,
             presence,
             ephemeral,
-            health: Arc::new(Health::default()),
+            health,
             limits,
             sends,
         };
@@ -131,12 +132,8 @@ impl App {
         ));
         let presence = tokio::spawn(self.state.presence.clone().run(shutdown.clone()));
         let health = {
-            let (health, pool, shutdown) = (
-                self.state.health.clone(),
-                self.state.pool.clone(),
-                shutdown.clone(),
-            );
-            tokio::spawn(async move { health.run(pool, shutdown).await })
+            let (health, shutdown) = (self.state.health.clone(), shutdown.clone());
+            tokio::spawn(async move { health.run(shutdown).await })
         };
         tracing::info!(%addr, "api listening");
         let stop = shutdown.clone();

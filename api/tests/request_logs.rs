@@ -73,12 +73,12 @@ fn state() -> AppState {
         )),
         ephemeral: tokio::sync::mpsc::channel(1).0,
         sends: commcenter_api::group_commit::GroupCommit::start(pool.clone()),
+        health: Arc::new(commcenter_api::health::Health::new(pool.clone())),
         pool,
         hub: Arc::new(Hub::new(8)),
         blobs: Arc::new(BlobStore::from_settings(&settings.storage).unwrap()),
         outbox: Arc::new(Notify::new()),
         broker_up: Arc::new(AtomicBool::new(false)),
-        health: Arc::new(commcenter_api::health::Health::default()),
         limits: Arc::new(commcenter_api::limits::Limits::new(&Default::default())),
         settings: Arc::new(settings),
     }

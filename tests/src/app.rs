@@ -65,6 +65,9 @@ pub struct TestOptions {
     /// The api (and the workers, unless they have a proxy of their own) reach
     /// PostgreSQL through this proxy, so a test can cut it.
     pub api_database_proxy: Option<std::net::SocketAddr>,
+    /// The test's database on this server (its admin URL: a [`crate::ScratchPostgres`]'s,
+    /// to stop a real server) instead of the shared one.
+    pub database_server: Option<String>,
     /// Slow clients: the api's header and body timeouts and its connection cap.
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -130,6 +133,7 @@ impl Default for TestOptions {
             workers_amqp_url: None,
             workers_database_proxy: None,
             api_database_proxy: None,
+            database_server: None,
             acquire_timeout: Duration::from_secs(10),
             rate_limits: Default::default(),
             header_timeout: Duration::from_secs(10),
@@ -168,6 +172,8 @@ pub struct TestApp {
     pub topology: Topology,
     pub client: reqwest::Client,
     database: String,
+    /// The server it is on, as its admin URL.
+    admin: String,
     /// Every job kind with a queue, to delete them all at the end.
     kinds: std::sync::Mutex<Vec<String>>,
     api_shutdown: CancellationToken,
@@ -208,7 +214,10 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let prefix = format!("cc-test-{id}");
 
     let mut settings = Settings::from_env().expect("settings");
-    let admin = admin_database_url();
+    let admin = options
+        .database_server
+        .clone()
+        .unwrap_or_else(admin_database_url);
     settings.database.url = Secret::new(match options.api_database_proxy {
         Some(proxy) => format!("postgres://root@{proxy}/{database}"),
         None => replace_database(&admin, &database),
@@ -300,6 +309,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         topology,
         client: reqwest::Client::new(),
         database,
+        admin,
         kinds: std::sync::Mutex::new(kinds),
         api_shutdown,
         api: Some(api),
@@ -887,7 +897,7 @@ impl Drop for TestApp {
         handles.iter().for_each(tokio::task::AbortHandle::abort);
         std::fs::remove_dir_all(&self.settings.storage.upload_dir).ok();
         let database = self.database.clone();
-        let admin = admin_database_url();
+        let admin = self.admin.clone();
         let topology = self.topology.clone();
         let kinds = self.kinds.lock().map(|k| k.clone()).unwrap_or_default();
         // Drop cannot await; clean up on a thread with a runtime of its own.

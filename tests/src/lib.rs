@@ -5,10 +5,12 @@
 //! - [`TestApp`]: spawn it, call endpoints through its methods, watch its ledger.
 //! - [`TcpProxy`]: a TCP proxy in front of RabbitMQ or PostgreSQL that a test can cut
 //!   and restore, to play an outage without stopping the servers other tests share.
+//! - [`ScratchPostgres`]: a PostgreSQL server of the test's own, to stop for real.
 //! - [`WsClient`]: a WebSocket client that reads JSON frames with a timeout.
 
 mod app;
 mod proxy;
+mod scratch_postgres;
 mod ws;
 
 pub use app::{
@@ -16,6 +18,7 @@ pub use app::{
     spawn_app_with,
 };
 pub use proxy::TcpProxy;
+pub use scratch_postgres::ScratchPostgres;
 pub use ws::WsClient;
 
 /// Waits until `check` returns `Some`, polling; panics with `what` after `timeout`.

@@ -70,7 +70,8 @@ pub struct DatabaseSettings {
     /// job in flight, so a worker process runs at most this many, less one, at once.
     pub max_connections: u32,
     /// `DATABASE_ACQUIRE_TIMEOUT_MS` (default 1500): the longest wait for a pooled
-    /// connection; past it the api answers 503, so an outage is told within it.
+    /// connection while all are busy; past it the api answers 503 `busy`. (An outage
+    /// is told at once, without waiting for it: the api's `health` module.)
     pub acquire_timeout: Duration,
 }
 
