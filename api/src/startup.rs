@@ -174,6 +174,9 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.settings.http.max_body_bytes;
     routes::router()
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(
+            crate::middleware::unstorable_text::refuse_nul_in_url,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::middleware::database::refuse_while_down,

@@ -38,6 +38,7 @@ use crate::{
     error::{ApiError, ApiResult},
     state::AppState,
 };
+use commcenter_shared::domain::text;
 
 const MAX_NAME_CHARS: usize = 100;
 const MAX_MEMBERS: usize = 50;
@@ -73,14 +74,16 @@ pub struct UpdateCrewRequest {
 }
 
 fn crew_name(raw: &str) -> ApiResult<String> {
+    shown_name("name", raw)
+}
+
+/// A crew's or a member's name: shown to staff, crews and customers ([`text::refusal`]).
+fn shown_name(field: &str, raw: &str) -> ApiResult<String> {
     let name = raw.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(invalid(
-            "name",
-            format!("must be 1 to {MAX_NAME_CHARS} characters"),
-        ));
+    match text::refusal(name, MAX_NAME_CHARS) {
+        Some(why) => Err(invalid(field, why)),
+        None => Ok(name.to_owned()),
     }
-    Ok(name.to_owned())
 }
 
 /// The members as given, each checked: a valid user id, a name, an E.164 phone; no
@@ -106,18 +109,12 @@ fn members(state: &AppState, given: &[MemberRequest]) -> ApiResult<Vec<Member>> 
                     format!("{user} is listed twice"),
                 ));
             }
-            let name = m.name.trim();
-            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-                return Err(invalid(
-                    &format!("members[{i}].name"),
-                    format!("must be 1 to {MAX_NAME_CHARS} characters"),
-                ));
-            }
+            let name = shown_name(&format!("members[{i}].name"), &m.name)?;
             let phone = PhoneNumber::parse(&m.phone, region)
                 .map_err(|e| invalid(&format!("members[{i}].phone"), e))?;
             Ok(Member {
                 user_id: user.as_str().to_owned(),
-                name: name.to_owned(),
+                name,
                 phone: phone.as_str().to_owned(),
             })
         })

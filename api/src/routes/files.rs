@@ -34,7 +34,7 @@ use commcenter_shared::{
 use super::parse_uuid;
 use crate::{
     auth::Caller,
-    body::QueryParams,
+    body::{QueryParams, multipart_error, multipart_text},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -95,7 +95,7 @@ pub async fn upload(
         while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
             match field.name().unwrap_or_default() {
                 "customer_id" => {
-                    let named = parse_customer(field.text().await.map_err(multipart_error)?.trim())?;
+                    let named = parse_customer(multipart_text(field).await?.trim())?;
                     if !customer_implied && customer.as_ref().is_some_and(|c| *c != named) {
                         return Err(ApiError::Invalid("customer_id is given twice, with different values".into()));
                     }
@@ -103,7 +103,7 @@ pub async fn upload(
                     customer_implied = false;
                 }
                 "communication_id" => {
-                    let text = field.text().await.map_err(multipart_error)?;
+                    let text = multipart_text(field).await?;
                     communication_id = Some(parse_communication_id(text.trim())?);
                 }
                 "file" | "files" | "file[]" | "files[]" => {
@@ -193,14 +193,6 @@ fn parse_communication_id(raw: &str) -> ApiResult<Uuid> {
 
 fn parse_customer(raw: &str) -> ApiResult<CustomerId> {
     CustomerId::parse(raw).map_err(|e| ApiError::Invalid(e.0))
-}
-
-fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
-    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge(error.body_text())
-    } else {
-        ApiError::bad_request("invalid_multipart", error.body_text())
-    }
 }
 
 /// Streams one file part to the store. `Ok(Err(reason))` refuses this file only;

@@ -43,6 +43,7 @@ use crate::{
     error::{ApiError, ApiResult},
     state::AppState,
 };
+use commcenter_shared::domain::text;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 200;
@@ -181,6 +182,7 @@ struct ReasonBody {
     reason: String,
 }
 
+/// Kept in the audit and shown to operators ([`text::refusal`]).
 fn reason(raw: &str) -> ApiResult<String> {
     let reason = raw.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
@@ -188,7 +190,10 @@ fn reason(raw: &str) -> ApiResult<String> {
             "reason must be 1 to {MAX_REASON_CHARS} characters: it is kept in the audit"
         )));
     }
-    Ok(reason.to_owned())
+    match text::refusal(reason, MAX_REASON_CHARS) {
+        Some(why) => Err(ApiError::Invalid(format!("reason: {why}"))),
+        None => Ok(reason.to_owned()),
+    }
 }
 
 /// The handler of one job's `action` (`POST /api/ops/jobs/{id}/{action}`).

@@ -38,6 +38,7 @@ use crate::{
     paging,
     state::AppState,
 };
+use commcenter_shared::domain::text;
 
 const MAX_TITLE_CHARS: usize = 200;
 const MAX_ADDRESS_CHARS: usize = 500;
@@ -49,12 +50,13 @@ const MAX_LIMIT: i64 = 500;
 pub const ON_THE_WAY_TEMPLATE: &str = "crew_on_the_way";
 pub const ARRIVED_TEMPLATE: &str = "crew_arrived";
 
-fn text(field: &str, raw: &str, max: usize) -> ApiResult<String> {
+/// A title or an address: shown to staff, crews and customers ([`text::refusal`]).
+fn shown_text(field: &str, raw: &str, max: usize) -> ApiResult<String> {
     let trimmed = raw.trim();
-    if trimmed.is_empty() || trimmed.chars().count() > max {
-        return Err(invalid(field, format!("must be 1 to {max} characters")));
+    match text::refusal(trimmed, max) {
+        Some(why) => Err(invalid(field, why)),
+        None => Ok(trimmed.to_owned()),
     }
-    Ok(trimmed.to_owned())
 }
 
 /// A scheduled window: a start, an end, either, or neither.
@@ -109,8 +111,8 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateProjectRequest>,
 ) -> ApiResult<(StatusCode, Json<Project>)> {
     caller.ensure_staff()?;
-    let title = text("title", &request.title, MAX_TITLE_CHARS)?;
-    let address = text("address", &request.address, MAX_ADDRESS_CHARS)?;
+    let title = shown_text("title", &request.title, MAX_TITLE_CHARS)?;
+    let address = shown_text("address", &request.address, MAX_ADDRESS_CHARS)?;
     let (lat, lng) = coordinates(request.lat, request.lng)?;
     let (start, end) = window(request.scheduled_start, request.scheduled_end)?;
     let mut tx = state.pool.begin().await?;
@@ -319,13 +321,13 @@ pub async fn update(
     let title = request
         .title
         .as_deref()
-        .map(|t| text("title", t, MAX_TITLE_CHARS))
+        .map(|t| shown_text("title", t, MAX_TITLE_CHARS))
         .transpose()?
         .unwrap_or(before.title);
     let address = request
         .address
         .as_deref()
-        .map(|a| text("address", a, MAX_ADDRESS_CHARS))
+        .map(|a| shown_text("address", a, MAX_ADDRESS_CHARS))
         .transpose()?
         .unwrap_or(before.address);
     let (lat, lng) = coordinates(
@@ -387,16 +389,11 @@ pub async fn dispatch(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.ensure_staff()?;
     let id = parse_uuid(&id, "id")?;
-    let note = match request.note.as_deref().map(str::trim) {
-        Some(note) if note.chars().count() > MAX_NOTE_CHARS => {
-            return Err(invalid(
-                "note",
-                format!("must be at most {MAX_NOTE_CHARS} characters"),
-            ));
-        }
-        Some(note) => note.to_owned(),
-        None => String::new(),
-    };
+    let note = request.note.as_deref().map(str::trim).unwrap_or_default();
+    if let Some(why) = text::refusal_if_any(note, MAX_NOTE_CHARS) {
+        return Err(invalid("note", why));
+    }
+    let note = note.to_owned();
     let mut tx = state.pool.begin().await?;
     let project = visible_project(&mut tx, &caller, id, true).await?;
     if !matches!(

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use commcenter_shared::{
     domain::templates::{self, Template, TemplateFilter, TemplateText},
-    domain::{CommunicationType, is_blank},
+    domain::{CommunicationType, text},
 };
 
 use super::parse_uuid;
@@ -130,19 +130,10 @@ fn check(
         Ok(t) => t,
     };
     let bounded = |field: &str, value: &str, max: usize| -> ApiResult<()> {
-        if is_blank(value) {
-            return Err(bad(format!("{field}: must not be empty")));
+        match text::refusal(value, max) {
+            Some(why) => Err(bad(format!("{field}: {why}"))),
+            None => Ok(()),
         }
-        let chars = value.chars().count();
-        if chars > max {
-            return Err(bad(format!(
-                "{field}: at most {max} characters, not {chars}"
-            )));
-        }
-        if value.contains('\0') {
-            return Err(bad(format!("{field}: must not contain NUL characters")));
-        }
-        Ok(())
     };
     bounded("name", name, MAX_NAME_CHARS)?;
     bounded("content", content, MAX_CONTENT_CHARS)?;

@@ -836,7 +836,9 @@ pub fn safe_display_name(raw: &str) -> String {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
     let cleaned: String = last
         .chars()
-        .filter(|&c| !c.is_control() && !is_invisible_format(c))
+        // Controls and invisible characters go: `evil\u{202E}gpj.exe` would show as
+        // `evilexe.jpg`.
+        .filter(|&c| !c.is_control() && !super::text::is_invisible(c))
         .map(|c| if c.is_whitespace() { ' ' } else { c })
         .collect();
     let trimmed = cleaned.trim().trim_end_matches(['.', ' ']);
@@ -861,15 +863,6 @@ pub fn safe_display_name(raw: &str) -> String {
         Some(ext) => format!("{stem}.{ext}"),
         None => stem.to_owned(),
     }
-}
-
-/// Characters that change how text around them is shown without being seen: bidi
-/// embeddings, overrides and isolates (`evil\u{202E}gpj.exe` shows as `evilexe.jpg`),
-/// directional marks, zero-width characters, line and paragraph separators.
-fn is_invisible_format(c: char) -> bool {
-    matches!(c,
-        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
-        | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Where a stored file is downloaded.

@@ -30,6 +30,7 @@ pub mod reach;
 pub mod search;
 pub mod store;
 pub mod templates;
+pub mod text;
 
 use std::{fmt, str::FromStr};
 
@@ -351,17 +352,7 @@ impl Direction {
     }
 }
 
-/// Is there nothing a reader would see? Whitespace and the invisible format characters
-/// (zero-width space, joiners, word joiner, byte-order mark, soft hyphen) count as nothing.
-pub fn is_blank(text: &str) -> bool {
-    text.chars().all(|c| {
-        c.is_whitespace()
-            || matches!(
-                c,
-                '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}'
-            )
-    })
-}
+pub use text::is_blank;
 
 /// Where a communication is on its way to the other party. Statuses only move forward
 /// (queued → sent → delivered → read); `failed` is terminal until an operator replays.
@@ -465,20 +456,12 @@ pub struct MessageText(String);
 impl MessageText {
     pub const MAX_CHARS: usize = 10_000;
 
+    /// Shown to people: [`text::refusal`]'s rule.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if is_blank(raw) {
-            return Err(Invalid("message must not be empty".into()));
+        match text::refusal(raw, Self::MAX_CHARS) {
+            Some(why) => Err(Invalid(format!("message: {why}"))),
+            None => Ok(Self(raw.to_owned())),
         }
-        if raw.chars().count() > Self::MAX_CHARS {
-            return Err(Invalid(format!(
-                "message must be at most {} characters",
-                Self::MAX_CHARS
-            )));
-        }
-        if raw.contains('\0') {
-            return Err(Invalid("message must not contain NUL characters".into()));
-        }
-        Ok(Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

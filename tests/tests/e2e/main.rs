@@ -40,6 +40,7 @@ mod scale;
 mod search;
 mod sms;
 mod templates;
+mod unstorable_text;
 mod websocket;
 
 use std::time::Duration;

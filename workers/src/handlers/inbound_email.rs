@@ -38,6 +38,7 @@ use commcenter_shared::{
     domain::contact::EmailAddress,
     domain::filetype,
     domain::store,
+    domain::text::storable,
     ledger::jobs::{self, NewJob, payloads},
     platform::blob::{BlobStore, ObjectKey},
 };
@@ -299,10 +300,10 @@ impl FileEmailHandler {
 }
 
 fn bracketed(id: &str) -> String {
-    format!(
+    storable(&format!(
         "<{}>",
         id.trim().trim_start_matches('<').trim_end_matches('>')
-    )
+    ))
 }
 
 fn ids(value: &HeaderValue<'_>) -> Vec<String> {
@@ -326,12 +327,14 @@ fn parse(gmail_id: &str, thread_id: &str, raw: &[u8]) -> Option<Inbound> {
     Some(Inbound {
         gmail_id: gmail_id.to_owned(),
         thread_id: thread_id.to_owned(),
+        // A NUL in a mail (PostgreSQL cannot store it) is replaced, not refused: the
+        // mail is the customer's, and is filed.
         message_id: message.message_id().map(bracketed),
-        sender: sender(message.from())?,
-        subject: message.subject().unwrap_or_default().to_owned(),
+        sender: storable(&sender(message.from())?),
+        subject: storable(message.subject().unwrap_or_default()),
         text: message
             .body_text(0)
-            .map(|text| text.trim().to_owned())
+            .map(|text| storable(text.trim()))
             .unwrap_or_default(),
         in_reply_to: ids(message.in_reply_to()).into_iter().next(),
         references: ids(message.references()),

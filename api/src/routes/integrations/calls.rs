@@ -20,6 +20,7 @@ use crate::{
     body::JsonBody,
     state::AppState,
 };
+use commcenter_shared::domain::text;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,15 +74,8 @@ pub async fn log(
         .into());
     }
     let notes = request.notes.as_deref().unwrap_or_default();
-    if notes.chars().count() > MessageText::MAX_CHARS {
-        return Err(invalid(
-            "notes",
-            format!("at most {} characters", MessageText::MAX_CHARS),
-        )
-        .into());
-    }
-    if notes.contains('\0') {
-        return Err(invalid("notes", "must not contain NUL characters").into());
+    if let Some(why) = text::refusal_if_any(notes, MessageText::MAX_CHARS) {
+        return Err(invalid("notes", why).into());
     }
     let now = Utc::now();
     let occurred_at = match request.occurred_at.as_deref() {

@@ -22,6 +22,7 @@ use crate::{
     error::ApiError,
     state::AppState,
 };
+use commcenter_shared::domain::{is_blank, text};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,19 +230,13 @@ pub async fn send(
         .await?)
 }
 
-/// An email's text: up to a letter's length, no NUL.
-fn email_text(text: &str) -> Result<(), ApiError> {
-    let chars = text.chars().count();
-    if chars > EMAIL_MAX_CHARS {
-        return Err(invalid(
-            "message",
-            format!("at most {EMAIL_MAX_CHARS} characters"),
-        ));
+/// An email's text: up to a letter's length; when there is one, something visible and
+/// no control characters ([`text::refusal_if_any`]).
+fn email_text(body: &str) -> Result<(), ApiError> {
+    match text::refusal_if_any(body, EMAIL_MAX_CHARS) {
+        Some(why) => Err(invalid("message", why)),
+        None => Ok(()),
     }
-    if text.contains('\0') {
-        return Err(invalid("message", "must not contain NUL characters"));
-    }
-    Ok(())
 }
 
 /// `to` as one address or a list of them, each parsed; no address twice.
@@ -289,8 +284,10 @@ fn recipients(to: &Value) -> Result<Vec<Mailbox>, ApiError> {
 
 /// A subject: one header line, never blank.
 fn subject(raw: &str) -> Result<&str, Invalid> {
-    if raw.trim().is_empty() {
-        return Err(Invalid("must not be blank".into()));
+    if is_blank(raw) {
+        return Err(Invalid(
+            "must not be blank (it has nothing visible in it)".into(),
+        ));
     }
     if raw.chars().count() > SUBJECT_MAX_CHARS {
         return Err(Invalid(format!("at most {SUBJECT_MAX_CHARS} characters")));

@@ -21,6 +21,7 @@ use crate::{
     error::ApiError,
     state::AppState,
 };
+use commcenter_shared::domain::text;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,8 +182,8 @@ fn sms_text(raw: &str, has_files: bool) -> Result<&str, ApiError> {
             format!("{chars} characters is over RingCentral's SMS limit of {SMS_MAX_CHARS}"),
         ));
     }
-    if raw.contains('\0') {
-        return Err(invalid("message", "must not contain NUL characters"));
+    if let Some(why) = text::control_refusal(raw) {
+        return Err(invalid("message", why));
     }
     Ok(raw)
 }

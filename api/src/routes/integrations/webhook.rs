@@ -16,6 +16,7 @@ use commcenter_shared::ledger::jobs::{self, NewJob, payloads};
 
 use super::Refusal;
 use crate::{error::ApiError, state::AppState};
+use commcenter_shared::domain::text;
 
 /// RingCentral's subscription handshake: the header to echo.
 const VALIDATION_TOKEN: &str = "validation-token";
@@ -120,5 +121,9 @@ pub fn notification(raw: &[u8]) -> Result<Value, ApiError> {
     if !envelope.get("body").is_some_and(Value::is_object) {
         return Err(refuse("body: required, an object".into()));
     }
-    Ok(Value::Object(envelope))
+    // Kept as RingCentral sent it, but for NUL, which `jsonb` cannot hold: refusing
+    // would have RingCentral send it again and again.
+    let mut envelope = Value::Object(envelope);
+    text::make_storable(&mut envelope);
+    Ok(envelope)
 }
