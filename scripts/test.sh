@@ -66,6 +66,8 @@ fi
 for tool in jq file; do
     command -v "$tool" >/dev/null 2>&1 || apt_install "$tool"
 done
+# A test reads the api's listen backlog with ss.
+command -v ss >/dev/null 2>&1 || apt_install iproute2
 
 # Each test makes a database cc_test_<id> and a queue prefix cc-test-<id>, removed when
 # it ends, even when it fails. A run killed midway leaves them: those this run made and

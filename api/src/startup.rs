@@ -14,7 +14,7 @@ use axum::{
     middleware,
 };
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpSocket},
     sync::{Notify, mpsc},
 };
 use tokio_util::sync::CancellationToken;
@@ -59,8 +59,7 @@ impl App {
         db::ensure_database(&settings.database).await?;
         let pool = db::connect(&settings.database).await?;
         db::migrate(&pool).await?;
-        let listener = TcpListener::bind(settings.http.addr)
-            .await
+        let listener = listen(settings.http.addr, settings.http.listen_backlog)
             .with_context(|| format!("cannot listen on {} (API_ADDR)", settings.http.addr))?;
         let blobs = Arc::new(BlobStore::from_settings(&settings.storage)?);
         let metrics = Arc::new(ApiMetrics::new(
@@ -160,6 +159,19 @@ impl App {
         notifier.await.ok();
         Ok(())
     }
+}
+
+/// A listener with `backlog` (`HTTP_LISTEN_BACKLOG`): `TcpListener::bind` gives 128.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `bind` does: a restarted api takes its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 pub fn topology(settings: &Settings) -> Topology {

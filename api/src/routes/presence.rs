@@ -57,16 +57,15 @@ pub async fn user_status(
     Path(user_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let user = UserId::parse(&user_id).map_err(|e| ApiError::bad_request("invalid_path", e.0))?;
-    if caller.role() == Role::Crew && user != caller.0.sub {
-        return Err(ApiError::Forbidden(
-            "crew members see only what is shared with their crew".into(),
-        ));
+    // The user themselves, and staff (docs/http-api.md). A customer learns staff's
+    // availability from the online users, which lists staff only.
+    if !matches!(caller.role(), Role::Staff | Role::Operator) && user != caller.0.sub {
+        return Err(ApiError::Forbidden(format!(
+            "a {} may ask only about themselves; GET /api/communications/online-users lists the staff online",
+            caller.role().as_str()
+        )));
     }
-    let role = state.presence.status(&user).await?;
-    let role = role.as_deref().and_then(|r| Role::parse(r).ok());
-    // A customer learns only whether staff are online: anyone else reads as offline,
-    // so asking cannot tell an online customer from an offline one.
-    let online = role.is_some_and(|role| user == caller.0.sub || may_know(&caller, role));
+    let online = state.presence.status(&user).await?.is_some();
     Ok(Json(json!({
         "user_id": user,
         "status": if online { "online" } else { "offline" },

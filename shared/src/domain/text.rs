@@ -43,7 +43,7 @@ pub fn refusal(text: &str, max_chars: usize) -> Option<String> {
         return Some(if text.is_empty() {
             "must not be empty".to_owned()
         } else {
-            "has nothing visible in it (only spaces or invisible characters)".to_owned()
+            "must not be empty (it has nothing visible in it)".to_owned()
         });
     }
     let chars = text.chars().count();

@@ -128,6 +128,10 @@ pub struct HttpSettings {
     /// at most this long; beyond, `431 headers_too_large`. (hyper itself answers an
     /// empty 431 only beyond about 400 KiB, or past 100 headers.)
     pub max_header_bytes: usize,
+    /// `HTTP_LISTEN_BACKLOG` (default: the kernel's `net.core.somaxconn`, else 1024):
+    /// connections the kernel holds for the api before it accepts them. (The standard
+    /// library's 128 made a burst of 1,000 connects wait seconds for SYN retries.)
+    pub listen_backlog: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -398,6 +402,10 @@ impl Settings {
                     parse("HTTP_MAX_HEADER_BYTES", "16384")?,
                     "HTTP_MAX_HEADER_BYTES",
                 )?,
+                listen_backlog: positive(
+                    parse("HTTP_LISTEN_BACKLOG", &default_listen_backlog().to_string())?,
+                    "HTTP_LISTEN_BACKLOG",
+                )?,
                 header_timeout: Duration::from_secs(positive(
                     parse("HTTP_HEADER_TIMEOUT_SECS", "10")?,
                     "HTTP_HEADER_TIMEOUT_SECS",
@@ -561,6 +569,15 @@ fn hours(name: &str, default: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(
         positive(parse::<u64>(name, default)?, name)? * 3600,
     ))
+}
+
+/// The kernel's own cap on a listen backlog (Linux), or 1024 where it cannot be read.
+fn default_listen_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|raw| raw.trim().parse().ok())
+        .filter(|&backlog: &u32| backlog > 0)
+        .unwrap_or(1024)
 }
 
 fn positive<T: PartialOrd + Default>(value: T, name: &str) -> anyhow::Result<T> {

@@ -176,18 +176,26 @@ async fn staff_list_everyone_online_and_customers_only_staff() {
         .await
         .unwrap();
     assert_eq!(offline["status"], "offline");
-    // A customer may ask about anyone, and learns only of staff: another customer,
-    // online or not, reads as offline.
-    let asked: Value = app
-        .get(
-            "/api/communications/user/user-of-cust-1/status",
-            &app.customer_token("cust-2"),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(asked["status"], "offline");
+    // A customer or a crew member asks only about themselves (docs/http-api.md): about
+    // anyone else, online or not, 403 pointing to the online users.
+    for (token, about) in [
+        (app.customer_token("cust-2"), "user-of-cust-1"),
+        (app.customer_token("cust-2"), "staff-1"),
+        (app.token("crew-1", Role::Crew, None), "user-of-cust-1"),
+    ] {
+        let asked = app
+            .get(&format!("/api/communications/user/{about}/status"), &token)
+            .await;
+        assert_eq!(asked.status(), 403, "{about}");
+        let error: Value = asked.json().await.unwrap();
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("online-users"),
+            "{error}"
+        );
+    }
 }
 
 /// A staff token with these claims beside the usual ones, signed with `secret`.

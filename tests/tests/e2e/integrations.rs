@@ -656,7 +656,7 @@ async fn a_call_is_logged_with_its_facts_and_bad_ones_are_refused() {
         (json!({ "direction": "sideways" }), "direction"),
         (json!({ "occurred_at": future }), "occurred_at:"),
         (json!({ "occurred_at": "yesterday" }), "occurred_at:"),
-        (json!({ "notes": "a\u{0}b" }), "notes:"),
+        (json!({ "notes": "ok\u{1B}[31m" }), "notes:"),
     ] {
         let mut body = json!({ "customer_id": "cust-1", "phone": "6505550103", "direction": "inbound", "duration": 10 });
         body.as_object_mut()
@@ -665,6 +665,9 @@ async fn a_call_is_logged_with_its_facts_and_bad_ones_are_refused() {
         let response = app.post_json(CALL_LOG, &staff, &body).await;
         refused(response, 422, field).await;
     }
+    // NUL is refused where the body is read, before the route (400).
+    let body = json!({ "customer_id": "cust-1", "phone": "6505550103", "direction": "inbound", "duration": 10, "notes": "a\u{0}b" });
+    refused(app.post_json(CALL_LOG, &staff, &body).await, 400, "notes:").await;
     assert_eq!(written(&app).await, before, "nothing half-written");
 }
 

@@ -203,3 +203,28 @@ async fn slow_clients_are_cut_off_and_the_connection_cap_refuses_fast() {
         200
     );
 }
+
+/// The api listens with a backlog of the kernel's `somaxconn` (or 1,024), not the
+/// standard library's 128: a burst of connects is queued, not left to SYN retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listen_backlog_holds_a_burst_of_connects() {
+    let app = commcenter_tests::spawn_app().await;
+    let output = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", app.addr.port())])
+        .output()
+        .expect("ss (iproute2) runs");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    // State, Recv-Q, Send-Q (a listener's backlog), local, peer.
+    let backlog: u32 = listing
+        .split_whitespace()
+        .nth(2)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or_else(|| panic!("no listener in {listing:?}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(backlog, app.settings.http.listen_backlog.min(somaxconn));
+    assert!(backlog >= 1024.min(somaxconn), "backlog {backlog}");
+}

@@ -105,11 +105,18 @@ async fn presence_is_the_same_on_every_instance_and_announced_to_those_allowed()
         !seen_by_bob.iter().any(|u| u.starts_with("user-of-")),
         "{seen_by_bob:?}"
     );
-    assert_eq!(
-        status_on(&app, &b_url, &bob, "user-of-cust-1").await,
-        "offline"
-    );
-    assert_eq!(status_on(&app, &b_url, &bob, "staff-1").await, "online");
+    // Asking about one user is for themselves and staff: a customer asking about
+    // anyone else, customer or staff, is refused (the online users are their way).
+    for about in ["user-of-cust-1", "staff-1"] {
+        let asked = app
+            .client
+            .get(format!("{b_url}/api/communications/user/{about}/status"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(asked.status(), 403, "{about}");
+    }
 
     // Staff arriving on B is announced to the customer on A.
     let other_staff = app.token("staff-2", Role::Staff, None);
