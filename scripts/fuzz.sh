@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export RUSTC_BOOTSTRAP=1
-TARGETS=(filetype multipart_upload contact ringcentral_webhook jpeg_dc)
+TARGETS=(filetype multipart_upload contact ringcentral_webhook jpeg_dc templates inbound_email request_text)
 
 if [[ "${1:-}" == "--list" ]]; then
   printf '%s\n' "${TARGETS[@]}"

@@ -76,8 +76,9 @@ fn body_rejection(rejection: BytesRejection) -> ApiError {
 }
 
 /// Where a JSON text holds a string (or a key) with NUL, as a path (`members[2].name`),
-/// if it does. Only a text that has `\u0000` is parsed for it.
-fn nul_in_json(raw: &[u8]) -> Option<String> {
+/// if it does. Only a text that has `\u0000` is parsed for it. (Public for the fuzz
+/// target `request_text`.)
+pub fn nul_in_json(raw: &[u8]) -> Option<String> {
     if !raw.windows(6).any(|w| w == b"\\u0000") {
         return None;
     }

@@ -6,6 +6,11 @@
 //! Each connection has a bounded buffer. Publishing never waits: a connection whose
 //! buffer is full is told to close (it is too slow), so one stalled client never delays
 //! the others.
+//!
+//! Logged events are told exactly once, in log order: only once their relay has
+//! committed them (a relay that fails to commit publishes them again under new
+//! positions), only after the last position told, and, after the broker was away,
+//! those committed meanwhile from the log before the queue's.
 
 use std::{
     collections::HashMap,
@@ -22,6 +27,7 @@ use lapin::{
     options::{BasicConsumeOptions, BasicPublishOptions},
     types::FieldTable,
 };
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -167,12 +173,15 @@ impl Hub {
 /// `outgoing` brings. `broker_up` tells readiness whether this instance is connected.
 pub async fn run(
     hub: Arc<Hub>,
+    pool: PgPool,
     settings: BrokerSettings,
     topology: Topology,
     broker_up: Arc<AtomicBool>,
     mut outgoing: mpsc::Receiver<Event>,
     shutdown: CancellationToken,
 ) {
+    // The last position told to this instance's WebSockets.
+    let mut told: Option<i64> = None;
     while !shutdown.is_cancelled() {
         let Some(connection) =
             broker::connect_with_backoff(&settings, "commcenter-notifier", &shutdown).await
@@ -187,8 +196,9 @@ pub async fn run(
                 .basic_consume(
                     queue.as_str().into(),
                     "notifier".into(),
-                    // Events are notifications, not work: a lost one is refetched by
-                    // the client, so auto-ack keeps this path light.
+                    // Events are notifications, not work: what this queue misses is
+                    // told from the log after a reconnect (`catch_up`), so auto-ack
+                    // keeps this path light.
                     BasicConsumeOptions {
                         no_ack: true,
                         ..Default::default()
@@ -196,6 +206,14 @@ pub async fn run(
                     FieldTable::default(),
                 )
                 .await?;
+            // Bound: what is published from now on reaches this queue. What was
+            // committed while the broker was away (or before this queue was bound
+            // again) is in the log: told from there first, in order.
+            let mut last = match told {
+                Some(last) => catch_up(&hub, &pool, last, &shutdown).await?,
+                None => with_retry(&shutdown, || events::head(&pool)).await?,
+            };
+            told = Some(last);
             broker_up.store(true, Ordering::Relaxed);
             tracing::info!(queue, "notifier consuming events");
             let exchange = topology.events_exchange();
@@ -229,7 +247,10 @@ pub async fn run(
                     None => anyhow::bail!("the events consumer was cancelled"),
                 };
                 match events::decode_published(&delivery.data) {
-                    Ok(events) => events.iter().for_each(|event| hub.publish(event)),
+                    Ok(events) => {
+                        tell(&hub, &pool, &events, &mut last, &shutdown).await?;
+                        told = Some(last);
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "an event message that does not parse was dropped")
                     }
@@ -239,12 +260,108 @@ pub async fn run(
         .await;
         broker_up.store(false, Ordering::Relaxed);
         connection.close(200, "bye".into()).await.ok();
-        if let Err(error) = result {
+        if let Err(error) = result
+            && !shutdown.is_cancelled()
+        {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "notifier lost RabbitMQ; reconnecting"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Tells the WebSockets a published message's events: those without a position
+/// (typing) at once; logged ones once committed ([`events::committed_positions`]), and
+/// only those after `last`, so each reaches a client once and in order, under the
+/// position a resumed client replays.
+async fn tell(
+    hub: &Hub,
+    pool: &PgPool,
+    events: &[Event],
+    last: &mut i64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let positions = || events.iter().filter_map(|event| event.seq);
+    let committed = match (positions().min(), positions().max()) {
+        (Some(first), Some(end)) if end > *last => {
+            with_retry(shutdown, || {
+                events::committed_positions(pool, first.max(*last + 1), end)
+            })
+            .await?
+        }
+        _ => Vec::new(),
+    };
+    for event in events {
+        match event.seq {
+            None => hub.publish(event),
+            Some(seq) if seq > *last && committed.binary_search(&seq).is_ok() => {
+                hub.publish(event);
+                *last = seq;
+            }
+            // Told already, or never committed: its relay publishes it again.
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Tells what was committed after `last` (the broker was away, or this queue was
+/// not bound); returns the new last position.
+async fn catch_up(
+    hub: &Hub,
+    pool: &PgPool,
+    mut last: i64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<i64> {
+    const PAGE: i64 = 1_000;
+    let mut caught_up = 0;
+    loop {
+        let page = with_retry(shutdown, || events::committed_after(pool, last, PAGE)).await?;
+        for (seq, payload) in &page {
+            match serde_json::from_value::<Event>(payload.clone()) {
+                Ok(event) => hub.publish(&event),
+                Err(error) => {
+                    tracing::warn!(%error, seq, "a logged event that does not parse was skipped")
+                }
+            }
+            last = *seq;
+        }
+        caught_up += page.len();
+        if (page.len() as i64) < PAGE {
+            break;
+        }
+    }
+    if caught_up > 0 {
+        tracing::info!(
+            events = caught_up,
+            "notifier told the events committed while it was not consuming"
+        );
+    }
+    Ok(last)
+}
+
+/// Runs `read` until it succeeds (the database may be away for a while: events wait
+/// rather than go untold), or until shutdown.
+async fn with_retry<T, F, Fut>(shutdown: &CancellationToken, mut read: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let mut warned = false;
+    loop {
+        match read().await {
+            Ok(value) => return Ok(value),
+            Err(error) if !warned => {
+                tracing::warn!(%error, "notifier cannot read the event log; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => anyhow::bail!("shutting down"),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
 }

@@ -123,6 +123,7 @@ impl App {
         let relay = tokio::spawn(relay.run(shutdown.clone()));
         let notifier = tokio::spawn(notifier::run(
             self.state.hub.clone(),
+            self.state.pool.clone(),
             settings.broker.clone(),
             topology,
             self.state.broker_up.clone(),

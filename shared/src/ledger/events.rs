@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -415,6 +415,53 @@ pub fn decode_published(body: &[u8]) -> serde_json::Result<Vec<Event>> {
             })
             .collect())
     })
+}
+
+/// Of the positions `first..=last` (one published message's), those committed to the
+/// log, once the relay that published them has committed or given up: the message
+/// reaches a notifier before its relay commits, and a relay that fails to commit
+/// publishes the same events again under new positions. Told only once committed, each
+/// event reaches a WebSocket once, under the position a resumed client replays.
+///
+/// One round trip: the two statements run as one transaction, the second with a
+/// snapshot taken after the lock is granted (read committed).
+pub async fn committed_positions(pool: &PgPool, first: i64, last: i64) -> sqlx::Result<Vec<i64>> {
+    let rows = sqlx::raw_sql(&format!(
+        "SELECT pg_advisory_xact_lock_shared({EVENT_LOG_LOCK});
+         SELECT seq FROM event_log WHERE seq BETWEEN {first} AND {last} ORDER BY seq"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| row.try_get::<i64, _>("seq").ok())
+        .collect())
+}
+
+/// Every event committed after position `after`, at most `limit`, in order: what a
+/// notifier that lost the broker may have missed.
+pub async fn committed_after(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<(i64, serde_json::Value)>> {
+    let rows = sqlx::raw_sql(&format!(
+        "SELECT pg_advisory_xact_lock_shared({EVENT_LOG_LOCK});
+         SELECT seq, payload FROM event_log WHERE seq > {after} ORDER BY seq LIMIT {limit}"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| Some((row.try_get("seq").ok()?, row.try_get("payload").ok()?)))
+        .collect())
+}
+
+/// The latest position given (committed or not): where a new reader starts.
+pub async fn head(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM event_log_seq")
+        .fetch_one(pool)
+        .await
 }
 
 /// A client's position in the event log, and what it may have missed since.

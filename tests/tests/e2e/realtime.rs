@@ -691,3 +691,168 @@ async fn a_customers_presence_names_their_conversation_for_staff() {
     assert_eq!(offline["customer_id"], "cust-1");
     drop(staff_two);
 }
+
+/// What one follower of the feed saw: how often each message's `message.new` came.
+#[derive(Default)]
+struct Followed {
+    seen: std::collections::HashMap<String, usize>,
+    last_seq: Option<i64>,
+    resumes: usize,
+    not_recovered: usize,
+}
+
+/// Follows the staff feed in a task of its own, reading every frame; when the server
+/// closes the connection, or `drop_now` is notified, it reconnects with `since=` the
+/// last position it saw, as docs/websocket.md tells clients to.
+fn follow(
+    addr: std::net::SocketAddr,
+    token: String,
+    drop_now: std::sync::Arc<tokio::sync::Notify>,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Followed>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(Followed::default()));
+    let record = followed.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let since = record.lock().unwrap().last_seq;
+            let url = match since {
+                Some(seq) => format!("ws://{addr}/api/ws/staff-1?token={token}&since={seq}"),
+                None => format!("ws://{addr}/api/ws/staff-1?token={token}"),
+            };
+            let Ok(mut ws) = WsClient::connect(&url).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            loop {
+                let frame = tokio::select! {
+                    frame = ws.next_json(Duration::from_secs(3600)) => frame,
+                    () = drop_now.notified() => None,
+                };
+                let Some(frame) = frame else { break };
+                let mut record = record.lock().unwrap();
+                match frame["type"].as_str() {
+                    Some("connected") if record.last_seq.is_none() => {
+                        record.last_seq = frame["seq"].as_i64();
+                    }
+                    Some("recovered") => {
+                        record.resumes += 1;
+                        if frame["recovered"] != true {
+                            record.not_recovered += 1;
+                        }
+                    }
+                    Some("message.new") => {
+                        let id = frame["communication_id"].as_str().unwrap().to_owned();
+                        *record.seen.entry(id).or_default() += 1;
+                    }
+                    _ => {}
+                }
+                if frame["type"] != "connected"
+                    && let Some(seq) = frame["seq"].as_i64()
+                {
+                    record.last_seq = Some(seq);
+                }
+            }
+        }
+    });
+    (followed, task)
+}
+
+/// The probe's fault sequence, three times over, under a steady 20 sends a second: the
+/// api loses RabbitMQ (its relay and its notifier), then PostgreSQL is stopped for
+/// real and started again. A staff client that stays connected, and one that drops
+/// and resumes with `since=` after each fault, each get every accepted message's
+/// `message.new` exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_broker_and_database_outages_each_event_reaches_a_client_exactly_once() {
+    let server = commcenter_tests::ScratchPostgres::start();
+    let broker = commcenter_tests::TcpProxy::start(commcenter_tests::broker_addr()).await;
+    let app = std::sync::Arc::new(
+        spawn_app_with(TestOptions {
+            database_server: Some(server.admin_url()),
+            api_amqp_url: Some(broker.amqp_url()),
+            acquire_timeout: Duration::from_millis(1500),
+            ..Default::default()
+        })
+        .await,
+    );
+    let staff = app.staff_token();
+    let stay = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (staying, staying_task) = follow(app.addr, staff.clone(), stay.clone());
+    let resume = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (resuming, resuming_task) = follow(app.addr, staff.clone(), resume.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let (app, staff, sending) = (app.clone(), staff.clone(), sending.clone());
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut n = 0;
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let response = app
+                    .send_message(&staff, &format!("cust-{}", n % 5), &format!("fault {n}"))
+                    .await;
+                if response.status() == 202 {
+                    let body: Value = response.json().await.unwrap();
+                    accepted.push(body["id"].as_str().unwrap().to_owned());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            accepted
+        })
+    };
+
+    let server = std::sync::Arc::new(server);
+    for _ in 0..3 {
+        broker.cut();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        broker.restore();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        resume.notify_one();
+        let stopped = server.clone();
+        tokio::task::spawn_blocking(move || stopped.stop())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let started = server.clone();
+        tokio::task::spawn_blocking(move || started.start_again())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        resume.notify_one();
+    }
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    let accepted = sender.await.unwrap();
+    assert!(accepted.len() > 100, "{} sends accepted", accepted.len());
+
+    for (name, followed) in [("staying", &staying), ("resuming", &resuming)] {
+        eventually(
+            &format!("the {name} client to see every send"),
+            WAIT,
+            || async {
+                let followed = followed.lock().unwrap();
+                accepted
+                    .iter()
+                    .all(|id| followed.seen.contains_key(id))
+                    .then_some(())
+            },
+        )
+        .await;
+        // Late copies would come within moments.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let followed = followed.lock().unwrap();
+        let twice: Vec<_> = followed.seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{name}: seen more than once: {twice:?}");
+        assert_eq!(followed.not_recovered, 0, "{name}: every resume recovered");
+    }
+    assert!(
+        resuming.lock().unwrap().resumes >= 6,
+        "the resuming client resumed after each fault"
+    );
+    staying_task.abort();
+    resuming_task.abort();
+    drop(app);
+}

@@ -161,18 +161,18 @@ pub struct FileEmailHandler {
 }
 
 /// A parsed inbound message: what is kept of it.
-struct Inbound {
-    gmail_id: String,
-    thread_id: String,
-    message_id: Option<String>,
-    sender: String,
-    subject: String,
-    text: String,
-    in_reply_to: Option<String>,
-    references: Vec<String>,
+pub struct Inbound {
+    pub gmail_id: String,
+    pub thread_id: String,
+    pub message_id: Option<String>,
+    pub sender: String,
+    pub subject: String,
+    pub text: String,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
     /// Each attached file: its name and bytes.
-    attachments: Vec<(String, Vec<u8>)>,
-    at: DateTime<Utc>,
+    pub attachments: Vec<(String, Vec<u8>)>,
+    pub at: DateTime<Utc>,
 }
 
 #[async_trait]
@@ -322,7 +322,9 @@ fn sender(address: Option<&Address<'_>>) -> Option<String> {
         .map(|a| EmailAddress::parse(a).map_or_else(|_| a.to_owned(), |e| e.as_str().to_owned()))
 }
 
-fn parse(gmail_id: &str, thread_id: &str, raw: &[u8]) -> Option<Inbound> {
+/// A mail as Gmail hands it over (RFC 822 bytes), or `None` when it has no sender.
+/// Public for the fuzz target (`fuzz/fuzz_targets/inbound_email.rs`).
+pub fn parse(gmail_id: &str, thread_id: &str, raw: &[u8]) -> Option<Inbound> {
     let message = MessageParser::default().parse(raw)?;
     Some(Inbound {
         gmail_id: gmail_id.to_owned(),
