@@ -14,6 +14,21 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// As [`Self::connect`], but `None` when the server refuses the upgrade or closes
+    /// before its `connected` frame (as during a database outage).
+    pub async fn try_connect(url: &str) -> Option<Self> {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+        let mut client = Self {
+            stream,
+            hello: Value::Null,
+        };
+        let hello = client.next_json(Duration::from_secs(5)).await?;
+        (hello["type"] == "connected").then(|| {
+            client.hello = hello;
+            client
+        })
+    }
+
     /// Connects and waits for the `connected` frame, after which events are delivered.
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;

@@ -721,10 +721,16 @@ fn follow(
                 Some(seq) => format!("ws://{addr}/api/ws/staff-1?token={token}&since={seq}"),
                 None => format!("ws://{addr}/api/ws/staff-1?token={token}"),
             };
-            let Ok(mut ws) = WsClient::connect(&url).await else {
+            let Some(mut ws) = WsClient::try_connect(&url).await else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
+            {
+                let mut record = record.lock().unwrap();
+                if record.last_seq.is_none() {
+                    record.last_seq = ws.hello["seq"].as_i64();
+                }
+            }
             loop {
                 let frame = tokio::select! {
                     frame = ws.next_json(Duration::from_secs(3600)) => frame,
@@ -733,9 +739,6 @@ fn follow(
                 let Some(frame) = frame else { break };
                 let mut record = record.lock().unwrap();
                 match frame["type"].as_str() {
-                    Some("connected") if record.last_seq.is_none() => {
-                        record.last_seq = frame["seq"].as_i64();
-                    }
                     Some("recovered") => {
                         record.resumes += 1;
                         if frame["recovered"] != true {
