@@ -118,11 +118,15 @@ fn nul_in_value(value: &Value, at: String) -> Option<String> {
 /// Why a URL cannot be served, if it holds `%00`: in a query parameter (named) or in a
 /// path segment (named by the route's template when it is a parameter).
 pub fn nul_in_url(uri: &Uri, route: Option<&MatchedPath>) -> Option<ApiError> {
-    if let Some(query) = uri.query().filter(|q| q.contains("%00")) {
-        let name = form_urlencoded::parse(query.as_bytes())
+    let in_query = uri.query().filter(|q| q.contains("%00")).and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
             .find(|(name, value)| name.contains('\0') || value.contains('\0'))
-            .map(|(name, _)| name.replace('\0', "%00"))?;
-        return Some(ApiError::invalid_query(&name, NUL_REFUSED));
+    });
+    if let Some((name, _)) = in_query {
+        return Some(ApiError::invalid_query(
+            &name.replace('\0', "%00"),
+            NUL_REFUSED,
+        ));
     }
     let segment = uri.path().split('/').position(|s| s.contains("%00"))?;
     let parameter = route
@@ -178,5 +182,34 @@ pub fn multipart_error(error: MultipartError) -> ApiError {
         ApiError::PayloadTooLarge(error.body_text())
     } else {
         ApiError::bad_request("invalid_multipart", error.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(uri: &str) -> Option<String> {
+        let uri: Uri = uri.parse().unwrap();
+        nul_in_url(&uri, None).map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_nul_in_a_url_is_named_and_an_escaped_percent_is_not_one() {
+        assert!(refusal("/api/x?tz=UTC%00&limit=5").unwrap().starts_with("tz: "));
+        assert!(refusal("/api/x/a%00b").unwrap().starts_with("the path: "));
+        // `%25` is a percent sign: `%2500` is the text "%00", not a NUL.
+        assert_eq!(refusal("/api/x/a%2500?q=%2500"), None);
+        assert_eq!(refusal("/api/x?q=plain"), None);
+    }
+
+    #[test]
+    fn a_nul_in_json_is_found_at_any_depth_and_named() {
+        let at = |raw: &str| nul_in_json(raw.as_bytes());
+        assert_eq!(at(r#"{"a":[{"b":"x\u0000"}]}"#).as_deref(), Some("a[0].b"));
+        assert_eq!(at(r#""\u0000""#).as_deref(), Some("the body"));
+        // An escaped backslash before "u0000" is text, not a NUL.
+        assert_eq!(at(r#"{"a":"\\u0000"}"#), None);
+        assert_eq!(at(r#"{"a":"ok"}"#), None);
     }
 }

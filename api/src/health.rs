@@ -16,7 +16,10 @@
 //! long (1.5 s by default) for its 503.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -46,6 +49,9 @@ pub struct Health {
     database: PgConnectOptions,
     /// Wakes the check when a request finds the database gone.
     failed: Notify,
+    /// Held while the flag and the pool's connect options change together: a request
+    /// marking the database down must not close the door after a check has opened it.
+    turning: Mutex<()>,
 }
 
 impl Health {
@@ -57,6 +63,7 @@ impl Health {
             pool,
             database,
             failed: Notify::new(),
+            turning: Mutex::new(()),
         }
     }
 
@@ -72,7 +79,8 @@ impl Health {
     }
 
     fn mark_down(&self, why: &str) {
-        if self.database_up.swap(false, Ordering::SeqCst) {
+        let _turning = self.turning.lock().unwrap_or_else(|p| p.into_inner());
+        if self.database_up.swap(false, Ordering::Relaxed) {
             self.pool.set_connect_options(closed_door());
             tracing::warn!(
                 why,
@@ -82,9 +90,10 @@ impl Health {
     }
 
     fn mark_up(&self) {
-        if !self.database_up.load(Ordering::SeqCst) {
+        let _turning = self.turning.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.database_up.load(Ordering::Relaxed) {
             self.pool.set_connect_options(self.database.clone());
-            self.database_up.store(true, Ordering::SeqCst);
+            self.database_up.store(true, Ordering::Relaxed);
             tracing::info!("PostgreSQL reachable again: a query succeeded on a new connection");
         }
     }

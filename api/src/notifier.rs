@@ -169,19 +169,38 @@ impl Hub {
     }
 }
 
+/// One api instance's notifier: where it reads events and whom it tells.
+pub struct Notifier {
+    pub hub: Arc<Hub>,
+    /// The event log, for what the queue brings before it is committed or misses.
+    pub pool: PgPool,
+    /// The log's head before this instance took its first WebSocket: events after it
+    /// reach the WebSockets from the queue or, committed while it was not bound, from
+    /// the log.
+    pub start: i64,
+    pub settings: BrokerSettings,
+    pub topology: Topology,
+    /// Tells readiness whether this instance is connected.
+    pub broker_up: Arc<AtomicBool>,
+}
+
 /// Consumes events until `shutdown`, reconnecting with backoff, and publishes what
-/// `outgoing` brings. `broker_up` tells readiness whether this instance is connected.
+/// `outgoing` brings.
 pub async fn run(
-    hub: Arc<Hub>,
-    pool: PgPool,
-    settings: BrokerSettings,
-    topology: Topology,
-    broker_up: Arc<AtomicBool>,
+    notifier: Notifier,
     mut outgoing: mpsc::Receiver<Event>,
     shutdown: CancellationToken,
 ) {
+    let Notifier {
+        hub,
+        pool,
+        start,
+        settings,
+        topology,
+        broker_up,
+    } = notifier;
     // The last position told to this instance's WebSockets.
-    let mut told: Option<i64> = None;
+    let mut told = start;
     while !shutdown.is_cancelled() {
         let Some(connection) =
             broker::connect_with_backoff(&settings, "commcenter-notifier", &shutdown).await
@@ -209,11 +228,8 @@ pub async fn run(
             // Bound: what is published from now on reaches this queue. What was
             // committed while the broker was away (or before this queue was bound
             // again) is in the log: told from there first, in order.
-            let mut last = match told {
-                Some(last) => catch_up(&hub, &pool, last, &shutdown).await?,
-                None => with_retry(&shutdown, || events::head(&pool)).await?,
-            };
-            told = Some(last);
+            let mut last = catch_up(&hub, &pool, told, &shutdown).await?;
+            told = last;
             broker_up.store(true, Ordering::Relaxed);
             tracing::info!(queue, "notifier consuming events");
             let exchange = topology.events_exchange();
@@ -249,7 +265,7 @@ pub async fn run(
                 match events::decode_published(&delivery.data) {
                     Ok(events) => {
                         tell(&hub, &pool, &events, &mut last, &shutdown).await?;
-                        told = Some(last);
+                        told = last;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "an event message that does not parse was dropped")
@@ -307,8 +323,8 @@ async fn tell(
     Ok(())
 }
 
-/// Tells what was committed after `last` (the broker was away, or this queue was
-/// not bound); returns the new last position.
+/// Tells what was committed after `last` and before this queue was bound (the broker
+/// was away, or this instance is starting); returns the new last position.
 async fn catch_up(
     hub: &Hub,
     pool: &PgPool,

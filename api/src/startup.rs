@@ -25,8 +25,14 @@ use tower_http::{
 };
 
 use commcenter_shared::{
-    ledger::events::Event, ledger::jobs::kinds, ledger::relay::Relay, platform::blob::BlobStore,
-    platform::broker::Topology, platform::db, platform::http_server, platform::settings::Settings,
+    ledger::events::{self, Event},
+    ledger::jobs::kinds,
+    ledger::relay::Relay,
+    platform::blob::BlobStore,
+    platform::broker::Topology,
+    platform::db,
+    platform::http_server,
+    platform::settings::Settings,
 };
 
 use crate::{
@@ -35,7 +41,7 @@ use crate::{
     health::Health,
     limits::Limits,
     metrics::{self, ApiMetrics},
-    notifier::{self, Hub},
+    notifier::{self, Hub, Notifier},
     presence::Presence,
     routes,
 };
@@ -121,15 +127,19 @@ impl App {
             wake: self.state.outbox.clone(),
         };
         let relay = tokio::spawn(relay.run(shutdown.clone()));
-        let notifier = tokio::spawn(notifier::run(
-            self.state.hub.clone(),
-            self.state.pool.clone(),
-            settings.broker.clone(),
+        // Before the first WebSocket: what the notifier owes them comes after it.
+        let start = events::head(&self.state.pool)
+            .await
+            .context("cannot read the event log's head")?;
+        let notifier = Notifier {
+            hub: self.state.hub.clone(),
+            pool: self.state.pool.clone(),
+            start,
+            settings: settings.broker.clone(),
             topology,
-            self.state.broker_up.clone(),
-            self.ephemeral,
-            shutdown.clone(),
-        ));
+            broker_up: self.state.broker_up.clone(),
+        };
+        let notifier = tokio::spawn(notifier::run(notifier, self.ephemeral, shutdown.clone()));
         let presence = tokio::spawn(self.state.presence.clone().run(shutdown.clone()));
         let health = {
             let (health, shutdown) = (self.state.health.clone(), shutdown.clone());

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row, postgres::PgRow};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -417,20 +417,31 @@ pub fn decode_published(body: &[u8]) -> serde_json::Result<Vec<Event>> {
     })
 }
 
-/// Of the positions `first..=last` (one published message's), those committed to the
-/// log, once the relay that published them has committed or given up: the message
-/// reaches a notifier before its relay commits, and a relay that fails to commit
-/// publishes the same events again under new positions. Told only once committed, each
-/// event reaches a WebSocket once, under the position a resumed client replays.
-///
-/// One round trip: the two statements run as one transaction, the second with a
-/// snapshot taken after the lock is granted (read committed).
-pub async fn committed_positions(pool: &PgPool, first: i64, last: i64) -> sqlx::Result<Vec<i64>> {
-    let rows = sqlx::raw_sql(&format!(
-        "SELECT pg_advisory_xact_lock_shared({EVENT_LOG_LOCK});
-         SELECT seq FROM event_log WHERE seq BETWEEN {first} AND {last} ORDER BY seq"
+/// Rows of `select` read once no relay is between numbering events and committing
+/// them: the lock, taken shared, waits for a relay's batch already on the broker. One
+/// round trip: the statements run as one transaction, `select` with a snapshot taken
+/// after the lock is granted (read committed). A relay holds the lock at most its
+/// confirm timeout; never wait on it for longer.
+async fn read_settled(pool: &PgPool, select: &str) -> sqlx::Result<Vec<PgRow>> {
+    sqlx::raw_sql(&format!(
+        "SET LOCAL lock_timeout = '15s';
+         SELECT pg_advisory_xact_lock_shared({EVENT_LOG_LOCK});
+         {select}"
     ))
     .fetch_all(pool)
+    .await
+}
+
+/// Of the positions `first..=last` (one published message's), those committed to the
+/// log: the message reaches a notifier before its relay commits, and a relay that fails
+/// to commit publishes the same events again under new positions. Told only once
+/// committed, each event reaches a WebSocket once, under the position a resumed client
+/// replays.
+pub async fn committed_positions(pool: &PgPool, first: i64, last: i64) -> sqlx::Result<Vec<i64>> {
+    let rows = read_settled(
+        pool,
+        &format!("SELECT seq FROM event_log WHERE seq BETWEEN {first} AND {last} ORDER BY seq"),
+    )
     .await?;
     Ok(rows
         .iter()
@@ -445,11 +456,12 @@ pub async fn committed_after(
     after: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<(i64, serde_json::Value)>> {
-    let rows = sqlx::raw_sql(&format!(
-        "SELECT pg_advisory_xact_lock_shared({EVENT_LOG_LOCK});
-         SELECT seq, payload FROM event_log WHERE seq > {after} ORDER BY seq LIMIT {limit}"
-    ))
-    .fetch_all(pool)
+    let rows = read_settled(
+        pool,
+        &format!(
+            "SELECT seq, payload FROM event_log WHERE seq > {after} ORDER BY seq LIMIT {limit}"
+        ),
+    )
     .await?;
     Ok(rows
         .iter()
@@ -457,12 +469,17 @@ pub async fn committed_after(
         .collect())
 }
 
-/// The latest position given (committed or not): where a new reader starts.
+/// The log's head: the latest position given, every one before it committed or given
+/// up (`HEAD` under the lock). Where a notifier starts.
 pub async fn head(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM event_log_seq")
-        .fetch_one(pool)
-        .await
+    let rows = read_settled(pool, &format!("SELECT {HEAD} AS head")).await?;
+    rows.iter()
+        .find_map(|row| row.try_get::<i64, _>("head").ok())
+        .ok_or(sqlx::Error::RowNotFound)
 }
+
+/// The latest position the relay has given (`event_log_seq`), 0 before the first.
+const HEAD: &str = "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM event_log_seq)";
 
 /// A client's position in the event log, and what it may have missed since.
 #[derive(Debug, Clone)]
@@ -498,12 +515,10 @@ pub async fn replay(
         .bind(EVENT_LOG_LOCK)
         .execute(&mut *tx)
         .await?;
-    let (oldest, head): (Option<i64>, i64) = sqlx::query_as(
-        "SELECT (SELECT min(seq) FROM event_log),
-                (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM event_log_seq)",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    let (oldest, head): (Option<i64>, i64) =
+        sqlx::query_as(&format!("SELECT (SELECT min(seq) FROM event_log), {HEAD}"))
+            .fetch_one(&mut *tx)
+            .await?;
     let Some(since) = since else {
         tx.commit().await?;
         return Ok(Replay {
