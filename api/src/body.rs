@@ -196,7 +196,11 @@ mod tests {
 
     #[test]
     fn a_nul_in_a_url_is_named_and_an_escaped_percent_is_not_one() {
-        assert!(refusal("/api/x?tz=UTC%00&limit=5").unwrap().starts_with("tz: "));
+        assert!(
+            refusal("/api/x?tz=UTC%00&limit=5")
+                .unwrap()
+                .starts_with("tz: ")
+        );
         assert!(refusal("/api/x/a%00b").unwrap().starts_with("the path: "));
         // `%25` is a percent sign: `%2500` is the text "%00", not a NUL.
         assert_eq!(refusal("/api/x/a%2500?q=%2500"), None);

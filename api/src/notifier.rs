@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties,
     options::{BasicConsumeOptions, BasicPublishOptions},
@@ -40,6 +40,9 @@ use commcenter_shared::{
 
 /// What a connection is sent: the event's position (none for typing) and its JSON.
 pub type Frame = (Option<i64>, Arc<str>);
+
+/// At most this many published messages are checked against the log at once.
+const MESSAGES_PER_LOOK: usize = 64;
 
 /// At most one typing indicator per user and conversation this often.
 pub const TYPING_EVERY: Duration = Duration::from_secs(2);
@@ -262,15 +265,26 @@ pub async fn run(
                     Some(delivery) => delivery?,
                     None => anyhow::bail!("the events consumer was cancelled"),
                 };
-                match events::decode_published(&delivery.data) {
-                    Ok(events) => {
-                        tell(&hub, &pool, &events, &mut last, &shutdown).await?;
-                        told = last;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "an event message that does not parse was dropped")
+                // With the messages already here (taken without waiting), so that one
+                // read of the log covers them all under load.
+                let mut deliveries = vec![delivery];
+                while deliveries.len() < MESSAGES_PER_LOOK {
+                    match consumer.next().now_or_never() {
+                        Some(Some(delivery)) => deliveries.push(delivery?),
+                        _ => break,
                     }
                 }
+                let mut events = Vec::new();
+                for delivery in &deliveries {
+                    match events::decode_published(&delivery.data) {
+                        Ok(decoded) => events.extend(decoded),
+                        Err(error) => {
+                            tracing::warn!(%error, "an event message that does not parse was dropped")
+                        }
+                    }
+                }
+                tell(&hub, &pool, &events, &mut last, &shutdown).await?;
+                told = last;
             }
         }
         .await;
