@@ -34,7 +34,7 @@ run_env=$scratch/run.env
 # This system's settings only: no .env, fakes on free ports, nothing shared.
 export DOTENV= FAKE_PROVIDERS=1 RUN_ENV=$run_env RUN_PROFILE=${RUN_PROFILE:-debug}
 export API_ADDR=127.0.0.1:$port QUEUE_PREFIX=$prefix UPLOAD_DIR=$scratch/uploads
-export DATABASE_URL=${admin_url%/*}/$database JWT_SECRET=walkthrough-$id METRICS_ADDR=0
+export DATABASE_URL=${admin_url%/*}/$database JWT_SECRET=walkthrough-$id-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n') METRICS_ADDR=0
 export RUST_LOG=${RUST_LOG:-warn}
 unset RINGCENTRAL_CLIENT_ID GOOGLE_CLIENT_ID FAKE_RINGCENTRAL_ADDR FAKE_GMAIL_ADDR
 

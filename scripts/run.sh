@@ -8,7 +8,11 @@
 #
 #   scripts/run.sh              release build (first build takes several minutes)
 #   RUN_PROFILE=debug scripts/run.sh   debug build (quicker to build, slower to run)
+#   scripts/run.sh --check      only check the settings (.env, services, providers)
 #
+# Real provider settings beside FAKE_PROVIDERS=1 are refused (they would send your real
+# credentials to the fake servers, and nothing to the real ones). Without JWT_SECRET, a
+# random one is made once and kept in target/dev-jwt-secret.
 # Steps: read .env if present (variables already in the environment win), make sure
 # PostgreSQL and RabbitMQ are up (scripts/services.sh: starts them if installed but
 # stopped, says what is missing otherwise), build, apply migrations
@@ -20,6 +24,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf 'run: %s\n' "$*" >&2; }
+fail() {
+    printf '\nrun: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+check_only=
+case ${1:-} in
+    --check) check_only=1 ;;
+    "") ;;
+    *) fail "unknown argument '$1' (scripts/run.sh, or scripts/run.sh --check)" ;;
+esac
 
 # Runs a step (build, migrate) so that SIGINT/SIGTERM stop it too, not only this script.
 step() {
@@ -78,8 +93,51 @@ fi
 case $FAKE_PROVIDERS in
     1 | true) fakes=1; packages+=(-p commcenter-fakes) ;;
     0 | false | "") fakes= ;;
-    *) log "FAKE_PROVIDERS must be 1 or 0, not '$FAKE_PROVIDERS'"; exit 1 ;;
+    *) fail "FAKE_PROVIDERS must be 1 or 0, not '$FAKE_PROVIDERS'" ;;
 esac
+
+# With the fakes, every provider setting given must be the fakes' own: a real
+# credential, or a URL off this machine, would go to the fake servers (the URLs not
+# given point at them), and no real text or email would leave.
+if [[ -n $fakes ]]; then
+    real=()
+    for name in RINGCENTRAL_CLIENT_ID RINGCENTRAL_CLIENT_SECRET RINGCENTRAL_JWT \
+        GOOGLE_CLIENT_ID GOOGLE_CLIENT_SECRET GMAIL_REFRESH_TOKEN; do
+        value=${!name:-}
+        [[ -z $value || $value == fake-* ]] || real+=("$name")
+    done
+    for name in RINGCENTRAL_SERVER_URL GOOGLE_TOKEN_URL GMAIL_API_URL; do
+        value=${!name:-}
+        [[ -z $value || $value =~ ^http://(127\.[0-9.]+|localhost)(:[0-9]+)?(/|$) ]] || real+=("$name")
+    done
+    if ((${#real[@]})); then
+        fail "FAKE_PROVIDERS=1 runs a fake RingCentral and Gmail, but ${real[*]} $( ((${#real[@]} == 1)) && echo is || echo are) set to real values, which would go to the fakes.
+    To use your real accounts: set FAKE_PROVIDERS=0 (in ${dotenv:-the environment}) and keep only real settings (docs/providers.md).
+    To try the fakes: remove ${real[*]} (the fakes' values are filled in)."
+    fi
+fi
+
+# The api refuses the example JWT_SECRET; a local run gets a random one, kept so that
+# tokens stay valid across runs.
+if [[ -z ${JWT_SECRET:-} ]]; then
+    secret_file=${CARGO_TARGET_DIR:-target}/dev-jwt-secret
+    if [[ ! -s $secret_file ]]; then
+        mkdir -p "$(dirname "$secret_file")"
+        (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$secret_file")
+        log "no JWT_SECRET: made a random one for local runs ($secret_file)"
+    fi
+    JWT_SECRET=$(<"$secret_file")
+    export JWT_SECRET
+fi
+
+if [[ -n $check_only ]]; then
+    if [[ -n $fakes ]]; then
+        log "settings checked: fake RingCentral and Gmail (FAKE_PROVIDERS=1)"
+    else
+        log "settings checked: RingCentral ${RINGCENTRAL_SERVER_URL:-https://platform.ringcentral.com}, Gmail ${GMAIL_API_URL:-https://gmail.googleapis.com} (FAKE_PROVIDERS=0)"
+    fi
+    exit 0
+fi
 
 # Is something listening on 127.0.0.1:PORT?
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -129,8 +187,7 @@ if [[ -n $fakes ]]; then
 fi
 api_addr=${API_ADDR:-127.0.0.1:8001}
 if port_taken "${api_addr##*:}"; then
-    log "FAILED: ${api_addr} is taken (another Commcenter?); stop it, or set API_ADDR=127.0.0.1:8002"
-    exit 1
+    fail "${api_addr} is taken (another Commcenter?); stop it, or set API_ADDR=127.0.0.1:8002"
 fi
 log "building ${packages[*]//-p /} ($profile)"
 step cargo build "${build_flags[@]}" "${packages[@]}"

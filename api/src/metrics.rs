@@ -19,7 +19,7 @@ use sqlx::PgPool;
 
 use commcenter_shared::{
     ops::metrics::{self, Backlog, PREFIX, Registry},
-    platform::settings::BrokerSettings,
+    platform::{broker::Topology, settings::BrokerSettings},
 };
 
 /// How long a read of the ledger and the queues serves later scrapes.
@@ -51,8 +51,8 @@ pub struct ApiMetrics {
 }
 
 impl ApiMetrics {
-    /// A registry of its own; `queues` are those whose depth scrapes report.
-    pub fn new(pool: PgPool, broker: BrokerSettings, queues: Vec<String>) -> Self {
+    /// A registry of its own; scrapes report the depth of every queue of `topology`.
+    pub fn new(pool: PgPool, broker: BrokerSettings, topology: Topology) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -74,7 +74,7 @@ impl ApiMetrics {
             "WebSocket connections open on this api instance",
             websocket_connections.clone(),
         );
-        let backlog = Backlog::register(&mut registry, pool, broker, queues, BACKLOG_MAX_AGE);
+        let backlog = Backlog::register(&mut registry, pool, broker, topology, BACKLOG_MAX_AGE);
         Self {
             registry,
             requests,

@@ -62,6 +62,7 @@ impl App {
     /// Creates the database if needed, applies migrations, binds the listener
     /// (`API_ADDR`; port 0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.auth.refuse_weak_secret()?;
         db::ensure_database(&settings.database).await?;
         let pool = db::connect(&settings.database).await?;
         db::migrate(&pool).await?;
@@ -71,7 +72,7 @@ impl App {
         let metrics = Arc::new(ApiMetrics::new(
             pool.clone(),
             settings.broker.clone(),
-            topology(&settings).queues(kinds::ALL),
+            topology(&settings),
         ));
         let outbox = Arc::new(Notify::new());
         let presence = Arc::new(Presence::new(

@@ -62,7 +62,7 @@ fn state() -> AppState {
         metrics: Arc::new(ApiMetrics::new(
             pool.clone(),
             settings.broker.clone(),
-            Vec::new(),
+            startup::topology(&settings),
         )),
         presence: Arc::new(Presence::new(
             pool.clone(),

@@ -28,6 +28,8 @@ pub const MAX_TEXT_CHARS: usize = 1_000;
 
 const TOKEN_PATH: &str = "/restapi/oauth/token";
 const SMS_PATH: &str = "/restapi/v1.0/account/~/extension/~/sms";
+/// The longest lifetime RingCentral grants a `WebHook` subscription (10 years).
+pub const WEBHOOK_LIFETIME_SECS: u64 = 315_360_000;
 const MESSAGE_STORE_PATH: &str = "/restapi/v1.0/account/~/extension/~/message-store";
 const CALL_LOG_PATH: &str = "/restapi/v1.0/account/~/extension/~/call-log";
 const SUBSCRIPTION_PATH: &str = "/restapi/v1.0/subscription";
@@ -230,7 +232,8 @@ impl RingCentral {
         Ok(answer.json::<RawMessage>(what)?.into())
     }
 
-    /// Subscribes `address` (our webhook) to [`WEBHOOK_EVENT_FILTERS`]; RingCentral calls
+    /// Subscribes `address` (our webhook) to [`WEBHOOK_EVENT_FILTERS`] for
+    /// [`WEBHOOK_LIFETIME_SECS`]; RingCentral calls
     /// it at once with a `Validation-Token` that it must echo. Returns the subscription
     /// record (`id`, `status`, `expirationTime`, …).
     pub async fn subscribe(
@@ -241,6 +244,9 @@ impl RingCentral {
         let what = "RingCentral webhook subscription";
         let body = json!({
             "eventFilters": WEBHOOK_EVENT_FILTERS,
+            // The longest RingCentral allows a webhook; its default is a week, after
+            // which notifications would silently stop.
+            "expiresIn": WEBHOOK_LIFETIME_SECS,
             "deliveryMode": {
                 "transportType": "WebHook",
                 "address": address,

@@ -72,7 +72,11 @@ impl Recorder {
     ) -> anyhow::Result<()> {
         let open = match connection.take() {
             Some(open) if open.status().connected() => open,
-            _ => broker::connect(&self.broker, "commcenter-workers-activity").await?,
+            _ => {
+                let opened = broker::connect(&self.broker, "commcenter-workers-activity").await?;
+                self.topology.declare_on(&opened, kinds::ALL).await?;
+                opened
+            }
         };
         let connection = connection.insert(open);
         let mut names: Vec<String> = kinds::ALL

@@ -67,6 +67,8 @@ pub struct JobContext {
     /// What a provider answered during this attempt; the runtime records it on the
     /// attempt row, whatever the outcome.
     provider: Arc<std::sync::Mutex<ProviderReport>>,
+    /// Set by a poll that found nothing to do ([`JobContext::found_nothing`]).
+    idle: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JobContext {
@@ -77,6 +79,7 @@ impl JobContext {
             payload,
             attempt,
             provider: Arc::default(),
+            idle: Arc::default(),
         }
     }
 
@@ -94,6 +97,19 @@ impl JobContext {
         if let Ok(mut slot) = self.provider.lock() {
             *slot = report;
         }
+    }
+
+    /// Says this run was a poll that found nothing (no new mail, no new calls). If it
+    /// succeeds at its first attempt, the runtime leaves no trace of it in the ledger
+    /// (the job row is deleted in the transaction that would mark it succeeded) and
+    /// counts it as `idle` in the metrics: an idle system's polls are not rows an
+    /// operator must scroll past. A poll that failed before keeps its row and history.
+    pub fn found_nothing(&self) {
+        self.idle.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn was_idle(&self) -> bool {
+        self.idle.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn provider_report(&self) -> ProviderReport {

@@ -43,6 +43,9 @@ pub enum Outcome {
     Dead,
     /// A redelivery of a job already finished, or a copy from before a replay.
     Skipped,
+    /// A poll that found nothing at its first attempt: left out of the ledger and the
+    /// activity chart, counted here only.
+    Idle,
 }
 
 impl Outcome {
@@ -52,6 +55,7 @@ impl Outcome {
             Self::Retrying => "retrying",
             Self::Dead => "dead",
             Self::Skipped => "skipped",
+            Self::Idle => "idle",
         }
     }
 }
@@ -92,7 +96,7 @@ impl Default for JobMetrics {
         let jobs = Family::<JobLabels, Counter>::default();
         registry.register(
             "jobs",
-            "Job deliveries run to an end, by kind and outcome (succeeded, retrying, dead, skipped)",
+            "Job deliveries run to an end, by kind and outcome (succeeded, retrying, dead, skipped, idle: a poll that found nothing)",
             jobs.clone(),
         );
         let attempts = Family::<AttemptLabels, Counter>::default();
@@ -148,12 +152,12 @@ impl JobMetrics {
     }
 
     /// An attempt whose outcome is committed: `error_class` is `None` when it
-    /// succeeded; a failed one is either `retrying` or dead.
+    /// succeeded (or found nothing, `Idle`); a failed one is `Retrying` or `Dead`.
     pub fn attempt_finished(
         &self,
         kind: &str,
         error_class: Option<ErrorClass>,
-        retrying: bool,
+        outcome: Outcome,
         started_at: DateTime<Utc>,
     ) {
         let took = (Utc::now() - started_at).to_std().unwrap_or_default();
@@ -168,11 +172,6 @@ impl JobMetrics {
                 error_class: error_class.map_or("none", ErrorClass::as_str),
             })
             .inc();
-        let outcome = match (error_class, retrying) {
-            (None, _) => Outcome::Succeeded,
-            (Some(_), true) => Outcome::Retrying,
-            (Some(_), false) => Outcome::Dead,
-        };
         self.job_finished(kind, outcome);
     }
 
@@ -181,9 +180,9 @@ impl JobMetrics {
             Outcome::Succeeded => counts.succeeded += 1,
             Outcome::Retrying => counts.retried += 1,
             Outcome::Dead => counts.dead += 1,
-            Outcome::Skipped => {}
+            Outcome::Skipped | Outcome::Idle => {}
         };
-        if outcome != Outcome::Skipped {
+        if !matches!(outcome, Outcome::Skipped | Outcome::Idle) {
             let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
             add(activity
                 .entry((ops::minute_of(Utc::now()), kind.to_owned()))
@@ -313,11 +312,23 @@ mod tests {
     fn outcomes_follow_the_error_class_and_the_retry() {
         let metrics = JobMetrics::default();
         let started = Utc::now() - chrono::Duration::milliseconds(20);
-        metrics.attempt_finished("sms.send", None, false, started);
-        metrics.attempt_finished("sms.send", Some(ErrorClass::Transient), true, started);
-        metrics.attempt_finished("sms.send", Some(ErrorClass::Transient), false, started);
-        metrics.attempt_finished("sms.send", Some(ErrorClass::Permanent), false, started);
+        let transient = Some(ErrorClass::Transient);
+        metrics.attempt_finished("sms.send", None, Outcome::Succeeded, started);
+        metrics.attempt_finished("sms.send", transient, Outcome::Retrying, started);
+        metrics.attempt_finished("sms.send", transient, Outcome::Dead, started);
+        metrics.attempt_finished(
+            "sms.send",
+            Some(ErrorClass::Permanent),
+            Outcome::Dead,
+            started,
+        );
+        metrics.attempt_finished("email.sync", None, Outcome::Idle, started);
         metrics.job_finished("sms.send", Outcome::Skipped);
+        let idle = metrics.take_activity();
+        assert!(
+            idle.iter().all(|(_, kind, _)| kind == "sms.send"),
+            "an idle poll is not on the activity chart: {idle:?}"
+        );
         let text = metrics.render();
         let jobs = |outcome: &str| {
             line_value(
@@ -329,6 +340,13 @@ mod tests {
         assert_eq!(jobs("retrying"), Some(1.0));
         assert_eq!(jobs("dead"), Some(2.0));
         assert_eq!(jobs("skipped"), Some(1.0));
+        assert_eq!(
+            line_value(
+                &text,
+                "commcenter_jobs_total{kind=\"email.sync\",outcome=\"idle\"}"
+            ),
+            Some(1.0)
+        );
         let attempts = |class: &str| {
             line_value(
                 &text,

@@ -9,14 +9,11 @@ use axum::{
 
 use crate::{error::ApiError, health::DatabaseFailed, state::AppState};
 
-/// Paths that answer without the database: the process's own health, its metrics
-/// (which say themselves what they could not read), the API description and the
-/// console's static files.
+/// Only the API needs the database: the process's health, its metrics (which say
+/// themselves what they could not read), the API description and the static pages
+/// (the front door, the guides, the console, the portal) answer without it.
 fn needs_database(path: &str) -> bool {
-    !matches!(
-        path,
-        "/healthz" | "/readyz" | "/metrics" | "/api/openapi.json"
-    ) && !path.starts_with("/ops")
+    path.starts_with("/api/") && path != "/api/openapi.json"
 }
 
 /// Middleware: 503 at once while the database is known to be down.
@@ -49,15 +46,14 @@ mod tests {
             "/api/openapi.json",
             "/ops",
             "/ops/app.js",
+            "/",
+            "/favicon.ico",
+            "/docs/walkthrough.md",
+            "/portal",
         ] {
             assert!(!needs_database(path), "{path}");
         }
-        for path in [
-            "/api/messages/send",
-            "/api/communications",
-            "/api/ws/alice",
-            "/",
-        ] {
+        for path in ["/api/messages/send", "/api/communications", "/api/ws/alice"] {
             assert!(needs_database(path), "{path}");
         }
     }

@@ -63,7 +63,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 /// A page's file, with `policy` as its Content-Security-Policy and the headers every
 /// page of ours carries (no sniffing, no referrer, no framing, revalidated each load).
 pub fn asset_with_policy(
-    body: &'static str,
+    body: impl IntoResponse,
     content_type: &'static str,
     policy: &'static str,
 ) -> Response {

@@ -8,6 +8,7 @@ pub mod crews;
 pub mod customers;
 pub mod emails;
 pub mod files;
+pub mod front;
 pub mod health;
 pub mod integrations;
 pub mod messages;
@@ -134,6 +135,7 @@ pub fn router() -> Router<AppState> {
         .merge(ops::router())
         .merge(console::router())
         .merge(portal::router())
+        .merge(front::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 

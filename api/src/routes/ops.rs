@@ -458,9 +458,11 @@ async fn queues(State(state): State<AppState>, caller: Caller) -> ApiResult<Json
     Ok(Json(json!({ "broker": broker, "ledger": ledger })))
 }
 
-/// Depth and consumers of every work, delay and dead-letter queue, by passive declares.
+/// Depth and consumers of every work, delay and dead-letter queue, by passive declares
+/// after declaring the topology (so a queue never looked at before is not an error).
 async fn broker_queues(state: &AppState, topology: &Topology) -> anyhow::Result<Value> {
     let connection = broker::connect(&state.settings.broker, "commcenter-api-ops").await?;
+    topology.declare_on(&connection, kinds::ALL).await?;
     let mut work = Vec::new();
     for kind in kinds::ALL {
         let mut queue = json!(broker::look(&connection, &topology.work_queue(kind)).await?);

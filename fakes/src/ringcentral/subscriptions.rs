@@ -96,6 +96,14 @@ async fn subscribe(rc: &RingCentral, body: &[u8]) -> Result<Value, Response> {
     validate_webhook(rc, address).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let expires_in = request["expiresIn"].as_u64().unwrap_or(DEFAULT_EXPIRES_IN);
+    // RingCentral's longest for a webhook: 10 years.
+    if !(1..=315_360_000).contains(&expires_in) {
+        return Err(bad_request(
+            "CMN-101",
+            "Parameter [expiresIn] value is invalid",
+            Some("expiresIn"),
+        ));
+    }
     let now = Utc::now();
     let expanded: Vec<String> = filters.iter().map(|filter| expand(filter)).collect();
     let record = json!({

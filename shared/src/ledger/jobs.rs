@@ -480,13 +480,28 @@ pub async fn record_attempt(conn: &mut PgConnection, a: &Attempt<'_>) -> sqlx::R
     Ok(())
 }
 
+/// The outcome of a first attempt that succeeded finding nothing to do (a poll of an
+/// idle mailbox or call log): [`record_successes`] deletes its job instead of keeping it.
+pub const IDLE: &str = "idle";
+
 /// Records succeeded attempts and marks their jobs succeeded, however many, in one
-/// statement (one round trip): a batch's successes, or a single job's.
+/// statement (one round trip): a batch's successes, or a single job's. Jobs whose
+/// attempt is [`IDLE`] are deleted, in one more.
 pub async fn record_successes(conn: &mut PgConnection, done: &[Attempt<'_>]) -> sqlx::Result<()> {
+    let (idle, done): (Vec<&Attempt<'_>>, Vec<&Attempt<'_>>) =
+        done.iter().partition(|a| a.outcome == IDLE);
+    if !idle.is_empty() {
+        let ids: Vec<Uuid> = idle.iter().map(|a| a.job_id).collect();
+        sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+    }
     if done.is_empty() {
         return Ok(());
     }
-    let column = |f: fn(&Attempt<'_>) -> Option<String>| done.iter().map(f).collect::<Vec<_>>();
+    let column =
+        |f: fn(&Attempt<'_>) -> Option<String>| done.iter().map(|a| f(a)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = done.iter().map(|a| a.job_id).collect();
     let attempts: Vec<i32> = done.iter().map(|a| a.attempt).collect();
     let started: Vec<DateTime<Utc>> = done.iter().map(|a| a.started_at).collect();

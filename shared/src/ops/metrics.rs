@@ -24,8 +24,9 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
 use crate::{
+    ledger::jobs::kinds,
     ops,
-    platform::broker,
+    platform::broker::{self, Topology},
     platform::settings::{BrokerSettings, Secret},
 };
 
@@ -84,6 +85,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Backlog {
     pool: PgPool,
     broker: BrokerSettings,
+    topology: Topology,
     queues: Vec<String>,
     max_age: Duration,
     /// One refresh at a time; the broker connection is kept between refreshes.
@@ -102,18 +104,20 @@ struct Cache {
 }
 
 impl Backlog {
-    /// Registers the gauges in `registry`; `queues` are the ones whose depth is read.
+    /// Registers the gauges in `registry`; the depths read are those of every queue of
+    /// `topology`.
     pub fn register(
         registry: &mut Registry,
         pool: PgPool,
         broker: BrokerSettings,
-        queues: Vec<String>,
+        topology: Topology,
         max_age: Duration,
     ) -> Self {
         let backlog = Self {
             pool,
             broker,
-            queues,
+            queues: topology.queues(kinds::ALL),
+            topology,
             max_age,
             cache: Default::default(),
             jobs: Family::default(),
@@ -220,7 +224,9 @@ impl Backlog {
         connection: &mut Option<Connection>,
     ) -> anyhow::Result<Vec<(String, u32, u32)>> {
         if !connection.as_ref().is_some_and(|c| c.status().connected()) {
-            *connection = Some(broker::connect(&self.broker, "commcenter-metrics").await?);
+            let opened = broker::connect(&self.broker, "commcenter-metrics").await?;
+            self.topology.declare_on(&opened, kinds::ALL).await?;
+            *connection = Some(opened);
         }
         let connection = connection.as_ref().context("no broker connection")?;
         let mut channel = connection.create_channel().await?;
@@ -239,7 +245,7 @@ impl Backlog {
                     declared.message_count(),
                     declared.consumer_count(),
                 )),
-                // Not declared yet (nothing has run that kind): the broker closed the
+                // Deleted since this connection declared it: the broker closed the
                 // channel, so go on with a new one, leaving this queue out.
                 Err(_) => channel = connection.create_channel().await?,
             }

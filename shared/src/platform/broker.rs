@@ -180,6 +180,17 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares the topology on a channel of its own. Whoever looks at queues does this
+    /// first on each new connection: asking after a queue the broker does not have yet
+    /// (before the relay or a worker declared it) makes the broker close the channel,
+    /// which lapin logs as an error, so a first start would log red.
+    pub async fn declare_on(&self, connection: &Connection, kinds: &[&str]) -> anyhow::Result<()> {
+        let channel = connection.create_channel().await?;
+        self.declare(&channel, kinds).await?;
+        channel.close(200, "declared".into()).await.ok();
+        Ok(())
+    }
+
     /// Deletes every queue and exchange of this topology (tests and teardown).
     pub async fn delete(&self, channel: &Channel, kinds: &[&str]) {
         for queue in self.queues(kinds) {

@@ -136,12 +136,48 @@ pub struct HttpSettings {
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
-    /// `JWT_SECRET`: the HS256 key of bearer tokens. The default is for development only.
+    /// `JWT_SECRET`: the HS256 key of bearer tokens. The default is for development only:
+    /// the api refuses to start with it, or with a key shorter than
+    /// [`MIN_JWT_SECRET_BYTES`], unless `ALLOW_WEAK_JWT_SECRET` is true.
     pub jwt_secret: Secret,
+    /// `ALLOW_WEAK_JWT_SECRET` (default false): a development machine's permission to
+    /// sign tokens with a guessable key.
+    pub allow_weak_secret: bool,
     /// `JWT_MAX_LIFETIME` (default `30d`; `s`, `m`, `h`, `d`, or `none`) and
     /// `JWT_LEEWAY_SECS` (default 60): tokens valid for longer are refused, and `nbf`
     /// or `iat` more than the leeway ahead of our clock.
     pub token_times: crate::platform::auth::TimeRules,
+}
+
+/// The example `JWT_SECRET` of `.env.example` and the default: anyone can sign tokens with it.
+pub const EXAMPLE_JWT_SECRET: &str = "dev-only-secret-change-me";
+/// HS256 keys shorter than this can be guessed offline from one token (RFC 7518 §3.2
+/// asks for a key at least as long as the hash: 32 bytes).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl AuthSettings {
+    /// Refuses the example key or a short one, unless `ALLOW_WEAK_JWT_SECRET` says this
+    /// is a development machine. The api calls it before it serves.
+    pub fn refuse_weak_secret(&self) -> anyhow::Result<()> {
+        if self.allow_weak_secret {
+            return Ok(());
+        }
+        let secret = self.jwt_secret.expose();
+        let problem = if secret == EXAMPLE_JWT_SECRET {
+            "is the example key, which anyone can sign tokens with".to_owned()
+        } else if secret.len() < MIN_JWT_SECRET_BYTES {
+            format!(
+                "is {} bytes; a key must have at least {MIN_JWT_SECRET_BYTES}",
+                secret.len()
+            )
+        } else {
+            return Ok(());
+        };
+        bail!(
+            "JWT_SECRET {problem}. Set a random one (e.g. `openssl rand -hex 32`), \
+             or ALLOW_WEAK_JWT_SECRET=true on a development machine"
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -436,7 +472,8 @@ impl Settings {
                 shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", "30")?),
             },
             auth: AuthSettings {
-                jwt_secret: Secret::new(var("JWT_SECRET", "dev-only-secret-change-me")),
+                jwt_secret: Secret::new(var("JWT_SECRET", EXAMPLE_JWT_SECRET)),
+                allow_weak_secret: flag("ALLOW_WEAK_JWT_SECRET", false)?,
                 token_times: crate::platform::auth::TimeRules {
                     leeway_secs: parse("JWT_LEEWAY_SECS", "60")?,
                     max_lifetime_secs: lifetime(&var("JWT_MAX_LIFETIME", "30d"))
@@ -742,6 +779,27 @@ pub fn tier_label(tier: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_or_a_short_jwt_secret_is_refused_unless_allowed() {
+        let auth = |secret: &str, allow_weak_secret| AuthSettings {
+            jwt_secret: Secret::new(secret),
+            allow_weak_secret,
+            token_times: crate::platform::auth::TimeRules {
+                leeway_secs: 60,
+                max_lifetime_secs: None,
+            },
+        };
+        let example = auth(EXAMPLE_JWT_SECRET, false).refuse_weak_secret();
+        assert!(format!("{:#}", example.unwrap_err()).contains("JWT_SECRET is the example key"));
+        let short = auth(&"k".repeat(31), false).refuse_weak_secret();
+        assert!(
+            format!("{:#}", short.unwrap_err())
+                .contains("JWT_SECRET is 31 bytes; a key must have at least 32")
+        );
+        assert!(auth(&"k".repeat(32), false).refuse_weak_secret().is_ok());
+        assert!(auth(EXAMPLE_JWT_SECRET, true).refuse_weak_secret().is_ok());
+    }
 
     #[test]
     fn lifetimes_parse_with_units_or_none() {

@@ -17,6 +17,7 @@ mod deployment;
 mod edits;
 mod email;
 mod files;
+mod first_start;
 mod group_commit;
 mod health;
 mod inbound_email;

@@ -74,6 +74,9 @@ async fn subscribe(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(subscription["status"], "Active", "{subscription}");
+    // The longest a webhook may live (10 years): RingCentral's default is a week, after
+    // which texts' statuses and inbound SMS would silently stop coming.
+    assert_eq!(subscription["expiresIn"], 315_360_000, "{subscription}");
     assert_eq!(app.ringcentral.subscriptions().len(), 1);
 }
 

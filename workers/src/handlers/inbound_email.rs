@@ -68,7 +68,7 @@ impl Handler<payloads::SyncMailbox> for SyncMailboxHandler {
         &self,
         conn: &mut PgConnection,
         _payload: &payloads::SyncMailbox,
-        _job: &JobContext,
+        job: &JobContext,
     ) -> Result<(), JobError> {
         let gmail = client(&self.gmail)?;
         let cursor: Option<i64> =
@@ -108,6 +108,8 @@ impl Handler<payloads::SyncMailbox> for SyncMailboxHandler {
         save_position(conn, &self.mailbox, next).await?;
         if enqueued > 0 {
             tracing::info!(mailbox = %self.mailbox, enqueued, "new mail to file");
+        } else {
+            job.found_nothing();
         }
         Ok(())
     }

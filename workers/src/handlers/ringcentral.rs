@@ -268,7 +268,7 @@ impl Handler<payloads::ImportCallLog> for ImportCallLogHandler {
         &self,
         conn: &mut PgConnection,
         _job: &payloads::ImportCallLog,
-        _context: &JobContext,
+        context: &JobContext,
     ) -> Result<(), JobError> {
         let ringcentral = client(&self.ringcentral)?;
         let now = Utc::now();
@@ -303,7 +303,12 @@ impl Handler<payloads::ImportCallLog> for ImportCallLogHandler {
         .bind(now)
         .execute(&mut *conn)
         .await?;
-        tracing::info!(imported, %from, "call log imported");
+        if imported > 0 {
+            tracing::info!(imported, %from, "call log imported");
+        } else {
+            tracing::debug!(%from, "no new calls in the call log");
+            context.found_nothing();
+        }
         Ok(())
     }
 }

@@ -322,10 +322,17 @@ impl Runtime {
             provider: job.provider_report(),
         };
         let (mut error_class, mut succeeded, mut retry) = (None, None, None);
+        // A poll that found nothing at its first attempt leaves no row behind.
+        let idle = result.is_ok() && job.was_idle() && row.attempts == 0;
         match &result {
             Ok(()) => {
                 effects.commit().await?;
-                tracing::info!("job succeeded");
+                if idle {
+                    tracing::debug!("found nothing; the job is not kept");
+                    attempt_row.outcome = jobs::IDLE;
+                } else {
+                    tracing::info!("job succeeded");
+                }
                 succeeded = Some(Attempt {
                     error: None,
                     worker: &self.worker_name,
@@ -380,6 +387,7 @@ impl Runtime {
             error_class,
             succeeded,
             retry,
+            idle,
         })
     }
 

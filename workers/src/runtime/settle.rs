@@ -35,6 +35,7 @@ impl Runtime {
             started_at,
             error_class,
             retry,
+            idle,
             ..
         } = ran
         else {
@@ -43,8 +44,14 @@ impl Runtime {
             }
             return Ok(());
         };
+        let outcome = match (error_class, retry, idle) {
+            (None, _, true) => Outcome::Idle,
+            (None, _, false) => Outcome::Succeeded,
+            (Some(_), Some(_), _) => Outcome::Retrying,
+            (Some(_), None, _) => Outcome::Dead,
+        };
         self.metrics
-            .attempt_finished(&envelope.kind, error_class, retry.is_some(), started_at);
+            .attempt_finished(&envelope.kind, error_class, outcome, started_at);
         self.outbox.notify_one();
         if let Some((tier, generation)) = retry {
             self.publish_retry(publisher, envelope, generation, tier)
