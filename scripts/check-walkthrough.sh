@@ -24,7 +24,7 @@ command -v file >/dev/null 2>&1 || fail "file is missing; install it: sudo apt-g
 
 id=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
 scratch=$(mktemp -d)
-port=8011
+port=8001
 while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
 admin_url=${TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres}
 database=cc_walkthrough_$id

@@ -3,8 +3,11 @@
 #
 # For each: if it answers, nothing is done. If it does not answer and it is installed
 # here, it is started (as the machine's own start commands do) and waited for, up to
-# SERVICES_WAIT_SECS (default 60). Otherwise this fails loudly, naming what is missing
-# and how to get it. It never installs anything and never stops anything.
+# SERVICES_WAIT_SECS (default 60). If it is not installed and this runs as root on
+# Debian or Ubuntu, it is installed from the distribution's packages first (PostgreSQL
+# then gets a superuser role for DATABASE_URL's user and trust on loopback, as a
+# development machine has). Otherwise this fails loudly, naming what is missing and how
+# to get it. It never stops anything and never changes a server it did not install.
 #
 # Where to look comes from DATABASE_URL and AMQP_URL (the app's own variables, default
 # 127.0.0.1:5432 and 127.0.0.1:5672). Servers that are not on loopback are only checked,
@@ -36,6 +39,15 @@ services_host_port() {
         host=$hostport; port=
     fi
     printf '%s %s\n' "${host:-127.0.0.1}" "${port:-$default_port}"
+}
+
+# Installs Debian packages when this runs as root with apt-get (a fresh machine);
+# returns 1 otherwise, so the caller names the command to run instead.
+services_apt_install() {
+    [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1 || return 1
+    services_log "installing $* (apt-get, the distribution's packages)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 services_is_local() {
@@ -88,10 +100,13 @@ services_postgres() {
     else
         services_is_local "$host" ||
             services_fail "PostgreSQL does not answer on $host:$port (DATABASE_URL), and it is not on this machine, so it cannot be started from here."
+        local installed_here=
         if ! command -v pg_ctlcluster >/dev/null 2>&1 || [[ ! -d /etc/postgresql ]] || [[ -z $(ls -A /etc/postgresql) ]]; then
-            services_fail "PostgreSQL does not answer on $host:$port and is not installed here.
+            services_apt_install postgresql ||
+                services_fail "PostgreSQL does not answer on $host:$port and is not installed here.
     Install it:  apt-get install -y postgresql   (Debian package; provides pg_ctlcluster and a 'main' cluster)
     Or run it in a container: docker compose up -d postgres (see compose.yaml), and set DATABASE_URL."
+            installed_here=1
         fi
         local version
         version=$(ls /etc/postgresql | sort -V | tail -n 1)
@@ -101,6 +116,7 @@ services_postgres() {
         services_wait_for "PostgreSQL" services_pg_answers "$host" "$port" ||
             services_fail "PostgreSQL was started but did not answer on $host:$port within ${SERVICES_WAIT_SECS:-60}s.
     Look at: /var/log/postgresql/postgresql-$version-main.log"
+        [[ -z $installed_here ]] || services_pg_open_for_development "$url" "$version"
     fi
     # Answering is not enough: the role in DATABASE_URL must be able to log in. The
     # database itself may be missing (the api and workers create it), so check `postgres`.
@@ -117,6 +133,24 @@ services_postgres() {
     fi
 }
 
+# On a cluster this script just installed: DATABASE_URL's user as a superuser, and
+# trust for loopback connections (Debian's default asks for a password there).
+services_pg_open_for_development() {
+    local url=$1 version=$2 cluster=${3:-main} rest user hba
+    rest=${url#*://}
+    user=root
+    if [[ ${rest%%/*} == *@* ]]; then
+        user=${rest%%@*}
+        user=${user%%:*}
+    fi
+    services_log "setting up the new cluster for development: role '$user' (superuser), trust on loopback"
+    printf 'DO $$ BEGIN CREATE ROLE "%s" SUPERUSER LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n' "$user" |
+        su postgres -c "psql -q -v ON_ERROR_STOP=1 --cluster $version/$cluster"
+    hba=/etc/postgresql/$version/$cluster/pg_hba.conf
+    printf '# Added by scripts/services.sh (a development machine): loopback without a password.\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n%s\n' "$(cat "$hba")" >"$hba"
+    pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" reload
+}
+
 services_rabbitmq() {
     local url=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
     local host port
@@ -128,7 +162,8 @@ services_rabbitmq() {
     services_is_local "$host" ||
         services_fail "RabbitMQ does not answer on $host:$port (AMQP_URL), and it is not on this machine, so it cannot be started from here."
     if ! command -v rabbitmq-server >/dev/null 2>&1; then
-        services_fail "RabbitMQ does not answer on $host:$port and is not installed here.
+        services_apt_install rabbitmq-server ||
+            services_fail "RabbitMQ does not answer on $host:$port and is not installed here.
     Install it:  apt-get install -y rabbitmq-server   (Debian package; 3.10 on Debian 12)
     Or run it in a container: docker compose up -d rabbitmq (see compose.yaml), and set AMQP_URL."
     fi
