@@ -1,5 +1,7 @@
-// The reference Communication Center client: a customer's or a staff member's view of
-// conversations over in-app messages, SMS, email and calls, live over the WebSocket.
+// The reference Communication Center client: a customer's, a staff member's or a crew
+// member's view of conversations over in-app messages, SMS, email and calls, live over
+// the WebSocket. A crew member sees their crew's projects, each project's messages and
+// its dispatch, which they acknowledge here.
 // No framework, no build step. The token lives in this tab's sessionStorage and travels
 // in the Authorization header (and, as browsers allow nothing else, in the WebSocket's
 // query). Every value from the API reaches the page as text, never as HTML.
@@ -102,6 +104,7 @@ function claimsOf(raw) {
 const state = {
   me: null, // { sub, role, customer_id }
   customer: null, // the open conversation
+  project: null, // a crew member's open project (its messages only)
   channel: 'inapp',
   cursor: null, // older messages of the open conversation and channel
   loadingOlder: false,
@@ -120,6 +123,7 @@ const state = {
 };
 
 const isStaff = () => state.me && state.me.role !== 'customer';
+const isCrew = () => state.me?.role === 'crew';
 
 // ---- the conversation list (staff) ----------------------------------------------------
 
@@ -300,6 +304,9 @@ function normalise(record) {
     created_at: record.created_at,
     edited_at: record.edited_at,
     deleted: record.deleted ?? false,
+    // Listings say `visibility`; events say `internal`.
+    internal: record.visibility === 'internal' || record.internal === true,
+    project_id: record.project_id,
   };
 }
 
@@ -310,7 +317,16 @@ function renderMessage(m) {
   li.className = `message ${mine(m) ? 'mine' : 'theirs'}`;
   const meta = document.createElement('span');
   meta.className = 'meta';
-  meta.textContent = `${m.sender_role === 'customer' ? 'Customer' : m.sender_id} · ${new Date(m.created_at).toLocaleTimeString()}`;
+  if (m.internal) {
+    li.classList.add('internal');
+    const badge = document.createElement('span');
+    badge.className = 'internal-badge';
+    badge.dataset.testid = 'internal-badge';
+    badge.textContent = 'Internal';
+    badge.title = 'Staff and the crew only: never shown to the customer';
+    meta.append(badge);
+  }
+  meta.append(`${m.sender_role === 'customer' ? 'Customer' : m.sender_id} · ${new Date(m.created_at).toLocaleTimeString()}`);
   li.append(meta);
   if (m.subject) {
     const subject = document.createElement('strong');
@@ -333,14 +349,83 @@ function renderMessage(m) {
   return li;
 }
 
+/** Edit and delete, on one's own in-app messages. Deleting asks to be clicked twice. */
+function ownActions(li) {
+  const actions = document.createElement('div');
+  actions.className = 'message-actions';
+  const edit = document.createElement('button');
+  edit.type = 'button';
+  edit.textContent = 'Edit';
+  edit.dataset.testid = 'edit';
+  edit.addEventListener('click', () => startEdit(li));
+  const remove = document.createElement('button');
+  remove.type = 'button';
+  remove.textContent = 'Delete';
+  remove.dataset.testid = 'delete';
+  remove.addEventListener('click', guarded(async () => {
+    if (!remove.dataset.armed) {
+      remove.dataset.armed = 'yes';
+      remove.textContent = 'Delete for everyone?';
+      setTimeout(() => { delete remove.dataset.armed; remove.textContent = 'Delete'; }, 5000);
+      return;
+    }
+    const gone = await api('DELETE', `/api/communications/${li.dataset.id}`);
+    updateMessage(li, normalise(gone));
+  }));
+  actions.append(edit, remove);
+  return actions;
+}
+
+function startEdit(li) {
+  const text = li.querySelector('.text');
+  if (li.querySelector('.edit-form')) return;
+  const form = document.createElement('form');
+  form.className = 'edit-form';
+  const input = document.createElement('textarea');
+  input.className = 'edit-text';
+  input.dataset.testid = 'edit-text';
+  input.setAttribute('aria-label', 'The message, edited');
+  input.value = li.dataset.text ?? '';
+  const save = document.createElement('button');
+  save.type = 'submit';
+  save.textContent = 'Save';
+  save.dataset.testid = 'save-edit';
+  const cancel = document.createElement('button');
+  cancel.type = 'button';
+  cancel.textContent = 'Cancel';
+  const close = () => { form.remove(); text.hidden = false; };
+  cancel.addEventListener('click', close);
+  form.addEventListener('submit', guarded(async (event) => {
+    event.preventDefault();
+    const edited = await api('PATCH', `/api/communications/${li.dataset.id}`, { message: input.value });
+    close();
+    updateMessage(li, normalise(edited));
+  }));
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    } else if (event.key === 'Escape') close();
+  });
+  form.append(input, save, cancel);
+  text.hidden = true;
+  text.after(form);
+  input.focus();
+}
+
 function updateMessage(li, m) {
   const text = li.querySelector('.text');
   if (m.deleted) {
     text.textContent = 'This message was deleted.';
     li.classList.add('deleted');
     li.querySelector('.attachments').replaceChildren();
+    li.querySelector('.message-actions')?.remove();
   } else {
+    li.dataset.text = m.message;
     text.textContent = m.message;
+    if (m.type === 'inapp' && m.sender_id === state.me.sub && !li.querySelector('.message-actions')) {
+      li.querySelector('.receipt').before(ownActions(li));
+    }
     if (m.edited_at) {
       const edited = document.createElement('small');
       edited.textContent = ' (edited)';
@@ -383,7 +468,10 @@ const loadMessages = guarded(async (older = false) => {
   if (older && (!state.cursor || state.loadingOlder)) return;
   state.loadingOlder = true;
   try {
-    const params = new URLSearchParams({ customer_id: state.customer, type: state.channel, limit: String(PAGE) });
+    // A crew member lists one project of their crew; everyone else a customer's messages.
+    const params = new URLSearchParams(state.project
+      ? { project_id: state.project, type: state.channel, limit: String(PAGE) }
+      : { customer_id: state.customer, type: state.channel, limit: String(PAGE) });
     if (older) params.set('cursor', state.cursor);
     const page = await api('GET', `/api/communications?${params}`);
     const list = $('#messages');
@@ -424,6 +512,8 @@ const markReadIfSeen = () => {
 
 function showPresence() {
   const presence = $('#presence');
+  // A crew member is told nobody's presence.
+  presence.hidden = isCrew();
   let online;
   if (isStaff()) {
     // A customer's presence names their conversation; users seen writing in it count too.
@@ -445,8 +535,12 @@ function showChannelFields() {
   $('#read-only').textContent = writable ? '' : `Your ${state.channel} history with us. Write to us here in the In-app tab.`;
   for (const field of document.querySelectorAll('#channel-fields .field')) {
     const forChannel = field.dataset.for.split(' ').includes(state.channel);
-    field.hidden = !forChannel || (field.hasAttribute('data-staff') && !staff);
+    field.hidden = !forChannel || (field.hasAttribute('data-staff') && (!staff || isCrew()));
   }
+  // Internal notes: in-app, written by staff or the crew, never seen by the customer.
+  $('#internal-choice').hidden = !staff || state.channel !== 'inapp';
+  // A crew member writes in-app only.
+  for (const tab of document.querySelectorAll('[role="tab"]')) tab.hidden = isCrew() && tab.dataset.channel !== 'inapp';
   $('#composer').placeholder = state.channel === 'phone'
     ? 'Notes on the call (Enter logs it)'
     : 'Write a message (Enter sends, Shift+Enter for a new line)';
@@ -466,9 +560,15 @@ const selectChannel = guarded(async (channel) => {
   await loadMessages();
 });
 
-const openConversation = guarded(async (customer, channel = 'inapp') => {
+const openConversation = guarded(async (customer, channel = 'inapp', project = null) => {
   state.customer = customer;
-  $('#conversation-title').textContent = isStaff() ? customer : 'Your conversation';
+  state.project = project?.id ?? null;
+  $('#conversation-title').textContent = project
+    ? `${project.title} · ${customer}`
+    : isStaff() ? customer : 'Your conversation';
+  for (const row of document.querySelectorAll('[data-testid="project"]')) {
+    row.toggleAttribute('aria-current', row.dataset.project === state.project);
+  }
   $('#conversation').hidden = false;
   document.body.classList.add('reading');
   for (const row of document.querySelectorAll('[data-testid="conversation"]')) {
@@ -479,10 +579,79 @@ const openConversation = guarded(async (customer, channel = 'inapp') => {
   $('#composer').focus();
 });
 
+// ---- a crew member's projects and dispatches -------------------------------------------
+
+function projectRow(project, dispatch) {
+  const li = document.createElement('li');
+  const row = document.createElement('div');
+  row.className = 'project-row';
+  const open = document.createElement('button');
+  open.type = 'button';
+  open.dataset.testid = 'project';
+  open.dataset.project = project.id;
+  open.className = 'conversation-row';
+  const title = document.createElement('strong');
+  title.textContent = project.title;
+  const status = document.createElement('span');
+  status.className = `status status-${project.status}`;
+  status.textContent = project.status.replace('_', ' ');
+  const where = document.createElement('span');
+  where.className = 'last';
+  where.textContent = `${project.customer_id} · ${project.address}`;
+  open.append(title, status, where);
+  open.addEventListener('click', () => openConversation(project.customer_id, 'inapp', project));
+  row.append(open);
+  if (dispatch && !dispatch.arrived_at && project.status === 'dispatched') {
+    const line = document.createElement('div');
+    line.className = 'dispatch';
+    line.dataset.testid = 'dispatch';
+    const what = document.createElement('span');
+    const eta = dispatch.eta ? `, arriving ${new Date(dispatch.eta).toLocaleTimeString()}` : '';
+    what.textContent = `Dispatched${eta}${dispatch.note ? `: ${dispatch.note}` : ''}`;
+    line.append(what);
+    if ((dispatch.acknowledged_by ?? []).includes(state.me.sub)) {
+      const done = document.createElement('span');
+      done.className = 'acked';
+      done.dataset.testid = 'acknowledged';
+      done.textContent = '✓ acknowledged';
+      line.append(done);
+    } else {
+      const ack = document.createElement('button');
+      ack.type = 'button';
+      ack.dataset.testid = 'acknowledge';
+      ack.textContent = 'Acknowledge';
+      ack.addEventListener('click', guarded(async () => {
+        ack.disabled = true;
+        await api('POST', `/api/dispatches/${dispatch.id}/ack`, {});
+        await loadProjects();
+      }));
+      line.append(ack);
+    }
+    row.append(line);
+  }
+  li.append(row);
+  return li;
+}
+
+const loadProjects = guarded(async () => {
+  const found = await api('GET', '/api/projects?limit=100');
+  const open = found.projects.filter((p) => !['done', 'cancelled'].includes(p.status));
+  // Each dispatched project's latest dispatch, with who acknowledged it.
+  const details = await Promise.all(open.map((p) => (p.status === 'dispatched'
+    ? api('GET', `/api/projects/${p.id}`) : Promise.resolve(p))));
+  $('#project-list').replaceChildren(...details.map((p) => projectRow(p, p.dispatches?.[0])));
+  if (!open.length) {
+    const li = document.createElement('li');
+    li.className = 'muted';
+    li.textContent = 'No open project is assigned to your crew.';
+    $('#project-list').append(li);
+  }
+});
+
 // ---- templates (staff) ------------------------------------------------------------------
 
 async function loadTemplates() {
-  if (!isStaff()) return;
+  if (!isStaff() || isCrew()) return;
   const found = await api('GET', '/api/communications/templates');
   state.templates = found.templates ?? [];
   fillTemplates();
@@ -626,6 +795,8 @@ const send = guarded(async () => {
   try {
     const attachments = state.pending.length ? await upload() : [];
     const body = { customer_id: state.customer };
+    if (state.project) body.project_id = state.project;
+    if (state.channel === 'inapp' && $('#internal').checked) body.visibility = 'internal';
     if (template) Object.assign(body, { template_id: template, variables: variablesGiven() });
     else if (state.channel !== 'phone') body.message = text;
     if (attachments.length) body.attachments = attachments;
@@ -646,7 +817,10 @@ const send = guarded(async () => {
       });
     }
     const sent = await api('POST', path, body);
-    place(normalise({ ...sent, type: sent.type ?? state.channel }), { scroll: true });
+    // What was asked (an internal note's visibility) where the answer does not say.
+    place(normalise({
+      sender_id: state.me.sub, sender_role: state.me.role, ...body, ...sent, type: sent.type ?? state.channel,
+    }), { scroll: true });
     $('#composer').value = '';
     if (template) {
       $('#template').value = '';
@@ -735,7 +909,8 @@ function connect() {
 }
 
 const refetch = guarded(async () => {
-  if (isStaff()) await loadConversations();
+  if (isCrew()) await loadProjects();
+  else if (isStaff()) await loadConversations();
   if (state.customer) {
     state.shown.clear();
     $('#messages').replaceChildren();
@@ -760,8 +935,9 @@ function handle(frame) {
       break;
     case 'message.new': {
       noteWriter(frame);
-      if (frame.customer_id === state.customer && frame.communication_type === state.channel) place(normalise(frame));
-      if (isStaff()) loadConversations();
+      const here = state.project ? frame.project_id === state.project : frame.customer_id === state.customer;
+      if (here && frame.communication_type === state.channel) place(normalise(frame));
+      if (isStaff() && !isCrew()) loadConversations();
       if (frame.customer_id === state.customer && frame.sender_id !== state.me.sub) clearTyping();
       showPresence();
       break;
@@ -777,6 +953,7 @@ function handle(frame) {
         receipt.textContent = receiptText(frame.status);
         receipt.title = frame.reason ? `${frame.status}: ${frame.reason}` : frame.status;
       } else if (frame.type === 'message.updated') {
+        li.dataset.text = frame.message;
         const text = li.querySelector('.text');
         text.textContent = frame.message;
         const edited = document.createElement('small');
@@ -786,6 +963,7 @@ function handle(frame) {
         li.classList.add('deleted');
         li.querySelector('.text').textContent = 'This message was deleted.';
         li.querySelector('.attachments').replaceChildren();
+        li.querySelector('.message-actions')?.remove();
       }
       break;
     }
@@ -800,7 +978,12 @@ function handle(frame) {
       }
       break;
     case 'conversation.status':
-      if (isStaff()) loadConversations();
+      if (isStaff() && !isCrew()) loadConversations();
+      break;
+    case 'dispatch.new':
+    case 'dispatch.acknowledged':
+    case 'project.arrived':
+      if (isCrew()) loadProjects();
       break;
     case 'presence':
       if (frame.status === 'online') state.online.set(frame.user_id, { role: frame.role, customer: frame.customer_id });
@@ -832,8 +1015,9 @@ const signIn = guarded(async (raw) => {
   const claims = claimsOf(raw);
   sessionStorage.setItem(TOKEN_KEY, raw);
   state.me = claims;
-  // One call proves the token before anything else is shown.
-  await api('GET', '/api/communications/conversations?limit=1');
+  // One call proves the token before anything else is shown (a crew member has no
+  // conversation list: their crew's projects).
+  await api('GET', claims.role === 'crew' ? '/api/projects?limit=1' : '/api/communications/conversations?limit=1');
   $('#login').hidden = true;
   $('#app').hidden = false;
   $('#sign-out').hidden = false;
@@ -842,7 +1026,11 @@ const signIn = guarded(async (raw) => {
   document.body.dataset.role = claims.role;
   setConnection('connecting…');
   connect();
-  if (isStaff()) {
+  if (isCrew()) {
+    $('#projects').hidden = false;
+    $('#back').hidden = false;
+    await loadProjects();
+  } else if (isStaff()) {
     $('#inbox').hidden = false;
     $('#back').hidden = false;
     await Promise.all([loadConversations(), loadTemplates().catch(showError)]);
@@ -856,9 +1044,10 @@ function signOut(note) {
   const socket = state.socket;
   state.socket = null;
   socket?.close();
-  Object.assign(state, { me: null, customer: null, seq: null });
+  Object.assign(state, { me: null, customer: null, project: null, seq: null });
   $('#app').hidden = true;
   $('#inbox').hidden = true;
+  $('#projects').hidden = true;
   $('#conversation').hidden = true;
   $('#sign-out').hidden = true;
   $('#connection').hidden = true;

@@ -2,12 +2,16 @@
 // member, each in a browser context of their own and on a different api instance, see
 // each other's messages, typing, presence and receipts; a photo goes up with a progress
 // bar and comes back as a thumbnail; a page whose WebSocket is cut shows that it is
-// reconnecting and recovers what was sent meanwhile; sending works from the keyboard.
-// Driven by tests/tests/e2e/portal.rs, which starts the two instances.
+// reconnecting and recovers what was sent meanwhile; sending works from the keyboard;
+// staff edit and delete their own messages; a crew member sees their crew's project,
+// acknowledges its dispatch and leaves an internal note, marked as such for staff and
+// never shown to the customer. Driven by tests/tests/e2e/portal.rs, which starts the two
+// instances.
 //
 // Environment:
 //   CUSTOMER_URL, STAFF_URL      the two api instances' base URLs
-//   CUSTOMER_TOKEN, STAFF_TOKEN  bearer tokens
+//   CUSTOMER_TOKEN, STAFF_TOKEN, CREW_TOKEN  bearer tokens (crew-n1's crew is dispatched
+//                                to the customer's project "Gutter repair")
 //   CUSTOMER_ID                  the customer's conversation
 //   FIRST_MESSAGE                a message the customer sent before the test
 //   OLDER_MESSAGES               how many staff sent before it ("Earlier note N ")
@@ -23,6 +27,7 @@ const customerUrl = need('CUSTOMER_URL');
 const staffUrl = need('STAFF_URL');
 const customerToken = need('CUSTOMER_TOKEN');
 const staffToken = need('STAFF_TOKEN');
+const crewToken = need('CREW_TOKEN');
 const customerId = need('CUSTOMER_ID');
 const firstMessage = need('FIRST_MESSAGE');
 const photo = need('PHOTO');
@@ -49,6 +54,8 @@ async function open(url, viewport, label) {
 async function signIn(page, url, token, { keyboard = false } = {}) {
   const response = await page.goto(`${url}/portal`);
   if (!response.ok()) throw new Error(`GET /portal answered ${response.status()}`);
+  // The sign-in screen says where a token comes from.
+  await page.getByTestId('where-tokens').filter({ hasText: 'target/run.env' }).filter({ hasText: 'commcenterctl token' }).waitFor();
   if (keyboard) {
     for (let i = 0; i < 10 && !(await page.getByTestId('token').evaluate((el) => el === document.activeElement)); i += 1) {
       await page.keyboard.press('Tab');
@@ -172,20 +179,21 @@ try {
   await customer.page.getByTestId('connection').filter({ hasText: 'live' }).waitFor();
   await message(customer.page, 'Sent while you were away').waitFor();
 
-  step = 'an edit and a deletion show on the other side';
-  const edit = async (text, method, body) => {
-    const id = await message(staff.page, text).getAttribute('data-id');
-    const response = await fetch(`${staffUrl}/api/communications/${id}`, {
-      method,
-      headers: { Authorization: `Bearer ${staffToken}`, 'Content-Type': 'application/json' },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    if (!response.ok) throw new Error(`${method} answered ${response.status}`);
-  };
-  await edit('Yes, at 2pm', 'PATCH', { message: 'Yes, at 3pm' });
+  step = 'staff edit and delete their own messages; the other side sees both';
+  const mineOnStaff = (text) => message(staff.page, text);
+  if (await message(customer.page, 'Yes, at 2pm').getByTestId('edit').count()) {
+    throw new Error('the customer may edit a message staff wrote');
+  }
+  await mineOnStaff('Yes, at 2pm').getByTestId('edit').click();
+  await mineOnStaff('Yes, at 2pm').getByTestId('edit-text').fill('Yes, at 3pm');
+  await mineOnStaff('Yes, at 2pm').getByTestId('save-edit').click();
   await message(customer.page, 'Yes, at 3pm (edited)').waitFor();
-  await edit('Sent while you were away', 'DELETE');
+  await mineOnStaff('Yes, at 3pm (edited)').waitFor();
+  const removing = mineOnStaff('Sent while you were away').getByTestId('delete');
+  await removing.click();
+  await removing.filter({ hasText: 'Delete for everyone?' }).click();
   await customer.page.getByTestId('message').filter({ hasText: 'This message was deleted.' }).waitFor();
+  await staff.page.getByTestId('message').filter({ hasText: 'This message was deleted.' }).waitFor();
 
   step = 'staff answer from a template; a missing variable is named in words';
   await staff.page.getByLabel('Template').selectOption({ label: 'arrival' });
@@ -198,6 +206,33 @@ try {
   // The error goes once the message went; the template is put back to none.
   await staff.page.getByRole('alert').waitFor({ state: 'hidden' });
   if ((await staff.page.getByLabel('Template').inputValue()) !== '') throw new Error('the template stayed chosen');
+
+  step = 'a crew member sees their project and its dispatch, and acknowledges it';
+  const crew = await open(customerUrl, { width: 390, height: 844 }, 'crew');
+  await signIn(crew.page, customerUrl, crewToken);
+  const project = crew.page.getByTestId('projects').locator('li').filter({ hasText: 'Gutter repair' });
+  await project.getByTestId('dispatch').filter({ hasText: 'Bring the long ladder' }).waitFor();
+  await project.getByTestId('acknowledge').click();
+  await project.getByTestId('acknowledged').waitFor();
+
+  step = 'the crew member leaves an internal note: staff see it marked, the customer never';
+  await project.getByTestId('project').click();
+  await crew.page.locator('#conversation-title').filter({ hasText: 'Gutter repair' }).waitFor();
+  for (const tab of ['sms', 'email', 'phone']) {
+    if (await crew.page.getByTestId(`tab-${tab}`).isVisible()) throw new Error(`a crew member sees the ${tab} tab`);
+  }
+  await crew.page.getByTestId('internal').check();
+  await crew.page.getByTestId('composer').fill('Gate code is 4411');
+  await crew.page.getByTestId('send').click();
+  await message(crew.page, 'Gate code is 4411').getByTestId('internal-badge').waitFor();
+  await message(staff.page, 'Gate code is 4411').getByTestId('internal-badge').waitFor();
+  await staff.page.getByTestId('composer').fill('The crew is close');
+  await staff.page.getByTestId('send').click();
+  await message(customer.page, 'The crew is close').waitFor();
+  if (await message(customer.page, 'Gate code is 4411').count()) throw new Error('the customer was shown an internal note');
+  if (await message(staff.page, 'The crew is close').getByTestId('internal-badge').count()) {
+    throw new Error('a public message is marked internal');
+  }
 
   step = 'staff search, and the matches are highlighted';
   await staff.page.getByTestId('search').fill('gutter');
@@ -217,12 +252,13 @@ try {
   if (process.env.SCREENSHOTS) {
     await customer.page.screenshot({ path: `${process.env.SCREENSHOTS}/portal-customer.png` });
     await staff.page.screenshot({ path: `${process.env.SCREENSHOTS}/portal-staff.png` });
+    await crew.page.screenshot({ path: `${process.env.SCREENSHOTS}/portal-crew.png` });
   }
 
   step = 'no console errors, no CSP violations, no failed requests';
   if (problems.length) throw new Error(`problems:\n${problems.join('\n')}`);
 
-  console.log('portal: messages, typing, presence, receipts, a photo and a recovery, in two browsers');
+  console.log('portal: messages, typing, presence, receipts, a photo, a recovery, edits, a crew\'s dispatch and internal note, in three browsers');
   await browser.close();
 } catch (error) {
   console.error(`portal test failed at step "${step}": ${error.message}`);

@@ -304,10 +304,14 @@ pub struct Dispatch {
     pub dispatched_by: String,
     pub created_at: DateTime<Utc>,
     pub arrived_at: Option<DateTime<Utc>>,
+    /// The members who acknowledged it, first first.
+    pub acknowledged_by: Vec<String>,
 }
 
 pub const DISPATCH_COLUMNS: &str =
-    "id, project_id, crew_id, note, eta, notify_customer, dispatched_by, created_at, arrived_at";
+    "id, project_id, crew_id, note, eta, notify_customer, dispatched_by, created_at, arrived_at,
+     ARRAY(SELECT user_id FROM dispatch_acks WHERE dispatch_id = dispatches.id ORDER BY at)
+         AS acknowledged_by";
 
 /// The project's latest dispatches, newest first.
 pub async fn latest_dispatches(

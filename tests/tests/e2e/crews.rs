@@ -698,6 +698,14 @@ async fn a_dispatch_texts_offline_members_reminds_the_silent_and_ends_on_arrival
     )
     .await;
     json_of(app.post_json(&ack, &staff, &json!({})).await, 403).await;
+    // The project shows who acknowledged (what the portal's crew view reads on load).
+    let project = json_of(
+        app.get(&format!("/api/projects/{project_id}"), &a2).await,
+        200,
+    )
+    .await;
+    assert_eq!(project["dispatches"][0]["id"], json!(dispatch_id));
+    assert_eq!(project["dispatches"][0]["acknowledged_by"], json!(["crew-a2"]));
 
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

@@ -6,6 +6,7 @@ use std::{io::Cursor, path::Path, time::Duration};
 
 use serde_json::Value;
 
+use commcenter_shared::domain::Role;
 use commcenter_tests::spawn_app;
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
@@ -126,6 +127,35 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
         )
         .await;
     assert_eq!(template.status(), 201);
+    // A crew dispatched to the customer's project: the crew member's view.
+    let crew = app
+        .post_json(
+            "/api/crews",
+            &app.staff_token(),
+            &serde_json::json!({ "name": "North", "members": [
+                { "user_id": "crew-n1", "name": "Nia", "phone": "+14155550171" }] }),
+        )
+        .await;
+    assert_eq!(crew.status(), 201);
+    let crew: Value = crew.json().await.unwrap();
+    let project = app
+        .post_json(
+            "/api/projects",
+            &app.staff_token(),
+            &serde_json::json!({ "customer_id": "cust-42", "title": "Gutter repair",
+                "address": "12 Elm St", "lat": 37.77, "lng": -122.42, "crew_id": crew["id"] }),
+        )
+        .await;
+    assert_eq!(project.status(), 201);
+    let project: Value = project.json().await.unwrap();
+    let dispatched = app
+        .post_json(
+            &format!("/api/projects/{}/dispatch", project["id"].as_str().unwrap()),
+            &app.staff_token(),
+            &serde_json::json!({ "note": "Bring the long ladder" }),
+        )
+        .await;
+    assert_eq!(dispatched.status(), 201);
     let files = Scratch(std::env::temp_dir().join(format!("cc-portal-{}", uuid::Uuid::new_v4())));
     std::fs::create_dir_all(&files.0).unwrap();
     let photo = photo(&files.0);
@@ -137,6 +167,7 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
             ("STAFF_URL", other.url("")),
             ("CUSTOMER_TOKEN", customer.clone()),
             ("STAFF_TOKEN", app.staff_token()),
+            ("CREW_TOKEN", app.token("crew-n1", Role::Crew, None)),
             ("CUSTOMER_ID", "cust-42".to_owned()),
             ("FIRST_MESSAGE", first.to_owned()),
             ("OLDER_MESSAGES", older.to_string()),
@@ -147,7 +178,21 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
     .await;
 
     // What the pages showed is what was recorded: each message once (the deleted one a
-    // tombstone), the photo attached, the edited answer read by the customer.
+    // tombstone), the photo attached, the edited answer read by the customer; the
+    // crew's note internal, on its project; the dispatch acknowledged.
+    let project_now: Value = app
+        .get(
+            &format!("/api/projects/{}", project["id"].as_str().unwrap()),
+            &app.staff_token(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        project_now["dispatches"][0]["acknowledged_by"],
+        serde_json::json!(["crew-n1"])
+    );
     let listing: Value = app
         .get(
             "/api/communications?customer_id=cust-42&type=inapp",
@@ -161,7 +206,7 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
         .as_array()
         .unwrap()
         .iter()
-        .take(7)
+        .take(9)
         .map(|c| match c["deleted"].as_bool().unwrap() {
             true => "(deleted)",
             false => c["message"].as_str().unwrap(),
@@ -170,6 +215,8 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
     assert_eq!(
         texts,
         [
+            "The crew is close",
+            "Gate code is 4411",
             "Hi Ann, your crew arrives at 3pm",
             "(deleted)",
             "The gutter, photographed",
@@ -179,8 +226,13 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
             "Earlier note 35 ",
         ]
     );
-    let with_photo = &listing["communications"][2];
+    let note = &listing["communications"][1];
+    assert_eq!(
+        (&note["visibility"], &note["sender_role"], &note["project_id"]),
+        (&serde_json::json!("internal"), &serde_json::json!("crew"), &project["id"])
+    );
+    let with_photo = &listing["communications"][4];
     assert_eq!(with_photo["attachments"].as_array().unwrap().len(), 1);
     assert_eq!(with_photo["attachments"][0]["filename"], "gutter.png");
-    assert_eq!(listing["communications"][3]["status"], "read");
+    assert_eq!(listing["communications"][5]["status"], "read");
 }
