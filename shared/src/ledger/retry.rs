@@ -1,9 +1,8 @@
 //! The retry policy: after a transient failure, how long to wait and in which delay
-//! tier. Exponential backoff with jitter comes from the `backoff` crate, used only here.
+//! tier. Exponential backoff (doubling from `base`, capped at the longest tier) with
+//! ±50 % jitter, so jobs that failed together do not come back together.
 
 use std::time::Duration;
-
-use backoff::{ExponentialBackoffBuilder, backoff::Backoff};
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -31,17 +30,12 @@ impl RetryPolicy {
             return Decision::GiveUp;
         }
         let largest = self.tiers.last().copied().unwrap_or(self.base);
-        let mut backoff = ExponentialBackoffBuilder::new()
-            .with_initial_interval(self.base)
-            .with_multiplier(2.0)
-            .with_randomization_factor(0.5)
-            .with_max_interval(largest)
-            .with_max_elapsed_time(None)
-            .build();
-        let mut delay = self.base;
-        for _ in 0..attempt.max(1) {
-            delay = backoff.next_backoff().unwrap_or(largest);
-        }
+        let doublings = u32::try_from(attempt.max(1) - 1).unwrap_or(0);
+        let nominal = self
+            .base
+            .saturating_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX))
+            .min(largest);
+        let delay = nominal.mul_f64(rand::random_range(0.5..=1.5));
         let delay = delay.max(retry_after.unwrap_or_default());
         Decision::RetryIn {
             tier: self.tier_for(delay),

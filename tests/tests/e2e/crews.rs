@@ -705,7 +705,10 @@ async fn a_dispatch_texts_offline_members_reminds_the_silent_and_ends_on_arrival
     )
     .await;
     assert_eq!(project["dispatches"][0]["id"], json!(dispatch_id));
-    assert_eq!(project["dispatches"][0]["acknowledged_by"], json!(["crew-a2"]));
+    assert_eq!(
+        project["dispatches"][0]["acknowledged_by"],
+        json!(["crew-a2"])
+    );
 
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

@@ -292,6 +292,68 @@ async fn a_first_start_an_idle_stretch_and_a_stop_log_no_warning_and_idle_polls_
     stop(&mut api, "the api").await;
     stop(&mut workers, "the workers").await;
 
+    // A normal start on what the first one made, and a stop: quiet too.
+    let (api_again, workers_again) = (
+        dir.path().join("api-2.log"),
+        dir.path().join("workers-2.log"),
+    );
+    let mut workers = start(
+        "workers",
+        &env,
+        &workers_again,
+        &[("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))],
+    );
+    let mut api = start(
+        "api",
+        &env,
+        &api_again,
+        &[("API_ADDR", format!("127.0.0.1:{api_port}"))],
+    );
+    eventually("the api ready again", Duration::from_secs(60), || async {
+        let response = app
+            .client
+            .get(format!("{api_url}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    eventually(
+        "the workers polling again",
+        Duration::from_secs(30),
+        || async {
+            let text = app
+                .client
+                .get(&metrics_url)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let idle = metric(
+                &text,
+                r#"commcenter_jobs_total{kind="email.sync",outcome="idle"}"#,
+            );
+            (idle >= 1.0).then_some(())
+        },
+    )
+    .await;
+    stop(&mut api, "the api").await;
+    stop(&mut workers, "the workers").await;
+    for (name, path) in [("api", &api_again), ("workers", &workers_again)] {
+        let loud: Vec<Value> = log_lines(path)
+            .into_iter()
+            .filter(|(level, ..)| level == "WARN" || level == "ERROR")
+            .map(|(.., line)| line)
+            .collect();
+        assert!(
+            loud.is_empty(),
+            "the {name}'s second start logged warnings or errors: {loud:#?}"
+        );
+    }
+
     for (name, path) in [("api", &api_log), ("workers", &workers_log)] {
         let lines = log_lines(path);
         let loud: Vec<&Value> = lines

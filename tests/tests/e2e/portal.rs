@@ -228,8 +228,16 @@ async fn a_customer_and_staff_talk_in_two_browsers_on_two_instances() {
     );
     let note = &listing["communications"][1];
     assert_eq!(
-        (&note["visibility"], &note["sender_role"], &note["project_id"]),
-        (&serde_json::json!("internal"), &serde_json::json!("crew"), &project["id"])
+        (
+            &note["visibility"],
+            &note["sender_role"],
+            &note["project_id"]
+        ),
+        (
+            &serde_json::json!("internal"),
+            &serde_json::json!("crew"),
+            &project["id"]
+        )
     );
     let with_photo = &listing["communications"][4];
     assert_eq!(with_photo["attachments"].as_array().unwrap().len(), 1);
