@@ -6,8 +6,9 @@
 # the providers' settings then point at. When everything is ready it prints where it
 # is, and writes target/run.env: the shell settings (PATH, $API, tokens) to try it with.
 #
-#   scripts/run.sh              release build (first build takes several minutes)
-#   RUN_PROFILE=debug scripts/run.sh   debug build (quicker to build, slower to run)
+#   scripts/run.sh              `local` build: optimised a little, quick to build (Cargo.toml)
+#   RUN_PROFILE=release scripts/run.sh   fully optimised, as benchmarks and containers run
+#   RUN_PROFILE=debug scripts/run.sh     debug build
 #   scripts/run.sh --check      only check the settings (.env, services, providers)
 #
 # Real provider settings beside FAKE_PROVIDERS=1 are refused (they would send your real
@@ -72,11 +73,12 @@ fi
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
-profile=${RUN_PROFILE:-release}
+profile=${RUN_PROFILE:-local}
 case $profile in
+    local) build_flags=(--profile local) ;;
     release) build_flags=(--release) ;;
     debug) build_flags=() ;;
-    *) log "RUN_PROFILE must be release or debug, not '$profile'"; exit 1 ;;
+    *) fail "RUN_PROFILE must be local, release or debug, not '$profile'" ;;
 esac
 packages=(-p commcenter-api -p commcenter-ctl -p commcenter-workers)
 # Without provider credentials (no .env, nothing exported), the fake RingCentral and
