@@ -896,40 +896,54 @@ impl Drop for TestApp {
         }
         handles.iter().for_each(tokio::task::AbortHandle::abort);
         std::fs::remove_dir_all(&self.settings.storage.upload_dir).ok();
-        let database = self.database.clone();
-        let admin = self.admin.clone();
-        let topology = self.topology.clone();
         let kinds = self.kinds.lock().map(|k| k.clone()).unwrap_or_default();
-        // Drop cannot await; clean up on a thread with a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    sqlx::query(&format!(
-                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                    ))
-                    .execute(&mut conn)
-                    .await
-                    .ok();
-                }
-                if let Ok(connection) = lapin::Connection::connect(
-                    &broker_url(),
-                    lapin::ConnectionProperties::default(),
-                )
-                .await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-                    topology.delete(&channel, &kinds).await;
-                    connection.close(200, "bye".into()).await.ok();
-                }
-            });
-        });
-        cleanup.join().ok();
+        remove_database_and_topology(
+            &self.admin,
+            &self.database,
+            Some((self.topology.clone(), kinds)),
+        );
     }
+}
+
+/// Drops `database` on the server `admin` names and deletes `topology`'s queues (of
+/// those kinds) and exchanges, waiting on a thread with a runtime of its own: the
+/// callers are `Drop`s, which cannot await, and may run inside a runtime. What is
+/// already gone is no error.
+pub fn remove_database_and_topology(
+    admin: &str,
+    database: &str,
+    topology: Option<(Topology, Vec<String>)>,
+) {
+    let (admin, database) = (admin.to_owned(), database.to_owned());
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                sqlx::query(&format!(
+                    "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                ))
+                .execute(&mut conn)
+                .await
+                .ok();
+            }
+            let Some((topology, kinds)) = topology else {
+                return;
+            };
+            if let Ok(connection) =
+                lapin::Connection::connect(&broker_url(), lapin::ConnectionProperties::default())
+                    .await
+                && let Ok(channel) = connection.create_channel().await
+            {
+                let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+                topology.delete(&channel, &kinds).await;
+                connection.close(200, "bye".into()).await.ok();
+            }
+        });
+    });
+    cleanup.join().ok();
 }
 
 /// A second api instance of a [`TestApp`] (see [`TestApp::spawn_instance`]).

@@ -14,8 +14,8 @@ mod scratch_postgres;
 mod ws;
 
 pub use app::{
-    ApiInstance, TestApp, TestOptions, admin_database_url, broker_addr, broker_url, spawn_app,
-    spawn_app_with,
+    ApiInstance, TestApp, TestOptions, admin_database_url, broker_addr, broker_url,
+    remove_database_and_topology, spawn_app, spawn_app_with,
 };
 pub use proxy::TcpProxy;
 pub use scratch_postgres::ScratchPostgres;

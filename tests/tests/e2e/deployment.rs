@@ -27,26 +27,8 @@ struct Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut admin) =
-                    sqlx::PgConnection::connect(&commcenter_tests::admin_database_url()).await
-                {
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await
-                        .ok();
-                }
-            });
-        })
-        .join()
-        .ok();
+        let admin = commcenter_tests::admin_database_url();
+        commcenter_tests::remove_database_and_topology(&admin, &self.name, None);
     }
 }
 

@@ -4,15 +4,17 @@
 //! api refuses a guessable JWT secret; `scripts/run.sh --check` refuses real provider
 //! settings beside the fakes; `/` leads everywhere.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use commcenter_shared::{
-    ledger::jobs::kinds,
-    platform::broker::{self, Topology},
-    platform::settings::{BrokerSettings, Secret, parse_tiers},
+    ledger::jobs::kinds, platform::broker::Topology, platform::settings::parse_tiers,
 };
 use commcenter_tests::{TestApp, TestOptions, eventually, spawn_app_with};
 
@@ -55,38 +57,12 @@ impl Fresh {
 
 impl Drop for Fresh {
     fn drop(&mut self) {
-        let (id, topology) = (self.id.clone(), self.topology.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut admin) =
-                    sqlx::PgConnection::connect(&commcenter_tests::admin_database_url()).await
-                {
-                    sqlx::query(&format!(
-                        "DROP DATABASE IF EXISTS cc_test_{id} WITH (FORCE)"
-                    ))
-                    .execute(&mut admin)
-                    .await
-                    .ok();
-                }
-                let settings = BrokerSettings {
-                    url: Secret::new(commcenter_tests::broker_url()),
-                    prefix: topology.prefix.clone(),
-                    reconnect_max: Duration::from_secs(1),
-                };
-                if let Ok(connection) = broker::connect(&settings, "first-start-cleanup").await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    topology.delete(&channel, kinds::ALL).await;
-                }
-            });
-        })
-        .join()
-        .ok();
+        let kinds = kinds::ALL.iter().map(|k| (*k).to_owned()).collect();
+        commcenter_tests::remove_database_and_topology(
+            &commcenter_tests::admin_database_url(),
+            &format!("cc_test_{}", self.id),
+            Some((self.topology.clone(), kinds)),
+        );
     }
 }
 
@@ -191,6 +167,79 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The api and a workers process on `fresh`, started together as `scripts/run.sh` starts
+/// them, each logging JSON lines to a file of its own.
+struct System {
+    api: Child,
+    workers: Child,
+    api_log: PathBuf,
+    workers_log: PathBuf,
+    api_url: String,
+    metrics_url: String,
+}
+
+impl System {
+    async fn start(app: &TestApp, env: &[(&'static str, String)], dir: &Path, run: &str) -> Self {
+        let (api_port, metrics_port) = (free_port(), free_port());
+        let api_log = dir.join(format!("api-{run}.log"));
+        let workers_log = dir.join(format!("workers-{run}.log"));
+        let workers = start(
+            "workers",
+            env,
+            &workers_log,
+            &[("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))],
+        );
+        let api = start(
+            "api",
+            env,
+            &api_log,
+            &[("API_ADDR", format!("127.0.0.1:{api_port}"))],
+        );
+        let system = Self {
+            api,
+            workers,
+            api_log,
+            workers_log,
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        };
+        eventually("the api ready", Duration::from_secs(60), || async {
+            let url = format!("{}/readyz", system.api_url);
+            let response = app.client.get(url).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        system
+    }
+
+    /// The workers' count of `kind` jobs that ended as `outcome` (0 before any).
+    async fn jobs(&self, app: &TestApp, kind: &str, outcome: &str) -> f64 {
+        let Ok(response) = app.client.get(&self.metrics_url).send().await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        metric(
+            &text,
+            &format!(r#"commcenter_jobs_total{{kind="{kind}",outcome="{outcome}"}}"#),
+        )
+    }
+
+    /// SIGTERM to both; answers their logs' warnings and errors.
+    async fn stop(mut self) -> Vec<(&'static str, Value)> {
+        stop(&mut self.api, "the api").await;
+        stop(&mut self.workers, "the workers").await;
+        [("api", &self.api_log), ("workers", &self.workers_log)]
+            .into_iter()
+            .flat_map(|(name, path)| {
+                log_lines(path)
+                    .into_iter()
+                    .filter(|(level, ..)| level == "WARN" || level == "ERROR")
+                    .map(move |(.., line)| (name, line))
+            })
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_start_an_idle_stretch_and_a_stop_log_no_warning_and_idle_polls_leave_no_rows() {
     // The test's own app gives the fake providers; its api is not the one under test.
@@ -202,52 +251,15 @@ async fn a_first_start_an_idle_stretch_and_a_stop_log_no_warning_and_idle_polls_
     let fresh = Fresh::new();
     let dir = tempfile::tempdir().unwrap();
     let env = environment(&app, &fresh, dir.path());
-    let (api_port, metrics_port) = (free_port(), free_port());
-    let api_url = format!("http://127.0.0.1:{api_port}");
-    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let (api_log, workers_log) = (dir.path().join("api.log"), dir.path().join("workers.log"));
 
-    // As scripts/run.sh does: both at once, on a database and broker never used.
-    let mut workers = start(
-        "workers",
-        &env,
-        &workers_log,
-        &[("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))],
-    );
-    let mut api = start(
-        "api",
-        &env,
-        &api_log,
-        &[("API_ADDR", format!("127.0.0.1:{api_port}"))],
-    );
-    eventually("the api ready", Duration::from_secs(60), || async {
-        let response = app
-            .client
-            .get(format!("{api_url}/readyz"))
-            .send()
-            .await
-            .ok()?;
-        response.status().is_success().then_some(())
-    })
-    .await;
+    // Both at once, on a database and broker never used.
+    let system = System::start(&app, &env, dir.path(), "first").await;
     // The first sync (which only notes where the mailbox stands) is done: idle from here.
     eventually(
         "the first mailbox sync",
         Duration::from_secs(30),
         || async {
-            let text = app
-                .client
-                .get(&metrics_url)
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            let synced = metric(
-                &text,
-                r#"commcenter_jobs_total{kind="email.sync",outcome="succeeded"}"#,
-            );
+            let synced = system.jobs(&app, "email.sync", "succeeded").await;
             (synced >= 1.0).then_some(())
         },
     )
@@ -256,22 +268,10 @@ async fn a_first_start_an_idle_stretch_and_a_stop_log_no_warning_and_idle_polls_
     tokio::time::sleep(Duration::from_secs(6)).await;
     let idle_until = chrono::Utc::now();
 
-    // Counted, not kept: several empty polls of each kind, and at most the first sync's
-    // row in the ledger.
-    let text = app
-        .client
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Counted, not kept: several empty polls of each kind, and only the first sync's row
+    // in the ledger.
     for kind in ["email.sync", "call_log.import"] {
-        let idle = metric(
-            &text,
-            &format!(r#"commcenter_jobs_total{{kind="{kind}",outcome="idle"}}"#),
-        );
+        let idle = system.jobs(&app, kind, "idle").await;
         assert!(
             idle >= 4.0,
             "{kind}: {idle} idle polls counted in 6 s of 1 s polls"
@@ -288,94 +288,42 @@ async fn a_first_start_an_idle_stretch_and_a_stop_log_no_warning_and_idle_polls_
         [("email.sync".to_owned(), "succeeded".to_owned())],
         "only the first sync, which found where the mailbox stands, is a row"
     );
-
-    stop(&mut api, "the api").await;
-    stop(&mut workers, "the workers").await;
-
-    // A normal start on what the first one made, and a stop: quiet too.
-    let (api_again, workers_again) = (
-        dir.path().join("api-2.log"),
-        dir.path().join("workers-2.log"),
+    let logs = [system.api_log.clone(), system.workers_log.clone()];
+    let loud = system.stop().await;
+    assert!(
+        loud.is_empty(),
+        "a first start and stop logged warnings or errors: {loud:#?}"
     );
-    let mut workers = start(
-        "workers",
-        &env,
-        &workers_again,
-        &[("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))],
-    );
-    let mut api = start(
-        "api",
-        &env,
-        &api_again,
-        &[("API_ADDR", format!("127.0.0.1:{api_port}"))],
-    );
-    eventually("the api ready again", Duration::from_secs(60), || async {
-        let response = app
-            .client
-            .get(format!("{api_url}/readyz"))
-            .send()
-            .await
-            .ok()?;
-        response.status().is_success().then_some(())
-    })
-    .await;
-    eventually(
-        "the workers polling again",
-        Duration::from_secs(30),
-        || async {
-            let text = app
-                .client
-                .get(&metrics_url)
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            let idle = metric(
-                &text,
-                r#"commcenter_jobs_total{kind="email.sync",outcome="idle"}"#,
-            );
-            (idle >= 1.0).then_some(())
-        },
-    )
-    .await;
-    stop(&mut api, "the api").await;
-    stop(&mut workers, "the workers").await;
-    for (name, path) in [("api", &api_again), ("workers", &workers_again)] {
-        let loud: Vec<Value> = log_lines(path)
+    for path in &logs {
+        let idle_info: Vec<String> = log_lines(path)
             .into_iter()
-            .filter(|(level, ..)| level == "WARN" || level == "ERROR")
-            .map(|(.., line)| line)
-            .collect();
-        assert!(
-            loud.is_empty(),
-            "the {name}'s second start logged warnings or errors: {loud:#?}"
-        );
-    }
-
-    for (name, path) in [("api", &api_log), ("workers", &workers_log)] {
-        let lines = log_lines(path);
-        let loud: Vec<&Value> = lines
-            .iter()
-            .filter(|(level, ..)| level == "WARN" || level == "ERROR")
-            .map(|(.., line)| line)
-            .collect();
-        assert!(
-            loud.is_empty(),
-            "the {name} logged warnings or errors: {loud:#?}"
-        );
-        let idle_info: Vec<&String> = lines
-            .iter()
             .filter(|(level, _, at, _)| level == "INFO" && *at >= idle_from && *at <= idle_until)
             .map(|(_, message, ..)| message)
             .collect();
         assert!(
             idle_info.len() <= 2,
-            "the {name} logged {} INFO lines while idle: {idle_info:?}",
+            "{} logged {} INFO lines while idle: {idle_info:?}",
+            path.display(),
             idle_info.len()
         );
     }
+
+    // A normal start on what the first one made, and a stop: quiet too.
+    let system = System::start(&app, &env, dir.path(), "again").await;
+    eventually(
+        "the workers polling again",
+        Duration::from_secs(30),
+        || async {
+            let idle = system.jobs(&app, "email.sync", "idle").await;
+            (idle >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let loud = system.stop().await;
+    assert!(
+        loud.is_empty(),
+        "a second start and stop logged warnings or errors: {loud:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
