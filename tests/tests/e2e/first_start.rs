@@ -167,6 +167,26 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// What a system under test needs: a test app for its fake providers (its own api is
+/// not the one under test), a fresh database and prefix, a scratch directory, and the
+/// settings that put them together.
+async fn new_system() -> (
+    TestApp,
+    Fresh,
+    tempfile::TempDir,
+    Vec<(&'static str, String)>,
+) {
+    let app = spawn_app_with(TestOptions {
+        start_workers: false,
+        ..Default::default()
+    })
+    .await;
+    let fresh = Fresh::new();
+    let dir = tempfile::tempdir().unwrap();
+    let env = environment(&app, &fresh, dir.path());
+    (app, fresh, dir, env)
+}
+
 /// The api and a workers process on `fresh`, started together as `scripts/run.sh` starts
 /// them, each logging JSON lines to a file of its own.
 struct System {
@@ -224,6 +244,16 @@ impl System {
         )
     }
 
+    /// Waits (30 s at most) until the workers counted `at_least` jobs of `kind` ending as
+    /// `outcome`.
+    async fn wait_for_jobs(&self, app: &TestApp, kind: &str, outcome: &str, at_least: f64) {
+        let what = format!("{at_least} {kind} jobs {outcome}");
+        eventually(&what, Duration::from_secs(30), || async {
+            (self.jobs(app, kind, outcome).await >= at_least).then_some(())
+        })
+        .await;
+    }
+
     /// SIGTERM to both; answers their logs' warnings and errors.
     async fn stop(mut self) -> Vec<(&'static str, Value)> {
         stop(&mut self.api, "the api").await;
@@ -242,28 +272,14 @@ impl System {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_start_an_idle_stretch_and_a_stop_log_no_warning_and_idle_polls_leave_no_rows() {
-    // The test's own app gives the fake providers; its api is not the one under test.
-    let app = spawn_app_with(TestOptions {
-        start_workers: false,
-        ..Default::default()
-    })
-    .await;
-    let fresh = Fresh::new();
-    let dir = tempfile::tempdir().unwrap();
-    let env = environment(&app, &fresh, dir.path());
+    let (app, fresh, dir, env) = new_system().await;
 
     // Both at once, on a database and broker never used.
     let system = System::start(&app, &env, dir.path(), "first").await;
     // The first sync (which only notes where the mailbox stands) is done: idle from here.
-    eventually(
-        "the first mailbox sync",
-        Duration::from_secs(30),
-        || async {
-            let synced = system.jobs(&app, "email.sync", "succeeded").await;
-            (synced >= 1.0).then_some(())
-        },
-    )
-    .await;
+    system
+        .wait_for_jobs(&app, "email.sync", "succeeded", 1.0)
+        .await;
     let idle_from = chrono::Utc::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let idle_until = chrono::Utc::now();
@@ -310,15 +326,7 @@ async fn a_first_start_an_idle_stretch_and_a_stop_log_no_warning_and_idle_polls_
 
     // A normal start on what the first one made, and a stop: quiet too.
     let system = System::start(&app, &env, dir.path(), "again").await;
-    eventually(
-        "the workers polling again",
-        Duration::from_secs(30),
-        || async {
-            let idle = system.jobs(&app, "email.sync", "idle").await;
-            (idle >= 1.0).then_some(())
-        },
-    )
-    .await;
+    system.wait_for_jobs(&app, "email.sync", "idle", 1.0).await;
     let loud = system.stop().await;
     assert!(
         loud.is_empty(),
@@ -329,14 +337,8 @@ async fn a_first_start_an_idle_stretch_and_a_stop_log_no_warning_and_idle_polls_
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_refuses_the_example_or_a_short_jwt_secret_unless_told_it_is_a_development_machine()
 {
-    let app = spawn_app_with(TestOptions {
-        start_workers: false,
-        ..Default::default()
-    })
-    .await;
-    let fresh = Fresh::new();
-    let dir = tempfile::tempdir().unwrap();
-    let env: Vec<_> = environment(&app, &fresh, dir.path())
+    let (app, _fresh, dir, env) = new_system().await;
+    let env: Vec<_> = env
         .into_iter()
         .filter(|(name, _)| *name != "JWT_SECRET")
         .collect();
