@@ -25,6 +25,7 @@ use tower_http::{
 };
 
 use commcenter_shared::{
+    domain::push::VapidKey,
     ledger::events::{self, Event},
     ledger::jobs::kinds,
     ledger::relay::Relay,
@@ -66,6 +67,11 @@ impl App {
         db::ensure_database(&settings.database).await?;
         let pool = db::connect(&settings.database).await?;
         db::migrate(&pool).await?;
+        let vapid = Arc::new(
+            VapidKey::load(&pool, settings.push.vapid_private_key.as_ref())
+                .await
+                .context("the Web Push key (VAPID_PRIVATE_KEY)")?,
+        );
         let listener = listen(settings.http.addr, settings.http.listen_backlog)
             .with_context(|| format!("cannot listen on {} (API_ADDR)", settings.http.addr))?;
         let blobs = Arc::new(BlobStore::from_settings(&settings.storage)?);
@@ -99,6 +105,7 @@ impl App {
             health,
             limits,
             sends,
+            vapid,
         };
         Ok(Self {
             state,

@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 
 use commcenter_shared::{
-    ledger::events::Event, platform::blob::BlobStore, platform::settings::Settings,
+    domain::push::VapidKey, ledger::events::Event, platform::blob::BlobStore,
+    platform::settings::Settings,
 };
 
 use crate::{
@@ -40,4 +41,6 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Writes plain sends together, one commit for many ([`GroupCommit`]).
     pub sends: GroupCommit,
+    /// The Web Push key pair every instance signs with.
+    pub vapid: Arc<VapidKey>,
 }

@@ -73,6 +73,12 @@ fn state() -> AppState {
         )),
         ephemeral: tokio::sync::mpsc::channel(1).0,
         sends: commcenter_api::group_commit::GroupCommit::start(pool.clone()),
+        vapid: Arc::new(
+            commcenter_shared::domain::push::VapidKey::parse(
+                "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE",
+            )
+            .unwrap(),
+        ),
         health: Arc::new(commcenter_api::health::Health::new(pool.clone())),
         pool,
         hub: Arc::new(Hub::new(8)),

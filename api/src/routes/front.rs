@@ -25,6 +25,7 @@ const DOCS: &[(&str, &str)] = &[
     ("reaching.md", include_str!("../../../docs/reaching.md")),
     ("analytics.md", include_str!("../../../docs/analytics.md")),
     ("providers.md", include_str!("../../../docs/providers.md")),
+    ("push.md", include_str!("../../../docs/push.md")),
     (
         "configuration.md",
         include_str!("../../../docs/configuration.md"),

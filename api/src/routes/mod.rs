@@ -18,6 +18,7 @@ pub mod ops;
 pub mod portal;
 pub mod presence;
 pub mod projects;
+pub mod push;
 pub mod search;
 pub mod templates;
 pub mod ws;
@@ -25,7 +26,7 @@ pub mod ws;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use uuid::Uuid;
 
@@ -130,6 +131,12 @@ pub fn router() -> Router<AppState> {
             "/api/analytics/response-times",
             get(analytics::response_times),
         )
+        .route("/api/push/vapid-public-key", get(push::vapid_public_key))
+        .route(
+            "/api/push/subscriptions",
+            post(push::subscribe).get(push::list),
+        )
+        .route("/api/push/subscriptions/{id}", delete(push::unsubscribe))
         .route("/api/ws/{user_id}", get(ws::connect))
         .merge(integrations::router())
         .merge(ops::router())

@@ -17,6 +17,7 @@
 //!   positions (and the distance between two of them).
 //! - [`dispatch`]: sending a crew: dispatches, acknowledgements, arrival on site, and
 //!   every text about it.
+//! - [`push`]: Web Push: the VAPID key and people's browser subscriptions.
 //! - [`analytics`]: message volume, response times, conversations opened and closed,
 //!   read rates, from facts the database keeps as messages are written.
 
@@ -26,6 +27,7 @@ pub mod contact;
 pub mod crews;
 pub mod dispatch;
 pub mod filetype;
+pub mod push;
 pub mod reach;
 pub mod search;
 pub mod store;

@@ -28,6 +28,82 @@ pub struct Settings {
     pub contacts: ContactSettings,
     pub crews: CrewSettings,
     pub reach: ReachSettings,
+    pub push: PushSettings,
+}
+
+/// Web Push: the key every instance signs with, and where subscriptions may point.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// `VAPID_PRIVATE_KEY`: the P-256 private key (base64url, 32 bytes). Unset, one is
+    /// made once and kept in the database, so every instance signs with the same.
+    pub vapid_private_key: Option<Secret>,
+    /// `VAPID_SUBJECT` (default `mailto:webpush@localhost`): who push services contact
+    /// about our pushes, a `mailto:` or `https:` URL.
+    pub vapid_subject: String,
+    /// `PUSH_ENDPOINT_ALLOW`: the origins a subscription's endpoint may have; the server
+    /// POSTs to that URL, so nothing else is accepted (no SSRF).
+    pub endpoint_allow: Vec<AllowedOrigin>,
+}
+
+/// The browsers' push services: Chrome and Edge's FCM, Firefox's autopush, Apple's,
+/// and Windows' WNS hosts.
+pub const DEFAULT_PUSH_ENDPOINT_ALLOW: &str = "https://fcm.googleapis.com,\
+     https://updates.push.services.mozilla.com,https://web.push.apple.com,\
+     https://*.push.apple.com,https://*.notify.windows.com";
+
+/// One entry of `PUSH_ENDPOINT_ALLOW`: `https://host[:port]`, `https://*.domain` (any
+/// host under it), or `http://` on `localhost` or `127.x.x.x` (tests, the fakes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigin {
+    pub scheme: String,
+    /// Lower case, without a leading `*.`.
+    pub host: String,
+    /// `*.host`: any host under `host`, not `host` itself.
+    pub subdomains: bool,
+    /// The port; `None` for the scheme's default.
+    pub port: Option<u16>,
+}
+
+impl AllowedOrigin {
+    pub fn parse(raw: &str) -> anyhow::Result<Self> {
+        let (scheme, rest) = raw
+            .split_once("://")
+            .with_context(|| format!("{raw:?} is not an origin (scheme://host[:port])"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if rest.contains(['/', '?', '#', '@', '[']) {
+            bail!("{raw:?}: an origin has no path, query, user or IPv6 literal");
+        }
+        let (host, port) = match rest.split_once(':') {
+            Some((host, port)) => (
+                host,
+                Some(
+                    port.parse::<u16>()
+                        .with_context(|| format!("{raw:?}: the port is not a number"))?,
+                ),
+            ),
+            None => (rest, None),
+        };
+        let host = host.to_ascii_lowercase();
+        let (host, subdomains) = match host.strip_prefix("*.") {
+            Some(domain) => (domain.to_owned(), true),
+            None => (host, false),
+        };
+        if host.is_empty() || host.contains('*') {
+            bail!("{raw:?}: a host, or *. and a domain");
+        }
+        let loopback = host == "localhost" || host.starts_with("127.");
+        match scheme.as_str() {
+            "https" => {}
+            "http" if loopback && !subdomains => {}
+            _ => bail!("{raw:?}: push endpoints are https (http only on a loopback address)"),
+        }
+        Ok(Self {
+            scheme,
+            host,
+            subdomains,
+            port,
+        })
+    }
 }
 
 /// Reading the phone numbers and addresses people write.
@@ -544,6 +620,25 @@ impl Settings {
                     .map(|_| base_url("PORTAL_URL", ""))
                     .transpose()?,
             },
+            push: PushSettings {
+                vapid_private_key: Some(var("VAPID_PRIVATE_KEY", ""))
+                    .filter(|key| !key.trim().is_empty())
+                    .map(Secret::new),
+                vapid_subject: {
+                    let subject = var("VAPID_SUBJECT", "mailto:webpush@localhost");
+                    if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
+                        bail!("VAPID_SUBJECT must be a mailto: or https: URL, not {subject:?}");
+                    }
+                    subject
+                },
+                endpoint_allow: var("PUSH_ENDPOINT_ALLOW", DEFAULT_PUSH_ENDPOINT_ALLOW)
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|entry| !entry.is_empty())
+                    .map(AllowedOrigin::parse)
+                    .collect::<anyhow::Result<_>>()
+                    .context("PUSH_ENDPOINT_ALLOW")?,
+            },
             crews: CrewSettings {
                 dispatch_ack: Duration::from_secs(positive(
                     parse("DISPATCH_ACK_SECS", "120")?,
@@ -779,6 +874,33 @@ pub fn tier_label(tier: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_origins_are_https_or_loopback_http() {
+        let default: Vec<_> = DEFAULT_PUSH_ENDPOINT_ALLOW
+            .split(',')
+            .map(|entry| AllowedOrigin::parse(entry.trim()).unwrap())
+            .collect();
+        assert!(default.iter().all(|o| o.scheme == "https"));
+        assert!(
+            default
+                .iter()
+                .any(|o| o.host == "notify.windows.com" && o.subdomains)
+        );
+        let local = AllowedOrigin::parse("http://127.0.0.1:9199").unwrap();
+        assert_eq!((local.host.as_str(), local.port), ("127.0.0.1", Some(9199)));
+        for bad in [
+            "http://push.example.com",
+            "ftp://push.example.com",
+            "https://push.example.com/path",
+            "https://user@push.example.com",
+            "https://*",
+            "https://push.example.com:port",
+            "push.example.com",
+        ] {
+            assert!(AllowedOrigin::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_example_or_a_short_jwt_secret_is_refused_unless_allowed() {

@@ -31,6 +31,7 @@ mod openapi;
 mod ops;
 mod parity;
 mod portal;
+mod push;
 mod reach;
 mod realtime;
 mod receipts;
