@@ -1,8 +1,11 @@
 //! Web Push (RFC 8030): the VAPID key pair every instance signs with (RFC 8292), and
 //! each person's browser subscriptions, checked at the door: the endpoint is a URL the
 //! server will POST to, so only the allowed push services' origins are taken, and the
-//! browser's keys must be a P-256 point and a 16-byte secret. Sending (RFC 8291) is not
-//! built yet: docs/push.md says what is.
+//! browser's keys must be a P-256 point and a 16-byte secret. [`message`]: what a push
+//! carries (the payload encrypted for one browser, our VAPID token). Sending pushes is
+//! not built yet: docs/push.md says what is.
+
+pub mod message;
 
 use base64::{
     Engine as _,
@@ -32,7 +35,7 @@ const MAX_ENDPOINT: usize = 2048;
 
 /// The application server's key pair (VAPID).
 pub struct VapidKey {
-    secret: SecretKey,
+    pub(crate) secret: SecretKey,
 }
 
 impl std::fmt::Debug for VapidKey {
@@ -59,7 +62,7 @@ impl VapidKey {
         Ok(Self { secret })
     }
 
-    fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         loop {
             // A random 32 bytes is a valid scalar but for a chance of about 2^-32.
             if let Ok(secret) = SecretKey::from_slice(&rand::random::<[u8; 32]>()) {
