@@ -47,8 +47,13 @@
 //! per minute. Extra: `sent() -> Vec<SentMail>`, `mark_daily_limit(bool)`,
 //! `set_quota_answer(QuotaAnswer)`, `token_url()`; control `POST daily-limit`.
 //!
+//! # Web Push ([`push`])
+//! A push service with browsers subscribed to it: checks VAPID and `aes128gcm`, decrypts
+//! each push with the browser's keys, records it (`received()`), answers 404 for an
+//! unknown browser, 410 once `forget(name)`, or what `answer_next` scripts.
+//!
 //! Layout: `server` (accept loop, request log, latency, multipart), `faults`, `control`
-//! (shared control-API pieces), `ringcentral/`, `gmail/`.
+//! (shared control-API pieces), `ringcentral/`, `gmail/`, `push`.
 
 // Handlers refuse with a finished `Response` as their error: built once per refused
 // request, so boxing it would only add noise.
@@ -57,10 +62,12 @@
 mod control;
 mod faults;
 pub mod gmail;
+pub mod push;
 pub mod ringcentral;
 mod server;
 
 pub use faults::{Endpoint, Fault};
 pub use gmail::{FakeGmail, GmailConfig, QuotaAnswer, SentAttachment, SentMail};
+pub use push::{Browser, Delivery, FakePush};
 pub use ringcentral::{FakeRingCentral, RateGroup, RateLimit, RateLimits, RingCentralConfig};
 pub use server::Recorded;

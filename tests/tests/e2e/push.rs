@@ -212,3 +212,118 @@ async fn a_subscription_off_the_push_services_or_with_broken_keys_is_refused_nam
         .unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+const SUBJECT: &str = "mailto:ops@example.com";
+
+/// One push at a time, as the workers will send them: our client against the fake push
+/// service, which checks the VAPID token and decrypts with the browser's own keys.
+#[tokio::test]
+async fn a_push_reaches_the_browser_encrypted_and_each_service_answer_says_what_next() {
+    use std::time::Duration;
+
+    use commcenter_fakes::FakePush;
+    use commcenter_shared::domain::push::{
+        VapidKey,
+        message::{BrowserKeys, MAX_PAYLOAD},
+        send::{self, Outcome, Push, Urgency},
+    };
+
+    let service = FakePush::start().await.unwrap();
+    let phone = service.browser("alice-phone");
+    let key = VapidKey::parse("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE").unwrap();
+    let http = reqwest::Client::new();
+    let topic = send::topic_for("cust-42");
+    let payload = br#"{"communication_id":"01a2","customer_id":"cust-42","sender":"staff-1"}"#;
+    let push = |payload: &'static [u8]| Push {
+        endpoint: &phone.endpoint,
+        keys: BrowserKeys {
+            p256dh: &phone.p256dh,
+            auth: &phone.auth,
+        },
+        payload,
+        ttl: Duration::from_secs(3600),
+        urgency: Urgency::High,
+        topic: Some(&topic),
+    };
+
+    assert_eq!(
+        send::send(&http, &key, SUBJECT, &push(payload)).await,
+        Outcome::Delivered
+    );
+    let received = service.received();
+    assert_eq!(received.len(), 1);
+    let delivery = &received[0];
+    assert_eq!(
+        delivery.payload, payload,
+        "the browser's keys decrypt what was sent"
+    );
+    assert_eq!(
+        (
+            delivery.ttl,
+            delivery.urgency.as_deref(),
+            delivery.topic.as_deref()
+        ),
+        (3600, Some("high"), Some(topic.as_str()))
+    );
+    assert_eq!(delivery.subject, "mailto:ops@example.com");
+    assert_eq!(delivery.vapid_key, key.public_key());
+
+    // What the push service answers, sorted into what to do next.
+    service.answer_next(429, Some(7), 1);
+    assert!(matches!(
+        send::send(&http, &key, SUBJECT, &push(payload)).await,
+        Outcome::Retry { after: Some(after), .. } if after == Duration::from_secs(7)
+    ));
+    service.answer_next(503, None, 1);
+    assert!(matches!(
+        send::send(&http, &key, SUBJECT, &push(payload)).await,
+        Outcome::Retry { after: None, .. }
+    ));
+    service.answer_next(413, None, 1);
+    assert_eq!(
+        send::send(&http, &key, SUBJECT, &push(payload)).await,
+        Outcome::TooLarge
+    );
+    service.answer_next(403, None, 1);
+    assert!(matches!(
+        send::send(&http, &key, SUBJECT, &push(payload)).await,
+        Outcome::Refused { .. }
+    ));
+    let too_large: &'static [u8] = Box::leak(vec![b'x'; MAX_PAYLOAD + 1].into_boxed_slice());
+    assert_eq!(
+        send::send(&http, &key, SUBJECT, &push(too_large)).await,
+        Outcome::TooLarge,
+        "refused before sending"
+    );
+    service.forget("alice-phone");
+    assert_eq!(
+        send::send(&http, &key, SUBJECT, &push(payload)).await,
+        Outcome::Gone,
+        "410: forget the subscription"
+    );
+    let stranger = Push {
+        endpoint: &format!("{}/push/nobody", service.url()),
+        ..push(payload)
+    };
+    assert_eq!(
+        send::send(&http, &key, SUBJECT, &stranger).await,
+        Outcome::Gone,
+        "404 too"
+    );
+    assert_eq!(service.received().len(), 1, "only the first was delivered");
+
+    // A token for another origin, or from another key than it names, is refused.
+    let other = service.browser("bob-laptop");
+    let forged = Push {
+        endpoint: &other.endpoint,
+        keys: BrowserKeys {
+            p256dh: &other.p256dh,
+            auth: &phone.auth,
+        },
+        ..push(payload)
+    };
+    assert!(
+        matches!(send::send(&http, &key, SUBJECT, &forged).await, Outcome::Refused { reason } if reason.contains("400")),
+        "a payload encrypted with the wrong auth secret does not decrypt"
+    );
+}

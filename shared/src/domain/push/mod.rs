@@ -2,10 +2,12 @@
 //! each person's browser subscriptions, checked at the door: the endpoint is a URL the
 //! server will POST to, so only the allowed push services' origins are taken, and the
 //! browser's keys must be a P-256 point and a 16-byte secret. [`message`]: what a push
-//! carries (the payload encrypted for one browser, our VAPID token). Sending pushes is
-//! not built yet: docs/push.md says what is.
+//! carries (the payload encrypted for one browser, our VAPID token); [`send`]: one push
+//! to one browser and what its push service answered. Deciding whom to push to, and
+//! when, is not built yet: docs/push.md says what is.
 
 pub mod message;
+pub mod send;
 
 use base64::{
     Engine as _,
@@ -23,7 +25,7 @@ use crate::domain::{CustomerId, Role};
 use crate::platform::settings::{AllowedOrigin, Secret};
 
 /// Base64url as browsers write it: padded or not.
-const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+pub(crate) const BASE64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     GeneralPurposeConfig::new()
         .with_encode_padding(false)
