@@ -78,13 +78,20 @@ function bandLabel(band, previous) {
   return `< ${duration(band.under_seconds)}`;
 }
 
+/** Counts loads: only the latest one asked for may draw. */
+let loads = 0;
+
 async function load() {
+  const mine = ++loads;
   const bucket = new FormData($('#range')).get('bucket');
   const [summary, volume, staff] = await Promise.all([
     api(`/api/analytics/summary?${params()}`),
     api(`/api/analytics/volume?${params({ bucket })}`),
     api(`/api/analytics/response-times?${params({ group_by: 'staff', limit: '20' })}`),
   ]);
+  // A range picked while this one was on its way: its answer, not this one, is drawn
+  // (the first load after sign-in could otherwise land last and redraw 30 days).
+  if (mine !== loads) return;
   $('#error').hidden = true;
   $('#range-note').textContent =
     `${new Date(summary.from).toISOString()} to ${new Date(summary.to).toISOString()} (${summary.tz})`;
