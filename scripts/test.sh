@@ -70,22 +70,19 @@ done
 command -v ss >/dev/null 2>&1 || apt_install iproute2
 
 # Each test makes a database cc_test_<id> and a queue prefix cc-test-<id>, removed when
-# it ends, even when it fails. A run killed midway leaves them: those this run made and
-# left are removed at the end (never another run's).
+# it ends, even when it fails; tests that stop PostgreSQL for real make clusters of their
+# own (cc_scratch_<id>, with Debian's pg_createcluster) and drop them. A run killed
+# midway leaves them. Every id of this run starts with CC_TEST_RUN, so at the end this
+# run removes what it left, and never what another run beside it is still using.
+CC_TEST_RUN=$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
+export CC_TEST_RUN
 admin_url=${TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres}
-test_databases() {
-    psql "$admin_url" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'cc\_test\_%' ORDER BY 1" 2>/dev/null || true
+left_databases() {
+    psql "$admin_url" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'cc\_test\_$CC_TEST_RUN%' ORDER BY 1" 2>/dev/null || true
 }
-before=$(mktemp)
-trap 'rm -f "$before" "$clusters_before"' EXIT
-test_databases >"$before"
-# Tests that stop PostgreSQL for real make clusters of their own (cc_scratch_<id>, on a
-# free port, with Debian's pg_createcluster) and drop them; a killed run leaves them.
-scratch_clusters() {
-    pg_lsclusters --no-header 2>/dev/null | awk '$2 ~ /^cc_scratch_/ {print $1 "/" $2}' | sort
+left_clusters() {
+    pg_lsclusters --no-header 2>/dev/null | awk -v name="cc_scratch_$CC_TEST_RUN" 'index($2, name) == 1 {print $1 "/" $2}' | sort
 }
-clusters_before=$(mktemp)
-scratch_clusters >"$clusters_before"
 
 args=("$@")
 if [[ ${#args[@]} == 0 ]]; then
@@ -100,14 +97,13 @@ output=$(mktemp)
 status=0
 cargo test --no-fail-fast "${args[@]}" --test-threads=6 2>&1 | tee "$output" || status=$?
 
-leftovers=$(comm -13 "$before" <(test_databases) || true)
-for database in $leftovers; do
+for database in $(left_databases); do
     log "removing $database, left by a test of this run"
     psql "$admin_url" -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
     prefix=cc-test-${database#cc_test_}
     scripts/remove-test-topology.sh "$prefix"
 done
-for cluster in $(comm -13 "$clusters_before" <(scratch_clusters) || true); do
+for cluster in $(left_clusters); do
     log "removing the PostgreSQL cluster $cluster, left by a test of this run"
     pg_dropcluster --stop "${cluster%%/*}" "${cluster#*/}" || true
 done

@@ -209,7 +209,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     if std::env::var_os("RUST_LOG").is_some() {
         telemetry::init(false);
     }
-    let id = Uuid::new_v4().simple().to_string();
+    let id = crate::unique_id();
     let database = format!("cc_test_{id}");
     let prefix = format!("cc-test-{id}");
 

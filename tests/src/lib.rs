@@ -39,3 +39,20 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The unique part of one test's database (`cc_test_<id>`), queue prefix
+/// (`cc-test-<id>`) or scratch cluster: 32 lowercase hex digits. `scripts/test.sh` sets
+/// `CC_TEST_RUN` (8 of them) and every id of that run starts with it, so what a killed
+/// run leaves behind is removed by that run alone, never from under another run on the
+/// same machine.
+pub fn unique_id() -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    match std::env::var("CC_TEST_RUN") {
+        Ok(run)
+            if run.len() == 8 && run.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            format!("{run}{}", &random[8..])
+        }
+        _ => random,
+    }
+}

@@ -20,7 +20,7 @@ impl ScratchPostgres {
     /// it: about 3 s.
     pub fn start() -> Self {
         let version = installed_version();
-        let name = format!("{NAME_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let name = format!("{NAME_PREFIX}{}", crate::unique_id());
         let port = free_port();
         let scratch = Self {
             version,

@@ -35,7 +35,7 @@ impl Drop for Scratch {
 #[tokio::test(flavor = "multi_thread")]
 async fn processes_starting_at_once_create_the_database_and_apply_each_migration_once() {
     let scratch = Scratch {
-        name: format!("cc_test_{}", uuid::Uuid::new_v4().simple()),
+        name: format!("cc_test_{}", commcenter_tests::unique_id()),
     };
     let admin = commcenter_tests::admin_database_url();
     let url = format!("{}/{}", admin.rsplit_once('/').unwrap().0, scratch.name);

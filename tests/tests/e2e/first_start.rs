@@ -39,7 +39,7 @@ struct Fresh {
 
 impl Fresh {
     fn new() -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = commcenter_tests::unique_id();
         let options = TestOptions::default();
         let topology = Topology::new(
             &format!("cc-test-{id}"),
