@@ -100,10 +100,10 @@ impl JobContext {
     }
 
     /// Says this run was a poll that found nothing (no new mail, no new calls). If it
-    /// succeeds at its first attempt, the runtime leaves no trace of it in the ledger
-    /// (the job row is deleted in the transaction that would mark it succeeded) and
-    /// counts it as `idle` in the metrics: an idle system's polls are not rows an
-    /// operator must scroll past. A poll that failed before keeps its row and history.
+    /// succeeds at its first attempt, its job is marked idle, with no attempt row
+    /// (`jobs::IDLE`): operators' listings and stats leave it out, retention removes it
+    /// after ten minutes, and the metrics count it as `idle`. A poll that failed before
+    /// stays an ordinary row with its history.
     pub fn found_nothing(&self) {
         self.idle.store(true, std::sync::atomic::Ordering::Relaxed);
     }

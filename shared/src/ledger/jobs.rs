@@ -481,29 +481,26 @@ pub async fn record_attempt(conn: &mut PgConnection, a: &Attempt<'_>) -> sqlx::R
 }
 
 /// The outcome of a first attempt that succeeded finding nothing to do (a poll of an
-/// idle mailbox or call log): [`record_successes`] deletes its job instead of keeping it.
+/// idle mailbox or call log): [`record_successes`] marks its job succeeded and `idle`,
+/// with no attempt row. Operators' views leave idle jobs out, and retention removes
+/// them after [`IDLE_RETENTION`]. The row stays meanwhile, so that a second copy of the
+/// job's broker message finds it finished (not an orphan).
 pub const IDLE: &str = "idle";
 
+/// How long an idle poll's row is kept: longer than any copy of its message can wait.
+pub const IDLE_RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Records succeeded attempts and marks their jobs succeeded, however many, in one
-/// statement (one round trip): a batch's successes, or a single job's. Jobs whose
-/// attempt is [`IDLE`] are deleted, in one more.
+/// statement (one round trip): a batch's successes, or a single job's. [`IDLE`] ones
+/// are marked idle and get no attempt row.
 pub async fn record_successes(conn: &mut PgConnection, done: &[Attempt<'_>]) -> sqlx::Result<()> {
-    let (idle, done): (Vec<&Attempt<'_>>, Vec<&Attempt<'_>>) =
-        done.iter().partition(|a| a.outcome == IDLE);
-    if !idle.is_empty() {
-        let ids: Vec<Uuid> = idle.iter().map(|a| a.job_id).collect();
-        sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *conn)
-            .await?;
-    }
     if done.is_empty() {
         return Ok(());
     }
-    let column =
-        |f: fn(&Attempt<'_>) -> Option<String>| done.iter().map(|a| f(a)).collect::<Vec<_>>();
+    let column = |f: fn(&Attempt<'_>) -> Option<String>| done.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<Uuid> = done.iter().map(|a| a.job_id).collect();
     let attempts: Vec<i32> = done.iter().map(|a| a.attempt).collect();
+    let idle: Vec<bool> = done.iter().map(|a| a.outcome == IDLE).collect();
     let started: Vec<DateTime<Utc>> = done.iter().map(|a| a.started_at).collect();
     let http_status: Vec<Option<i16>> = done
         .iter()
@@ -516,13 +513,15 @@ pub async fn record_successes(conn: &mut PgConnection, done: &[Attempt<'_>]) -> 
             SELECT id, attempt, started_at, clock_timestamp(), 'succeeded', worker,
                    provider_status, provider_id, http_status
             FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[], $4::text[], $5::text[],
-                        $6::text[], $7::int2[])
-                 AS a(id, attempt, started_at, worker, provider_status, provider_id, http_status)
+                        $6::text[], $7::int2[], $8::bool[])
+                 AS a(id, attempt, started_at, worker, provider_status, provider_id, http_status,
+                      idle)
+            WHERE NOT idle
             ON CONFLICT (job_id, attempt) DO NOTHING
          )
          UPDATE jobs SET state = 'succeeded', attempts = done.attempt, next_attempt_at = NULL,
-                updated_at = now(), finished_at = now()
-         FROM unnest($1::uuid[], $2::int4[]) AS done(id, attempt)
+                updated_at = now(), finished_at = now(), idle = done.idle
+         FROM unnest($1::uuid[], $2::int4[], $8::bool[]) AS done(id, attempt, idle)
          WHERE jobs.id = done.id",
     )
     .bind(&ids)
@@ -532,6 +531,7 @@ pub async fn record_successes(conn: &mut PgConnection, done: &[Attempt<'_>]) -> 
     .bind(column(|a| a.provider.status.clone()))
     .bind(column(|a| a.provider.id.clone()))
     .bind(&http_status)
+    .bind(&idle)
     .execute(conn)
     .await?;
     Ok(())
@@ -803,8 +803,8 @@ pub async fn put_back_overdue(
 }
 
 /// Retention: deletes up to `limit` succeeded or cancelled jobs that finished more
-/// than `older_than` ago (their attempts go with them); returns how many went. Dead
-/// jobs stay until an operator acts.
+/// than `older_than` ago (idle polls: [`IDLE_RETENTION`], when shorter; their attempts
+/// go with them); returns how many went. Dead jobs stay until an operator acts.
 pub async fn delete_finished(
     pool: &sqlx::PgPool,
     older_than: std::time::Duration,
@@ -814,11 +814,13 @@ pub async fn delete_finished(
         "DELETE FROM jobs WHERE id IN (
              SELECT id FROM jobs
              WHERE state IN ('succeeded', 'cancelled')
-               AND finished_at < now() - make_interval(secs => $1)
+               AND finished_at < now() - make_interval(secs =>
+                   CASE WHEN idle THEN least($1, $3) ELSE $1 END)
              LIMIT $2 FOR UPDATE SKIP LOCKED)",
     )
     .bind(older_than.as_secs_f64())
     .bind(limit)
+    .bind(IDLE_RETENTION.as_secs_f64())
     .execute(pool)
     .await?
     .rows_affected())

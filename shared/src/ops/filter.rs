@@ -130,6 +130,8 @@ impl JobFilter {
 
     /// Appends ` AND …` for each condition (the query must already have a `WHERE`).
     pub(super) fn push_conditions(&self, q: &mut QueryBuilder<'_, Postgres>) {
+        // Polls that found nothing are counted in metrics, not shown (`jobs::IDLE`).
+        q.push(" AND NOT idle");
         if !self.states.is_empty() {
             let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
             q.push(" AND state = ANY(").push_bind(states).push(")");

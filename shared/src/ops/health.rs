@@ -40,7 +40,7 @@ pub struct OldestRetrying {
 
 pub async fn ledger_health(pool: &PgPool) -> sqlx::Result<LedgerHealth> {
     let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+        sqlx::query_as("SELECT state, count(*) FROM jobs WHERE NOT idle GROUP BY state")
             .fetch_all(pool)
             .await?;
     let mut by_state: BTreeMap<String, i64> = [

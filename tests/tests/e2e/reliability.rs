@@ -467,3 +467,48 @@ async fn a_delivery_whose_bookkeeping_keeps_failing_ends_dead_not_looping() {
         0
     );
 }
+
+/// A poll that found nothing is kept as an idle row, not deleted: a second copy of its
+/// broker message (a relay that published it twice, a worker that died before its ack)
+/// finds it finished and is skipped, where a missing row would be recorded as a dead
+/// orphan that no operator could act on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_copy_of_an_idle_poll_is_skipped_never_a_dead_orphan() {
+    use commcenter_shared::ledger::jobs::payloads::SyncMailbox;
+
+    let app = spawn_app_with(TestOptions::default()).await;
+    let sync = || async {
+        let enqueued =
+            commcenter_workers::schedule::enqueue_unless_open(&app.pool, &SyncMailbox {}, 8)
+                .await
+                .unwrap();
+        assert!(enqueued);
+        app.assert_no_jobs_left().await;
+    };
+    sync().await; // notes where the mailbox stands
+    sync().await; // finds nothing: idle
+    let idle: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE kind = 'email.sync' AND idle")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let envelope = envelope_of(&app, &idle.to_string()).await;
+    publish_raw(
+        &app,
+        &envelope.kind,
+        &serde_json::to_vec(&envelope).unwrap(),
+        job_properties(envelope.job_id),
+    )
+    .await;
+    let metrics = app.workers_metrics();
+    let skipped = r#"commcenter_jobs_total{kind="email.sync",outcome="skipped"} 1"#;
+    commcenter_tests::eventually("the copy to be skipped", WAIT, || async {
+        metrics.render().contains(skipped).then_some(())
+    })
+    .await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'dead'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "no orphan was recorded");
+}

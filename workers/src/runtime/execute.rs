@@ -328,7 +328,7 @@ impl Runtime {
             Ok(()) => {
                 effects.commit().await?;
                 if idle {
-                    tracing::debug!("found nothing; the job is not kept");
+                    tracing::debug!("found nothing; the job is kept as idle");
                     attempt_row.outcome = jobs::IDLE;
                 } else {
                     tracing::info!("job succeeded");

@@ -96,7 +96,7 @@ enum Ran<'a> {
         succeeded: Option<Attempt<'a>>,
         /// The delay tier and generation a transient failure is republished with.
         retry: Option<(Duration, i32)>,
-        /// A first attempt that succeeded finding nothing: its job row is deleted.
+        /// A first attempt that succeeded finding nothing: its job is marked idle.
         idle: bool,
     },
 }
