@@ -56,3 +56,12 @@ pub fn unique_id() -> String {
         _ => random,
     }
 }
+
+/// The answer's JSON body, after asserting its status (the body is in the message when
+/// the status is not the one expected).
+pub async fn json_of(response: reqwest::Response, status: u16) -> serde_json::Value {
+    let got = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    assert_eq!(got, status, "{body}");
+    body
+}

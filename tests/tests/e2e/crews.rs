@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use commcenter_shared::domain::Role;
-use commcenter_tests::{TestApp, TestOptions, spawn_app, spawn_app_with};
+use commcenter_tests::{TestApp, TestOptions, json_of, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 
 use crate::WAIT;
@@ -13,13 +13,6 @@ const SITE: (f64, f64) = (37.7749, -122.4194);
 
 fn crew_token(app: &TestApp, user: &str) -> String {
     app.token(user, Role::Crew, None)
-}
-
-async fn json_of(response: reqwest::Response, status: u16) -> Value {
-    let got = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(got, status, "{body}");
-    body
 }
 
 /// A crew with the given members (user ids; phones made up from their index).

@@ -4,7 +4,7 @@
 use std::io::Cursor;
 
 use commcenter_shared::domain::Role;
-use commcenter_tests::{TestApp, spawn_app};
+use commcenter_tests::{TestApp, json_of, spawn_app};
 use futures_util::StreamExt;
 use image::{ImageFormat, Rgb, RgbImage};
 use serde_json::{Value, json};
@@ -17,13 +17,6 @@ fn jpeg() -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     image.write_to(&mut out, ImageFormat::Jpeg).unwrap();
     out.into_inner()
-}
-
-async fn json_of(response: reqwest::Response, status: u16) -> Value {
-    let got = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(got, status, "{body}");
-    body
 }
 
 /// Waits until the communication is `status` (a worker's doing).

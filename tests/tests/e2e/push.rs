@@ -8,14 +8,7 @@ use p256::{SecretKey, elliptic_curve::sec1::ToEncodedPoint as _};
 use serde_json::{Value, json};
 
 use commcenter_shared::domain::Role;
-use commcenter_tests::{TestOptions, spawn_app_with};
-
-async fn json_of(response: reqwest::Response, status: u16) -> Value {
-    let got = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(got, status, "{body}");
-    body
-}
+use commcenter_tests::{TestOptions, json_of, spawn_app_with};
 
 /// A browser's `PushSubscription.toJSON()` for `endpoint`, with keys of its own.
 fn browser(endpoint: &str, seed: u8) -> Value {
@@ -58,16 +51,16 @@ async fn every_instance_gives_the_same_vapid_public_key_to_any_signed_in_role() 
         "an uncompressed P-256 point"
     );
     assert!(p256::PublicKey::from_sec1_bytes(&public).is_ok());
-    let from_other: Value = app
-        .client
-        .get(other.url("/api/push/vapid-public-key"))
-        .bearer_auth(app.token("crew-1", Role::Crew, None))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let from_other = json_of(
+        app.client
+            .get(other.url("/api/push/vapid-public-key"))
+            .bearer_auth(app.token("crew-1", Role::Crew, None))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(
         from_other, key,
         "one key, kept in the database, for every instance"
